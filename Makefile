@@ -1,0 +1,44 @@
+# bdc — the two commands a newcomer needs are `make demo` and `make test`.
+# One persistent target dir outside the clone, shared by sessions and CI, so builds stay warm.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/bdc-target
+export CARGO_TERM_COLOR ?= never
+CARGO ?= cargo
+
+.PHONY: all build tools test fmt-check clippy layering unit demo bench clean-demo
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## tools: the pinned npm toolchain (anvil, forge, solc-js, OpenZeppelin) in contracts/node_modules
+tools: contracts/node_modules/.package-lock.json
+
+contracts/node_modules/.package-lock.json: contracts/package.json contracts/package-lock.json
+	cd contracts && npm ci --no-audit --no-fund
+	@touch $@
+
+## test: everything CI runs — toolchain, formatting, lints, crate layering, all tests
+test: tools fmt-check clippy layering unit
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+layering:
+	python3 scripts/check_layering.py
+
+unit:
+	$(CARGO) test --workspace --no-fail-fast
+
+## demo: publish -> serve -> fetch on this machine (loopback only)
+demo: tools
+	$(CARGO) build --bin bdc
+	bash scripts/demo.sh "$(CARGO_TARGET_DIR)/debug/bdc"
+
+## bench: throughput tables (release build); see docs/BENCHMARKS.md
+bench:
+	$(CARGO) build --release --bin bdc
+	"$(CARGO_TARGET_DIR)/release/bdc" bench transfer --size-mib $${BENCH_MIB:-1024}

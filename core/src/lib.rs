@@ -1,0 +1,19 @@
+//! bdc-core: the shared vocabulary of bdc.
+//!
+//! Start here:
+//! - [`protocol`]: ALPNs and wire constants shared by provider and fetcher.
+//! - [`manifest`]: the `bdc.json` dataset manifest that every published collection carries.
+//! - [`ticket`]: dataset tickets (iroh-blobs `BlobTicket`s, so `sendme` can use them too).
+//! - [`paths`]: the rule for file names inside a dataset (no escaping the output directory).
+//! - [`keys`]: persistent iroh node keys; [`net`]: endpoint settings (relays and discovery off by default).
+//!
+//! No sockets are opened and no database is touched in this crate.
+
+pub mod keys;
+pub mod manifest;
+pub mod net;
+pub mod paths;
+pub mod protocol;
+pub mod ticket;
+
+pub use iroh_blobs::{BlobFormat, Hash, HashAndFormat};

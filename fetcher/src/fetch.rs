@@ -1,0 +1,456 @@
+//! A verified fetch from one provider.
+//!
+//! 1. If the fetcher's store already holds the whole dataset, nothing is dialed.
+//! 2. Otherwise it dials the provider (bounded by a connect timeout) and, for a collection,
+//!    first gets the collection's hash sequence, its names blob and the last chunk of every file:
+//!    that verifies every file's size (for an exact progress total) and every name, and a
+//!    collection with a name that would escape the output directory is refused before any file
+//!    byte is requested.
+//! 3. It gets what is missing locally; iroh-blobs verifies each 16 KiB chunk group against the
+//!    root before it is written to the store.
+//! 4. It exports each file (temp name, then rename) into the output directory.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use bdc_core::{
+    BlobFormat, Hash,
+    net::{NetConfig, NetError, bind_endpoint},
+    paths::{UnsafeName, check_name},
+    protocol::FREE_ALPN,
+    ticket::BlobTicket,
+};
+use futures_lite::StreamExt;
+use iroh::{Endpoint, EndpointId, endpoint::Connection};
+use iroh_blobs::{
+    api::remote::GetProgressItem,
+    format::collection::Collection,
+    get::{GetError, fsm::DecodeError},
+    protocol::{ChunkRanges, ChunkRangesExt, ERR_INTERNAL, ERR_LIMIT, ERR_PERMISSION, GetRequest},
+    store::fs::FsStore,
+};
+use serde::Serialize;
+
+use crate::export::{ExportError, ExportedFile, export_file};
+
+/// Where the fetcher keeps its store and how it dials.
+#[derive(Debug, Clone)]
+pub struct FetcherConfig {
+    pub data_dir: PathBuf,
+    pub net: NetConfig,
+    /// How long to wait for a provider to answer a connection attempt.
+    pub connect_timeout: Duration,
+}
+
+impl FetcherConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            net: NetConfig::default(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Loopback, port 0, short timeout: what tests use.
+    pub fn test(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            net: NetConfig::test(),
+            connect_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Per-fetch options.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// File name for a raw blob (defaults to the root's hex).
+    pub raw_name: Option<String>,
+}
+
+/// Why a fetch failed. Errors caused by the provider name it, so callers can score providers.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(
+        "cannot open the fetcher store in {path}: {reason} (is another `bdc fetch` using this data dir?)"
+    )]
+    Store { path: PathBuf, reason: String },
+    #[error("the ticket carries no address for provider {0}")]
+    NoAddress(EndpointId),
+    #[error("provider {provider} did not answer within {secs}s (unreachable, or not serving)")]
+    Timeout { provider: EndpointId, secs: u64 },
+    #[error("cannot connect to provider {provider}: {reason}")]
+    Connect {
+        provider: EndpointId,
+        reason: String,
+    },
+    #[error(
+        "provider {provider} refused the request for {root}: permission denied (not a free dataset there)"
+    )]
+    Refused { provider: EndpointId, root: Hash },
+    #[error("provider {provider} is rate limiting; try again later")]
+    RateLimited { provider: EndpointId },
+    #[error("provider {provider} does not have {root}")]
+    NotFound { provider: EndpointId, root: Hash },
+    #[error(
+        "verification failed: provider {provider} sent data for {root} that does not match its hash ({detail}); nothing unverified was written"
+    )]
+    Verification {
+        provider: EndpointId,
+        root: Hash,
+        detail: String,
+    },
+    #[error("transfer from provider {provider} broke off: {reason} (rerun to resume)")]
+    Transfer {
+        provider: EndpointId,
+        reason: String,
+    },
+    #[error("provider {provider} sent an unsafe file name; refusing the whole dataset: {source}")]
+    UnsafeName {
+        provider: EndpointId,
+        source: UnsafeName,
+    },
+    #[error("provider {provider} sent a collection that lists {name:?} twice")]
+    DuplicateName { provider: EndpointId, name: String },
+    #[error("dataset {root} is not a valid collection: {reason}")]
+    BadCollection { root: Hash, reason: String },
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    #[error("local store failure: {0}")]
+    Local(String),
+}
+
+impl FetchError {
+    /// True when the data (or the provider's copy of it) failed verification.
+    pub fn is_verification(&self) -> bool {
+        matches!(self, Self::Verification { .. })
+    }
+}
+
+/// Progress events of a fetch.
+#[derive(Debug, Clone)]
+pub enum FetchEvent {
+    Connected {
+        provider: EndpointId,
+    },
+    /// Sizes are known: `total` payload bytes, of which `local` are already in the store.
+    Plan {
+        total: u64,
+        local: u64,
+    },
+    /// Verified payload bytes in the store so far.
+    Progress {
+        done: u64,
+        total: u64,
+    },
+    Exported(ExportedFile),
+}
+
+/// What a fetch did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FetchReport {
+    pub root: Hash,
+    pub provider: EndpointId,
+    /// Payload bytes of the dataset.
+    pub total_bytes: u64,
+    /// Payload bytes already in the store before this run.
+    pub local_bytes: u64,
+    /// Payload bytes received and verified in this run.
+    pub fetched_bytes: u64,
+    pub files: Vec<ExportedFile>,
+    pub elapsed_ms: u64,
+}
+
+/// A fetcher: its own store and endpoint.
+#[derive(Debug)]
+pub struct Fetcher {
+    cfg: FetcherConfig,
+    store: FsStore,
+    endpoint: Endpoint,
+}
+
+impl Fetcher {
+    pub async fn open(cfg: FetcherConfig) -> Result<Self, FetchError> {
+        let store_dir = cfg.data_dir.join("store");
+        let store_err = |reason: String| FetchError::Store {
+            path: store_dir.clone(),
+            reason,
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| store_err(e.to_string()))?;
+        let key = bdc_core::keys::load_or_create(&cfg.data_dir.join("node.key"))
+            .map_err(|e| store_err(e.to_string()))?;
+        let store = FsStore::load(&store_dir)
+            .await
+            .map_err(|e| store_err(format!("{e:#}")))?;
+        let endpoint = match bind_endpoint(&cfg.net, key, vec![]).await {
+            Ok(ep) => ep,
+            Err(e) => {
+                store.shutdown().await.ok();
+                return Err(e.into());
+            }
+        };
+        Ok(Self {
+            cfg,
+            store,
+            endpoint,
+        })
+    }
+
+    pub fn store(&self) -> &FsStore {
+        &self.store
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Fetches the dataset named by `ticket` and exports it into `out`.
+    pub async fn fetch(
+        &self,
+        ticket: &BlobTicket,
+        out: &Path,
+        opts: &FetchOptions,
+        mut on: impl FnMut(FetchEvent),
+    ) -> Result<FetchReport, FetchError> {
+        let start = Instant::now();
+        let out = std::path::absolute(out).map_err(|source| ExportError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        let root = ticket.hash();
+        let content = ticket.hash_and_format();
+        let provider = ticket.addr().id;
+        let remote = self.store.remote();
+        let local = remote
+            .local(content)
+            .await
+            .map_err(|e| FetchError::Local(e.to_string()))?;
+        // what is here before this run (a resume), counted over the files only
+        let local_before = match self.file_list(ticket, provider, opts).await {
+            Ok(files) => self.payload_state(&files).await?.1,
+            Err(_) => 0,
+        };
+        let mut fetched = 0;
+        let mut conn = None;
+        if !local.is_complete() {
+            let c = self.connect(ticket).await?;
+            on(FetchEvent::Connected { provider });
+            // sizes (and, for a collection, names) first: cheap, verified, and lets us refuse
+            // bad names before any file byte is requested
+            let req = if ticket.format() == BlobFormat::HashSeq {
+                GetRequest::builder()
+                    .root(ChunkRanges::all())
+                    .next(ChunkRanges::all())
+                    .next(ChunkRanges::last_chunk())
+                    .build_open(root)
+            } else {
+                GetRequest::blob_ranges(root, ChunkRanges::last_chunk())
+            };
+            let stats = remote
+                .execute_get(c.clone(), req)
+                .await
+                .map_err(|e| classify(e, provider, root, 0))?;
+            fetched += stats.payload_bytes_read;
+            conn = Some(c);
+        }
+        let files = self.file_list(ticket, provider, opts).await?;
+        let (total, local_now) = self.payload_state(&files).await?;
+        on(FetchEvent::Plan {
+            total,
+            local: local_now,
+        });
+
+        if let Some(conn) = conn {
+            let mut stream = remote.fetch(conn.clone(), content).stream();
+            let mut done = local_now;
+            while let Some(item) = stream.next().await {
+                match item {
+                    GetProgressItem::Progress(n) => {
+                        done = local_now + n;
+                        on(FetchEvent::Progress { done, total })
+                    }
+                    GetProgressItem::Done(stats) => {
+                        fetched += stats.payload_bytes_read;
+                        break;
+                    }
+                    GetProgressItem::Error(e) => return Err(classify(e, provider, root, done)),
+                }
+            }
+            conn.close(0u32.into(), b"done");
+            let after = remote
+                .local(content)
+                .await
+                .map_err(|e| FetchError::Local(e.to_string()))?;
+            if !after.is_complete() {
+                return Err(FetchError::Transfer {
+                    provider,
+                    reason: "the provider ended the transfer early".into(),
+                });
+            }
+        }
+        on(FetchEvent::Progress { done: total, total });
+
+        let store: &iroh_blobs::api::Store = &self.store;
+        let mut exported = Vec::with_capacity(files.len());
+        for (name, hash) in files {
+            let f = export_file(store, hash, &out, &name).await?;
+            on(FetchEvent::Exported(f.clone()));
+            exported.push(f);
+        }
+        Ok(FetchReport {
+            root,
+            provider,
+            total_bytes: total,
+            local_bytes: local_before,
+            fetched_bytes: fetched,
+            files: exported,
+            elapsed_ms: start.elapsed().as_millis() as u64,
+        })
+    }
+
+    async fn connect(&self, ticket: &BlobTicket) -> Result<Connection, FetchError> {
+        let addr = ticket.addr().clone();
+        let provider = addr.id;
+        if addr.addrs.is_empty() {
+            return Err(FetchError::NoAddress(provider));
+        }
+        let secs = self.cfg.connect_timeout.as_secs().max(1);
+        match tokio::time::timeout(
+            self.cfg.connect_timeout,
+            self.endpoint.connect(addr, FREE_ALPN),
+        )
+        .await
+        {
+            Err(_) => Err(FetchError::Timeout { provider, secs }),
+            Ok(Err(e)) => Err(FetchError::Connect {
+                provider,
+                reason: e.to_string(),
+            }),
+            Ok(Ok(c)) => Ok(c),
+        }
+    }
+
+    /// The (name, hash) pairs to export, with every name checked.
+    async fn file_list(
+        &self,
+        ticket: &BlobTicket,
+        provider: EndpointId,
+        opts: &FetchOptions,
+    ) -> Result<Vec<(String, Hash)>, FetchError> {
+        let root = ticket.hash();
+        if ticket.format() == BlobFormat::Raw {
+            let name = opts
+                .raw_name
+                .clone()
+                .unwrap_or_else(|| root.to_hex().to_string());
+            check_name(&name).map_err(|source| FetchError::UnsafeName { provider, source })?;
+            return Ok(vec![(name, root)]);
+        }
+        let store: &iroh_blobs::api::Store = &self.store;
+        let collection =
+            Collection::load(root, store)
+                .await
+                .map_err(|e| FetchError::BadCollection {
+                    root,
+                    reason: e.to_string(),
+                })?;
+        let mut seen = HashSet::new();
+        let mut files = Vec::with_capacity(collection.len());
+        for (name, hash) in collection.iter() {
+            check_name(name).map_err(|source| FetchError::UnsafeName { provider, source })?;
+            if !seen.insert(name.clone()) {
+                return Err(FetchError::DuplicateName {
+                    provider,
+                    name: name.clone(),
+                });
+            }
+            files.push((name.clone(), *hash));
+        }
+        Ok(files)
+    }
+
+    /// (total size, bytes present locally) over `files`, from the store's verified bitfields.
+    async fn payload_state(&self, files: &[(String, Hash)]) -> Result<(u64, u64), FetchError> {
+        let (mut total, mut local) = (0, 0);
+        for (_, hash) in files {
+            let bits = self
+                .store
+                .blobs()
+                .observe(*hash)
+                .await
+                .map_err(|e| FetchError::Local(e.to_string()))?;
+            total += bits.size();
+            local += bits.total_bytes();
+        }
+        Ok((total, local))
+    }
+
+    /// Closes the endpoint and flushes the store (partial downloads survive for a resume).
+    pub async fn shutdown(self) {
+        self.endpoint.close().await;
+        if let Err(e) = self.store.shutdown().await {
+            tracing::error!("store shutdown failed: {e:#}");
+        }
+    }
+}
+
+/// Maps a get error to whose fault it was.
+///
+/// `verified` is how many payload bytes had verified when the error happened.
+fn classify(e: GetError, provider: EndpointId, root: Hash, verified: u64) -> FetchError {
+    if let Some(code) = e.iroh_error_code() {
+        if code == ERR_INTERNAL {
+            // A bdc/iroh-blobs provider validates what it reads from disk against the outboard
+            // and resets the stream instead of sending bytes that do not verify.
+            return FetchError::Verification {
+                provider,
+                root,
+                detail: format!(
+                    "the provider aborted after {verified} verified bytes with an internal error: its copy of that range does not verify"
+                ),
+            };
+        }
+        if code == ERR_PERMISSION {
+            return FetchError::Refused { provider, root };
+        }
+        if code == ERR_LIMIT {
+            return FetchError::RateLimited { provider };
+        }
+    }
+    match &e {
+        GetError::Decode { source, .. } => match source {
+            DecodeError::LeafHashMismatch { .. } | DecodeError::ParentHashMismatch { .. } => {
+                FetchError::Verification {
+                    provider,
+                    root,
+                    detail: source.to_string(),
+                }
+            }
+            DecodeError::ChunkNotFound { .. }
+            | DecodeError::LeafNotFound { .. }
+            | DecodeError::ParentNotFound { .. } => FetchError::Verification {
+                provider,
+                root,
+                detail: format!("the provider stopped sending valid data: {source}"),
+            },
+            _ => FetchError::Transfer {
+                provider,
+                reason: source.to_string(),
+            },
+        },
+        GetError::AtBlobHeaderNext {
+            source: iroh_blobs::get::fsm::AtBlobHeaderNextError::NotFound { .. },
+            ..
+        } => FetchError::NotFound { provider, root },
+        GetError::LocalFailure { .. } => FetchError::Local(format!("{e:#}")),
+        _ => FetchError::Transfer {
+            provider,
+            reason: format!("{e:#}"),
+        },
+    }
+}

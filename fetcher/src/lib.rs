@@ -1,0 +1,11 @@
+//! bdc-fetcher: verified downloads.
+//!
+//! Start here: [`Fetcher::open`] opens the fetcher's own store and endpoint; [`Fetcher::fetch`]
+//! downloads a dataset from a ticket, verifying every 16 KiB chunk group against the root, into
+//! the store, then exports it ([`export`]) with the collection's file names. Interrupted fetches
+//! resume: only missing chunks are requested again.
+
+pub mod export;
+pub mod fetch;
+
+pub use fetch::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, FetcherConfig};

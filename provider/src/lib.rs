@@ -1,0 +1,16 @@
+//! bdc-provider: a node that holds datasets and serves them.
+//!
+//! Start here:
+//! - [`store::ProviderStore`]: the iroh-blobs `FsStore` plus the dataset catalog, under a data dir.
+//! - [`publish::publish`]: a file or folder becomes a dataset (a collection with `bdc.json`, or a raw blob).
+//! - [`serve::Provider`]: the iroh endpoint and router serving free datasets on `/iroh-bytes/4`.
+
+pub mod catalog;
+pub mod publish;
+pub mod serve;
+pub mod store;
+
+pub use catalog::{Catalog, DatasetRecord};
+pub use publish::{PublishError, PublishOptions, publish};
+pub use serve::{Provider, ServeConfig, ServeError};
+pub use store::{ProviderStore, StoreError};

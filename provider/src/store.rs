@@ -1,0 +1,164 @@
+//! The provider's data directory: node key, catalog and iroh-blobs `FsStore`.
+//!
+//! ```text
+//! <data-dir>/node.key        iroh secret key (hex, 0600)
+//! <data-dir>/datasets.json   catalog of published datasets
+//! <data-dir>/store/          iroh-blobs FsStore (redb + data/outboard files)
+//! <data-dir>/serve.json      address of the running `serve`, for `bdc provider ticket`
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use iroh::SecretKey;
+use iroh_blobs::store::fs::FsStore;
+
+use crate::catalog::{Catalog, CatalogError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot open the blob store in {path}: {reason} (is another bdc process, e.g. `bdc provider serve`, using this data dir?)"
+    )]
+    Open { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("dataset {root} is not complete in the store: {reason}")]
+    Incomplete {
+        root: bdc_core::Hash,
+        reason: String,
+    },
+    #[error(transparent)]
+    Key(#[from] bdc_core::keys::KeyError),
+}
+
+/// An open provider data dir.
+#[derive(Debug)]
+pub struct ProviderStore {
+    pub(crate) dir: PathBuf,
+    pub(crate) store: FsStore,
+    pub(crate) catalog: Catalog,
+}
+
+impl ProviderStore {
+    /// Opens (creating if needed) the provider data dir.
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let dir = std::path::absolute(dir).map_err(|source| StoreError::DataDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let catalog = Catalog::load(&dir)?;
+        let store_dir = dir.join("store");
+        let store = FsStore::load(&store_dir)
+            .await
+            .map_err(|e| StoreError::Open {
+                path: store_dir,
+                reason: format!("{e:#}"),
+            })?;
+        Ok(Self {
+            dir,
+            store,
+            catalog,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The underlying iroh-blobs store.
+    pub fn blobs(&self) -> &FsStore {
+        &self.store
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The node's persistent iroh key (`<data-dir>/node.key`), created on first use.
+    pub fn node_key(&self) -> Result<SecretKey, StoreError> {
+        Ok(bdc_core::keys::load_or_create(&self.dir.join("node.key"))?)
+    }
+
+    /// Records a dataset whose blobs are already in the store (e.g. data fetched from a peer that
+    /// this node now mirrors) in the catalog. The root must be complete in the store.
+    pub async fn register(
+        &mut self,
+        root: bdc_core::Hash,
+        format: bdc_core::BlobFormat,
+        name: &str,
+        free: bool,
+    ) -> Result<crate::DatasetRecord, StoreError> {
+        let content = bdc_core::HashAndFormat { hash: root, format };
+        let info =
+            self.store
+                .remote()
+                .local(content)
+                .await
+                .map_err(|e| StoreError::Incomplete {
+                    root,
+                    reason: e.to_string(),
+                })?;
+        if !info.is_complete() {
+            return Err(StoreError::Incomplete {
+                root,
+                reason: "some blobs are missing".into(),
+            });
+        }
+        self.store
+            .tags()
+            .set(crate::publish::dataset_tag(&root), content)
+            .await
+            .map_err(|e| StoreError::Incomplete {
+                root,
+                reason: e.to_string(),
+            })?;
+        let (size, files) = match format {
+            bdc_core::BlobFormat::Raw => (info.local_bytes(), 1),
+            bdc_core::BlobFormat::HashSeq => {
+                let store: &iroh_blobs::api::Store = &self.store;
+                let c = iroh_blobs::format::collection::Collection::load(root, store)
+                    .await
+                    .map_err(|e| StoreError::Incomplete {
+                        root,
+                        reason: e.to_string(),
+                    })?;
+                let mut size = 0;
+                for (_, h) in c.iter() {
+                    if let Ok(iroh_blobs::api::blobs::BlobStatus::Complete { size: s }) =
+                        self.store.blobs().status(*h).await
+                    {
+                        size += s;
+                    }
+                }
+                (size, c.len())
+            }
+        };
+        let rec = crate::DatasetRecord {
+            root,
+            format,
+            name: name.to_string(),
+            free,
+            size,
+            files,
+            published_at: crate::publish::unix_now(),
+        };
+        self.catalog.upsert(rec.clone())?;
+        Ok(rec)
+    }
+
+    /// Flushes and closes the store. Always call this before exiting.
+    pub async fn shutdown(self) {
+        if let Err(e) = self.store.shutdown().await {
+            tracing::error!("store shutdown failed: {e:#}");
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Argument parsing and dispatch.
+
+mod fetch;
+mod provider;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// bdc: a verifiable data-set marketplace and content-delivery layer.
+///
+/// Vendors publish datasets as BLAKE3-verified collections; providers serve them over iroh
+/// (QUIC); buyers fetch them, verifying every 16 KiB chunk group as it arrives.
+#[derive(Debug, Parser)]
+#[command(name = "bdc", version, about, long_about = None)]
+pub struct Cli {
+    /// Root of this node's state: provider state lives in <data-dir>/provider, fetcher state in
+    /// <data-dir>/fetcher. Defaults to the user's data dir (e.g. ~/.local/share/bdc).
+    #[arg(long, global = true, env = "BDC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log lifecycle events to stderr (BDC_LOG=<filter> for finer control).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// No progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish and serve datasets (the vendor / host side).
+    #[command(subcommand)]
+    Provider(provider::ProviderCmd),
+    /// Download a dataset from a ticket, verifying every chunk group, and export its files.
+    Fetch(fetch::FetchArgs),
+    /// Benchmarks that print a table (run with --release: `make bench`).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let root = match cli.data_dir.clone() {
+        Some(d) => d,
+        None => dirs::data_dir()
+            .map(|d| d.join("bdc"))
+            .ok_or_else(|| anyhow::anyhow!("no user data dir on this system: pass --data-dir"))?,
+    };
+    match cli.command {
+        Command::Provider(cmd) => provider::run(cmd, &root.join("provider"), cli.quiet).await,
+        Command::Fetch(args) => fetch::run(args, &root.join("fetcher"), cli.quiet).await,
+        Command::Bench(cmd) => crate::bench::run(cmd).await,
+    }
+}
+
+/// 1 when data failed verification or was not found, 2 for every other error.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use bdc_fetcher::FetchError;
+    for cause in e.chain() {
+        if let Some(fe) = cause.downcast_ref::<FetchError>() {
+            return match fe {
+                FetchError::Verification { .. } | FetchError::NotFound { .. } => 1,
+                _ => 2,
+            };
+        }
+        if let Some(bdc_provider::PublishError::NotFound(_)) = cause.downcast_ref() {
+            return 1;
+        }
+        if let Some(bdc_provider::ServeError::UnknownDataset(_)) = cause.downcast_ref() {
+            return 1;
+        }
+    }
+    2
+}

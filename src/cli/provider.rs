@@ -1,0 +1,223 @@
+//! `bdc provider ...`
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context;
+use bdc_core::{Hash, net::NetConfig, ticket::BlobTicket};
+use bdc_provider::{
+    Catalog, DatasetRecord, Provider, ProviderStore, PublishOptions, ServeConfig, ServeError,
+    publish, serve::ServeInfo,
+};
+use clap::{Args, Subcommand};
+
+use crate::progress::{bytes_bar, human};
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCmd {
+    /// Publish a file or a folder as a dataset; prints its root.
+    Publish(PublishArgs),
+    /// Serve datasets over iroh until SIGINT/SIGTERM; prints a ticket per free dataset.
+    Serve(ServeArgs),
+    /// Print the ticket of a published dataset (uses the address of the running `serve`).
+    Ticket {
+        /// Dataset root (hex or base32).
+        root: Hash,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List published datasets.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// File or folder to publish.
+    pub path: PathBuf,
+    /// Dataset name (default: the file or folder name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Serve it to anyone on the free protocol.
+    #[arg(long)]
+    pub free: bool,
+    /// Publish a single file as a raw blob (root == b3sum of the file) instead of a collection.
+    #[arg(long)]
+    pub raw: bool,
+    /// Reference files in place instead of copying them into the store (they must not change).
+    #[arg(long)]
+    pub in_place: bool,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    #[arg(long, default_value = "")]
+    pub license: String,
+    /// Tag for search (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Vendor's Ethereum address, recorded in the manifest.
+    #[arg(long)]
+    pub vendor: Option<String>,
+    /// Print a JSON record instead of the root.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// UDP address to bind.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub bind: SocketAddr,
+    /// Use n0's public relays (off by default: direct addresses only).
+    #[arg(long)]
+    pub relays: bool,
+    /// Cap each request's upload rate, bytes per second.
+    #[arg(long)]
+    pub max_rate: Option<u64>,
+}
+
+pub async fn run(cmd: ProviderCmd, dir: &Path, quiet: bool) -> anyhow::Result<()> {
+    match cmd {
+        ProviderCmd::Publish(a) => publish_cmd(a, dir, quiet).await,
+        ProviderCmd::Serve(a) => serve_cmd(a, dir).await,
+        ProviderCmd::Ticket { root, json } => ticket_cmd(root, json, dir),
+        ProviderCmd::List { json } => list_cmd(json, dir),
+    }
+}
+
+async fn publish_cmd(a: PublishArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
+    if !a.path.exists() {
+        return Err(bdc_provider::PublishError::NotFound(a.path.clone()).into());
+    }
+    let mut store = ProviderStore::open(dir).await?;
+    let opts = PublishOptions {
+        name: a.name,
+        description: a.description,
+        license: a.license,
+        tags: a.tags,
+        vendor: a.vendor,
+        free: a.free,
+        raw: a.raw,
+        in_place: a.in_place,
+    };
+    let pb = bytes_bar(0, "publishing", quiet);
+    let res = publish(&mut store, &a.path, &opts, |p| {
+        pb.set_length(p.total);
+        pb.set_position(p.done);
+    })
+    .await;
+    pb.finish_and_clear();
+    store.shutdown().await;
+    let rec = res?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+    } else {
+        eprintln!(
+            "published {:?}: {} file(s), {}{}",
+            rec.name,
+            rec.files,
+            human(rec.size),
+            if rec.free { ", free" } else { "" }
+        );
+        println!("{}", rec.root);
+    }
+    Ok(())
+}
+
+async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
+    let store = ProviderStore::open(dir).await?;
+    let cfg = ServeConfig {
+        net: NetConfig {
+            bind: a.bind,
+            relays: a.relays,
+        },
+        max_rate: a.max_rate,
+    };
+    let provider = Provider::spawn(store, cfg).await?;
+    eprintln!(
+        "serving as {} on {:?}",
+        provider.addr().id,
+        provider.bound_sockets()
+    );
+    let free: Vec<DatasetRecord> = provider
+        .store()
+        .catalog()
+        .iter()
+        .filter(|r| r.free)
+        .cloned()
+        .collect();
+    if free.is_empty() {
+        eprintln!("no free datasets published (bdc provider publish <path> --free)");
+    }
+    for rec in free {
+        println!("{}\t{}", rec.name, provider.ticket(rec.root)?);
+    }
+    wait_for_signal().await?;
+    eprintln!("shutting down");
+    provider.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+fn ticket_cmd(root: Hash, json: bool, dir: &Path) -> anyhow::Result<()> {
+    let catalog = Catalog::load(dir)?;
+    let rec = catalog.get(&root).ok_or(ServeError::UnknownDataset(root))?;
+    let info = ServeInfo::read(dir).with_context(|| {
+        format!(
+            "no running `bdc provider serve` found for {} (start it first)",
+            dir.display()
+        )
+    })?;
+    let ticket = BlobTicket::new(info.addr, root, rec.format);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "root": root, "name": rec.name, "free": rec.free, "ticket": ticket.to_string() })
+        );
+    } else {
+        if !rec.free {
+            eprintln!("note: {root} is not free; the free protocol will refuse it");
+        }
+        println!("{ticket}");
+    }
+    Ok(())
+}
+
+fn list_cmd(json: bool, dir: &Path) -> anyhow::Result<()> {
+    let catalog = Catalog::load(dir)?;
+    let recs: Vec<&DatasetRecord> = catalog.iter().collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&recs)?);
+        return Ok(());
+    }
+    for r in recs {
+        println!(
+            "{}\t{}\t{}\t{} file(s)\t{}",
+            r.root,
+            r.name,
+            human(r.size),
+            r.files,
+            if r.free { "free" } else { "paid" }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! The `bdc` binary as a user runs it: exit codes, one-line errors, signals, kill -9 and resume.
+
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use bdc_provider::{Provider, ProviderStore, PublishOptions, ServeConfig, publish};
+
+use crate::common::{bdc, random_file};
+
+#[test]
+fn help_lists_every_subcommand() {
+    let out = bdc().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    for cmd in ["provider", "fetch", "bench"] {
+        assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
+    }
+    let out = bdc().args(["provider", "--help"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for cmd in ["publish", "serve", "ticket", "list"] {
+        assert!(
+            text.contains(cmd),
+            "{cmd} missing from provider --help:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn malformed_ticket_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    for bad in ["not-a-ticket", "blobaaaa"] {
+        let out = bdc()
+            .arg("--data-dir")
+            .arg(tmp.path())
+            .args(["fetch", bad, "-o"])
+            .arg(tmp.path().join("o"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.starts_with("error: malformed ticket"), "{bad}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+}
+
+#[test]
+fn publishing_a_missing_path_fails_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = bdc()
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["provider", "publish"])
+        .arg(tmp.path().join("nope"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("nope: no such file or directory"), "{err}");
+    assert!(
+        !tmp.path().join("provider/store").exists(),
+        "no store created for a failed publish"
+    );
+}
+
+#[test]
+fn publish_prints_root_and_json_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = random_file(&tmp.path().join("one.bin"), 70_000, 11);
+    let out = bdc()
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["provider", "publish", "--raw"])
+        .arg(tmp.path().join("one.bin"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        blake3::hash(&data).to_hex().as_str()
+    );
+    let out = bdc()
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["provider", "publish", "--free", "--json", "--name", "n"])
+        .arg(tmp.path().join("one.bin"))
+        .output()
+        .unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            rec["name"].as_str(),
+            rec["free"].as_bool(),
+            rec["files"].as_u64()
+        ),
+        (Some("n"), Some(true), Some(1))
+    );
+    assert_eq!(rec["format"], "hashseq");
+}
+
+#[test]
+fn serve_prints_tickets_and_stops_cleanly_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("ds");
+    let data = random_file(&src.join("d.csv"), 123_456, 12);
+    let dd = tmp.path().join("node");
+    let st = bdc()
+        .arg("--data-dir")
+        .arg(&dd)
+        .args(["provider", "publish", "--free"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let root = String::from_utf8(st.stdout).unwrap().trim().to_string();
+    let mut serve = bdc()
+        .arg("--data-dir")
+        .arg(&dd)
+        .args(["provider", "serve", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ticket = line
+        .trim()
+        .split('\t')
+        .nth(1)
+        .expect("name<TAB>ticket")
+        .to_string();
+    // `provider ticket` reads the running serve's address
+    let t2 = bdc()
+        .arg("--data-dir")
+        .arg(&dd)
+        .args(["provider", "ticket", &root])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(t2.stdout).unwrap().trim(), ticket);
+
+    let out_dir = tmp.path().join("got");
+    let f = bdc()
+        .arg("--data-dir")
+        .arg(tmp.path().join("buyer"))
+        .args(["fetch", &ticket, "-o"])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    assert!(f.status.success(), "{}", String::from_utf8_lossy(&f.stderr));
+    assert_eq!(std::fs::read(out_dir.join("d.csv")).unwrap(), data);
+
+    let pid = serve.id() as i32;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
+    let status =
+        wait_timeout(&mut serve, Duration::from_secs(10)).expect("serve exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    assert!(!dd.join("provider/serve.json").exists());
+    // the store was closed properly: it opens again and still has the dataset
+    let again = bdc()
+        .arg("--data-dir")
+        .arg(&dd)
+        .args(["provider", "publish", "--free"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), root);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn killed_fetch_resumes_with_only_the_missing_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = random_file(&tmp.path().join("big.bin"), 24 << 20, 13);
+    let mut store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
+    let opts = PublishOptions {
+        free: true,
+        raw: true,
+        ..Default::default()
+    };
+    let rec = publish(&mut store, &tmp.path().join("big.bin"), &opts, |_| {})
+        .await
+        .unwrap();
+    // an upload cap makes the transfer slow enough to be interrupted
+    let cfg = ServeConfig {
+        max_rate: Some(6 << 20),
+        ..ServeConfig::test()
+    };
+    let provider = Provider::spawn(store, cfg).await.unwrap();
+    let ticket = provider.ticket(rec.root).unwrap().to_string();
+    let buyer = tmp.path().join("buyer");
+    let out = tmp.path().join("out");
+    let (b, o, t) = (buyer.clone(), out.clone(), ticket.clone());
+    let fetch = move |json: bool| {
+        let (buyer, out, ticket) = (&b, &o, &t);
+        let mut c = bdc();
+        c.arg("--data-dir")
+            .arg(buyer)
+            .args(["fetch", ticket, "--name", "big.bin", "-o"])
+            .arg(out);
+        if json {
+            c.arg("--json");
+        }
+        c
+    };
+    let mut child = fetch(false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // wait until the fetcher has stored a good part of the data, then kill -9
+    let store_dir = buyer.join("fetcher/store");
+    let t = Instant::now();
+    while dir_size(&store_dir) < (6 << 20) {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "fetch made no progress"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !out.join("big.bin").exists(),
+        "no output before verification completes"
+    );
+
+    let res = tokio::task::spawn_blocking(move || fetch(true).output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        res.status.success(),
+        "{}",
+        String::from_utf8_lossy(&res.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+    let (total, local, fetched) = (
+        report["total_bytes"].as_u64().unwrap(),
+        report["local_bytes"].as_u64().unwrap(),
+        report["fetched_bytes"].as_u64().unwrap(),
+    );
+    assert_eq!(total, 24 << 20);
+    assert!(local >= 4 << 20, "resumed from what was stored: {report}");
+    assert!(
+        fetched <= total - local + (64 << 10),
+        "fetched only what was missing: {report}"
+    );
+    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
+    provider.shutdown().await;
+}
+
+/// Bytes actually written to the store's data files (they are sparse: a partial blob's file has
+/// its full length from the first chunk on, so count allocated blocks).
+fn dir_size(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    crate::common::files_with_ext(p, "data")
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+fn wait_timeout(
+    child: &mut std::process::Child,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().ok();
+    None
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
