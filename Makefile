@@ -31,7 +31,7 @@ layering:
 	python3 scripts/check_layering.py
 
 unit:
-	$(CARGO) test --workspace --no-fail-fast
+	bash scripts/test_summary.sh $(CARGO) test --workspace --no-fail-fast
 
 ## demo: publish -> serve -> fetch on this machine (loopback only)
 demo: tools
