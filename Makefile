@@ -3,8 +3,9 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/bdc-target
 export CARGO_TERM_COLOR ?= never
 CARGO ?= cargo
+FORGE := $(CURDIR)/contracts/node_modules/@foundry-rs/forge-linux-amd64/bin/forge
 
-.PHONY: all build tools test fmt-check clippy layering unit demo bench clean-demo
+.PHONY: all build tools test fmt-check clippy layering unit demo bench contracts contracts-test gas devnet
 
 all: build
 
@@ -18,8 +19,8 @@ contracts/node_modules/.package-lock.json: contracts/package.json contracts/pack
 	cd contracts && npm ci --no-audit --no-fund
 	@touch $@
 
-## test: everything CI runs — toolchain, formatting, lints, crate layering, all tests
-test: tools fmt-check clippy layering unit
+## test: everything CI runs — toolchain, formatting, lints, crate layering, contracts, all tests
+test: tools fmt-check clippy layering contracts-test unit
 
 fmt-check:
 	$(CARGO) fmt --all --check
@@ -32,6 +33,26 @@ layering:
 
 unit:
 	bash scripts/test_summary.sh $(CARGO) test --workspace --no-fail-fast
+
+## contracts: compile with forge (solc-js, offline) and refresh the committed artifacts
+contracts: tools
+	cd contracts && $(FORGE) build && node scripts/export-artifacts.cjs
+
+## contracts-test: forge fmt check, unit/fuzz/invariant tests, and artifacts unchanged by a rebuild
+contracts-test: contracts
+	cd contracts && $(FORGE) fmt --check && $(FORGE) test
+	@if [ -n "$$(git status --porcelain -- contracts/artifacts)" ]; then \
+	  git status --short -- contracts/artifacts; \
+	  echo "contracts/artifacts differ from a fresh build: run 'make contracts' and commit them"; exit 1; \
+	fi
+
+## gas: forge's gas report (copied into docs/CONTRACTS.md)
+gas: tools
+	cd contracts && $(FORGE) test --gas-report --no-match-contract Invariant
+
+## devnet: anvil + deployed contracts + funded accounts, until Ctrl-C
+devnet: tools
+	$(CARGO) run --bin bdc -- devnet
 
 ## demo: publish -> serve -> fetch on this machine (loopback only)
 demo: tools

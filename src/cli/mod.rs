@@ -1,10 +1,12 @@
 //! Argument parsing and dispatch.
 
+mod devnet;
 mod fetch;
 mod provider;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// bdc: a verifiable data-set marketplace and content-delivery layer.
@@ -35,6 +37,8 @@ pub enum Command {
     Provider(provider::ProviderCmd),
     /// Download a dataset from a ticket, verifying every chunk group, and export its files.
     Fetch(fetch::FetchArgs),
+    /// Run a local chain (anvil) with bdc's contracts deployed and accounts funded, until Ctrl-C.
+    Devnet(devnet::DevnetArgs),
     /// Benchmarks that print a table (run with --release: `make bench`).
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
@@ -50,6 +54,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Provider(cmd) => provider::run(cmd, &root.join("provider"), cli.quiet).await,
         Command::Fetch(args) => fetch::run(args, &root.join("fetcher"), cli.quiet).await,
+        Command::Devnet(args) => devnet::run(args, &root).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
     }
 }
@@ -72,4 +77,22 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     2
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
 }

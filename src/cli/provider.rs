@@ -155,26 +155,9 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
     for rec in free {
         println!("{}\t{}", rec.name, provider.ticket(rec.root)?);
     }
-    wait_for_signal().await?;
+    super::wait_for_signal().await?;
     eprintln!("shutting down");
     provider.shutdown().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.context("waiting for SIGINT")?,
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
     Ok(())
 }
 

@@ -286,3 +286,52 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn devnet_deploys_prints_its_record_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = bdc()
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["devnet", "--port", "0", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "devnet exited early: {text}"
+        );
+        text.push_str(&line);
+        if line == "}\n" {
+            break;
+        }
+    }
+    let info: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let deployment: bdc_contracts::Deployment =
+        serde_json::from_value(info["deployment"].clone()).unwrap();
+    let url = info["rpc_url"].as_str().unwrap().parse().unwrap();
+    let key: alloy::signers::local::PrivateKeySigner = info["accounts"][2]["private_key"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(info["accounts"][2]["role"], "buyer");
+    let c = bdc_contracts::client::connect(url, key.clone(), deployment);
+    // the contracts are there and the buyer is funded
+    assert_eq!(c.escrow().dealCount().call().await.unwrap(), 1);
+    assert!(c.balance(key.address()).await.unwrap() > alloy::primitives::U256::ZERO);
+    assert!(tmp.path().join("devnet.json").exists());
+
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc_kill(child.id() as i32, 15) }, 0);
+    let status =
+        wait_timeout(&mut child, Duration::from_secs(10)).expect("devnet exits on SIGTERM");
+    assert!(status.success());
+    assert!(!tmp.path().join("devnet.json").exists());
+    assert!(c.balance(key.address()).await.is_err(), "anvil is gone");
+}

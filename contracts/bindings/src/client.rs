@@ -1,0 +1,398 @@
+//! Typed clients over the deployed contracts.
+//!
+//! [`Contracts`] wraps an alloy provider (with the caller's wallet) and a [`Deployment`]. Every
+//! call that sends a transaction waits for its receipt and reads what happened from the events
+//! it emitted; reverts are decoded into the contracts' custom errors ("BadSigner(…)", not hex).
+
+use alloy::{
+    contract::Error as ContractError,
+    primitives::{Address, B256, Bytes, U256},
+    providers::Provider,
+    rpc::types::{Filter, Log, TransactionReceipt},
+    sol_types::{Eip712Domain, SolEvent, SolInterface},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    bindings::{
+        BDCToken::{self, BDCTokenErrors},
+        DatasetRegistry::{self, DatasetRegistryErrors},
+        TransferEscrow::{self, TransferEscrowErrors},
+    },
+    receipt::escrow_domain,
+};
+
+/// Terms of a deal, as the escrow hashes them (`dealId == keccak256(abi.encode(terms))`).
+pub type Terms = TransferEscrow::Terms;
+
+/// Where the contracts live.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub chain_id: u64,
+    pub token: Address,
+    pub registry: Address,
+    pub escrow: Address,
+    /// Block of the first deployment transaction: indexers start here.
+    pub deploy_block: u64,
+}
+
+/// An open deal: its id and the terms every later call must present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deal {
+    pub id: B256,
+    pub terms: Terms,
+}
+
+/// A deal's on-chain state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct DealState {
+    pub exists: bool,
+    pub redeemed: U256,
+    pub paid_out: U256,
+    pub release_at: u64,
+    pub disputed: bool,
+    pub refunded: bool,
+}
+
+/// What a buyer asks for when opening a deal.
+#[derive(Debug, Clone)]
+pub struct OpenDeal {
+    pub provider: Address,
+    /// The provider's iroh EndpointId (32 bytes).
+    pub provider_node_id: B256,
+    pub dataset_root: B256,
+    /// Token base units per byte.
+    pub price_per_byte: u128,
+    pub max_amount: U256,
+    /// Bytes the provider may send ahead of receipts.
+    pub window: u64,
+    /// Unix seconds.
+    pub expiry: u64,
+    pub arbiter: Address,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("{call} reverted: {reason}")]
+    Reverted { call: &'static str, reason: String },
+    #[error("{call} failed: {reason}")]
+    Rpc { call: &'static str, reason: String },
+    #[error("{call}: transaction {tx} failed on chain")]
+    Failed { call: &'static str, tx: B256 },
+    #[error("{call}: transaction {tx} emitted no {event} event")]
+    MissingEvent {
+        call: &'static str,
+        tx: B256,
+        event: &'static str,
+    },
+}
+
+/// Decodes a contract error into the name and arguments of the custom error, when it is one.
+fn decode(call: &'static str, e: ContractError) -> ChainError {
+    fn named<I: SolInterface + std::fmt::Debug>(e: &ContractError) -> Option<String> {
+        e.as_decoded_interface_error::<I>()
+            .map(|err| format!("{err:?}"))
+    }
+    if let Some(reason) = named::<TransferEscrowErrors>(&e)
+        .or_else(|| named::<DatasetRegistryErrors>(&e))
+        .or_else(|| named::<BDCTokenErrors>(&e))
+    {
+        return ChainError::Reverted { call, reason };
+    }
+    if e.as_revert_data().is_some() {
+        return ChainError::Reverted {
+            call,
+            reason: e.to_string(),
+        };
+    }
+    ChainError::Rpc {
+        call,
+        reason: e.to_string(),
+    }
+}
+
+/// Sends a prepared call, waits for the receipt, and checks it succeeded.
+macro_rules! send {
+    ($name:literal, $call:expr) => {{
+        let pending = $call.send().await.map_err(|e| decode($name, e))?;
+        let receipt: TransactionReceipt =
+            pending.get_receipt().await.map_err(|e| ChainError::Rpc {
+                call: $name,
+                reason: e.to_string(),
+            })?;
+        if !receipt.status() {
+            return Err(ChainError::Failed {
+                call: $name,
+                tx: receipt.transaction_hash,
+            });
+        }
+        receipt
+    }};
+}
+
+fn event<E: SolEvent>(call: &'static str, receipt: &TransactionReceipt) -> Result<E, ChainError> {
+    receipt
+        .inner
+        .logs()
+        .iter()
+        .find_map(|l| E::decode_log(&l.inner).ok().map(|d| d.data))
+        .ok_or(ChainError::MissingEvent {
+            call,
+            tx: receipt.transaction_hash,
+            event: E::SIGNATURE,
+        })
+}
+
+/// The three contracts behind one provider (whose wallet signs the transactions).
+#[derive(Debug, Clone)]
+pub struct Contracts<P> {
+    provider: P,
+    deployment: Deployment,
+}
+
+impl<P: Provider + Clone> Contracts<P> {
+    pub fn new(provider: P, deployment: Deployment) -> Self {
+        Self {
+            provider,
+            deployment,
+        }
+    }
+
+    pub fn deployment(&self) -> &Deployment {
+        &self.deployment
+    }
+
+    pub fn provider(&self) -> &P {
+        &self.provider
+    }
+
+    pub fn token(&self) -> BDCToken::BDCTokenInstance<P> {
+        BDCToken::new(self.deployment.token, self.provider.clone())
+    }
+
+    pub fn registry(&self) -> DatasetRegistry::DatasetRegistryInstance<P> {
+        DatasetRegistry::new(self.deployment.registry, self.provider.clone())
+    }
+
+    pub fn escrow(&self) -> TransferEscrow::TransferEscrowInstance<P> {
+        TransferEscrow::new(self.deployment.escrow, self.provider.clone())
+    }
+
+    /// The EIP-712 domain receipts for this escrow are signed under.
+    pub fn domain(&self) -> Eip712Domain {
+        escrow_domain(self.deployment.chain_id, self.deployment.escrow)
+    }
+
+    pub async fn balance(&self, who: Address) -> Result<U256, ChainError> {
+        self.token()
+            .balanceOf(who)
+            .call()
+            .await
+            .map_err(|e| decode("balanceOf", e))
+    }
+
+    /// Devnet faucet.
+    pub async fn faucet(&self, to: Address, amount: U256) -> Result<(), ChainError> {
+        send!("faucet", self.token().faucet(to, amount));
+        Ok(())
+    }
+
+    pub async fn register_dataset(
+        &self,
+        root: B256,
+        royalty_bps: u16,
+        manifest_hash: B256,
+        price_hint: u128,
+    ) -> Result<(), ChainError> {
+        send!(
+            "register",
+            self.registry()
+                .register(root, royalty_bps, manifest_hash, price_hint)
+        );
+        Ok(())
+    }
+
+    /// Opens a deal, approving the escrow first if the allowance is short.
+    pub async fn open_deal(&self, from: Address, req: &OpenDeal) -> Result<Deal, ChainError> {
+        let allowance = self
+            .token()
+            .allowance(from, self.deployment.escrow)
+            .call()
+            .await
+            .map_err(|e| decode("allowance", e))?;
+        if allowance < req.max_amount {
+            send!(
+                "approve",
+                self.token().approve(self.deployment.escrow, req.max_amount)
+            );
+        }
+        let escrow = self.escrow();
+        let call = escrow.openDeal(
+            req.provider,
+            req.provider_node_id,
+            req.dataset_root,
+            req.price_per_byte,
+            req.max_amount,
+            req.window,
+            req.expiry,
+            req.arbiter,
+        );
+        let receipt = send!("openDeal", call);
+        let ev: TransferEscrow::DealOpened = event("openDeal", &receipt)?;
+        Ok(Deal {
+            id: ev.dealId,
+            terms: ev.terms,
+        })
+    }
+
+    /// Redeems a receipt; returns the amount it added to the pending pot (0 for a stale receipt).
+    pub async fn redeem(
+        &self,
+        terms: &Terms,
+        cumulative: U256,
+        sig: Bytes,
+    ) -> Result<U256, ChainError> {
+        let receipt = send!(
+            "redeem",
+            self.escrow().redeem(terms.clone(), cumulative, sig)
+        );
+        Ok(event::<TransferEscrow::Redeemed>("redeem", &receipt)
+            .map(|e| e.amount)
+            .unwrap_or(U256::ZERO))
+    }
+
+    /// Pays out the pending pot after the dispute window: (to provider, to vendor).
+    pub async fn withdraw(&self, terms: &Terms) -> Result<(U256, U256), ChainError> {
+        let receipt = send!("withdraw", self.escrow().withdraw(terms.clone()));
+        let ev: TransferEscrow::Withdrawn = event("withdraw", &receipt)?;
+        Ok((ev.toProvider, ev.toVendor))
+    }
+
+    /// Returns the unredeemed escrow to the buyer after expiry.
+    pub async fn refund(&self, terms: &Terms) -> Result<U256, ChainError> {
+        let receipt = send!("refund", self.escrow().refund(terms.clone()));
+        Ok(event::<TransferEscrow::Refunded>("refund", &receipt)?.amount)
+    }
+
+    /// The buyer disputes (approving the bond first if needed).
+    pub async fn dispute(&self, from: Address, terms: &Terms) -> Result<(), ChainError> {
+        let bond = self
+            .escrow()
+            .disputeBond()
+            .call()
+            .await
+            .map_err(|e| decode("disputeBond", e))?;
+        let allowance = self
+            .token()
+            .allowance(from, self.deployment.escrow)
+            .call()
+            .await
+            .map_err(|e| decode("allowance", e))?;
+        if allowance < bond {
+            send!(
+                "approve",
+                self.token().approve(self.deployment.escrow, bond)
+            );
+        }
+        send!("dispute", self.escrow().dispute(terms.clone()));
+        Ok(())
+    }
+
+    /// The arbiter splits a disputed pot.
+    pub async fn resolve(
+        &self,
+        terms: &Terms,
+        to_buyer: U256,
+        buyer_wins: bool,
+    ) -> Result<(), ChainError> {
+        send!(
+            "resolve",
+            self.escrow().resolve(terms.clone(), to_buyer, buyer_wins)
+        );
+        Ok(())
+    }
+
+    pub async fn deal_state(&self, id: B256) -> Result<DealState, ChainError> {
+        let s = self
+            .escrow()
+            .deals(id)
+            .call()
+            .await
+            .map_err(|e| decode("deals", e))?;
+        Ok(DealState {
+            exists: s.flags & 1 != 0,
+            redeemed: U256::from(s.redeemed),
+            paid_out: U256::from(s.paidOut),
+            release_at: s.releaseAt.to::<u64>(),
+            disputed: s.flags & 2 != 0,
+            refunded: s.flags & 4 != 0,
+        })
+    }
+
+    /// Decoded escrow events in `[from, to]` (inclusive block numbers).
+    pub async fn escrow_events(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(Log, TransferEscrow::TransferEscrowEvents)>, ChainError> {
+        let filter = Filter::new()
+            .address(self.deployment.escrow)
+            .from_block(from)
+            .to_block(to);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| ChainError::Rpc {
+                call: "eth_getLogs",
+                reason: e.to_string(),
+            })?;
+        Ok(logs
+            .into_iter()
+            .filter_map(|l| {
+                use alloy::sol_types::SolEventInterface;
+                let ev = TransferEscrow::TransferEscrowEvents::decode_log(&l.inner)
+                    .ok()?
+                    .data;
+                Some((l, ev))
+            })
+            .collect())
+    }
+}
+
+/// A provider builder for sending transactions: gas estimation, chain id, and nonces read from
+/// the node for every transaction. (alloy's default caches nonces locally and reserves one even
+/// when gas estimation then fails on a revert, which leaves a gap that stalls every later
+/// transaction from that account.)
+pub fn sending_provider() -> alloy::providers::ProviderBuilder<
+    alloy::providers::Identity,
+    impl alloy::providers::fillers::TxFiller<alloy::network::Ethereum>,
+    alloy::network::Ethereum,
+> {
+    alloy::providers::ProviderBuilder::new()
+        .disable_recommended_fillers()
+        .with_gas_estimation()
+        .with_simple_nonce_management()
+        .fetch_chain_id()
+}
+
+/// Installs rustls' ring crypto provider as the process default if none is installed yet.
+/// reqwest is built without a default provider in this workspace (iroh brings rustls with ring
+/// only), and panics on the first HTTPS-capable client without one.
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Connects to `rpc_url` with `signer` as the sending wallet.
+pub fn connect(
+    rpc_url: alloy::transports::http::reqwest::Url,
+    signer: alloy::signers::local::PrivateKeySigner,
+    deployment: Deployment,
+) -> Contracts<alloy::providers::DynProvider> {
+    ensure_crypto_provider();
+    let provider = sending_provider()
+        .wallet(signer)
+        .connect_http(rpc_url)
+        .erased();
+    Contracts::new(provider, deployment)
+}
