@@ -44,55 +44,25 @@ async fn transfer(size_mib: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
     };
     let file = tmp.path().join("bench.bin");
     let size = size_mib * 1024 * 1024;
-    eprintln!(
-        "writing {size_mib} MiB of pseudo-random data to {}",
-        file.display()
-    );
+    eprintln!("writing {size_mib} MiB of pseudo-random data to {}", file.display());
     write_random(&file, size)?;
     let mut rows = Vec::new();
 
     // peer: what `b3sum` does (mmap + multithreaded BLAKE3), and single-threaded BLAKE3
     let t = Instant::now();
     let expected = blake3::Hasher::new().update_mmap_rayon(&file)?.finalize();
-    rows.push(Row {
-        what: "blake3 mmap+rayon (= b3sum)",
-        bytes: size,
-        secs: t.elapsed().as_secs_f64(),
-    });
+    rows.push(Row { what: "blake3 mmap+rayon (= b3sum)", bytes: size, secs: t.elapsed().as_secs_f64() });
     let t = Instant::now();
     let single = blake3::Hasher::new().update_mmap(&file)?.finalize();
-    rows.push(Row {
-        what: "blake3 single thread",
-        bytes: size,
-        secs: t.elapsed().as_secs_f64(),
-    });
+    rows.push(Row { what: "blake3 single thread", bytes: size, secs: t.elapsed().as_secs_f64() });
     ensure!(single == expected, "blake3 disagrees with itself");
 
     // ours: publish raw (copy) and raw in place
     let copy_dir = tmp.path().join("provider-copy");
-    let root = publish_timed(
-        &copy_dir,
-        &file,
-        false,
-        "bdc publish --raw (copy)",
-        size,
-        &mut rows,
-    )
-    .await?;
-    ensure!(
-        root.as_bytes() == expected.as_bytes(),
-        "published root differs from b3sum"
-    );
+    let root = publish_timed(&copy_dir, &file, false, "bdc publish --raw (copy)", size, &mut rows).await?;
+    ensure!(root.as_bytes() == expected.as_bytes(), "published root differs from b3sum");
     let ref_dir = tmp.path().join("provider-ref");
-    publish_timed(
-        &ref_dir,
-        &file,
-        true,
-        "bdc publish --raw --in-place",
-        size,
-        &mut rows,
-    )
-    .await?;
+    publish_timed(&ref_dir, &file, true, "bdc publish --raw --in-place", size, &mut rows).await?;
 
     // loopback fetch from the copy store
     let store = ProviderStore::open(&copy_dir).await?;
@@ -114,47 +84,20 @@ async fn transfer(size_mib: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
         .await?;
     let secs = t.elapsed().as_secs_f64();
     let stored = stored_at.unwrap_or(secs);
-    rows.push(Row {
-        what: "bdc fetch, loopback: verified into store",
-        bytes: size,
-        secs: stored,
-    });
-    rows.push(Row {
-        what: "bdc fetch: export to output dir",
-        bytes: size,
-        secs: secs - stored,
-    });
-    rows.push(Row {
-        what: "bdc fetch, end to end",
-        bytes: size,
-        secs,
-    });
-    ensure!(
-        report.fetched_bytes == size,
-        "fetched {} of {size} bytes",
-        report.fetched_bytes
-    );
-    let got = blake3::Hasher::new()
-        .update_mmap_rayon(&report.files[0].path)?
-        .finalize();
+    rows.push(Row { what: "bdc fetch, loopback: verified into store", bytes: size, secs: stored });
+    rows.push(Row { what: "bdc fetch: export to output dir", bytes: size, secs: secs - stored });
+    rows.push(Row { what: "bdc fetch, end to end", bytes: size, secs });
+    ensure!(report.fetched_bytes == size, "fetched {} of {size} bytes", report.fetched_bytes);
+    let got = blake3::Hasher::new().update_mmap_rayon(&report.files[0].path)?.finalize();
     ensure!(got == expected, "exported file differs");
     fetcher.shutdown().await;
     provider.shutdown().await;
 
-    println!(
-        "| {:<42} | {:>8} | {:>8} | {:>9} |",
-        "step", "MiB", "seconds", "MiB/s"
-    );
+    println!("| {:<42} | {:>8} | {:>8} | {:>9} |", "step", "MiB", "seconds", "MiB/s");
     println!("|{:-<44}|{:->10}|{:->10}|{:->11}|", "", "", "", "");
     for r in rows {
         let mib = r.bytes as f64 / (1024.0 * 1024.0);
-        println!(
-            "| {:<42} | {:>8.0} | {:>8.3} | {:>9.1} |",
-            r.what,
-            mib,
-            r.secs,
-            mib / r.secs
-        );
+        println!("| {:<42} | {:>8.0} | {:>8.3} | {:>9.1} |", r.what, mib, r.secs, mib / r.secs);
     }
     Ok(())
 }
@@ -168,26 +111,16 @@ async fn publish_timed(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<bdc_core::Hash> {
     let mut store = ProviderStore::open(dir).await?;
-    let opts = PublishOptions {
-        raw: true,
-        in_place,
-        free: true,
-        ..Default::default()
-    };
+    let opts = PublishOptions { raw: true, in_place, free: true, ..Default::default() };
     let t = Instant::now();
     let rec = publish(&mut store, file, &opts, |_| {}).await?;
-    rows.push(Row {
-        what,
-        bytes: size,
-        secs: t.elapsed().as_secs_f64(),
-    });
+    rows.push(Row { what, bytes: size, secs: t.elapsed().as_secs_f64() });
     store.shutdown().await;
     Ok(rec.root)
 }
 
 fn write_random(path: &Path, size: u64) -> anyhow::Result<()> {
-    let mut f =
-        std::io::BufWriter::new(std::fs::File::create(path).context("creating bench file")?);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).context("creating bench file")?);
     let mut rng = StdRng::seed_from_u64(0x6264_6320);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;

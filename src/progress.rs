@@ -5,18 +5,12 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub fn bytes_bar(total: u64, msg: &'static str, quiet: bool) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(
         Some(total),
-        if quiet {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        },
+        if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
     );
     pb.set_style(
-        ProgressStyle::with_template(
-            "{msg:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
-        )
-        .expect("static template")
-        .progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
     );
     pb.set_message(msg);
     pb

@@ -10,15 +10,9 @@ use iroh::SecretKey;
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read node key {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("cannot write node key {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
     #[error("node key file {path} is malformed (expected 64 hex digits)")]
     Malformed { path: String },
 }
@@ -28,28 +22,17 @@ pub fn load_or_create(path: &Path) -> Result<SecretKey, KeyError> {
     let shown = path.display().to_string();
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed {
-                path: shown.clone(),
-            })?;
-            let arr: [u8; 32] = bytes
-                .try_into()
-                .map_err(|_| KeyError::Malformed { path: shown })?;
+            let bytes = hex::decode(text.trim()).map_err(|_| KeyError::Malformed { path: shown.clone() })?;
+            let arr: [u8; 32] = bytes.try_into().map_err(|_| KeyError::Malformed { path: shown })?;
             Ok(SecretKey::from_bytes(&arr))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = SecretKey::generate();
-            write_private(path, hex::encode(key.to_bytes()).as_bytes()).map_err(|source| {
-                KeyError::Write {
-                    path: shown,
-                    source,
-                }
-            })?;
+            write_private(path, hex::encode(key.to_bytes()).as_bytes())
+                .map_err(|source| KeyError::Write { path: shown, source })?;
             Ok(key)
         }
-        Err(source) => Err(KeyError::Read {
-            path: shown,
-            source,
-        }),
+        Err(source) => Err(KeyError::Read { path: shown, source }),
     }
 }
 
@@ -91,9 +74,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("node.key");
         std::fs::write(&p, "zz").unwrap();
-        assert!(matches!(
-            load_or_create(&p),
-            Err(KeyError::Malformed { .. })
-        ));
+        assert!(matches!(load_or_create(&p), Err(KeyError::Malformed { .. })));
     }
 }

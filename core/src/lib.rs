@@ -12,6 +12,7 @@
 pub mod keys;
 pub mod manifest;
 pub mod net;
+pub mod paid;
 pub mod paths;
 pub mod protocol;
 pub mod ticket;

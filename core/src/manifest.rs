@@ -82,10 +82,7 @@ impl DatasetManifest {
 
 /// Guesses a media type from a file name's extension.
 pub fn media_type(name: &str) -> &'static str {
-    let ext = name
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     match ext.as_str() {
         "parquet" => "application/vnd.apache.parquet",
         "csv" => "text/csv",
@@ -134,15 +131,9 @@ mod tests {
     fn rejects_unsafe_names_and_unknown_versions() {
         let mut m = sample();
         m.files[0].name = "../../etc/passwd".into();
-        assert!(matches!(
-            DatasetManifest::from_bytes(&m.to_bytes()),
-            Err(ManifestError::Name(_))
-        ));
+        assert!(matches!(DatasetManifest::from_bytes(&m.to_bytes()), Err(ManifestError::Name(_))));
         let mut m = sample();
         m.version = 99;
-        assert!(matches!(
-            DatasetManifest::from_bytes(&m.to_bytes()),
-            Err(ManifestError::Version(99))
-        ));
+        assert!(matches!(DatasetManifest::from_bytes(&m.to_bytes()), Err(ManifestError::Version(99))));
     }
 }

@@ -20,19 +20,13 @@ pub struct NetConfig {
 impl NetConfig {
     /// Loopback on a free port: what tests use.
     pub fn test() -> Self {
-        Self {
-            bind: "127.0.0.1:0".parse().expect("static address"),
-            relays: false,
-        }
+        Self { bind: "127.0.0.1:0".parse().expect("static address"), relays: false }
     }
 }
 
 impl Default for NetConfig {
     fn default() -> Self {
-        Self {
-            bind: "0.0.0.0:0".parse().expect("static address"),
-            relays: false,
-        }
+        Self { bind: "0.0.0.0:0".parse().expect("static address"), relays: false }
     }
 }
 
@@ -45,16 +39,8 @@ pub enum NetError {
 }
 
 /// Binds an endpoint per `cfg` with the given key and ALPNs.
-pub async fn bind_endpoint(
-    cfg: &NetConfig,
-    key: SecretKey,
-    alpns: Vec<Vec<u8>>,
-) -> Result<Endpoint, NetError> {
-    let relay = if cfg.relays {
-        RelayMode::Default
-    } else {
-        RelayMode::Disabled
-    };
+pub async fn bind_endpoint(cfg: &NetConfig, key: SecretKey, alpns: Vec<Vec<u8>>) -> Result<Endpoint, NetError> {
+    let relay = if cfg.relays { RelayMode::Default } else { RelayMode::Disabled };
     let builder = Endpoint::builder(presets::Minimal)
         .secret_key(key)
         .alpns(alpns)
@@ -62,14 +48,8 @@ pub async fn bind_endpoint(
         .clear_address_lookup()
         .clear_ip_transports()
         .bind_addr(cfg.bind)
-        .map_err(|e| NetError::BadBind {
-            addr: cfg.bind,
-            reason: e.to_string(),
-        })?;
-    builder.bind().await.map_err(|e| NetError::Bind {
-        addr: cfg.bind,
-        reason: e.to_string(),
-    })
+        .map_err(|e| NetError::BadBind { addr: cfg.bind, reason: e.to_string() })?;
+    builder.bind().await.map_err(|e| NetError::Bind { addr: cfg.bind, reason: e.to_string() })
 }
 
 /// The address others should dial: the endpoint's own view, plus its bound sockets (with an

@@ -39,8 +39,7 @@ pub fn check_name(name: &str) -> Result<Vec<&str>, UnsafeName> {
         return Err(UnsafeName::BadCharacter(name.to_string()));
     }
     // `C:foo` is relative on unix but absolute-ish on windows; refuse drive prefixes everywhere.
-    let drive =
-        name.len() >= 2 && name.as_bytes()[1] == b':' && name.as_bytes()[0].is_ascii_alphabetic();
+    let drive = name.len() >= 2 && name.as_bytes()[1] == b':' && name.as_bytes()[0].is_ascii_alphabetic();
     if name.starts_with('/') || drive {
         return Err(UnsafeName::Absolute(name.to_string()));
     }
@@ -88,49 +87,25 @@ mod tests {
     #[test]
     fn accepts_nested_relative_names() {
         assert_eq!(check_name("a/b.parquet").unwrap(), vec!["a", "b.parquet"]);
-        assert_eq!(
-            join_checked(Path::new("/out"), "x/y.csv").unwrap(),
-            PathBuf::from("/out/x/y.csv")
-        );
+        assert_eq!(join_checked(Path::new("/out"), "x/y.csv").unwrap(), PathBuf::from("/out/x/y.csv"));
     }
 
     #[test]
     fn refuses_escapes() {
         assert!(matches!(check_name("../x"), Err(UnsafeName::ParentDir(_))));
-        assert!(matches!(
-            check_name("a/../../x"),
-            Err(UnsafeName::ParentDir(_))
-        ));
-        assert!(matches!(
-            check_name("/etc/passwd"),
-            Err(UnsafeName::Absolute(_))
-        ));
+        assert!(matches!(check_name("a/../../x"), Err(UnsafeName::ParentDir(_))));
+        assert!(matches!(check_name("/etc/passwd"), Err(UnsafeName::Absolute(_))));
         assert!(matches!(check_name("C:evil"), Err(UnsafeName::Absolute(_))));
-        assert!(matches!(
-            check_name("a\\..\\x"),
-            Err(UnsafeName::BadCharacter(_))
-        ));
-        assert!(matches!(
-            check_name("a//b"),
-            Err(UnsafeName::EmptyComponent(_))
-        ));
-        assert!(matches!(
-            check_name("./a"),
-            Err(UnsafeName::EmptyComponent(_))
-        ));
-        assert!(matches!(
-            check_name("a\0b"),
-            Err(UnsafeName::BadCharacter(_))
-        ));
+        assert!(matches!(check_name("a\\..\\x"), Err(UnsafeName::BadCharacter(_))));
+        assert!(matches!(check_name("a//b"), Err(UnsafeName::EmptyComponent(_))));
+        assert!(matches!(check_name("./a"), Err(UnsafeName::EmptyComponent(_))));
+        assert!(matches!(check_name("a\0b"), Err(UnsafeName::BadCharacter(_))));
         assert_eq!(check_name(""), Err(UnsafeName::Empty));
     }
 
     #[test]
     fn relative_paths_become_slash_names() {
-        assert_eq!(
-            name_from_relative(Path::new("a/b/c.csv")).unwrap(),
-            "a/b/c.csv"
-        );
+        assert_eq!(name_from_relative(Path::new("a/b/c.csv")).unwrap(), "a/b/c.csv");
         assert!(name_from_relative(Path::new("../c.csv")).is_err());
     }
 }

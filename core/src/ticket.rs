@@ -19,21 +19,11 @@ pub struct TicketError {
 /// Parses a ticket, with an error that names what was wrong.
 pub fn parse_ticket(s: &str) -> Result<BlobTicket, TicketError> {
     let t = s.trim();
-    let shown: String = if t.len() > 24 {
-        format!("{}…", &t[..t.floor_char_boundary(24)])
-    } else {
-        t.to_string()
-    };
+    let shown: String = if t.len() > 24 { format!("{}…", &t[..t.floor_char_boundary(24)]) } else { t.to_string() };
     if !t.starts_with("blob") {
-        return Err(TicketError {
-            shown,
-            reason: "a bdc ticket starts with `blob`".into(),
-        });
+        return Err(TicketError { shown, reason: "a bdc ticket starts with `blob`".into() });
     }
-    BlobTicket::from_str(t).map_err(|e| TicketError {
-        shown,
-        reason: e.to_string(),
-    })
+    BlobTicket::from_str(t).map_err(|e| TicketError { shown, reason: e.to_string() })
 }
 
 #[cfg(test)]
@@ -48,12 +38,7 @@ mod tests {
         let t = BlobTicket::new(EndpointAddr::new(id), Hash::new(b"d"), BlobFormat::HashSeq);
         let back = parse_ticket(&t.to_string()).unwrap();
         assert_eq!(back.hash(), t.hash());
-        assert!(
-            parse_ticket("hello")
-                .unwrap_err()
-                .to_string()
-                .contains("malformed ticket")
-        );
+        assert!(parse_ticket("hello").unwrap_err().to_string().contains("malformed ticket"));
         let mut s = t.to_string();
         s.truncate(s.len() - 5);
         assert!(parse_ticket(&s).is_err());

@@ -13,16 +13,9 @@ pub enum ExportError {
     #[error(transparent)]
     UnsafeName(#[from] bdc_core::paths::UnsafeName),
     #[error("cannot write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("exporting {hash} to {path} failed: {reason}")]
-    Store {
-        hash: Hash,
-        path: PathBuf,
-        reason: String,
-    },
+    Store { hash: Hash, path: PathBuf, reason: String },
 }
 
 /// One exported file.
@@ -34,41 +27,19 @@ pub struct ExportedFile {
 }
 
 /// Exports `hash` from `store` to `out/name` atomically.
-pub async fn export_file(
-    store: &Store,
-    hash: Hash,
-    out: &Path,
-    name: &str,
-) -> Result<ExportedFile, ExportError> {
+pub async fn export_file(store: &Store, hash: Hash, out: &Path, name: &str) -> Result<ExportedFile, ExportError> {
     let target = join_checked(out, name)?;
     let parent = target.parent().unwrap_or(out).to_path_buf();
-    std::fs::create_dir_all(&parent).map_err(|source| ExportError::Io {
-        path: parent.clone(),
-        source,
-    })?;
-    let file_name = target
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    std::fs::create_dir_all(&parent).map_err(|source| ExportError::Io { path: parent.clone(), source })?;
+    let file_name = target.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = parent.join(format!(".{file_name}.bdc-partial"));
     let size = match store.blobs().export(hash, &tmp).finish().await {
         Ok(size) => size,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            return Err(ExportError::Store {
-                hash,
-                path: target.clone(),
-                reason: e.to_string(),
-            });
+            return Err(ExportError::Store { hash, path: target.clone(), reason: e.to_string() });
         }
     };
-    std::fs::rename(&tmp, &target).map_err(|source| ExportError::Io {
-        path: target.clone(),
-        source,
-    })?;
-    Ok(ExportedFile {
-        name: name.to_string(),
-        path: target,
-        size,
-    })
+    std::fs::rename(&tmp, &target).map_err(|source| ExportError::Io { path: target.clone(), source })?;
+    Ok(ExportedFile { name: name.to_string(), path: target, size })
 }

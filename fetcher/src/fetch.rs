@@ -20,7 +20,7 @@ use bdc_core::{
     BlobFormat, Hash,
     net::{NetConfig, NetError, bind_endpoint},
     paths::{UnsafeName, check_name},
-    protocol::FREE_ALPN,
+    protocol::{FREE_ALPN, PAID_ALPN},
     ticket::BlobTicket,
 };
 use futures_lite::StreamExt;
@@ -47,20 +47,12 @@ pub struct FetcherConfig {
 
 impl FetcherConfig {
     pub fn new(data_dir: PathBuf) -> Self {
-        Self {
-            data_dir,
-            net: NetConfig::default(),
-            connect_timeout: Duration::from_secs(10),
-        }
+        Self { data_dir, net: NetConfig::default(), connect_timeout: Duration::from_secs(10) }
     }
 
     /// Loopback, port 0, short timeout: what tests use.
     pub fn test(data_dir: PathBuf) -> Self {
-        Self {
-            data_dir,
-            net: NetConfig::test(),
-            connect_timeout: Duration::from_secs(3),
-        }
+        Self { data_dir, net: NetConfig::test(), connect_timeout: Duration::from_secs(3) }
     }
 }
 
@@ -76,22 +68,15 @@ pub struct FetchOptions {
 pub enum FetchError {
     #[error(transparent)]
     Net(#[from] NetError),
-    #[error(
-        "cannot open the fetcher store in {path}: {reason} (is another `bdc fetch` using this data dir?)"
-    )]
+    #[error("cannot open the fetcher store in {path}: {reason} (is another `bdc fetch` using this data dir?)")]
     Store { path: PathBuf, reason: String },
     #[error("the ticket carries no address for provider {0}")]
     NoAddress(EndpointId),
     #[error("provider {provider} did not answer within {secs}s (unreachable, or not serving)")]
     Timeout { provider: EndpointId, secs: u64 },
     #[error("cannot connect to provider {provider}: {reason}")]
-    Connect {
-        provider: EndpointId,
-        reason: String,
-    },
-    #[error(
-        "provider {provider} refused the request for {root}: permission denied (not a free dataset there)"
-    )]
+    Connect { provider: EndpointId, reason: String },
+    #[error("provider {provider} refused the request for {root}: permission denied (not a free dataset there)")]
     Refused { provider: EndpointId, root: Hash },
     #[error("provider {provider} is rate limiting; try again later")]
     RateLimited { provider: EndpointId },
@@ -100,21 +85,11 @@ pub enum FetchError {
     #[error(
         "verification failed: provider {provider} sent data for {root} that does not match its hash ({detail}); nothing unverified was written"
     )]
-    Verification {
-        provider: EndpointId,
-        root: Hash,
-        detail: String,
-    },
+    Verification { provider: EndpointId, root: Hash, detail: String },
     #[error("transfer from provider {provider} broke off: {reason} (rerun to resume)")]
-    Transfer {
-        provider: EndpointId,
-        reason: String,
-    },
+    Transfer { provider: EndpointId, reason: String },
     #[error("provider {provider} sent an unsafe file name; refusing the whole dataset: {source}")]
-    UnsafeName {
-        provider: EndpointId,
-        source: UnsafeName,
-    },
+    UnsafeName { provider: EndpointId, source: UnsafeName },
     #[error("provider {provider} sent a collection that lists {name:?} twice")]
     DuplicateName { provider: EndpointId, name: String },
     #[error("dataset {root} is not a valid collection: {reason}")]
@@ -123,6 +98,10 @@ pub enum FetchError {
     Export(#[from] ExportError),
     #[error("local store failure: {0}")]
     Local(String),
+    #[error(transparent)]
+    Paid(#[from] crate::paid::PaidError),
+    #[error("provider {provider} closed the paid connection: {reason} (code {code})")]
+    ProviderClosed { provider: EndpointId, code: u64, reason: &'static str },
 }
 
 impl FetchError {
@@ -177,16 +156,11 @@ pub struct Fetcher {
 impl Fetcher {
     pub async fn open(cfg: FetcherConfig) -> Result<Self, FetchError> {
         let store_dir = cfg.data_dir.join("store");
-        let store_err = |reason: String| FetchError::Store {
-            path: store_dir.clone(),
-            reason,
-        };
+        let store_err = |reason: String| FetchError::Store { path: store_dir.clone(), reason };
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| store_err(e.to_string()))?;
-        let key = bdc_core::keys::load_or_create(&cfg.data_dir.join("node.key"))
-            .map_err(|e| store_err(e.to_string()))?;
-        let store = FsStore::load(&store_dir)
-            .await
-            .map_err(|e| store_err(format!("{e:#}")))?;
+        let key =
+            bdc_core::keys::load_or_create(&cfg.data_dir.join("node.key")).map_err(|e| store_err(e.to_string()))?;
+        let store = FsStore::load(&store_dir).await.map_err(|e| store_err(format!("{e:#}")))?;
         let endpoint = match bind_endpoint(&cfg.net, key, vec![]).await {
             Ok(ep) => ep,
             Err(e) => {
@@ -194,11 +168,11 @@ impl Fetcher {
                 return Err(e.into());
             }
         };
-        Ok(Self {
-            cfg,
-            store,
-            endpoint,
-        })
+        Ok(Self { cfg, store, endpoint })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.cfg.data_dir
     }
 
     pub fn store(&self) -> &FsStore {
@@ -215,21 +189,28 @@ impl Fetcher {
         ticket: &BlobTicket,
         out: &Path,
         opts: &FetchOptions,
+        on: impl FnMut(FetchEvent),
+    ) -> Result<FetchReport, FetchError> {
+        self.run(ticket, out, opts, None, on).await
+    }
+
+    /// The fetch, free (`paid == None`, `/iroh-bytes/4`) or paid (`bdc/paid/1`, receipts sent as
+    /// bytes verify).
+    pub(crate) async fn run(
+        &self,
+        ticket: &BlobTicket,
+        out: &Path,
+        opts: &FetchOptions,
+        mut paid: Option<&mut crate::paid::PaidSession>,
         mut on: impl FnMut(FetchEvent),
     ) -> Result<FetchReport, FetchError> {
         let start = Instant::now();
-        let out = std::path::absolute(out).map_err(|source| ExportError::Io {
-            path: out.to_path_buf(),
-            source,
-        })?;
+        let out = std::path::absolute(out).map_err(|source| ExportError::Io { path: out.to_path_buf(), source })?;
         let root = ticket.hash();
         let content = ticket.hash_and_format();
         let provider = ticket.addr().id;
         let remote = self.store.remote();
-        let local = remote
-            .local(content)
-            .await
-            .map_err(|e| FetchError::Local(e.to_string()))?;
+        let local = remote.local(content).await.map_err(|e| FetchError::Local(e.to_string()))?;
         // what is here before this run (a resume), counted over the files only
         let local_before = match self.file_list(ticket, provider, opts).await {
             Ok(files) => self.payload_state(&files).await?.1,
@@ -238,7 +219,14 @@ impl Fetcher {
         let mut fetched = 0;
         let mut conn = None;
         if !local.is_complete() {
-            let c = self.connect(ticket).await?;
+            let c = match paid.as_deref_mut() {
+                None => self.connect(ticket, FREE_ALPN).await?,
+                Some(p) => {
+                    let c = self.connect(ticket, PAID_ALPN).await?;
+                    p.hello(&c).await?;
+                    c
+                }
+            };
             on(FetchEvent::Connected { provider });
             // sizes (and, for a collection, names) first: cheap, verified, and lets us refuse
             // bad names before any file byte is requested
@@ -251,19 +239,29 @@ impl Fetcher {
             } else {
                 GetRequest::blob_ranges(root, ChunkRanges::last_chunk())
             };
-            let stats = remote
-                .execute_get(c.clone(), req)
-                .await
-                .map_err(|e| classify(e, provider, root, 0))?;
-            fetched += stats.payload_bytes_read;
+            let mut stream = remote.execute_get(c.clone(), req).stream();
+            while let Some(item) = stream.next().await {
+                match item {
+                    GetProgressItem::Progress(n) => {
+                        if let Some(p) = paid.as_deref() {
+                            p.verified(n);
+                        }
+                    }
+                    GetProgressItem::Done(stats) => {
+                        fetched += stats.payload_bytes_read;
+                        break;
+                    }
+                    GetProgressItem::Error(e) => return Err(classify(e, provider, root, 0)),
+                }
+            }
+            if let Some(p) = paid.as_deref() {
+                p.verified(fetched);
+            }
             conn = Some(c);
         }
         let files = self.file_list(ticket, provider, opts).await?;
         let (total, local_now) = self.payload_state(&files).await?;
-        on(FetchEvent::Plan {
-            total,
-            local: local_now,
-        });
+        on(FetchEvent::Plan { total, local: local_now });
 
         if let Some(conn) = conn {
             let mut stream = remote.fetch(conn.clone(), content).stream();
@@ -272,25 +270,34 @@ impl Fetcher {
                 match item {
                     GetProgressItem::Progress(n) => {
                         done = local_now + n;
+                        if let Some(p) = paid.as_deref() {
+                            p.verified(fetched + n);
+                        }
                         on(FetchEvent::Progress { done, total })
                     }
                     GetProgressItem::Done(stats) => {
                         fetched += stats.payload_bytes_read;
                         break;
                     }
-                    GetProgressItem::Error(e) => return Err(classify(e, provider, root, done)),
+                    GetProgressItem::Error(e) => {
+                        let e = classify(e, provider, root, done);
+                        if let Some(p) = paid.as_deref_mut() {
+                            return Err(p.explain(&conn, e).await);
+                        }
+                        return Err(e);
+                    }
                 }
             }
-            conn.close(0u32.into(), b"done");
-            let after = remote
-                .local(content)
-                .await
-                .map_err(|e| FetchError::Local(e.to_string()))?;
+            match paid {
+                Some(p) => {
+                    p.verified(fetched);
+                    p.finish(&conn).await?;
+                }
+                None => conn.close(0u32.into(), b"done"),
+            }
+            let after = remote.local(content).await.map_err(|e| FetchError::Local(e.to_string()))?;
             if !after.is_complete() {
-                return Err(FetchError::Transfer {
-                    provider,
-                    reason: "the provider ended the transfer early".into(),
-                });
+                return Err(FetchError::Transfer { provider, reason: "the provider ended the transfer early".into() });
             }
         }
         on(FetchEvent::Progress { done: total, total });
@@ -313,24 +320,16 @@ impl Fetcher {
         })
     }
 
-    async fn connect(&self, ticket: &BlobTicket) -> Result<Connection, FetchError> {
+    async fn connect(&self, ticket: &BlobTicket, alpn: &[u8]) -> Result<Connection, FetchError> {
         let addr = ticket.addr().clone();
         let provider = addr.id;
         if addr.addrs.is_empty() {
             return Err(FetchError::NoAddress(provider));
         }
         let secs = self.cfg.connect_timeout.as_secs().max(1);
-        match tokio::time::timeout(
-            self.cfg.connect_timeout,
-            self.endpoint.connect(addr, FREE_ALPN),
-        )
-        .await
-        {
+        match tokio::time::timeout(self.cfg.connect_timeout, self.endpoint.connect(addr, alpn)).await {
             Err(_) => Err(FetchError::Timeout { provider, secs }),
-            Ok(Err(e)) => Err(FetchError::Connect {
-                provider,
-                reason: e.to_string(),
-            }),
+            Ok(Err(e)) => Err(FetchError::Connect { provider, reason: e.to_string() }),
             Ok(Ok(c)) => Ok(c),
         }
     }
@@ -344,30 +343,20 @@ impl Fetcher {
     ) -> Result<Vec<(String, Hash)>, FetchError> {
         let root = ticket.hash();
         if ticket.format() == BlobFormat::Raw {
-            let name = opts
-                .raw_name
-                .clone()
-                .unwrap_or_else(|| root.to_hex().to_string());
+            let name = opts.raw_name.clone().unwrap_or_else(|| root.to_hex().to_string());
             check_name(&name).map_err(|source| FetchError::UnsafeName { provider, source })?;
             return Ok(vec![(name, root)]);
         }
         let store: &iroh_blobs::api::Store = &self.store;
-        let collection =
-            Collection::load(root, store)
-                .await
-                .map_err(|e| FetchError::BadCollection {
-                    root,
-                    reason: e.to_string(),
-                })?;
+        let collection = Collection::load(root, store)
+            .await
+            .map_err(|e| FetchError::BadCollection { root, reason: e.to_string() })?;
         let mut seen = HashSet::new();
         let mut files = Vec::with_capacity(collection.len());
         for (name, hash) in collection.iter() {
             check_name(name).map_err(|source| FetchError::UnsafeName { provider, source })?;
             if !seen.insert(name.clone()) {
-                return Err(FetchError::DuplicateName {
-                    provider,
-                    name: name.clone(),
-                });
+                return Err(FetchError::DuplicateName { provider, name: name.clone() });
             }
             files.push((name.clone(), *hash));
         }
@@ -378,12 +367,7 @@ impl Fetcher {
     async fn payload_state(&self, files: &[(String, Hash)]) -> Result<(u64, u64), FetchError> {
         let (mut total, mut local) = (0, 0);
         for (_, hash) in files {
-            let bits = self
-                .store
-                .blobs()
-                .observe(*hash)
-                .await
-                .map_err(|e| FetchError::Local(e.to_string()))?;
+            let bits = self.store.blobs().observe(*hash).await.map_err(|e| FetchError::Local(e.to_string()))?;
             total += bits.size();
             local += bits.total_bytes();
         }
@@ -425,11 +409,7 @@ fn classify(e: GetError, provider: EndpointId, root: Hash, verified: u64) -> Fet
     match &e {
         GetError::Decode { source, .. } => match source {
             DecodeError::LeafHashMismatch { .. } | DecodeError::ParentHashMismatch { .. } => {
-                FetchError::Verification {
-                    provider,
-                    root,
-                    detail: source.to_string(),
-                }
+                FetchError::Verification { provider, root, detail: source.to_string() }
             }
             DecodeError::ChunkNotFound { .. }
             | DecodeError::LeafNotFound { .. }
@@ -438,19 +418,12 @@ fn classify(e: GetError, provider: EndpointId, root: Hash, verified: u64) -> Fet
                 root,
                 detail: format!("the provider stopped sending valid data: {source}"),
             },
-            _ => FetchError::Transfer {
-                provider,
-                reason: source.to_string(),
-            },
+            _ => FetchError::Transfer { provider, reason: source.to_string() },
         },
-        GetError::AtBlobHeaderNext {
-            source: iroh_blobs::get::fsm::AtBlobHeaderNextError::NotFound { .. },
-            ..
-        } => FetchError::NotFound { provider, root },
+        GetError::AtBlobHeaderNext { source: iroh_blobs::get::fsm::AtBlobHeaderNextError::NotFound { .. }, .. } => {
+            FetchError::NotFound { provider, root }
+        }
         GetError::LocalFailure { .. } => FetchError::Local(format!("{e:#}")),
-        _ => FetchError::Transfer {
-            provider,
-            reason: format!("{e:#}"),
-        },
+        _ => FetchError::Transfer { provider, reason: format!("{e:#}") },
     }
 }

@@ -3,9 +3,12 @@
 //! Start here: [`Fetcher::open`] opens the fetcher's own store and endpoint; [`Fetcher::fetch`]
 //! downloads a dataset from a ticket, verifying every 16 KiB chunk group against the root, into
 //! the store, then exports it ([`export`]) with the collection's file names. Interrupted fetches
-//! resume: only missing chunks are requested again.
+//! resume: only missing chunks are requested again. [`Fetcher::fetch_paid`] does the same over
+//! `bdc/paid/1`, paying with cumulative receipts ([`paid`]).
 
 pub mod export;
 pub mod fetch;
+pub mod paid;
 
 pub use fetch::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, FetcherConfig};
+pub use paid::{BuyerDeal, DealBook, PaidError, PaidOptions, PaidReport, Wallet};

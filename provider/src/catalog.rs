@@ -41,9 +41,7 @@ mod format_serde {
         match String::deserialize(d)?.as_str() {
             "raw" => Ok(BlobFormat::Raw),
             "hashseq" => Ok(BlobFormat::HashSeq),
-            other => Err(serde::de::Error::custom(format!(
-                "unknown blob format {other:?}"
-            ))),
+            other => Err(serde::de::Error::custom(format!("unknown blob format {other:?}"))),
         }
     }
 }
@@ -51,20 +49,11 @@ mod format_serde {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("cannot read catalog {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("catalog {path} is corrupt: {source}")]
-    Corrupt {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Corrupt { path: PathBuf, source: serde_json::Error },
     #[error("cannot write catalog {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
 }
 
 /// The catalog file and its records, keyed by root.
@@ -87,11 +76,8 @@ impl Catalog {
         let path = data_dir.join(Self::FILE);
         let records = match std::fs::read(&path) {
             Ok(bytes) => {
-                let d: OnDisk =
-                    serde_json::from_slice(&bytes).map_err(|source| CatalogError::Corrupt {
-                        path: path.clone(),
-                        source,
-                    })?;
+                let d: OnDisk = serde_json::from_slice(&bytes)
+                    .map_err(|source| CatalogError::Corrupt { path: path.clone(), source })?;
                 d.datasets.into_iter().map(|r| (r.root, r)).collect()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -115,13 +101,9 @@ impl Catalog {
     }
 
     fn save(&self) -> Result<(), CatalogError> {
-        let d = OnDisk {
-            datasets: self.records.values().cloned().collect(),
-        };
+        let d = OnDisk { datasets: self.records.values().cloned().collect() };
         let bytes = serde_json::to_vec_pretty(&d).expect("catalog serializes");
-        bdc_core::keys::write_private(&self.path, &bytes).map_err(|source| CatalogError::Write {
-            path: self.path.clone(),
-            source,
-        })
+        bdc_core::keys::write_private(&self.path, &bytes)
+            .map_err(|source| CatalogError::Write { path: self.path.clone(), source })
     }
 }

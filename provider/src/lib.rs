@@ -3,14 +3,17 @@
 //! Start here:
 //! - [`store::ProviderStore`]: the iroh-blobs `FsStore` plus the dataset catalog, under a data dir.
 //! - [`publish::publish`]: a file or folder becomes a dataset (a collection with `bdc.json`, or a raw blob).
-//! - [`serve::Provider`]: the iroh endpoint and router serving free datasets on `/iroh-bytes/4`.
+//! - [`serve::Provider`]: the iroh endpoint and router serving free datasets on `/iroh-bytes/4`
+//!   and selling datasets on `bdc/paid/1` ([`paid`]: receipt gate, ledger, redeemer).
 
 pub mod catalog;
+pub mod paid;
 pub mod publish;
 pub mod serve;
 pub mod store;
 
 pub use catalog::{Catalog, DatasetRecord};
+pub use paid::PaidConfig;
 pub use publish::{PublishError, PublishOptions, publish};
-pub use serve::{Provider, ServeConfig, ServeError};
+pub use serve::{PaidSetup, Provider, ServeConfig, ServeError};
 pub use store::{ProviderStore, StoreError};

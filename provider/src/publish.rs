@@ -57,19 +57,14 @@ pub enum PublishError {
     #[error("{0}: no such file or directory")]
     NotFound(PathBuf),
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0} contains no files")]
     Empty(PathBuf),
     #[error("--raw publishes a single file, but {0} is a directory")]
     RawNeedsFile(PathBuf),
     #[error("{path}: {source}")]
     Name { path: PathBuf, source: UnsafeName },
-    #[error(
-        "{0} contains a top-level {MANIFEST_NAME}, a name bdc reserves for the dataset manifest"
-    )]
+    #[error("{0} contains a top-level {MANIFEST_NAME}, a name bdc reserves for the dataset manifest")]
     ReservedName(PathBuf),
     #[error("importing {path} into the store failed: {reason}")]
     Import { path: PathBuf, reason: String },
@@ -105,20 +100,11 @@ pub async fn publish(
             return Err(PublishError::NotFound(path.to_path_buf()));
         }
         Err(source) => {
-            return Err(PublishError::Io {
-                path: path.to_path_buf(),
-                source,
-            });
+            return Err(PublishError::Io { path: path.to_path_buf(), source });
         }
     };
-    let abs = std::path::absolute(path).map_err(|source| PublishError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let default_name = abs
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dataset".into());
+    let abs = std::path::absolute(path).map_err(|source| PublishError::Io { path: path.to_path_buf(), source })?;
+    let default_name = abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
     let inputs = if meta.is_dir() {
         if opts.raw {
             return Err(PublishError::RawNeedsFile(path.to_path_buf()));
@@ -134,35 +120,20 @@ pub async fn publish(
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     } else {
-        let name =
-            name_from_relative(Path::new(&default_name)).map_err(|source| PublishError::Name {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        vec![Input {
-            name,
-            path: abs.clone(),
-            size: meta.len(),
-        }]
+        let name = name_from_relative(Path::new(&default_name))
+            .map_err(|source| PublishError::Name { path: path.to_path_buf(), source })?;
+        vec![Input { name, path: abs.clone(), size: meta.len() }]
     };
 
     let total: u64 = inputs.iter().map(|i| i.size).sum();
-    let mode = if opts.in_place {
-        ImportMode::TryReference
-    } else {
-        ImportMode::Copy
-    };
+    let mode = if opts.in_place { ImportMode::TryReference } else { ImportMode::Copy };
     let blobs = store.store.blobs().clone();
     let mut done = 0u64;
     progress(PublishProgress { done, total });
     let mut imported: Vec<(FileEntry, TempTag)> = Vec::with_capacity(inputs.len());
     for input in &inputs {
         let mut stream = blobs
-            .add_path_with_opts(AddPathOptions {
-                path: input.path.clone(),
-                format: BlobFormat::Raw,
-                mode,
-            })
+            .add_path_with_opts(AddPathOptions { path: input.path.clone(), format: BlobFormat::Raw, mode })
             .stream()
             .await;
         let (mut copied, mut hashed) = (0u64, 0u64);
@@ -178,22 +149,12 @@ pub async fn publish(
                     break;
                 }
                 AddProgressItem::Error(e) => {
-                    return Err(PublishError::Import {
-                        path: input.path.clone(),
-                        reason: e.to_string(),
-                    });
+                    return Err(PublishError::Import { path: input.path.clone(), reason: e.to_string() });
                 }
             }
             // copying and hashing each count for half of a file's progress when both happen
-            let part = if opts.in_place {
-                hashed
-            } else {
-                (copied + hashed) / 2
-            };
-            progress(PublishProgress {
-                done: done + part.min(input.size),
-                total,
-            });
+            let part = if opts.in_place { hashed } else { (copied + hashed) / 2 };
+            progress(PublishProgress { done: done + part.min(input.size), total });
         }
         let tag = tag.ok_or_else(|| PublishError::Import {
             path: input.path.clone(),
@@ -223,18 +184,12 @@ pub async fn publish(
             vendor: opts.vendor.clone(),
             files: imported.iter().map(|(e, _)| e.clone()).collect(),
         };
-        let mtag = blobs
-            .add_bytes(manifest.to_bytes())
-            .temp_tag()
-            .await
-            .map_err(|e| PublishError::Store(e.to_string()))?;
+        let mtag =
+            blobs.add_bytes(manifest.to_bytes()).temp_tag().await.map_err(|e| PublishError::Store(e.to_string()))?;
         let collection: Collection = std::iter::once((MANIFEST_NAME.to_string(), mtag.hash()))
             .chain(imported.iter().map(|(e, _)| (e.name.clone(), e.hash)))
             .collect();
-        let ctag = collection
-            .store(&store.store)
-            .await
-            .map_err(|e| PublishError::Store(e.to_string()))?;
+        let ctag = collection.store(&store.store).await.map_err(|e| PublishError::Store(e.to_string()))?;
         (ctag.hash(), BlobFormat::HashSeq)
     };
     // A named tag keeps the dataset alive in the store for good; the temp tags can go now.
@@ -261,10 +216,7 @@ pub async fn publish(
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// The store tag that keeps a published dataset.
@@ -273,42 +225,24 @@ pub fn dataset_tag(root: &Hash) -> String {
 }
 
 fn walk(base: &Path, dir: &Path, out: &mut Vec<Input>) -> Result<(), PublishError> {
-    let io = |source| PublishError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
+    let io = |source| PublishError::Io { path: dir.to_path_buf(), source };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let path = entry.path();
-        let ft = entry.file_type().map_err(|source| PublishError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let ft = entry.file_type().map_err(|source| PublishError::Io { path: path.clone(), source })?;
         if ft.is_dir() {
             walk(base, &path, out)?;
             continue;
         }
         // Follow symlinks to files; skip symlinked directories (no cycles) and special files.
-        let meta = std::fs::metadata(&path).map_err(|source| PublishError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let meta = std::fs::metadata(&path).map_err(|source| PublishError::Io { path: path.clone(), source })?;
         if !meta.is_file() {
             tracing::warn!(path = %path.display(), "skipping: not a regular file");
             continue;
         }
-        let rel = path
-            .strip_prefix(base)
-            .expect("walked path is under its base");
-        let name = name_from_relative(rel).map_err(|source| PublishError::Name {
-            path: path.clone(),
-            source,
-        })?;
-        out.push(Input {
-            name,
-            path,
-            size: meta.len(),
-        });
+        let rel = path.strip_prefix(base).expect("walked path is under its base");
+        let name = name_from_relative(rel).map_err(|source| PublishError::Name { path: path.clone(), source })?;
+        out.push(Input { name, path, size: meta.len() });
     }
     Ok(())
 }

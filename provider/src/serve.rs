@@ -5,7 +5,7 @@
 //! `push` are disabled, so the per-hash check cannot be bypassed and nobody writes to the store.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
@@ -22,13 +22,17 @@ use iroh::{EndpointAddr, protocol::Router};
 use iroh_blobs::{
     BlobsProtocol,
     hashseq::HashSeq,
-    provider::events::{
-        AbortReason, EventMask, EventSender, ProviderMessage, RequestMode, ThrottleMode,
-    },
+    provider::events::{AbortReason, EventMask, EventSender, ProviderMessage, RequestMode, ThrottleMode},
 };
 use serde::{Deserialize, Serialize};
 
-use crate::store::{ProviderStore, StoreError};
+use crate::{
+    paid::{PaidConfig, PaidProtocol, ledger::Ledger},
+    store::{ProviderStore, StoreError},
+};
+use alloy::{primitives::Address, providers::DynProvider};
+use bdc_contracts::Contracts;
+use bdc_core::{paid::Offer, protocol::PAID_ALPN};
 
 /// How `serve` runs.
 #[derive(Debug, Clone, Default)]
@@ -36,15 +40,23 @@ pub struct ServeConfig {
     pub net: NetConfig,
     /// Cap on each request's upload rate, bytes per second (`None`: unlimited).
     pub max_rate: Option<u64>,
+    /// Sell datasets on `bdc/paid/1` (needs a chain).
+    pub paid: Option<PaidSetup>,
+}
+
+/// What selling needs: terms, the chain, and the provider's payment address (whose key signs
+/// the redeem transactions through `chain`).
+#[derive(Debug, Clone)]
+pub struct PaidSetup {
+    pub cfg: PaidConfig,
+    pub chain: Contracts<DynProvider>,
+    pub address: Address,
 }
 
 impl ServeConfig {
     /// Loopback, port 0, no limits: what tests use.
     pub fn test() -> Self {
-        Self {
-            net: NetConfig::test(),
-            max_rate: None,
-        }
+        Self { net: NetConfig::test(), max_rate: None, paid: None }
     }
 }
 
@@ -59,10 +71,11 @@ pub enum ServeError {
     #[error("dataset {root} is not readable from the store: {reason}")]
     BrokenDataset { root: Hash, reason: String },
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Write { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Ledger(#[from] crate::paid::ledger::LedgerError),
+    #[error("dataset {0} is not sold here: serve with a chain configuration to sell datasets")]
+    NotSelling(Hash),
 }
 
 /// What `serve` writes to `<data-dir>/serve.json` so other commands can make tickets.
@@ -86,74 +99,52 @@ impl ServeInfo {
 pub struct Provider {
     router: Router,
     store: ProviderStore,
-    free: Arc<RwLock<HashSet<Hash>>>,
+    /// Per served dataset: every blob hash and the bytes a full download moves.
+    contents: HashMap<Hash, (Arc<HashSet<Hash>>, u64)>,
+    paid: Option<PaidSetup>,
 }
 
 impl Provider {
     /// Binds the endpoint and starts serving the store's free datasets.
     pub async fn spawn(store: ProviderStore, cfg: ServeConfig) -> Result<Self, ServeError> {
         let key = store.node_key()?;
-        let free = Arc::new(RwLock::new(HashSet::new()));
-        let endpoint = bind_endpoint(&cfg.net, key, vec![FREE_ALPN.to_vec()]).await?;
+        let mut contents = HashMap::new();
+        for rec in store.catalog.iter() {
+            contents.insert(rec.root, dataset_contents(&store, rec.root, rec.format).await?);
+        }
+        let free: HashSet<Hash> =
+            store.catalog.iter().filter(|r| r.free).flat_map(|r| contents[&r.root].0.iter().copied()).collect();
+        let free = Arc::new(RwLock::new(free));
+        let mut alpns = vec![FREE_ALPN.to_vec()];
+        if cfg.paid.is_some() {
+            alpns.push(PAID_ALPN.to_vec());
+        }
+        let endpoint = bind_endpoint(&cfg.net, key, alpns).await?;
         let events = free_events(free.clone(), cfg.max_rate);
         let blobs = BlobsProtocol::new(&store.store, Some(events));
-        let router = Router::builder(endpoint).accept(FREE_ALPN, blobs).spawn();
-        let this = Self {
-            router,
-            store,
-            free,
-        };
-        let roots: Vec<Hash> = this
-            .store
-            .catalog
-            .iter()
-            .filter(|r| r.free)
-            .map(|r| r.root)
-            .collect();
-        for root in roots {
-            this.allow_free(root).await?;
+        let mut router = Router::builder(endpoint.clone()).accept(FREE_ALPN, blobs);
+        if let Some(p) = &cfg.paid {
+            let ledger = Arc::new(Ledger::open(&store.dir.join("ledger.redb"))?);
+            let datasets = contents.iter().map(|(k, (v, _))| (*k, v.clone())).collect();
+            let handler = PaidProtocol::new(
+                store.store.clone().into(),
+                ledger,
+                p.chain.clone(),
+                p.address,
+                endpoint.id(),
+                p.cfg.clone(),
+                datasets,
+            );
+            router = router.accept(PAID_ALPN, handler);
         }
-        let info = ServeInfo {
-            addr: this.addr(),
-            pid: std::process::id(),
-        };
+        let router = router.spawn();
+        let this = Self { router, store, contents, paid: cfg.paid.clone() };
+        let info = ServeInfo { addr: this.addr(), pid: std::process::id() };
         let path = this.store.dir.join(ServeInfo::FILE);
-        bdc_core::keys::write_private(
-            &path,
-            &serde_json::to_vec_pretty(&info).expect("serializes"),
-        )
-        .map_err(|source| ServeError::Write { path, source })?;
+        bdc_core::keys::write_private(&path, &serde_json::to_vec_pretty(&info).expect("serializes"))
+            .map_err(|source| ServeError::Write { path, source })?;
         tracing::info!(id = %this.router.endpoint().id(), addr = ?info.addr.addrs, "serving");
         Ok(this)
-    }
-
-    /// Adds a dataset's root and all its blobs to the set served on the free protocol.
-    async fn allow_free(&self, root: Hash) -> Result<(), ServeError> {
-        let rec = self
-            .store
-            .catalog
-            .get(&root)
-            .ok_or(ServeError::UnknownDataset(root))?;
-        let mut hashes = vec![root];
-        if rec.format == BlobFormat::HashSeq {
-            let bytes = self
-                .store
-                .store
-                .blobs()
-                .get_bytes(root)
-                .await
-                .map_err(|e| ServeError::BrokenDataset {
-                    root,
-                    reason: e.to_string(),
-                })?;
-            let seq = HashSeq::try_from(bytes).map_err(|e| ServeError::BrokenDataset {
-                root,
-                reason: e.to_string(),
-            })?;
-            hashes.extend(seq.iter());
-        }
-        self.free.write().expect("free set lock").extend(hashes);
-        Ok(())
     }
 
     /// The address peers dial.
@@ -172,12 +163,25 @@ impl Provider {
 
     /// A ticket for a published dataset.
     pub fn ticket(&self, root: Hash) -> Result<BlobTicket, ServeError> {
-        let rec = self
-            .store
-            .catalog
-            .get(&root)
-            .ok_or(ServeError::UnknownDataset(root))?;
+        let rec = self.store.catalog.get(&root).ok_or(ServeError::UnknownDataset(root))?;
         Ok(BlobTicket::new(self.addr(), root, rec.format))
+    }
+
+    /// The offer for a dataset sold on `bdc/paid/1`.
+    pub fn offer(&self, root: Hash) -> Result<Offer, ServeError> {
+        let paid = self.paid.as_ref().ok_or(ServeError::NotSelling(root))?;
+        let ticket = self.ticket(root)?;
+        let size = self.contents.get(&root).map(|c| c.1).unwrap_or(0);
+        let d = paid.chain.deployment();
+        Ok(Offer {
+            ticket: ticket.to_string(),
+            provider: paid.address.into_array(),
+            price_per_byte: paid.cfg.price_per_byte,
+            window: paid.cfg.window,
+            size,
+            chain_id: d.chain_id,
+            escrow: d.escrow.into_array(),
+        })
     }
 
     /// Stops accepting, closes connections, and flushes the store.
@@ -191,16 +195,36 @@ impl Provider {
     }
 }
 
+/// Every blob hash of a dataset and the payload bytes a full download moves.
+async fn dataset_contents(
+    store: &ProviderStore,
+    root: Hash,
+    format: BlobFormat,
+) -> Result<(Arc<HashSet<Hash>>, u64), ServeError> {
+    let blobs = store.store.blobs();
+    let broken = |reason: String| ServeError::BrokenDataset { root, reason };
+    let mut hashes = vec![root];
+    if format == BlobFormat::HashSeq {
+        let bytes = blobs.get_bytes(root).await.map_err(|e| broken(e.to_string()))?;
+        let seq = HashSeq::try_from(bytes).map_err(|e| broken(e.to_string()))?;
+        hashes.extend(seq.iter());
+    }
+    let mut size = 0;
+    for h in &hashes {
+        match blobs.status(*h).await.map_err(|e| broken(e.to_string()))? {
+            iroh_blobs::api::blobs::BlobStatus::Complete { size: s } => size += s,
+            _ => return Err(broken(format!("blob {h} is not complete in the store"))),
+        }
+    }
+    Ok((Arc::new(hashes.into_iter().collect()), size))
+}
+
 /// The event handler of the free protocol: authorize GETs by hash, optionally cap the rate.
 fn free_events(free: Arc<RwLock<HashSet<Hash>>>, max_rate: Option<u64>) -> EventSender {
     let mask = EventMask {
         get: RequestMode::Intercept,
         get_many: RequestMode::Disabled,
-        throttle: if max_rate.is_some() {
-            ThrottleMode::Intercept
-        } else {
-            ThrottleMode::None
-        },
+        throttle: if max_rate.is_some() { ThrottleMode::Intercept } else { ThrottleMode::None },
         ..EventMask::DEFAULT
     };
     let (tx, mut rx) = EventSender::channel(64, mask);
@@ -213,11 +237,7 @@ fn free_events(free: Arc<RwLock<HashSet<Hash>>>, max_rate: Option<u64>) -> Event
                     if !ok {
                         tracing::warn!(%hash, conn = msg.connection_id, "refused GET: not a free dataset");
                     }
-                    let res = if ok {
-                        Ok(())
-                    } else {
-                        Err(AbortReason::Permission)
-                    };
+                    let res = if ok { Ok(()) } else { Err(AbortReason::Permission) };
                     msg.tx.send(res).await.ok();
                 }
                 ProviderMessage::Throttle(msg) => {

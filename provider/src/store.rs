@@ -17,10 +17,7 @@ use crate::catalog::{Catalog, CatalogError};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot create data dir {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { path: PathBuf, source: std::io::Error },
     #[error(
         "cannot open the blob store in {path}: {reason} (is another bdc process, e.g. `bdc provider serve`, using this data dir?)"
     )]
@@ -28,10 +25,7 @@ pub enum StoreError {
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     #[error("dataset {root} is not complete in the store: {reason}")]
-    Incomplete {
-        root: bdc_core::Hash,
-        reason: String,
-    },
+    Incomplete { root: bdc_core::Hash, reason: String },
     #[error(transparent)]
     Key(#[from] bdc_core::keys::KeyError),
 }
@@ -47,27 +41,14 @@ pub struct ProviderStore {
 impl ProviderStore {
     /// Opens (creating if needed) the provider data dir.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let dir = std::path::absolute(dir).map_err(|source| StoreError::DataDir {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir { path: dir.to_path_buf(), source })?;
+        let dir = std::path::absolute(dir).map_err(|source| StoreError::DataDir { path: dir.to_path_buf(), source })?;
         let catalog = Catalog::load(&dir)?;
         let store_dir = dir.join("store");
         let store = FsStore::load(&store_dir)
             .await
-            .map_err(|e| StoreError::Open {
-                path: store_dir,
-                reason: format!("{e:#}"),
-            })?;
-        Ok(Self {
-            dir,
-            store,
-            catalog,
-        })
+            .map_err(|e| StoreError::Open { path: store_dir, reason: format!("{e:#}") })?;
+        Ok(Self { dir, store, catalog })
     }
 
     pub fn dir(&self) -> &Path {
@@ -98,39 +79,27 @@ impl ProviderStore {
         free: bool,
     ) -> Result<crate::DatasetRecord, StoreError> {
         let content = bdc_core::HashAndFormat { hash: root, format };
-        let info =
-            self.store
-                .remote()
-                .local(content)
-                .await
-                .map_err(|e| StoreError::Incomplete {
-                    root,
-                    reason: e.to_string(),
-                })?;
+        let info = self
+            .store
+            .remote()
+            .local(content)
+            .await
+            .map_err(|e| StoreError::Incomplete { root, reason: e.to_string() })?;
         if !info.is_complete() {
-            return Err(StoreError::Incomplete {
-                root,
-                reason: "some blobs are missing".into(),
-            });
+            return Err(StoreError::Incomplete { root, reason: "some blobs are missing".into() });
         }
         self.store
             .tags()
             .set(crate::publish::dataset_tag(&root), content)
             .await
-            .map_err(|e| StoreError::Incomplete {
-                root,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| StoreError::Incomplete { root, reason: e.to_string() })?;
         let (size, files) = match format {
             bdc_core::BlobFormat::Raw => (info.local_bytes(), 1),
             bdc_core::BlobFormat::HashSeq => {
                 let store: &iroh_blobs::api::Store = &self.store;
                 let c = iroh_blobs::format::collection::Collection::load(root, store)
                     .await
-                    .map_err(|e| StoreError::Incomplete {
-                        root,
-                        reason: e.to_string(),
-                    })?;
+                    .map_err(|e| StoreError::Incomplete { root, reason: e.to_string() })?;
                 let mut size = 0;
                 for (_, h) in c.iter() {
                     if let Ok(iroh_blobs::api::blobs::BlobStatus::Complete { size: s }) =

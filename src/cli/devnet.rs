@@ -25,12 +25,8 @@ pub struct DevnetArgs {
 const ROLES: [&str; 5] = ["deployer/arbiter", "vendor", "buyer", "provider", "buyer2"];
 
 pub async fn run(a: DevnetArgs, root: &Path) -> anyhow::Result<()> {
-    let cfg = DevnetConfig {
-        port: a.port,
-        dispute_window: a.dispute_window,
-        block_time: a.block_time,
-        ..Default::default()
-    };
+    let cfg =
+        DevnetConfig { port: a.port, dispute_window: a.dispute_window, block_time: a.block_time, ..Default::default() };
     let devnet = Devnet::spawn_with(cfg).await?;
     let accounts: Vec<serde_json::Value> = ROLES
         .iter()
@@ -53,11 +49,7 @@ pub async fn run(a: DevnetArgs, root: &Path) -> anyhow::Result<()> {
     bdc_core::keys::write_private(&file, text.as_bytes())?;
     println!("{text}");
     if !a.json {
-        eprintln!(
-            "devnet running at {} (written to {}); Ctrl-C stops it",
-            devnet.rpc_url(),
-            file.display()
-        );
+        eprintln!("devnet running at {} (written to {}); Ctrl-C stops it", devnet.rpc_url(), file.display());
     }
     super::wait_for_signal().await?;
     drop(devnet);

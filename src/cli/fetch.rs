@@ -37,10 +37,7 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     let ticket = parse_ticket(&a.ticket)?;
     let cfg = FetcherConfig {
         data_dir: dir.to_path_buf(),
-        net: NetConfig {
-            bind: a.bind,
-            relays: false,
-        },
+        net: NetConfig { bind: a.bind, relays: false },
         connect_timeout: Duration::from_secs(a.timeout.max(1)),
     };
     let fetcher = Fetcher::open(cfg).await?;

@@ -8,8 +8,7 @@ use std::{
 use anyhow::Context;
 use bdc_core::{Hash, net::NetConfig, ticket::BlobTicket};
 use bdc_provider::{
-    Catalog, DatasetRecord, Provider, ProviderStore, PublishOptions, ServeConfig, ServeError,
-    publish, serve::ServeInfo,
+    Catalog, DatasetRecord, Provider, ProviderStore, PublishOptions, ServeConfig, ServeError, publish, serve::ServeInfo,
 };
 use clap::{Args, Subcommand};
 
@@ -129,26 +128,10 @@ async fn publish_cmd(a: PublishArgs, dir: &Path, quiet: bool) -> anyhow::Result<
 
 async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
     let store = ProviderStore::open(dir).await?;
-    let cfg = ServeConfig {
-        net: NetConfig {
-            bind: a.bind,
-            relays: a.relays,
-        },
-        max_rate: a.max_rate,
-    };
+    let cfg = ServeConfig { net: NetConfig { bind: a.bind, relays: a.relays }, max_rate: a.max_rate, paid: None };
     let provider = Provider::spawn(store, cfg).await?;
-    eprintln!(
-        "serving as {} on {:?}",
-        provider.addr().id,
-        provider.bound_sockets()
-    );
-    let free: Vec<DatasetRecord> = provider
-        .store()
-        .catalog()
-        .iter()
-        .filter(|r| r.free)
-        .cloned()
-        .collect();
+    eprintln!("serving as {} on {:?}", provider.addr().id, provider.bound_sockets());
+    let free: Vec<DatasetRecord> = provider.store().catalog().iter().filter(|r| r.free).cloned().collect();
     if free.is_empty() {
         eprintln!("no free datasets published (bdc provider publish <path> --free)");
     }
@@ -164,12 +147,8 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
 fn ticket_cmd(root: Hash, json: bool, dir: &Path) -> anyhow::Result<()> {
     let catalog = Catalog::load(dir)?;
     let rec = catalog.get(&root).ok_or(ServeError::UnknownDataset(root))?;
-    let info = ServeInfo::read(dir).with_context(|| {
-        format!(
-            "no running `bdc provider serve` found for {} (start it first)",
-            dir.display()
-        )
-    })?;
+    let info = ServeInfo::read(dir)
+        .with_context(|| format!("no running `bdc provider serve` found for {} (start it first)", dir.display()))?;
     let ticket = BlobTicket::new(info.addr, root, rec.format);
     if json {
         println!(

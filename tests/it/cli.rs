@@ -21,10 +21,7 @@ fn help_lists_every_subcommand() {
     let out = bdc().args(["provider", "--help"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
     for cmd in ["publish", "serve", "ticket", "list"] {
-        assert!(
-            text.contains(cmd),
-            "{cmd} missing from provider --help:\n{text}"
-        );
+        assert!(text.contains(cmd), "{cmd} missing from provider --help:\n{text}");
     }
 }
 
@@ -59,10 +56,7 @@ fn publishing_a_missing_path_fails_cleanly() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("nope: no such file or directory"), "{err}");
-    assert!(
-        !tmp.path().join("provider/store").exists(),
-        "no store created for a failed publish"
-    );
+    assert!(!tmp.path().join("provider/store").exists(), "no store created for a failed publish");
 }
 
 #[test]
@@ -76,15 +70,8 @@ fn publish_prints_root_and_json_record() {
         .arg(tmp.path().join("one.bin"))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8(out.stdout).unwrap().trim(),
-        blake3::hash(&data).to_hex().as_str()
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), blake3::hash(&data).to_hex().as_str());
     let out = bdc()
         .arg("--data-dir")
         .arg(tmp.path())
@@ -93,14 +80,7 @@ fn publish_prints_root_and_json_record() {
         .output()
         .unwrap();
     let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        (
-            rec["name"].as_str(),
-            rec["free"].as_bool(),
-            rec["files"].as_u64()
-        ),
-        (Some("n"), Some(true), Some(1))
-    );
+    assert_eq!((rec["name"].as_str(), rec["free"].as_bool(), rec["files"].as_u64()), (Some("n"), Some(true), Some(1)));
     assert_eq!(rec["format"], "hashseq");
 }
 
@@ -110,13 +90,7 @@ fn serve_prints_tickets_and_stops_cleanly_on_sigterm() {
     let src = tmp.path().join("ds");
     let data = random_file(&src.join("d.csv"), 123_456, 12);
     let dd = tmp.path().join("node");
-    let st = bdc()
-        .arg("--data-dir")
-        .arg(&dd)
-        .args(["provider", "publish", "--free"])
-        .arg(&src)
-        .output()
-        .unwrap();
+    let st = bdc().arg("--data-dir").arg(&dd).args(["provider", "publish", "--free"]).arg(&src).output().unwrap();
     assert!(st.status.success());
     let root = String::from_utf8(st.stdout).unwrap().trim().to_string();
     let mut serve = bdc()
@@ -128,22 +102,10 @@ fn serve_prints_tickets_and_stops_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(serve.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let ticket = line
-        .trim()
-        .split('\t')
-        .nth(1)
-        .expect("name<TAB>ticket")
-        .to_string();
+    BufReader::new(serve.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let ticket = line.trim().split('\t').nth(1).expect("name<TAB>ticket").to_string();
     // `provider ticket` reads the running serve's address
-    let t2 = bdc()
-        .arg("--data-dir")
-        .arg(&dd)
-        .args(["provider", "ticket", &root])
-        .output()
-        .unwrap();
+    let t2 = bdc().arg("--data-dir").arg(&dd).args(["provider", "ticket", &root]).output().unwrap();
     assert_eq!(String::from_utf8(t2.stdout).unwrap().trim(), ticket);
 
     let out_dir = tmp.path().join("got");
@@ -160,18 +122,11 @@ fn serve_prints_tickets_and_stops_cleanly_on_sigterm() {
     let pid = serve.id() as i32;
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc_kill(pid, 15) }, 0);
-    let status =
-        wait_timeout(&mut serve, Duration::from_secs(10)).expect("serve exits after SIGTERM");
+    let status = wait_timeout(&mut serve, Duration::from_secs(10)).expect("serve exits after SIGTERM");
     assert!(status.success(), "{status:?}");
     assert!(!dd.join("provider/serve.json").exists());
     // the store was closed properly: it opens again and still has the dataset
-    let again = bdc()
-        .arg("--data-dir")
-        .arg(&dd)
-        .args(["provider", "publish", "--free"])
-        .arg(&src)
-        .output()
-        .unwrap();
+    let again = bdc().arg("--data-dir").arg(&dd).args(["provider", "publish", "--free"]).arg(&src).output().unwrap();
     assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), root);
 }
 
@@ -180,19 +135,10 @@ async fn killed_fetch_resumes_with_only_the_missing_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let data = random_file(&tmp.path().join("big.bin"), 24 << 20, 13);
     let mut store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
-    let opts = PublishOptions {
-        free: true,
-        raw: true,
-        ..Default::default()
-    };
-    let rec = publish(&mut store, &tmp.path().join("big.bin"), &opts, |_| {})
-        .await
-        .unwrap();
+    let opts = PublishOptions { free: true, raw: true, ..Default::default() };
+    let rec = publish(&mut store, &tmp.path().join("big.bin"), &opts, |_| {}).await.unwrap();
     // an upload cap makes the transfer slow enough to be interrupted
-    let cfg = ServeConfig {
-        max_rate: Some(6 << 20),
-        ..ServeConfig::test()
-    };
+    let cfg = ServeConfig { max_rate: Some(6 << 20), ..ServeConfig::test() };
     let provider = Provider::spawn(store, cfg).await.unwrap();
     let ticket = provider.ticket(rec.root).unwrap().to_string();
     let buyer = tmp.path().join("buyer");
@@ -201,45 +147,26 @@ async fn killed_fetch_resumes_with_only_the_missing_bytes() {
     let fetch = move |json: bool| {
         let (buyer, out, ticket) = (&b, &o, &t);
         let mut c = bdc();
-        c.arg("--data-dir")
-            .arg(buyer)
-            .args(["fetch", ticket, "--name", "big.bin", "-o"])
-            .arg(out);
+        c.arg("--data-dir").arg(buyer).args(["fetch", ticket, "--name", "big.bin", "-o"]).arg(out);
         if json {
             c.arg("--json");
         }
         c
     };
-    let mut child = fetch(false)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = fetch(false).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     // wait until the fetcher has stored a good part of the data, then kill -9
     let store_dir = buyer.join("fetcher/store");
     let t = Instant::now();
     while dir_size(&store_dir) < (6 << 20) {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "fetch made no progress"
-        );
+        assert!(t.elapsed() < Duration::from_secs(60), "fetch made no progress");
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(
-        !out.join("big.bin").exists(),
-        "no output before verification completes"
-    );
+    assert!(!out.join("big.bin").exists(), "no output before verification completes");
 
-    let res = tokio::task::spawn_blocking(move || fetch(true).output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        res.status.success(),
-        "{}",
-        String::from_utf8_lossy(&res.stderr)
-    );
+    let res = tokio::task::spawn_blocking(move || fetch(true).output().unwrap()).await.unwrap();
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
     let report: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
     let (total, local, fetched) = (
         report["total_bytes"].as_u64().unwrap(),
@@ -248,10 +175,7 @@ async fn killed_fetch_resumes_with_only_the_missing_bytes() {
     );
     assert_eq!(total, 24 << 20);
     assert!(local >= 4 << 20, "resumed from what was stored: {report}");
-    assert!(
-        fetched <= total - local + (64 << 10),
-        "fetched only what was missing: {report}"
-    );
+    assert!(fetched <= total - local + (64 << 10), "fetched only what was missing: {report}");
     assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), data);
     provider.shutdown().await;
 }
@@ -267,10 +191,7 @@ fn dir_size(p: &std::path::Path) -> u64 {
         .sum()
 }
 
-fn wait_timeout(
-    child: &mut std::process::Child,
-    limit: Duration,
-) -> Option<std::process::ExitStatus> {
+fn wait_timeout(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let t = Instant::now();
     while t.elapsed() < limit {
         if let Some(s) = child.try_wait().unwrap() {
@@ -302,24 +223,17 @@ async fn devnet_deploys_prints_its_record_and_stops_on_sigterm() {
     let mut text = String::new();
     loop {
         let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).unwrap() > 0,
-            "devnet exited early: {text}"
-        );
+        assert!(reader.read_line(&mut line).unwrap() > 0, "devnet exited early: {text}");
         text.push_str(&line);
         if line == "}\n" {
             break;
         }
     }
     let info: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let deployment: bdc_contracts::Deployment =
-        serde_json::from_value(info["deployment"].clone()).unwrap();
+    let deployment: bdc_contracts::Deployment = serde_json::from_value(info["deployment"].clone()).unwrap();
     let url = info["rpc_url"].as_str().unwrap().parse().unwrap();
-    let key: alloy::signers::local::PrivateKeySigner = info["accounts"][2]["private_key"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let key: alloy::signers::local::PrivateKeySigner =
+        info["accounts"][2]["private_key"].as_str().unwrap().parse().unwrap();
     assert_eq!(info["accounts"][2]["role"], "buyer");
     let c = bdc_contracts::client::connect(url, key.clone(), deployment);
     // the contracts are there and the buyer is funded
@@ -329,8 +243,7 @@ async fn devnet_deploys_prints_its_record_and_stops_on_sigterm() {
 
     // SAFETY: signalling our own child.
     assert_eq!(unsafe { libc_kill(child.id() as i32, 15) }, 0);
-    let status =
-        wait_timeout(&mut child, Duration::from_secs(10)).expect("devnet exits on SIGTERM");
+    let status = wait_timeout(&mut child, Duration::from_secs(10)).expect("devnet exits on SIGTERM");
     assert!(status.success());
     assert!(!tmp.path().join("devnet.json").exists());
     assert!(c.balance(key.address()).await.is_err(), "anvil is gone");

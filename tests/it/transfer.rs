@@ -11,10 +11,7 @@ use iroh_blobs::format::collection::Collection;
 use crate::common::{files_with_ext, random_file};
 
 fn free() -> PublishOptions {
-    PublishOptions {
-        free: true,
-        ..Default::default()
-    }
+    PublishOptions { free: true, ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -22,13 +19,8 @@ async fn raw_file_root_equals_b3sum() {
     let tmp = tempfile::tempdir().unwrap();
     let data = random_file(&tmp.path().join("f.bin"), 300_000, 1);
     let mut store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
-    let opts = PublishOptions {
-        raw: true,
-        ..Default::default()
-    };
-    let rec = publish(&mut store, &tmp.path().join("f.bin"), &opts, |_| {})
-        .await
-        .unwrap();
+    let opts = PublishOptions { raw: true, ..Default::default() };
+    let rec = publish(&mut store, &tmp.path().join("f.bin"), &opts, |_| {}).await.unwrap();
     assert_eq!(rec.root.as_bytes(), blake3::hash(&data).as_bytes());
     assert_eq!(rec.format, BlobFormat::Raw);
     assert_eq!(rec.size, 300_000);
@@ -46,35 +38,17 @@ async fn republishing_identical_bytes_gives_same_root_and_no_new_storage() {
     let first = publish(&mut store, &src, &free(), |_| {}).await.unwrap();
     store.shutdown().await;
     let data_files = files_with_ext(&pdir.join("store"), "data");
-    let bytes: u64 = data_files
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .sum();
-    assert_eq!(
-        data_files.len(),
-        2,
-        "one data file per large blob: {data_files:?}"
-    );
+    let bytes: u64 = data_files.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
+    assert_eq!(data_files.len(), 2, "one data file per large blob: {data_files:?}");
 
     let mut store = ProviderStore::open(&pdir).await.unwrap();
     let second = publish(&mut store, &src, &free(), |_| {}).await.unwrap();
     store.shutdown().await;
     assert_eq!(first.root, second.root);
     let again = files_with_ext(&pdir.join("store"), "data");
-    let bytes_again: u64 = again
-        .iter()
-        .map(|p| std::fs::metadata(p).unwrap().len())
-        .sum();
+    let bytes_again: u64 = again.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum();
     assert_eq!((again.len(), bytes_again), (data_files.len(), bytes));
-    assert_eq!(
-        ProviderStore::open(&pdir)
-            .await
-            .unwrap()
-            .catalog()
-            .iter()
-            .count(),
-        1
-    );
+    assert_eq!(ProviderStore::open(&pdir).await.unwrap().catalog().iter().count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,60 +60,33 @@ async fn free_collection_roundtrip_over_loopback() {
     let c = random_file(&src.join("tiny.json"), 10, 6);
     let mut store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
     let rec = publish(&mut store, &src, &free(), |_| {}).await.unwrap();
-    assert_eq!(
-        (rec.files, rec.size, rec.format),
-        (3, 1_700_010, BlobFormat::HashSeq)
-    );
+    assert_eq!((rec.files, rec.size, rec.format), (3, 1_700_010, BlobFormat::HashSeq));
     let provider = Provider::spawn(store, ServeConfig::test()).await.unwrap();
     let ticket = provider.ticket(rec.root).unwrap();
 
-    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f")))
-        .await
-        .unwrap();
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
     let out = tmp.path().join("out");
     let mut events = Vec::new();
-    let report = fetcher
-        .fetch(&ticket, &out, &FetchOptions::default(), |e| {
-            events.push(format!("{e:?}"))
-        })
-        .await
-        .unwrap();
+    let report =
+        fetcher.fetch(&ticket, &out, &FetchOptions::default(), |e| events.push(format!("{e:?}"))).await.unwrap();
     assert_eq!(std::fs::read(out.join("2026/BTC-USD.csv")).unwrap(), a);
     assert_eq!(std::fs::read(out.join("ETH-USD.parquet")).unwrap(), b);
     assert_eq!(std::fs::read(out.join("tiny.json")).unwrap(), c);
-    let manifest = bdc_core::manifest::DatasetManifest::from_bytes(
-        &std::fs::read(out.join(MANIFEST_NAME)).unwrap(),
-    )
-    .unwrap();
+    let manifest =
+        bdc_core::manifest::DatasetManifest::from_bytes(&std::fs::read(out.join(MANIFEST_NAME)).unwrap()).unwrap();
     assert_eq!(manifest.total_size(), 1_700_010);
     // fetched counts the collection's own small blobs (hash sequence, names) too
     assert!(
-        report.fetched_bytes >= report.total_bytes
-            && report.fetched_bytes < report.total_bytes + 4096,
+        report.fetched_bytes >= report.total_bytes && report.fetched_bytes < report.total_bytes + 4096,
         "{report:?}"
     );
     assert_eq!(report.local_bytes, 0);
-    assert!(
-        report.total_bytes >= 1_700_010,
-        "total includes the manifest: {}",
-        report.total_bytes
-    );
+    assert!(report.total_bytes >= 1_700_010, "total includes the manifest: {}", report.total_bytes);
     assert!(events.iter().any(|e| e.starts_with("Plan")), "{events:?}");
 
     // A second fetch is served from the local store: nothing dialed, nothing fetched.
-    let again = fetcher
-        .fetch(
-            &ticket,
-            &tmp.path().join("out2"),
-            &FetchOptions::default(),
-            |_| {},
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (again.fetched_bytes, again.local_bytes),
-        (0, again.total_bytes)
-    );
+    let again = fetcher.fetch(&ticket, &tmp.path().join("out2"), &FetchOptions::default(), |_| {}).await.unwrap();
+    assert_eq!((again.fetched_bytes, again.local_bytes), (0, again.total_bytes));
     fetcher.shutdown().await;
     provider.shutdown().await;
 }
@@ -149,28 +96,11 @@ async fn paid_dataset_is_refused_on_the_free_protocol() {
     let tmp = tempfile::tempdir().unwrap();
     random_file(&tmp.path().join("x.bin"), 50_000, 7);
     let mut store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
-    let rec = publish(
-        &mut store,
-        &tmp.path().join("x.bin"),
-        &PublishOptions::default(),
-        |_| {},
-    )
-    .await
-    .unwrap();
+    let rec = publish(&mut store, &tmp.path().join("x.bin"), &PublishOptions::default(), |_| {}).await.unwrap();
     let provider = Provider::spawn(store, ServeConfig::test()).await.unwrap();
     let ticket = provider.ticket(rec.root).unwrap();
-    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f")))
-        .await
-        .unwrap();
-    let err = fetcher
-        .fetch(
-            &ticket,
-            &tmp.path().join("out"),
-            &FetchOptions::default(),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let err = fetcher.fetch(&ticket, &tmp.path().join("out"), &FetchOptions::default(), |_| {}).await.unwrap_err();
     assert!(matches!(err, FetchError::Refused { .. }), "{err}");
     assert!(!tmp.path().join("out").exists());
     fetcher.shutdown().await;
@@ -183,38 +113,16 @@ async fn unreachable_provider_times_out() {
     // a UDP port that nobody answers on: bind it ourselves and never read
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut addr = EndpointAddr::new(SecretKey::generate().public());
-    addr.addrs
-        .insert(TransportAddr::Ip(silent.local_addr().unwrap()));
+    addr.addrs.insert(TransportAddr::Ip(silent.local_addr().unwrap()));
     let ticket = BlobTicket::new(addr, Hash::new(b"nothing"), BlobFormat::HashSeq);
     let mut cfg = FetcherConfig::test(tmp.path().join("f"));
     cfg.connect_timeout = Duration::from_secs(2);
     let fetcher = Fetcher::open(cfg).await.unwrap();
     let t = Instant::now();
-    let err = fetcher
-        .fetch(
-            &ticket,
-            &tmp.path().join("out"),
-            &FetchOptions::default(),
-            |_| {},
-        )
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            FetchError::Timeout { secs: 2, .. } | FetchError::Connect { .. }
-        ),
-        "{err}"
-    );
-    assert!(
-        t.elapsed() < Duration::from_secs(6),
-        "took {:?}",
-        t.elapsed()
-    );
-    assert!(
-        err.to_string().contains(&ticket.addr().id.to_string()),
-        "error names the provider: {err}"
-    );
+    let err = fetcher.fetch(&ticket, &tmp.path().join("out"), &FetchOptions::default(), |_| {}).await.unwrap_err();
+    assert!(matches!(err, FetchError::Timeout { secs: 2, .. } | FetchError::Connect { .. }), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(6), "took {:?}", t.elapsed());
+    assert!(err.to_string().contains(&ticket.addr().id.to_string()), "error names the provider: {err}");
     fetcher.shutdown().await;
 }
 
@@ -237,19 +145,11 @@ async fn corrupted_provider_store_fails_verification_and_writes_nothing() {
     let store = ProviderStore::open(&pdir).await.unwrap();
     let provider = Provider::spawn(store, ServeConfig::test()).await.unwrap();
     let ticket = provider.ticket(rec.root).unwrap();
-    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f")))
-        .await
-        .unwrap();
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
     let out = tmp.path().join("out");
-    let err = fetcher
-        .fetch(&ticket, &out, &FetchOptions::default(), |_| {})
-        .await
-        .unwrap_err();
+    let err = fetcher.fetch(&ticket, &out, &FetchOptions::default(), |_| {}).await.unwrap_err();
     assert!(err.is_verification(), "{err}");
-    assert!(
-        err.to_string().contains(&provider.addr().id.to_string()),
-        "names the provider: {err}"
-    );
+    assert!(err.to_string().contains(&provider.addr().id.to_string()), "names the provider: {err}");
     assert!(!out.join("big.bin").exists(), "no unverified output");
     fetcher.shutdown().await;
     provider.shutdown().await;
@@ -264,31 +164,15 @@ async fn collection_with_escaping_names_is_refused_before_any_write() {
         let blobs: &iroh_blobs::api::Store = store.blobs();
         let good = blobs.add_slice(b"fine").temp_tag().await.unwrap();
         let bad = blobs.add_slice(b"evil").temp_tag().await.unwrap();
-        let c: Collection = [
-            ("ok.txt".to_string(), good.hash()),
-            (evil.to_string(), bad.hash()),
-        ]
-        .into_iter()
-        .collect();
+        let c: Collection = [("ok.txt".to_string(), good.hash()), (evil.to_string(), bad.hash())].into_iter().collect();
         let root = c.store(blobs).await.unwrap().hash();
-        store
-            .register(root, BlobFormat::HashSeq, "evil", true)
-            .await
-            .unwrap();
+        store.register(root, BlobFormat::HashSeq, "evil", true).await.unwrap();
         let provider = Provider::spawn(store, ServeConfig::test()).await.unwrap();
         let ticket = provider.ticket(root).unwrap();
-        let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f")))
-            .await
-            .unwrap();
+        let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
         let out = tmp.path().join("deep/out");
-        let err = fetcher
-            .fetch(&ticket, &out, &FetchOptions::default(), |_| {})
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(err, FetchError::UnsafeName { .. }),
-            "{evil}: {err}"
-        );
+        let err = fetcher.fetch(&ticket, &out, &FetchOptions::default(), |_| {}).await.unwrap_err();
+        assert!(matches!(err, FetchError::UnsafeName { .. }), "{evil}: {err}");
         assert!(!out.exists(), "{evil}: nothing written");
         assert!(!tmp.path().join("deep/escaped.txt").exists());
         fetcher.shutdown().await;

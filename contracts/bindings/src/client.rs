@@ -80,18 +80,13 @@ pub enum ChainError {
     #[error("{call}: transaction {tx} failed on chain")]
     Failed { call: &'static str, tx: B256 },
     #[error("{call}: transaction {tx} emitted no {event} event")]
-    MissingEvent {
-        call: &'static str,
-        tx: B256,
-        event: &'static str,
-    },
+    MissingEvent { call: &'static str, tx: B256, event: &'static str },
 }
 
 /// Decodes a contract error into the name and arguments of the custom error, when it is one.
 fn decode(call: &'static str, e: ContractError) -> ChainError {
     fn named<I: SolInterface + std::fmt::Debug>(e: &ContractError) -> Option<String> {
-        e.as_decoded_interface_error::<I>()
-            .map(|err| format!("{err:?}"))
+        e.as_decoded_interface_error::<I>().map(|err| format!("{err:?}"))
     }
     if let Some(reason) = named::<TransferEscrowErrors>(&e)
         .or_else(|| named::<DatasetRegistryErrors>(&e))
@@ -100,15 +95,9 @@ fn decode(call: &'static str, e: ContractError) -> ChainError {
         return ChainError::Reverted { call, reason };
     }
     if e.as_revert_data().is_some() {
-        return ChainError::Reverted {
-            call,
-            reason: e.to_string(),
-        };
+        return ChainError::Reverted { call, reason: e.to_string() };
     }
-    ChainError::Rpc {
-        call,
-        reason: e.to_string(),
-    }
+    ChainError::Rpc { call, reason: e.to_string() }
 }
 
 /// Sends a prepared call, waits for the receipt, and checks it succeeded.
@@ -116,15 +105,9 @@ macro_rules! send {
     ($name:literal, $call:expr) => {{
         let pending = $call.send().await.map_err(|e| decode($name, e))?;
         let receipt: TransactionReceipt =
-            pending.get_receipt().await.map_err(|e| ChainError::Rpc {
-                call: $name,
-                reason: e.to_string(),
-            })?;
+            pending.get_receipt().await.map_err(|e| ChainError::Rpc { call: $name, reason: e.to_string() })?;
         if !receipt.status() {
-            return Err(ChainError::Failed {
-                call: $name,
-                tx: receipt.transaction_hash,
-            });
+            return Err(ChainError::Failed { call: $name, tx: receipt.transaction_hash });
         }
         receipt
     }};
@@ -136,11 +119,7 @@ fn event<E: SolEvent>(call: &'static str, receipt: &TransactionReceipt) -> Resul
         .logs()
         .iter()
         .find_map(|l| E::decode_log(&l.inner).ok().map(|d| d.data))
-        .ok_or(ChainError::MissingEvent {
-            call,
-            tx: receipt.transaction_hash,
-            event: E::SIGNATURE,
-        })
+        .ok_or(ChainError::MissingEvent { call, tx: receipt.transaction_hash, event: E::SIGNATURE })
 }
 
 /// The three contracts behind one provider (whose wallet signs the transactions).
@@ -152,10 +131,7 @@ pub struct Contracts<P> {
 
 impl<P: Provider + Clone> Contracts<P> {
     pub fn new(provider: P, deployment: Deployment) -> Self {
-        Self {
-            provider,
-            deployment,
-        }
+        Self { provider, deployment }
     }
 
     pub fn deployment(&self) -> &Deployment {
@@ -184,11 +160,7 @@ impl<P: Provider + Clone> Contracts<P> {
     }
 
     pub async fn balance(&self, who: Address) -> Result<U256, ChainError> {
-        self.token()
-            .balanceOf(who)
-            .call()
-            .await
-            .map_err(|e| decode("balanceOf", e))
+        self.token().balanceOf(who).call().await.map_err(|e| decode("balanceOf", e))
     }
 
     /// Devnet faucet.
@@ -204,27 +176,16 @@ impl<P: Provider + Clone> Contracts<P> {
         manifest_hash: B256,
         price_hint: u128,
     ) -> Result<(), ChainError> {
-        send!(
-            "register",
-            self.registry()
-                .register(root, royalty_bps, manifest_hash, price_hint)
-        );
+        send!("register", self.registry().register(root, royalty_bps, manifest_hash, price_hint));
         Ok(())
     }
 
     /// Opens a deal, approving the escrow first if the allowance is short.
     pub async fn open_deal(&self, from: Address, req: &OpenDeal) -> Result<Deal, ChainError> {
-        let allowance = self
-            .token()
-            .allowance(from, self.deployment.escrow)
-            .call()
-            .await
-            .map_err(|e| decode("allowance", e))?;
+        let allowance =
+            self.token().allowance(from, self.deployment.escrow).call().await.map_err(|e| decode("allowance", e))?;
         if allowance < req.max_amount {
-            send!(
-                "approve",
-                self.token().approve(self.deployment.escrow, req.max_amount)
-            );
+            send!("approve", self.token().approve(self.deployment.escrow, req.max_amount));
         }
         let escrow = self.escrow();
         let call = escrow.openDeal(
@@ -239,26 +200,13 @@ impl<P: Provider + Clone> Contracts<P> {
         );
         let receipt = send!("openDeal", call);
         let ev: TransferEscrow::DealOpened = event("openDeal", &receipt)?;
-        Ok(Deal {
-            id: ev.dealId,
-            terms: ev.terms,
-        })
+        Ok(Deal { id: ev.dealId, terms: ev.terms })
     }
 
     /// Redeems a receipt; returns the amount it added to the pending pot (0 for a stale receipt).
-    pub async fn redeem(
-        &self,
-        terms: &Terms,
-        cumulative: U256,
-        sig: Bytes,
-    ) -> Result<U256, ChainError> {
-        let receipt = send!(
-            "redeem",
-            self.escrow().redeem(terms.clone(), cumulative, sig)
-        );
-        Ok(event::<TransferEscrow::Redeemed>("redeem", &receipt)
-            .map(|e| e.amount)
-            .unwrap_or(U256::ZERO))
+    pub async fn redeem(&self, terms: &Terms, cumulative: U256, sig: Bytes) -> Result<U256, ChainError> {
+        let receipt = send!("redeem", self.escrow().redeem(terms.clone(), cumulative, sig));
+        Ok(event::<TransferEscrow::Redeemed>("redeem", &receipt).map(|e| e.amount).unwrap_or(U256::ZERO))
     }
 
     /// Pays out the pending pot after the dispute window: (to provider, to vendor).
@@ -276,49 +224,24 @@ impl<P: Provider + Clone> Contracts<P> {
 
     /// The buyer disputes (approving the bond first if needed).
     pub async fn dispute(&self, from: Address, terms: &Terms) -> Result<(), ChainError> {
-        let bond = self
-            .escrow()
-            .disputeBond()
-            .call()
-            .await
-            .map_err(|e| decode("disputeBond", e))?;
-        let allowance = self
-            .token()
-            .allowance(from, self.deployment.escrow)
-            .call()
-            .await
-            .map_err(|e| decode("allowance", e))?;
+        let bond = self.escrow().disputeBond().call().await.map_err(|e| decode("disputeBond", e))?;
+        let allowance =
+            self.token().allowance(from, self.deployment.escrow).call().await.map_err(|e| decode("allowance", e))?;
         if allowance < bond {
-            send!(
-                "approve",
-                self.token().approve(self.deployment.escrow, bond)
-            );
+            send!("approve", self.token().approve(self.deployment.escrow, bond));
         }
         send!("dispute", self.escrow().dispute(terms.clone()));
         Ok(())
     }
 
     /// The arbiter splits a disputed pot.
-    pub async fn resolve(
-        &self,
-        terms: &Terms,
-        to_buyer: U256,
-        buyer_wins: bool,
-    ) -> Result<(), ChainError> {
-        send!(
-            "resolve",
-            self.escrow().resolve(terms.clone(), to_buyer, buyer_wins)
-        );
+    pub async fn resolve(&self, terms: &Terms, to_buyer: U256, buyer_wins: bool) -> Result<(), ChainError> {
+        send!("resolve", self.escrow().resolve(terms.clone(), to_buyer, buyer_wins));
         Ok(())
     }
 
     pub async fn deal_state(&self, id: B256) -> Result<DealState, ChainError> {
-        let s = self
-            .escrow()
-            .deals(id)
-            .call()
-            .await
-            .map_err(|e| decode("deals", e))?;
+        let s = self.escrow().deals(id).call().await.map_err(|e| decode("deals", e))?;
         Ok(DealState {
             exists: s.flags & 1 != 0,
             redeemed: U256::from(s.redeemed),
@@ -329,31 +252,52 @@ impl<P: Provider + Clone> Contracts<P> {
         })
     }
 
+    /// Finds a deal's terms from its `DealOpened` event (the terms are not in storage).
+    pub async fn find_deal(&self, id: B256) -> Result<Option<Deal>, ChainError> {
+        let filter = Filter::new()
+            .address(self.deployment.escrow)
+            .event_signature(TransferEscrow::DealOpened::SIGNATURE_HASH)
+            .topic1(id)
+            .from_block(self.deployment.deploy_block);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| ChainError::Rpc { call: "eth_getLogs", reason: e.to_string() })?;
+        Ok(logs.iter().find_map(|l| {
+            let ev = TransferEscrow::DealOpened::decode_log(&l.inner).ok()?.data;
+            (ev.dealId == id).then_some(Deal { id, terms: ev.terms })
+        }))
+    }
+
+    /// Latest block timestamp.
+    pub async fn chain_time(&self) -> Result<u64, ChainError> {
+        let b = self
+            .provider
+            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
+            .await
+            .map_err(|e| ChainError::Rpc { call: "eth_getBlockByNumber", reason: e.to_string() })?
+            .ok_or(ChainError::Rpc { call: "eth_getBlockByNumber", reason: "no latest block".into() })?;
+        Ok(b.header.timestamp)
+    }
+
     /// Decoded escrow events in `[from, to]` (inclusive block numbers).
     pub async fn escrow_events(
         &self,
         from: u64,
         to: u64,
     ) -> Result<Vec<(Log, TransferEscrow::TransferEscrowEvents)>, ChainError> {
-        let filter = Filter::new()
-            .address(self.deployment.escrow)
-            .from_block(from)
-            .to_block(to);
+        let filter = Filter::new().address(self.deployment.escrow).from_block(from).to_block(to);
         let logs = self
             .provider
             .get_logs(&filter)
             .await
-            .map_err(|e| ChainError::Rpc {
-                call: "eth_getLogs",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ChainError::Rpc { call: "eth_getLogs", reason: e.to_string() })?;
         Ok(logs
             .into_iter()
             .filter_map(|l| {
                 use alloy::sol_types::SolEventInterface;
-                let ev = TransferEscrow::TransferEscrowEvents::decode_log(&l.inner)
-                    .ok()?
-                    .data;
+                let ev = TransferEscrow::TransferEscrowEvents::decode_log(&l.inner).ok()?.data;
                 Some((l, ev))
             })
             .collect())
@@ -390,9 +334,6 @@ pub fn connect(
     deployment: Deployment,
 ) -> Contracts<alloy::providers::DynProvider> {
     ensure_crypto_provider();
-    let provider = sending_provider()
-        .wallet(signer)
-        .connect_http(rpc_url)
-        .erased();
+    let provider = sending_provider().wallet(signer).connect_http(rpc_url).erased();
     Contracts::new(provider, deployment)
 }

@@ -57,10 +57,7 @@ pub enum DevnetError {
     )]
     Anvil { path: String, reason: String },
     #[error("deploying {contract} failed: {reason}")]
-    Deploy {
-        contract: &'static str,
-        reason: String,
-    },
+    Deploy { contract: &'static str, reason: String },
     #[error(transparent)]
     Chain(#[from] crate::ChainError),
     #[error("devnet RPC failed: {0}")]
@@ -80,8 +77,8 @@ pub fn anvil_path() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("BDC_ANVIL") {
         return Some(PathBuf::from(p));
     }
-    let pinned = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+    let pinned =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
     pinned.exists().then_some(pinned)
 }
 
@@ -93,10 +90,7 @@ impl Devnet {
     pub async fn spawn_with(cfg: DevnetConfig) -> Result<Self, DevnetError> {
         ensure_crypto_provider();
         let path = anvil_path();
-        let shown = path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "anvil on PATH".into());
+        let shown = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "anvil on PATH".into());
         let mut anvil = match &path {
             Some(p) => Anvil::at(p),
             None => Anvil::new(),
@@ -107,37 +101,18 @@ impl Devnet {
         if let Some(bt) = cfg.block_time {
             anvil = anvil.block_time(bt);
         }
-        let anvil = anvil.try_spawn().map_err(|e| DevnetError::Anvil {
-            path: shown,
-            reason: e.to_string(),
-        })?;
-        let keys: Vec<PrivateKeySigner> = anvil
-            .keys()
-            .iter()
-            .map(|k| PrivateKeySigner::from(k.clone()))
-            .collect();
+        let anvil = anvil.try_spawn().map_err(|e| DevnetError::Anvil { path: shown, reason: e.to_string() })?;
+        let keys: Vec<PrivateKeySigner> = anvil.keys().iter().map(|k| PrivateKeySigner::from(k.clone())).collect();
         let url: Url = anvil.endpoint_url();
         let deployer = keys[0].clone();
-        let provider = sending_provider()
-            .wallet(deployer.clone())
-            .connect_http(url.clone())
-            .erased();
-        let deploy_block = provider
-            .get_block_number()
-            .await
-            .map_err(|e| DevnetError::Rpc(e.to_string()))?;
+        let provider = sending_provider().wallet(deployer.clone()).connect_http(url.clone()).erased();
+        let deploy_block = provider.get_block_number().await.map_err(|e| DevnetError::Rpc(e.to_string()))?;
         let token = BDCToken::deploy(provider.clone(), deployer.address(), U256::ZERO, true)
             .await
-            .map_err(|e| DevnetError::Deploy {
-                contract: "BDCToken",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| DevnetError::Deploy { contract: "BDCToken", reason: e.to_string() })?;
         let registry = DatasetRegistry::deploy(provider.clone())
             .await
-            .map_err(|e| DevnetError::Deploy {
-                contract: "DatasetRegistry",
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| DevnetError::Deploy { contract: "DatasetRegistry", reason: e.to_string() })?;
         let escrow = TransferEscrow::deploy(
             provider.clone(),
             *token.address(),
@@ -146,10 +121,7 @@ impl Devnet {
             cfg.dispute_window,
         )
         .await
-        .map_err(|e| DevnetError::Deploy {
-            contract: "TransferEscrow",
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| DevnetError::Deploy { contract: "TransferEscrow", reason: e.to_string() })?;
         let deployment = Deployment {
             chain_id: anvil.chain_id(),
             token: *token.address(),
@@ -157,11 +129,7 @@ impl Devnet {
             escrow: *escrow.address(),
             deploy_block,
         };
-        let this = Self {
-            anvil,
-            deployment,
-            keys,
-        };
+        let this = Self { anvil, deployment, keys };
         let admin = this.contracts(0);
         for k in this.keys.iter().take(cfg.funded_accounts) {
             admin.faucet(k.address(), cfg.faucet_amount).await?;
@@ -190,14 +158,10 @@ impl Devnet {
     /// Moves the chain's clock forward and mines a block.
     pub async fn advance_time(&self, secs: u64) -> Result<(), DevnetError> {
         let p = ProviderBuilder::new().connect_http(self.rpc_url());
-        let _: serde_json::Value = p
-            .raw_request("evm_increaseTime".into(), (secs,))
-            .await
-            .map_err(|e| DevnetError::Rpc(e.to_string()))?;
-        let _: serde_json::Value = p
-            .raw_request("evm_mine".into(), ())
-            .await
-            .map_err(|e| DevnetError::Rpc(e.to_string()))?;
+        let _: serde_json::Value =
+            p.raw_request("evm_increaseTime".into(), (secs,)).await.map_err(|e| DevnetError::Rpc(e.to_string()))?;
+        let _: serde_json::Value =
+            p.raw_request("evm_mine".into(), ()).await.map_err(|e| DevnetError::Rpc(e.to_string()))?;
         Ok(())
     }
 

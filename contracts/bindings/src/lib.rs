@@ -16,6 +16,4 @@ pub mod receipt;
 
 pub use client::{ChainError, Contracts, Deal, Deployment};
 pub use devnet::{Devnet, DevnetConfig, DevnetError};
-pub use receipt::{
-    Receipt, ReceiptError, escrow_domain, receipt_digest, sign_receipt, verify_receipt,
-};
+pub use receipt::{Receipt, ReceiptError, escrow_domain, receipt_digest, sign_receipt, verify_receipt};

@@ -20,6 +20,14 @@ sol! {
         bytes32 dealId;
         uint256 cumulativeAmount;
     }
+
+    /// What a buyer signs when it connects: "this iroh node fetches for this deal". Never
+    /// submitted on chain; same domain as receipts.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Hello {
+        bytes32 dealId;
+        bytes32 buyerNodeId;
+    }
 }
 
 /// Name and version of the escrow's EIP-712 domain (must match `TransferEscrow`'s constructor).
@@ -31,11 +39,7 @@ pub enum ReceiptError {
     #[error("receipt signature is malformed: {0}")]
     Malformed(String),
     #[error("receipt for deal {deal} is signed by {signer}, not by the buyer {buyer}")]
-    WrongSigner {
-        deal: B256,
-        signer: Address,
-        buyer: Address,
-    },
+    WrongSigner { deal: B256, signer: Address, buyer: Address },
     #[error("signing the receipt failed: {0}")]
     Sign(String),
 }
@@ -62,14 +66,8 @@ pub async fn sign_receipt(
     deal_id: B256,
     cumulative: U256,
 ) -> Result<Signature, ReceiptError> {
-    let r = Receipt {
-        dealId: deal_id,
-        cumulativeAmount: cumulative,
-    };
-    signer
-        .sign_hash(&receipt_digest(domain, &r))
-        .await
-        .map_err(|e| ReceiptError::Sign(e.to_string()))
+    let r = Receipt { dealId: deal_id, cumulativeAmount: cumulative };
+    signer.sign_hash(&receipt_digest(domain, &r)).await.map_err(|e| ReceiptError::Sign(e.to_string()))
 }
 
 /// Signs a receipt synchronously.
@@ -79,13 +77,8 @@ pub fn sign_receipt_sync(
     deal_id: B256,
     cumulative: U256,
 ) -> Result<Signature, ReceiptError> {
-    let r = Receipt {
-        dealId: deal_id,
-        cumulativeAmount: cumulative,
-    };
-    signer
-        .sign_hash_sync(&receipt_digest(domain, &r))
-        .map_err(|e| ReceiptError::Sign(e.to_string()))
+    let r = Receipt { dealId: deal_id, cumulativeAmount: cumulative };
+    signer.sign_hash_sync(&receipt_digest(domain, &r)).map_err(|e| ReceiptError::Sign(e.to_string()))
 }
 
 /// Checks that `sig` over `receipt` was made by `buyer`.
@@ -100,13 +93,34 @@ pub fn verify_receipt(
         .recover_address_from_prehash(&receipt_digest(domain, receipt))
         .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
     if signer != buyer {
-        return Err(ReceiptError::WrongSigner {
-            deal: receipt.dealId,
-            signer,
-            buyer,
-        });
+        return Err(ReceiptError::WrongSigner { deal: receipt.dealId, signer, buyer });
     }
     Ok(())
+}
+
+/// Signs a connection hello.
+pub fn sign_hello_sync(
+    signer: &impl SignerSync,
+    domain: &Eip712Domain,
+    deal_id: B256,
+    buyer_node: B256,
+) -> Result<Signature, ReceiptError> {
+    let h = Hello { dealId: deal_id, buyerNodeId: buyer_node };
+    signer.sign_hash_sync(&h.eip712_signing_hash(domain)).map_err(|e| ReceiptError::Sign(e.to_string()))
+}
+
+/// Returns the address that signed `hello`.
+pub fn hello_signer(domain: &Eip712Domain, hello: &Hello, sig: &[u8]) -> Result<Address, ReceiptError> {
+    let sig = Signature::try_from(sig).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    sig.recover_address_from_prehash(&hello.eip712_signing_hash(domain))
+        .map_err(|e| ReceiptError::Malformed(e.to_string()))
+}
+
+/// Returns the address that signed `receipt`.
+pub fn receipt_signer(domain: &Eip712Domain, receipt: &Receipt, sig: &[u8]) -> Result<Address, ReceiptError> {
+    let sig = Signature::try_from(sig).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    sig.recover_address_from_prehash(&receipt_digest(domain, receipt))
+        .map_err(|e| ReceiptError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]
@@ -121,36 +135,16 @@ mod tests {
         let d = escrow_domain(31337, escrow);
         let deal = B256::repeat_byte(1);
         let sig = sign_receipt_sync(&buyer, &d, deal, U256::from(500)).unwrap();
-        let r = Receipt {
-            dealId: deal,
-            cumulativeAmount: U256::from(500),
-        };
+        let r = Receipt { dealId: deal, cumulativeAmount: U256::from(500) };
         verify_receipt(&d, &r, &sig.as_bytes(), buyer.address()).unwrap();
         // another deal, another amount, another chain, another contract: all rejected
-        let other_deal = Receipt {
-            dealId: B256::repeat_byte(2),
-            ..r.clone()
-        };
+        let other_deal = Receipt { dealId: B256::repeat_byte(2), ..r.clone() };
         assert!(verify_receipt(&d, &other_deal, &sig.as_bytes(), buyer.address()).is_err());
-        let more = Receipt {
-            cumulativeAmount: U256::from(501),
-            ..r.clone()
-        };
+        let more = Receipt { cumulativeAmount: U256::from(501), ..r.clone() };
         assert!(verify_receipt(&d, &more, &sig.as_bytes(), buyer.address()).is_err());
-        assert!(
-            verify_receipt(
-                &escrow_domain(1, escrow),
-                &r,
-                &sig.as_bytes(),
-                buyer.address()
-            )
-            .is_err()
-        );
+        assert!(verify_receipt(&escrow_domain(1, escrow), &r, &sig.as_bytes(), buyer.address()).is_err());
         let other = escrow_domain(31337, Address::repeat_byte(0xE6));
         assert!(verify_receipt(&other, &r, &sig.as_bytes(), buyer.address()).is_err());
-        assert!(matches!(
-            verify_receipt(&d, &r, &[1, 2, 3], buyer.address()),
-            Err(ReceiptError::Malformed(_))
-        ));
+        assert!(matches!(verify_receipt(&d, &r, &[1, 2, 3], buyer.address()), Err(ReceiptError::Malformed(_))));
     }
 }

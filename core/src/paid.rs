@@ -1,0 +1,218 @@
+//! `bdc/paid/1`: the wire messages of a paid transfer, offers, and pricing.
+//!
+//! One QUIC connection per (buyer, provider, deal). Bi streams carry ordinary iroh-blobs GET
+//! requests. The buyer opens one uni stream and writes length-prefixed postcard messages on it:
+//! a [`Hello`] first, then [`SignedReceipt`]s as data verifies, and finishes the stream after the
+//! final receipt. The provider answers a protocol violation by closing the connection with one of
+//! the stable [`codes`]. See docs/PROTOCOL.md.
+
+use serde::{Deserialize, Serialize};
+
+/// Version carried in every [`Hello`].
+pub const PAID_PROTOCOL_VERSION: u8 = 1;
+
+/// Largest encoded message (length prefix excluded). Hello and receipts are ~140 bytes.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Connection close codes of `bdc/paid/1` (application error codes on the QUIC connection).
+pub mod codes {
+    /// Normal end: the buyer finished its receipt stream and the provider stored the last receipt.
+    pub const DONE: u32 = 0;
+    pub const MALFORMED_MESSAGE: u32 = 10;
+    pub const UNSUPPORTED_VERSION: u32 = 11;
+    pub const UNKNOWN_DEAL: u32 = 12;
+    /// The deal names another provider, node id, or a dataset this provider does not serve.
+    pub const NOT_THIS_PROVIDER: u32 = 13;
+    pub const BAD_HELLO_SIGNATURE: u32 = 14;
+    /// Refunded, disputed, expired or not funded.
+    pub const DEAL_NOT_OPEN: u32 = 15;
+    pub const BAD_RECEIPT_SIGNATURE: u32 = 16;
+    pub const RECEIPT_FOR_OTHER_DEAL: u32 = 17;
+    pub const RECEIPT_ABOVE_SENT: u32 = 18;
+    pub const RECEIPT_ABOVE_MAX: u32 = 19;
+    /// The buyer stopped paying: no receipt within the stall timeout while the window was full.
+    pub const PAYMENT_TIMEOUT: u32 = 20;
+    pub const INTERNAL: u32 = 21;
+
+    /// A short name for a code, for error messages.
+    pub fn name(code: u64) -> &'static str {
+        match code as u32 {
+            DONE => "done",
+            MALFORMED_MESSAGE => "malformed message",
+            UNSUPPORTED_VERSION => "unsupported protocol version",
+            UNKNOWN_DEAL => "unknown deal",
+            NOT_THIS_PROVIDER => "deal is not for this provider or dataset",
+            BAD_HELLO_SIGNATURE => "hello not signed by the deal's buyer",
+            DEAL_NOT_OPEN => "deal is not open (refunded, disputed, expired)",
+            BAD_RECEIPT_SIGNATURE => "receipt not signed by the deal's buyer",
+            RECEIPT_FOR_OTHER_DEAL => "receipt for another deal",
+            RECEIPT_ABOVE_SENT => "receipt for more than was sent",
+            RECEIPT_ABOVE_MAX => "receipt above the deal's maximum",
+            PAYMENT_TIMEOUT => "payment timeout: no receipt while the window was full",
+            INTERNAL => "provider internal error",
+            _ => "unknown code",
+        }
+    }
+}
+
+/// First message: binds this connection (the buyer's EndpointId) to a deal, signed by the deal's
+/// buyer with its Ethereum key (EIP-712 `Hello{dealId, buyerNodeId}` under the escrow domain).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u8,
+    pub deal_id: [u8; 32],
+    pub buyer_node: [u8; 32],
+    pub sig: Vec<u8>,
+}
+
+/// A cumulative receipt: the buyer owes `cumulative` token base units for this deal in total.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedReceipt {
+    pub deal_id: [u8; 32],
+    pub cumulative: u128,
+    pub sig: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PaidMessage {
+    Hello(Hello),
+    Receipt(SignedReceipt),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl PaidMessage {
+    /// `u16` big-endian length, then the postcard bytes.
+    pub fn frame(&self) -> Vec<u8> {
+        let body = postcard::to_stdvec(self).expect("paid messages serialize");
+        let mut out = Vec::with_capacity(body.len() + 2);
+        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Decodes a message body (without its length prefix).
+    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
+        if body.len() > MAX_MESSAGE_BYTES {
+            return Err(WireError::TooLarge(body.len()));
+        }
+        postcard::from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))
+    }
+}
+
+/// What a provider offers for one dataset: everything a buyer needs to open a deal and dial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Offer {
+    /// The dataset ticket (provider address, root, format).
+    pub ticket: String,
+    /// The provider's Ethereum address (receives payment).
+    pub provider: [u8; 20],
+    /// Token base units per byte.
+    pub price_per_byte: u128,
+    /// Bytes the provider sends ahead of receipts.
+    pub window: u64,
+    /// Bytes a full download moves (all blobs of the dataset).
+    pub size: u64,
+    pub chain_id: u64,
+    pub escrow: [u8; 20],
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed offer: {0}")]
+pub struct OfferError(String);
+
+impl Offer {
+    const PREFIX: &'static str = "bdcoffer";
+
+    /// Maximum cost of the whole dataset at this price.
+    pub fn full_price(&self) -> u128 {
+        amount_for(self.size, self.price_per_byte)
+    }
+}
+
+impl std::fmt::Display for Offer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = postcard::to_stdvec(self).expect("offers serialize");
+        write!(f, "{}{}", Self::PREFIX, data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase())
+    }
+}
+
+impl std::str::FromStr for Offer {
+    type Err = OfferError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let rest =
+            s.trim().strip_prefix(Self::PREFIX).ok_or_else(|| OfferError("an offer starts with `bdcoffer`".into()))?;
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(rest.to_ascii_uppercase().as_bytes())
+            .map_err(|e| OfferError(e.to_string()))?;
+        postcard::from_bytes(&bytes).map_err(|e| OfferError(e.to_string()))
+    }
+}
+
+/// Bytes per GiB.
+pub const GIB: u128 = 1 << 30;
+
+/// Price per byte for a price per GiB, rounded down (a provider states per-GiB prices; receipts
+/// are computed per byte, so the buyer never pays more than the stated GiB price).
+pub fn price_per_byte(price_per_gib: u128) -> u128 {
+    price_per_gib / GIB
+}
+
+/// What `bytes` cost at `price_per_byte`: an exact product (saturating at u128::MAX).
+pub fn amount_for(bytes: u64, price_per_byte: u128) -> u128 {
+    (bytes as u128).saturating_mul(price_per_byte)
+}
+
+/// How many whole bytes `amount` pays for (rounded down; unlimited when the price is 0).
+pub fn bytes_for(amount: u128, price_per_byte: u128) -> u64 {
+    amount.checked_div(price_per_byte).map_or(u64::MAX, |b| b.min(u64::MAX as u128) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_roundtrip_and_limits() {
+        let m = PaidMessage::Receipt(SignedReceipt { deal_id: [3; 32], cumulative: 12345, sig: vec![1; 65] });
+        let f = m.frame();
+        let len = u16::from_be_bytes([f[0], f[1]]) as usize;
+        assert_eq!(len, f.len() - 2);
+        assert_eq!(PaidMessage::decode(&f[2..]).unwrap(), m);
+        assert!(matches!(PaidMessage::decode(&vec![0u8; MAX_MESSAGE_BYTES + 1]), Err(WireError::TooLarge(_))));
+        assert!(matches!(PaidMessage::decode(&[9, 9, 9]), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn offer_roundtrip() {
+        let o = Offer {
+            ticket: "blobabc".into(),
+            provider: [1; 20],
+            price_per_byte: 7,
+            window: 1 << 20,
+            size: 1000,
+            chain_id: 31337,
+            escrow: [2; 20],
+        };
+        let s = o.to_string();
+        assert!(s.starts_with("bdcoffer"));
+        assert_eq!(s.parse::<Offer>().unwrap(), o);
+        assert_eq!(o.full_price(), 7000);
+        assert!("bdcofferzz".parse::<Offer>().is_err());
+        assert!("blobxyz".parse::<Offer>().is_err());
+    }
+
+    #[test]
+    fn pricing_is_exact_and_rounds_down() {
+        assert_eq!(price_per_byte(GIB * 5 + 3), 5);
+        assert_eq!(amount_for(1 << 20, 3), 3 << 20);
+        assert_eq!(bytes_for(10, 3), 3);
+        assert_eq!(amount_for(u64::MAX, u128::MAX), u128::MAX);
+    }
+}

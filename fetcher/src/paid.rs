@@ -1,0 +1,432 @@
+//! Paying for a fetch: deals, the Hello, and cumulative receipts.
+//!
+//! [`Fetcher::fetch_paid`] takes a provider's [`Offer`], opens a deal on the escrow (or reuses an
+//! open one for the same dataset and provider), dials `bdc/paid/1`, sends a signed `Hello`, and
+//! fetches exactly like a free fetch while a task signs a cumulative receipt every
+//! `receipt_every` verified bytes and a final one for everything verified. Every receipt is
+//! recorded in `<data-dir>/deals.json` before it is sent, so a resumed fetch continues the same
+//! deal and never pays twice for a byte.
+//!
+//! Amounts: `verified bytes × price_per_byte` (exact integer arithmetic, no rounding), capped at
+//! the deal's maximum. "Verified bytes" are all payload bytes iroh-blobs verified under the deal,
+//! including the collection's own small blobs (hash sequence, names).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use alloy::{
+    primitives::{Address, B256, U256},
+    providers::DynProvider,
+    signers::local::PrivateKeySigner,
+    sol_types::SolValue,
+};
+use bdc_contracts::{
+    ChainError, Contracts, Deal,
+    client::{OpenDeal, Terms},
+    receipt::{sign_hello_sync, sign_receipt_sync},
+};
+use bdc_core::{
+    Hash,
+    paid::{Hello, Offer, PAID_PROTOCOL_VERSION, PaidMessage, SignedReceipt, amount_for, codes},
+    ticket::parse_ticket,
+};
+use iroh::endpoint::{Connection, ConnectionError, SendStream};
+use serde::{Deserialize, Serialize};
+use tokio::{sync::mpsc, task::JoinHandle};
+
+use crate::fetch::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher};
+
+/// How a buyer pays.
+#[derive(Debug, Clone)]
+pub struct PaidOptions {
+    /// Refuse offers above this price (token base units per byte).
+    pub max_price_per_byte: Option<u128>,
+    /// Sign a receipt every this many verified bytes (must fit the provider's window).
+    pub receipt_every: u64,
+    /// A new deal expires this long after it opens.
+    pub deal_duration: Duration,
+    /// Who settles disputes on new deals.
+    pub arbiter: Address,
+    /// Escrow for a new deal (default: the offer's full price).
+    pub deposit: Option<u128>,
+    /// How long to wait for the provider to confirm the final receipt.
+    pub close_timeout: Duration,
+}
+
+impl PaidOptions {
+    pub fn new(arbiter: Address) -> Self {
+        Self {
+            max_price_per_byte: None,
+            receipt_every: 1 << 20,
+            deal_duration: Duration::from_secs(24 * 3600),
+            arbiter,
+            deposit: None,
+            close_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaidError {
+    #[error("{0}")]
+    Offer(String),
+    #[error("the offer's price {offered} per byte is above your maximum {max}")]
+    PriceTooHigh { offered: u128, max: u128 },
+    #[error(
+        "the offer is for chain {offer_chain} escrow {offer_escrow}, but this wallet is on chain {chain} escrow {escrow}"
+    )]
+    WrongChain { offer_chain: u64, offer_escrow: Address, chain: u64, escrow: Address },
+    #[error(
+        "receipt interval {every} bytes does not fit the provider's window of {window} bytes (needs interval + 16 KiB ≤ window)"
+    )]
+    WindowTooSmall { every: u64, window: u64 },
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error("deal book {path}: {reason}")]
+    Book { path: PathBuf, reason: String },
+    #[error("signing failed: {0}")]
+    Sign(String),
+    #[error("cannot send to the provider: {0}")]
+    Stream(String),
+}
+
+/// A deal as the buyer records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuyerDeal {
+    pub id: B256,
+    /// `abi.encode(Terms)`, hex.
+    pub terms: String,
+    pub root: Hash,
+    /// Bytes verified under this deal, over all runs.
+    pub verified: u64,
+    /// Newest cumulative amount signed (what the buyer owes).
+    pub paid: u128,
+}
+
+impl BuyerDeal {
+    pub fn terms(&self) -> Result<Terms, String> {
+        let bytes = hex::decode(self.terms.trim_start_matches("0x")).map_err(|e| e.to_string())?;
+        Terms::abi_decode(&bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// `<data-dir>/deals.json`: every deal this buyer opened, with what it verified and signed.
+#[derive(Debug)]
+pub struct DealBook {
+    path: PathBuf,
+    pub deals: Vec<BuyerDeal>,
+}
+
+impl DealBook {
+    pub fn load(data_dir: &Path) -> Result<Self, PaidError> {
+        let path = data_dir.join("deals.json");
+        let deals = match std::fs::read(&path) {
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| PaidError::Book { path: path.clone(), reason: e.to_string() })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(PaidError::Book { path, reason: e.to_string() }),
+        };
+        Ok(Self { path, deals })
+    }
+
+    pub fn save(&self) -> Result<(), PaidError> {
+        let bytes = serde_json::to_vec_pretty(&self.deals).expect("deals serialize");
+        bdc_core::keys::write_private(&self.path, &bytes)
+            .map_err(|e| PaidError::Book { path: self.path.clone(), reason: e.to_string() })
+    }
+
+    pub fn get(&self, id: &B256) -> Option<&BuyerDeal> {
+        self.deals.iter().find(|d| d.id == *id)
+    }
+
+    fn upsert(&mut self, d: BuyerDeal) {
+        match self.deals.iter_mut().find(|x| x.id == d.id) {
+            Some(x) => *x = d,
+            None => self.deals.push(d),
+        }
+    }
+}
+
+/// The buyer's chain identity: a client on the escrow and the key that signs deals and receipts.
+#[derive(Debug, Clone)]
+pub struct Wallet {
+    pub chain: Contracts<DynProvider>,
+    pub signer: PrivateKeySigner,
+}
+
+/// What a paid fetch did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PaidReport {
+    #[serde(flatten)]
+    pub fetch: FetchReport,
+    pub deal: Option<B256>,
+    /// Cumulative amount signed for the deal (token base units).
+    pub paid: u128,
+    pub price_per_byte: u128,
+}
+
+/// One paid connection's receipt machinery.
+#[derive(Debug)]
+pub(crate) struct PaidSession {
+    deal: Deal,
+    price: u128,
+    base: u64,
+    every: u64,
+    signer: PrivateKeySigner,
+    chain: Contracts<DynProvider>,
+    book: Arc<Mutex<DealBook>>,
+    tx: Option<mpsc::UnboundedSender<u64>>,
+    task: Option<JoinHandle<Result<u128, PaidError>>>,
+    close_timeout: Duration,
+    signed: Arc<Mutex<u128>>,
+    /// Our own EndpointId, bound to the deal by the Hello.
+    me: B256,
+}
+
+impl PaidSession {
+    /// Opens the receipt stream and sends the Hello.
+    pub(crate) async fn hello(&mut self, conn: &Connection) -> Result<(), FetchError> {
+        let domain = self.chain.domain();
+        let me = self.me;
+        let sig =
+            sign_hello_sync(&self.signer, &domain, self.deal.id, me).map_err(|e| PaidError::Sign(e.to_string()))?;
+        let hello = PaidMessage::Hello(Hello {
+            version: PAID_PROTOCOL_VERSION,
+            deal_id: self.deal.id.0,
+            buyer_node: me.0,
+            sig: sig.as_bytes().to_vec(),
+        });
+        let mut send = conn.open_uni().await.map_err(|e| PaidError::Stream(e.to_string()))?;
+        send.write_all(&hello.frame()).await.map_err(|e| PaidError::Stream(e.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.tx = Some(tx);
+        self.task = Some(tokio::spawn(receipts(
+            send,
+            rx,
+            self.deal.clone(),
+            self.price,
+            self.base,
+            self.every,
+            self.signer.clone(),
+            self.chain.domain(),
+            self.book.clone(),
+            self.signed.clone(),
+        )));
+        Ok(())
+    }
+
+    /// Bytes verified in this run so far (cumulative).
+    pub(crate) fn verified(&self, run_bytes: u64) {
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(run_bytes);
+        }
+    }
+
+    /// Sends the final receipt, ends the stream, waits for the provider's confirmation.
+    pub(crate) async fn finish(&mut self, conn: &Connection) -> Result<(), FetchError> {
+        self.stop().await?;
+        let provider = conn.remote_id();
+        match tokio::time::timeout(self.close_timeout, conn.closed()).await {
+            Ok(ConnectionError::ApplicationClosed(c)) if c.error_code.into_inner() == codes::DONE as u64 => Ok(()),
+            Ok(ConnectionError::ApplicationClosed(c)) => {
+                let code = c.error_code.into_inner();
+                Err(FetchError::ProviderClosed { provider, code, reason: codes::name(code) })
+            }
+            Ok(other) => Err(FetchError::Transfer { provider, reason: other.to_string() }),
+            Err(_) => {
+                conn.close(0u32.into(), b"done");
+                Err(FetchError::Transfer { provider, reason: "the provider did not confirm the final receipt".into() })
+            }
+        }
+    }
+
+    /// After a failed transfer: send the final receipt if possible, and prefer the provider's
+    /// close reason over a generic stream error.
+    pub(crate) async fn explain(&mut self, conn: &Connection, err: FetchError) -> FetchError {
+        let _ = self.stop().await;
+        if let Some(ConnectionError::ApplicationClosed(c)) = conn.close_reason() {
+            let code = c.error_code.into_inner();
+            if code != codes::DONE as u64 {
+                return FetchError::ProviderClosed { provider: conn.remote_id(), code, reason: codes::name(code) };
+            }
+        }
+        err
+    }
+
+    async fn stop(&mut self) -> Result<(), FetchError> {
+        self.tx = None;
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(PaidError::Stream(e.to_string()).into()),
+            }
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receipts(
+    mut send: SendStream,
+    mut rx: mpsc::UnboundedReceiver<u64>,
+    deal: Deal,
+    price: u128,
+    base: u64,
+    every: u64,
+    signer: PrivateKeySigner,
+    domain: alloy::sol_types::Eip712Domain,
+    book: Arc<Mutex<DealBook>>,
+    signed: Arc<Mutex<u128>>,
+) -> Result<u128, PaidError> {
+    let max: u128 = deal.terms.maxAmount.to::<u128>();
+    let mut last = base;
+    let mut seen = base;
+    let send_one = async |verified: u64, send: &mut SendStream| -> Result<(), PaidError> {
+        let amount = amount_for(verified, price).min(max);
+        let sig = sign_receipt_sync(&signer, &domain, deal.id, U256::from(amount))
+            .map_err(|e| PaidError::Sign(e.to_string()))?;
+        // record first: we never forget what we signed
+        {
+            let mut b = book.lock().expect("book lock");
+            if let Some(d) = b.deals.iter_mut().find(|d| d.id == deal.id) {
+                d.verified = d.verified.max(verified);
+                d.paid = d.paid.max(amount);
+            }
+            b.save()?;
+        }
+        *signed.lock().expect("signed lock") = amount;
+        let msg = PaidMessage::Receipt(SignedReceipt {
+            deal_id: deal.id.0,
+            cumulative: amount,
+            sig: sig.as_bytes().to_vec(),
+        });
+        send.write_all(&msg.frame()).await.map_err(|e| PaidError::Stream(e.to_string()))
+    };
+    while let Some(run) = rx.recv().await {
+        seen = seen.max(base + run);
+        if seen >= last + every {
+            send_one(seen, &mut send).await?;
+            last = seen;
+        }
+    }
+    if seen > last || seen == base {
+        send_one(seen, &mut send).await?;
+    }
+    send.finish().map_err(|e| PaidError::Stream(e.to_string()))?;
+    Ok(amount_for(seen, price).min(max))
+}
+
+impl Fetcher {
+    /// Buys and fetches the dataset of `offer`.
+    pub async fn fetch_paid(
+        &self,
+        offer: &Offer,
+        wallet: &Wallet,
+        out: &Path,
+        opts: &FetchOptions,
+        pay: &PaidOptions,
+        on: impl FnMut(FetchEvent),
+    ) -> Result<PaidReport, FetchError> {
+        let (chain, signer) = (&wallet.chain, &wallet.signer);
+        let ticket = parse_ticket(&offer.ticket).map_err(|e| PaidError::Offer(e.to_string()))?;
+        let d = chain.deployment();
+        let escrow = Address::from(offer.escrow);
+        if offer.chain_id != d.chain_id || escrow != d.escrow {
+            return Err(PaidError::WrongChain {
+                offer_chain: offer.chain_id,
+                offer_escrow: escrow,
+                chain: d.chain_id,
+                escrow: d.escrow,
+            }
+            .into());
+        }
+        if let Some(max) = pay.max_price_per_byte
+            && offer.price_per_byte > max
+        {
+            return Err(PaidError::PriceTooHigh { offered: offer.price_per_byte, max }.into());
+        }
+        if pay.receipt_every + bdc_core::protocol::CHUNK_GROUP_BYTES > offer.window {
+            return Err(PaidError::WindowTooSmall { every: pay.receipt_every, window: offer.window }.into());
+        }
+        let local = self
+            .store()
+            .remote()
+            .local(ticket.hash_and_format())
+            .await
+            .map_err(|e| FetchError::Local(e.to_string()))?;
+        if local.is_complete() {
+            let fetch = self.run(&ticket, out, opts, None, on).await?;
+            return Ok(PaidReport { fetch, deal: None, paid: 0, price_per_byte: offer.price_per_byte });
+        }
+        let book = Arc::new(Mutex::new(DealBook::load(self.data_dir())?));
+        let root = ticket.hash();
+        let node = B256::from(*ticket.addr().id.as_bytes());
+        let now = chain.chain_time().await.map_err(PaidError::from)?;
+        // reuse an open deal for this dataset and provider, if it has time and money left
+        let mut reuse = None;
+        let candidates: Vec<BuyerDeal> =
+            book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).cloned().collect();
+        for cand in candidates {
+            let Ok(t) = cand.terms() else { continue };
+            if t.providerNodeId != node || t.provider != Address::from(offer.provider) || t.expiry <= now + 120 {
+                continue;
+            }
+            let st = chain.deal_state(cand.id).await.map_err(PaidError::from)?;
+            if st.exists && !st.refunded && !st.disputed && cand.paid < t.maxAmount.to::<u128>() {
+                reuse = Some((Deal { id: cand.id, terms: t }, cand.verified));
+                break;
+            }
+        }
+        let (deal, base) = match reuse {
+            Some(x) => x,
+            None => {
+                let max_amount = pay.deposit.unwrap_or_else(|| offer.full_price()).max(1);
+                let req = OpenDeal {
+                    provider: Address::from(offer.provider),
+                    provider_node_id: node,
+                    dataset_root: B256::from(*root.as_bytes()),
+                    price_per_byte: offer.price_per_byte,
+                    max_amount: U256::from(max_amount),
+                    window: offer.window,
+                    expiry: now + pay.deal_duration.as_secs(),
+                    arbiter: pay.arbiter,
+                };
+                let deal = chain.open_deal(signer.address(), &req).await.map_err(PaidError::from)?;
+                tracing::info!(deal = %deal.id, max_amount, "deal opened");
+                let mut b = book.lock().expect("book lock");
+                b.upsert(BuyerDeal {
+                    id: deal.id,
+                    terms: hex::encode(deal.terms.abi_encode()),
+                    root,
+                    verified: 0,
+                    paid: 0,
+                });
+                b.save()?;
+                (deal, 0)
+            }
+        };
+        let signed = Arc::new(Mutex::new(book.lock().expect("book lock").get(&deal.id).map(|d| d.paid).unwrap_or(0)));
+        let mut session = PaidSession {
+            deal: deal.clone(),
+            price: deal.terms.pricePerByte,
+            base,
+            every: pay.receipt_every,
+            signer: signer.clone(),
+            chain: chain.clone(),
+            book: book.clone(),
+            tx: None,
+            task: None,
+            close_timeout: pay.close_timeout,
+            signed: signed.clone(),
+            me: B256::from(*self.endpoint().id().as_bytes()),
+        };
+        let fetch = self.run(&ticket, out, opts, Some(&mut session), on).await;
+        let paid = *signed.lock().expect("signed lock");
+        Ok(PaidReport { fetch: fetch?, deal: Some(deal.id), paid, price_per_byte: deal.terms.pricePerByte })
+    }
+}

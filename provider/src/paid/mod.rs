@@ -1,0 +1,486 @@
+//! `bdc/paid/1` on the provider: receipts gate the stream.
+//!
+//! One connection per (buyer, provider, deal). [`PaidProtocol::accept`] runs two things side by
+//! side on each connection:
+//! - iroh-blobs' own connection handler, answering GETs on bi streams, with an event handler
+//!   that authorizes each GET (the hash must belong to the deal's dataset and the Hello must have
+//!   been accepted) and throttles each 16 KiB group: it is released only while
+//!   `sent − receipted ≤ window` (bytes), otherwise it waits for a receipt, up to the stall
+//!   timeout, then the connection is closed with `PAYMENT_TIMEOUT`.
+//! - the control loop reading the buyer's uni stream: `Hello` (checked against the chain), then
+//!   cumulative receipts, each verified offline, stored durably in the [`ledger`] and only then
+//!   counted by the gate.
+//!
+//! The [`redeemer`] submits stored receipts on chain.
+
+pub mod ledger;
+mod redeemer;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use alloy::{
+    primitives::{Address, B256},
+    providers::DynProvider,
+    sol_types::SolValue,
+};
+use bdc_contracts::{
+    Contracts, Deal,
+    receipt::{Hello as HelloStruct, Receipt, hello_signer, receipt_signer},
+};
+use bdc_core::{
+    Hash,
+    paid::{Hello, MAX_MESSAGE_BYTES, PAID_PROTOCOL_VERSION, PaidMessage, SignedReceipt, bytes_for, codes},
+};
+use iroh::{
+    EndpointId,
+    endpoint::{Connection, RecvStream, VarInt},
+    protocol::{AcceptError, ProtocolHandler},
+};
+use iroh_blobs::{
+    api::Store,
+    provider::events::{AbortReason, EventMask, EventSender, ProviderMessage, RequestMode, ThrottleMode},
+};
+use tokio::sync::{Notify, mpsc, watch};
+
+use self::ledger::{Ledger, LedgerError};
+
+/// Terms a provider sells on.
+#[derive(Debug, Clone)]
+pub struct PaidConfig {
+    /// Token base units per byte (the lowest price a deal may carry).
+    pub price_per_byte: u128,
+    /// Largest window a deal gets (bytes sent ahead of receipts); a deal asking less gets less.
+    pub window: u64,
+    /// How long a full window waits for a receipt before the connection is closed.
+    pub stall_timeout: Duration,
+    /// Redeem on chain each time this many more bytes are receipted.
+    pub redeem_every: u64,
+    /// Redeem deals that expire within this margin.
+    pub expiry_margin: Duration,
+    /// How long a new connection may take to send its Hello.
+    pub hello_timeout: Duration,
+}
+
+impl Default for PaidConfig {
+    fn default() -> Self {
+        Self {
+            price_per_byte: 1_000_000_000, // 1 gwei-unit per byte ≈ 1.07 BDC per GiB
+            window: 4 << 20,
+            stall_timeout: Duration::from_secs(30),
+            redeem_every: 256 << 20,
+            expiry_margin: Duration::from_secs(300),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaidError {
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+/// Gate state of one deal, shared by all its connections.
+#[derive(Debug)]
+struct DealGate {
+    deal: Deal,
+    price: u128,
+    window: u64,
+    allowed: Arc<HashSet<Hash>>,
+    state: Mutex<GateState>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// Bytes sent under this deal (since this process started, plus what was receipted before).
+    sent: u64,
+    /// Bytes covered by the newest stored receipt.
+    receipted_bytes: u64,
+    receipted_amount: u128,
+    /// Persisted upper bound of `sent`.
+    reserved: u64,
+    /// Amount at the last redeem trigger.
+    last_trigger: u128,
+}
+
+type Ready = Option<Result<Arc<DealGate>, ()>>;
+
+#[derive(Debug)]
+struct ConnEntry {
+    conn: Connection,
+    ready: watch::Receiver<Ready>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    store: Store,
+    ledger: Arc<Ledger>,
+    chain: Contracts<DynProvider>,
+    me: Address,
+    node: EndpointId,
+    cfg: PaidConfig,
+    datasets: HashMap<Hash, Arc<HashSet<Hash>>>,
+    conns: Mutex<HashMap<u64, ConnEntry>>,
+    deals: Mutex<HashMap<B256, Arc<DealGate>>>,
+    redeem_tx: mpsc::UnboundedSender<B256>,
+}
+
+/// The `bdc/paid/1` protocol handler.
+#[derive(Debug, Clone)]
+pub struct PaidProtocol {
+    shared: Arc<Shared>,
+    events: EventSender,
+}
+
+impl PaidProtocol {
+    /// Starts the handler and its redeemer. `datasets` maps each served root to all its hashes.
+    pub fn new(
+        store: Store,
+        ledger: Arc<Ledger>,
+        chain: Contracts<DynProvider>,
+        me: Address,
+        node: EndpointId,
+        cfg: PaidConfig,
+        datasets: HashMap<Hash, Arc<HashSet<Hash>>>,
+    ) -> Self {
+        let (redeem_tx, redeem_rx) = mpsc::unbounded_channel();
+        tokio::spawn(redeemer::run(
+            ledger.clone(),
+            chain.clone(),
+            redeem_rx,
+            cfg.expiry_margin,
+            Duration::from_secs(5),
+        ));
+        let shared = Arc::new(Shared {
+            store,
+            ledger,
+            chain,
+            me,
+            node,
+            cfg,
+            datasets,
+            conns: Mutex::new(HashMap::new()),
+            deals: Mutex::new(HashMap::new()),
+            redeem_tx,
+        });
+        let events = gate_events(shared.clone());
+        Self { shared, events }
+    }
+}
+
+impl ProtocolHandler for PaidProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let shared = self.shared.clone();
+        let conn_id = conn.stable_id() as u64;
+        let (ready_tx, ready_rx) = watch::channel(None);
+        shared.conns.lock().expect("conns lock").insert(conn_id, ConnEntry { conn: conn.clone(), ready: ready_rx });
+        let peer = conn.remote_id();
+        let blobs = tokio::spawn(iroh_blobs::provider::handle_connection(
+            conn.clone(),
+            shared.store.clone(),
+            self.events.clone(),
+        ));
+        // The control stream decides the connection's fate; closing it also ends the blobs handler.
+        let deal = match control_loop(shared.clone(), conn.clone(), ready_tx).await {
+            Ok(deal) => {
+                conn.close(VarInt::from_u32(codes::DONE), b"done");
+                Some(deal)
+            }
+            Err((code, deal)) => {
+                tracing::warn!(%peer, code, reason = codes::name(code as u64), "closing paid connection");
+                conn.close(VarInt::from_u32(code), codes::name(code as u64).as_bytes());
+                deal
+            }
+        };
+        let _ = blobs.await;
+        shared.conns.lock().expect("conns lock").remove(&conn_id);
+        if let Some(id) = deal {
+            let _ = shared.redeem_tx.send(id);
+        }
+        Ok(())
+    }
+}
+
+type ControlResult = Result<B256, (u32, Option<B256>)>;
+
+/// Reads Hello and receipts. Ok(deal) when the buyer finished its stream normally.
+async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sender<Ready>) -> ControlResult {
+    let fail = |code| {
+        let _ = ready.send(Some(Err(())));
+        Err((code, None))
+    };
+    let mut recv = match tokio::time::timeout(shared.cfg.hello_timeout, conn.accept_uni()).await {
+        Ok(Ok(r)) => r,
+        _ => return fail(codes::MALFORMED_MESSAGE),
+    };
+    let hello = match read_message(&mut recv).await {
+        Ok(Some(PaidMessage::Hello(h))) => h,
+        Ok(_) => return fail(codes::MALFORMED_MESSAGE),
+        Err(code) => return fail(code),
+    };
+    let gate = match admit(&shared, &conn, &hello).await {
+        Ok(g) => g,
+        Err(code) => return fail(code),
+    };
+    let id = gate.deal.id;
+    tracing::info!(deal = %id, peer = %conn.remote_id(), window = gate.window, "paid connection admitted");
+    let _ = ready.send(Some(Ok(gate.clone())));
+    loop {
+        match read_message(&mut recv).await {
+            Ok(Some(PaidMessage::Receipt(r))) => {
+                if let Err(code) = accept_receipt(&shared, &gate, &r) {
+                    return Err((code, Some(id)));
+                }
+            }
+            Ok(Some(PaidMessage::Hello(_))) => return Err((codes::MALFORMED_MESSAGE, Some(id))),
+            Ok(None) => return Ok(id),
+            Err(code) => return Err((code, Some(id))),
+        }
+    }
+}
+
+/// Reads one length-prefixed message; Ok(None) at a clean end of stream.
+async fn read_message(recv: &mut RecvStream) -> Result<Option<PaidMessage>, u32> {
+    let mut len = [0u8; 2];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(iroh::endpoint::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(_) => return Err(codes::MALFORMED_MESSAGE),
+    }
+    let n = u16::from_be_bytes(len) as usize;
+    if n > MAX_MESSAGE_BYTES {
+        return Err(codes::MALFORMED_MESSAGE);
+    }
+    let mut body = vec![0u8; n];
+    recv.read_exact(&mut body).await.map_err(|_| codes::MALFORMED_MESSAGE)?;
+    PaidMessage::decode(&body).map(Some).map_err(|_| codes::MALFORMED_MESSAGE)
+}
+
+/// Checks a Hello against the chain and returns the deal's gate.
+async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Arc<DealGate>, u32> {
+    if hello.version != PAID_PROTOCOL_VERSION {
+        return Err(codes::UNSUPPORTED_VERSION);
+    }
+    let id = B256::from(hello.deal_id);
+    let existing = shared.deals.lock().expect("deals lock").get(&id).cloned();
+    let deal = match &existing {
+        Some(g) => g.deal.clone(),
+        None => match shared.chain.find_deal(id).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(codes::UNKNOWN_DEAL),
+            Err(e) => {
+                tracing::error!(deal = %id, "cannot read the deal from the chain: {e}");
+                return Err(codes::INTERNAL);
+            }
+        },
+    };
+    let t = &deal.terms;
+    let root = Hash::from_bytes(t.datasetRoot.0);
+    let Some(allowed) = shared.datasets.get(&root).cloned() else {
+        return Err(codes::NOT_THIS_PROVIDER);
+    };
+    if t.provider != shared.me || t.providerNodeId.0 != *shared.node.as_bytes() {
+        return Err(codes::NOT_THIS_PROVIDER);
+    }
+    if t.pricePerByte < shared.cfg.price_per_byte || t.pricePerByte == 0 {
+        return Err(codes::NOT_THIS_PROVIDER);
+    }
+    let domain = shared.chain.domain();
+    let h = HelloStruct { dealId: id, buyerNodeId: B256::from(hello.buyer_node) };
+    match hello_signer(&domain, &h, &hello.sig) {
+        Ok(a) if a == t.buyer && hello.buyer_node == *conn.remote_id().as_bytes() => {}
+        _ => return Err(codes::BAD_HELLO_SIGNATURE),
+    }
+    let state = shared.chain.deal_state(id).await.map_err(|_| codes::INTERNAL)?;
+    let now = shared.chain.chain_time().await.map_err(|_| codes::INTERNAL)?;
+    if !state.exists || state.refunded || state.disputed || now >= t.expiry {
+        return Err(codes::DEAL_NOT_OPEN);
+    }
+    if let Some(g) = existing {
+        return Ok(g);
+    }
+    // first connection for this deal in this process: start from the ledger
+    let entry = shared.ledger.get(&id).map_err(|_| codes::INTERNAL)?.unwrap_or_default();
+    let price: u128 = t.pricePerByte;
+    let receipted_bytes = bytes_for(entry.amount, price);
+    let gate = Arc::new(DealGate {
+        deal: deal.clone(),
+        price,
+        window: t.window.min(shared.cfg.window),
+        allowed,
+        state: Mutex::new(GateState {
+            sent: receipted_bytes,
+            receipted_bytes,
+            receipted_amount: entry.amount,
+            reserved: entry.reserved,
+            last_trigger: entry.amount,
+        }),
+        notify: Notify::new(),
+    });
+    shared
+        .ledger
+        .update(&id, |e| {
+            if e.terms_abi.is_empty() {
+                e.terms_abi = deal.terms.abi_encode();
+                e.expiry = t.expiry;
+            }
+        })
+        .map_err(|_| codes::INTERNAL)?;
+    Ok(shared.deals.lock().expect("deals lock").entry(id).or_insert(gate).clone())
+}
+
+/// Verifies a receipt, stores it durably, then lets the gate count it.
+fn accept_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt) -> Result<(), u32> {
+    let id = gate.deal.id;
+    let t = &gate.deal.terms;
+    if r.deal_id != id.0 {
+        tracing::warn!(deal = %id, "receipt for another deal");
+        return Err(codes::RECEIPT_FOR_OTHER_DEAL);
+    }
+    let receipt = Receipt { dealId: id, cumulativeAmount: alloy::primitives::U256::from(r.cumulative) };
+    match receipt_signer(&shared.chain.domain(), &receipt, &r.sig) {
+        Ok(a) if a == t.buyer => {}
+        _ => {
+            tracing::warn!(deal = %id, "receipt not signed by the buyer");
+            return Err(codes::BAD_RECEIPT_SIGNATURE);
+        }
+    }
+    if r.cumulative > t.maxAmount.to::<u128>() {
+        return Err(codes::RECEIPT_ABOVE_MAX);
+    }
+    let bytes = bytes_for(r.cumulative, gate.price);
+    {
+        let s = gate.state.lock().expect("gate lock");
+        if bytes > s.sent.max(s.reserved) {
+            tracing::warn!(deal = %id, bytes, sent = s.sent, "receipt for more than was sent");
+            return Err(codes::RECEIPT_ABOVE_SENT);
+        }
+        if r.cumulative <= s.receipted_amount {
+            return Ok(()); // stale or repeated: harmless
+        }
+    }
+    shared
+        .ledger
+        .update(&id, |e| {
+            if r.cumulative > e.amount {
+                e.amount = r.cumulative;
+                e.sig = r.sig.clone();
+            }
+        })
+        .map_err(|e| {
+            tracing::error!(deal = %id, "cannot store receipt: {e}");
+            codes::INTERNAL
+        })?;
+    let trigger = {
+        let mut s = gate.state.lock().expect("gate lock");
+        if r.cumulative > s.receipted_amount {
+            s.receipted_amount = r.cumulative;
+            s.receipted_bytes = bytes;
+        }
+        let every = bdc_core::paid::amount_for(shared.cfg.redeem_every, gate.price);
+        if s.receipted_amount >= s.last_trigger.saturating_add(every) {
+            s.last_trigger = s.receipted_amount;
+            true
+        } else {
+            false
+        }
+    };
+    gate.notify.notify_waiters();
+    if trigger {
+        let _ = shared.redeem_tx.send(id);
+    }
+    Ok(())
+}
+
+/// Event handler: authorize GETs by deal dataset, gate every 16 KiB group on receipts.
+fn gate_events(shared: Arc<Shared>) -> EventSender {
+    let mask = EventMask {
+        get: RequestMode::Intercept,
+        get_many: RequestMode::Disabled,
+        throttle: ThrottleMode::Intercept,
+        ..EventMask::DEFAULT
+    };
+    let (tx, mut rx) = EventSender::channel(256, mask);
+    tokio::spawn(async move {
+        while let Some(msg) = rx.recv().await {
+            let shared = shared.clone();
+            match msg {
+                ProviderMessage::GetRequestReceived(msg) => {
+                    tokio::spawn(async move {
+                        let ok = match ready_gate(&shared, msg.connection_id).await {
+                            Some(g) => g.allowed.contains(&msg.request.hash),
+                            None => false,
+                        };
+                        if !ok {
+                            tracing::warn!(hash = %msg.request.hash, "refused paid GET: not in the deal's dataset");
+                        }
+                        msg.tx.send(if ok { Ok(()) } else { Err(AbortReason::Permission) }).await.ok();
+                    });
+                }
+                ProviderMessage::Throttle(msg) => {
+                    tokio::spawn(async move {
+                        let res = throttle(&shared, msg.connection_id, msg.size).await;
+                        msg.tx.send(res).await.ok();
+                    });
+                }
+                _ => {}
+            }
+        }
+    });
+    tx
+}
+
+/// Waits (up to the hello timeout) for the connection's Hello to be admitted.
+async fn ready_gate(shared: &Shared, conn_id: u64) -> Option<Arc<DealGate>> {
+    let mut rx = shared.conns.lock().expect("conns lock").get(&conn_id)?.ready.clone();
+    let res = tokio::time::timeout(shared.cfg.hello_timeout, rx.wait_for(|r| r.is_some())).await;
+    match res {
+        Ok(Ok(r)) => r.clone().and_then(|r| r.ok()),
+        _ => None,
+    }
+}
+
+/// Counts a sent group and holds the next one while `sent − receipted > window`.
+async fn throttle(shared: &Shared, conn_id: u64, size: u64) -> Result<(), AbortReason> {
+    let gate = ready_gate(shared, conn_id).await.ok_or(AbortReason::Permission)?;
+    let id = gate.deal.id;
+    let reserve = {
+        let mut s = gate.state.lock().expect("gate lock");
+        s.sent += size;
+        (s.sent > s.reserved).then(|| {
+            s.reserved = s.sent + gate.window;
+            s.reserved
+        })
+    };
+    if let Some(r) = reserve
+        && let Err(e) = shared.ledger.update(&id, |e| e.reserved = e.reserved.max(r))
+    {
+        tracing::error!(deal = %id, "cannot persist sent bytes: {e}");
+        return Err(AbortReason::RateLimited);
+    }
+    let deadline = tokio::time::Instant::now() + shared.cfg.stall_timeout;
+    loop {
+        let notified = gate.notify.notified();
+        {
+            let s = gate.state.lock().expect("gate lock");
+            if s.sent <= s.receipted_bytes.saturating_add(gate.window) {
+                return Ok(());
+            }
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            tracing::warn!(deal = %id, "buyer stopped paying: closing after the stall timeout");
+            if let Some(c) = shared.conns.lock().expect("conns lock").get(&conn_id) {
+                c.conn.close(
+                    VarInt::from_u32(codes::PAYMENT_TIMEOUT),
+                    codes::name(codes::PAYMENT_TIMEOUT as u64).as_bytes(),
+                );
+            }
+            return Err(AbortReason::RateLimited);
+        }
+    }
+}

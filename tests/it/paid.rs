@@ -1,0 +1,233 @@
+//! Paid transfers against a real anvil (Devnet) and real iroh endpoints on 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use alloy::primitives::{B256, U256};
+use bdc_contracts::{
+    Devnet, DevnetConfig,
+    client::OpenDeal,
+    receipt::{sign_hello_sync, sign_receipt_sync},
+};
+use bdc_core::{
+    Hash,
+    net::{NetConfig, bind_endpoint},
+    paid::{Hello, Offer, PAID_PROTOCOL_VERSION, PaidMessage, SignedReceipt, codes},
+    protocol::PAID_ALPN,
+    ticket::parse_ticket,
+};
+use bdc_fetcher::{FetchOptions, Fetcher, FetcherConfig, PaidOptions, Wallet};
+use bdc_provider::{PaidConfig, PaidSetup, Provider, ProviderStore, PublishOptions, ServeConfig, publish};
+use iroh::endpoint::{Connection, ConnectionError};
+use iroh_blobs::{api::remote::GetProgressItem, protocol::GetRequest, store::mem::MemStore};
+
+use crate::common::random_file;
+
+const VENDOR: usize = 1;
+const BUYER: usize = 2;
+const PROVIDER: usize = 3;
+const ARBITER: usize = 0;
+const PRICE: u128 = 1_000_000; // base units per byte
+const WINDOW: u64 = 256 << 10;
+
+struct Setup {
+    devnet: Devnet,
+    provider: Provider,
+    root: Hash,
+    offer: Offer,
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+}
+
+async fn setup(bytes: usize) -> Setup {
+    let devnet = Devnet::spawn_with(DevnetConfig { dispute_window: 60, ..Default::default() }).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    random_file(&dir.join("ds/trades.bin"), bytes, 21);
+    random_file(&dir.join("other.bin"), 40_000, 22);
+    let mut store = ProviderStore::open(&dir.join("provider")).await.unwrap();
+    let rec = publish(&mut store, &dir.join("ds"), &PublishOptions::default(), |_| {}).await.unwrap();
+    publish(&mut store, &dir.join("other.bin"), &PublishOptions::default(), |_| {}).await.unwrap();
+    devnet.contracts(VENDOR).register_dataset(B256::from(*rec.root.as_bytes()), 1_000, B256::ZERO, 0).await.unwrap();
+    let cfg = PaidConfig {
+        price_per_byte: PRICE,
+        window: WINDOW,
+        stall_timeout: Duration::from_secs(2),
+        redeem_every: 1 << 20,
+        expiry_margin: Duration::from_secs(60),
+        hello_timeout: Duration::from_secs(5),
+    };
+    let paid = PaidSetup { cfg, chain: devnet.contracts(PROVIDER), address: devnet.address(PROVIDER) };
+    let provider = Provider::spawn(store, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap();
+    let offer = provider.offer(rec.root).unwrap();
+    Setup { devnet, provider, root: rec.root, offer, _tmp: tmp, dir }
+}
+
+async fn wait_redeemed(s: &Setup, deal: B256, amount: U256) {
+    let c = s.devnet.contracts(0);
+    let t = Instant::now();
+    loop {
+        let st = c.deal_state(deal).await.unwrap();
+        if st.redeemed == amount {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "redeemed {} of {amount}", st.redeemed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_paid_download_pays_exactly_the_bytes_delivered() {
+    let s = setup(3 << 20).await;
+    let buyer = s.devnet.contracts(BUYER);
+    let start = buyer.balance(s.devnet.address(BUYER)).await.unwrap();
+    let fetcher = Fetcher::open(FetcherConfig::test(s.dir.join("buyer"))).await.unwrap();
+    let mut pay = PaidOptions::new(s.devnet.address(ARBITER));
+    pay.receipt_every = 64 << 10;
+    pay.deal_duration = Duration::from_secs(3_600);
+    let out = s.dir.join("out");
+    let wallet = Wallet { chain: buyer.clone(), signer: s.devnet.signer(BUYER) };
+    let r = fetcher.fetch_paid(&s.offer, &wallet, &out, &FetchOptions::default(), &pay, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(out.join("trades.bin")).unwrap(), std::fs::read(s.dir.join("ds/trades.bin")).unwrap());
+    let deal = r.deal.unwrap();
+    assert_eq!(r.paid, r.fetch.fetched_bytes as u128 * PRICE, "paid for exactly the verified bytes");
+    assert_eq!(r.fetch.fetched_bytes, s.offer.size, "a full download moves every blob once");
+    wait_redeemed(&s, deal, U256::from(r.paid)).await;
+
+    // pending → withdrawn: provider + vendor royalty == the price of the bytes delivered
+    s.devnet.advance_time(61).await.unwrap();
+    let p = s.devnet.contracts(PROVIDER);
+    let (to_provider, to_vendor) = p
+        .withdraw(&bdc_fetcher::DealBook::load(&s.dir.join("buyer")).unwrap().get(&deal).unwrap().terms().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(to_provider + to_vendor, U256::from(r.paid));
+    assert_eq!(to_vendor, U256::from(r.paid / 10));
+    // after expiry the buyer gets the rest back: it paid only for the bytes
+    s.devnet.advance_time(3_600).await.unwrap();
+    let terms = bdc_fetcher::DealBook::load(&s.dir.join("buyer")).unwrap().get(&deal).unwrap().terms().unwrap();
+    buyer.refund(&terms).await.unwrap();
+    assert_eq!(buyer.balance(s.devnet.address(BUYER)).await.unwrap(), start - U256::from(r.paid));
+    assert_eq!(buyer.balance(s.devnet.deployment.escrow).await.unwrap(), U256::ZERO);
+    fetcher.shutdown().await;
+    s.provider.shutdown().await;
+}
+
+/// A raw buyer: opens a deal, dials bdc/paid/1 and sends a valid Hello; the test drives the rest.
+async fn raw_buyer(s: &Setup) -> (Connection, iroh::endpoint::SendStream, bdc_contracts::Deal, iroh::Endpoint) {
+    let ep = bind_endpoint(&NetConfig::test(), iroh::SecretKey::generate(), vec![]).await.unwrap();
+    let buyer = s.devnet.contracts(BUYER);
+    let now = buyer.chain_time().await.unwrap();
+    let req = OpenDeal {
+        provider: s.devnet.address(PROVIDER),
+        provider_node_id: B256::from(*s.provider.addr().id.as_bytes()),
+        dataset_root: B256::from(*s.root.as_bytes()),
+        price_per_byte: PRICE,
+        max_amount: U256::from(s.offer.full_price()),
+        window: WINDOW,
+        expiry: now + 3_600,
+        arbiter: s.devnet.address(ARBITER),
+    };
+    let deal = buyer.open_deal(s.devnet.address(BUYER), &req).await.unwrap();
+    let conn = ep.connect(s.provider.addr(), PAID_ALPN).await.unwrap();
+    let me = B256::from(*ep.id().as_bytes());
+    let sig = sign_hello_sync(&s.devnet.signer(BUYER), &buyer.domain(), deal.id, me).unwrap();
+    let hello = PaidMessage::Hello(Hello {
+        version: PAID_PROTOCOL_VERSION,
+        deal_id: deal.id.0,
+        buyer_node: me.0,
+        sig: sig.as_bytes().to_vec(),
+    });
+    let mut send = conn.open_uni().await.unwrap();
+    send.write_all(&hello.frame()).await.unwrap();
+    (conn, send, deal, ep)
+}
+
+fn receipt(s: &Setup, signer: usize, deal: B256, amount: u128) -> Vec<u8> {
+    let sig =
+        sign_receipt_sync(&s.devnet.signer(signer), &s.devnet.contracts(0).domain(), deal, U256::from(amount)).unwrap();
+    PaidMessage::Receipt(SignedReceipt { deal_id: deal.0, cumulative: amount, sig: sig.as_bytes().to_vec() }).frame()
+}
+
+async fn close_code(conn: &Connection) -> u64 {
+    match tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.expect("provider closes") {
+        ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
+        other => panic!("unexpected close: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buyer_that_stops_paying_gets_at_most_window_plus_one_group() {
+    let s = setup(2 << 20).await;
+    let (conn, mut send, deal, _ep) = raw_buyer(&s).await;
+    // pay for the first 64 KiB only
+    send.write_all(&receipt(&s, BUYER, deal.id, 0)).await.unwrap();
+    let ticket = parse_ticket(&s.offer.ticket).unwrap();
+    let store = MemStore::new();
+    let mut stream = store.remote().execute_get(conn.clone(), GetRequest::all(ticket.hash())).stream();
+    let mut got = 0;
+    let mut paid_bytes = 0u64;
+    let mut failed = false;
+    while let Some(item) = futures_lite::StreamExt::next(&mut stream).await {
+        match item {
+            GetProgressItem::Progress(n) => {
+                got = n;
+                if paid_bytes == 0 && n >= 64 << 10 {
+                    paid_bytes = n;
+                    send.write_all(&receipt(&s, BUYER, deal.id, n as u128 * PRICE)).await.unwrap();
+                }
+            }
+            GetProgressItem::Done(_) => break,
+            GetProgressItem::Error(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed, "the transfer must not complete");
+    assert!(got <= paid_bytes + WINDOW + (16 << 10), "received {got}, paid for {paid_bytes}");
+    assert!(got >= paid_bytes + WINDOW - (64 << 10), "the window was honoured: {got}");
+    assert_eq!(close_code(&conn).await, codes::PAYMENT_TIMEOUT as u64);
+    // what was receipted is redeemed
+    wait_redeemed(&s, deal.id, U256::from(paid_bytes as u128 * PRICE)).await;
+    s.provider.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_replayed_and_excessive_receipts_close_the_connection() {
+    let s = setup(1 << 20).await;
+    // signed by someone other than the buyer
+    let (conn, mut send, deal, _e1) = raw_buyer(&s).await;
+    send.write_all(&receipt(&s, PROVIDER, deal.id, 1)).await.unwrap();
+    assert_eq!(close_code(&conn).await, codes::BAD_RECEIPT_SIGNATURE as u64);
+    // a valid receipt of another deal, replayed on this one
+    let (other_conn, _other_send, other, _e2) = raw_buyer(&s).await;
+    other_conn.close(0u32.into(), b"");
+    let (conn, mut send, _deal, _e3) = raw_buyer(&s).await;
+    send.write_all(&receipt(&s, BUYER, other.id, 1)).await.unwrap();
+    assert_eq!(close_code(&conn).await, codes::RECEIPT_FOR_OTHER_DEAL as u64);
+    // a receipt for more than was sent (nothing was requested yet)
+    let (conn, mut send, deal, _e4) = raw_buyer(&s).await;
+    send.write_all(&receipt(&s, BUYER, deal.id, (512 << 10) as u128 * PRICE)).await.unwrap();
+    assert_eq!(close_code(&conn).await, codes::RECEIPT_ABOVE_SENT as u64);
+    // a receipt above the deal's maximum
+    let (conn, mut send, deal, _e5) = raw_buyer(&s).await;
+    send.write_all(&receipt(&s, BUYER, deal.id, s.offer.full_price() + 1)).await.unwrap();
+    assert_eq!(close_code(&conn).await, codes::RECEIPT_ABOVE_MAX as u64);
+    s.provider.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hash_outside_the_deals_dataset_is_refused() {
+    let s = setup(200_000).await;
+    let (conn, _send, _deal, _ep) = raw_buyer(&s).await;
+    let store = MemStore::new();
+    // the provider's other dataset: published, but not the deal's
+    let other = blake3::hash(&std::fs::read(s.dir.join("other.bin")).unwrap());
+    let err = store
+        .remote()
+        .execute_get(conn.clone(), GetRequest::blob(Hash::from_bytes(*other.as_bytes())))
+        .await
+        .unwrap_err();
+    assert_eq!(err.iroh_error_code(), Some(iroh_blobs::protocol::ERR_PERMISSION), "{err:?}");
+    s.provider.shutdown().await;
+}
