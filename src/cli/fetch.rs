@@ -31,9 +31,33 @@ pub struct FetchArgs {
     /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
+    /// Pay for the download (needed for an offer, `bdcoffer…`): opens or reuses a deal.
+    #[arg(long)]
+    pub pay: bool,
+    /// Refuse offers above this price, token base units per GiB.
+    #[arg(long)]
+    pub max_price_per_gib: Option<u128>,
+    /// Sign a receipt every this many verified bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub receipt_every: u64,
+    /// Escrow for a new deal, token base units (default: the full price of the dataset).
+    #[arg(long)]
+    pub deposit: Option<u128>,
+    /// A new deal expires after this many seconds.
+    #[arg(long, default_value_t = 86_400)]
+    pub deal_secs: u64,
+    /// Arbiter of disputes on a new deal (default: the escrow deployer's first account is NOT
+    /// assumed; you must name one).
+    #[arg(long)]
+    pub arbiter: Option<alloy::primitives::Address>,
+    #[command(flatten)]
+    pub chain: super::chain::ChainArgs,
 }
 
 pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
+    if a.pay || a.ticket.trim().starts_with("bdcoffer") {
+        return run_paid(a, dir, quiet).await;
+    }
     let ticket = parse_ticket(&a.ticket)?;
     let cfg = FetcherConfig {
         data_dir: dir.to_path_buf(),
@@ -69,6 +93,56 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
             report.elapsed_ms as f64 / 1000.0
         );
         for f in &report.files {
+            println!("{}", f.path.display());
+        }
+    }
+    Ok(())
+}
+
+async fn run_paid(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let offer: bdc_core::paid::Offer = a.ticket.parse()?;
+    let (chain, signer) = a.chain.connect()?;
+    let arbiter = a.arbiter.context("--arbiter is required to open a paid deal (who settles disputes)")?;
+    let cfg = FetcherConfig {
+        data_dir: dir.to_path_buf(),
+        net: NetConfig { bind: a.bind, relays: false },
+        connect_timeout: Duration::from_secs(a.timeout.max(1)),
+    };
+    let fetcher = Fetcher::open(cfg).await?;
+    let mut pay = bdc_fetcher::PaidOptions::new(arbiter);
+    pay.max_price_per_byte = a.max_price_per_gib.map(bdc_core::paid::price_per_byte);
+    pay.receipt_every = a.receipt_every;
+    pay.deposit = a.deposit;
+    pay.deal_duration = Duration::from_secs(a.deal_secs);
+    let wallet = bdc_fetcher::Wallet { chain, signer };
+    let pb = bytes_bar(0, "buying", quiet);
+    let res = fetcher
+        .fetch_paid(&offer, &wallet, &a.out, &FetchOptions { raw_name: a.name }, &pay, |ev| match ev {
+            FetchEvent::Plan { total, local } => {
+                pb.set_length(total);
+                pb.set_position(local);
+                pb.reset_eta();
+            }
+            FetchEvent::Progress { done, .. } => pb.set_position(done),
+            FetchEvent::Connected { .. } | FetchEvent::Exported(_) => {}
+        })
+        .await;
+    pb.finish_and_clear();
+    fetcher.shutdown().await;
+    let r = res?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        eprintln!(
+            "verified {} from {}; deal {}; signed {} for {} bytes",
+            human(r.fetch.total_bytes),
+            r.fetch.provider.fmt_short(),
+            r.deal.map(|d| d.to_string()).unwrap_or_else(|| "none (already local)".into()),
+            super::chain::format_bdc(alloy::primitives::U256::from(r.paid)),
+            r.fetch.fetched_bytes
+        );
+        for f in &r.fetch.files {
             println!("{}", f.path.display());
         }
     }

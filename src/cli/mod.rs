@@ -1,5 +1,7 @@
 //! Argument parsing and dispatch.
 
+mod chain;
+mod deals;
 mod devnet;
 mod fetch;
 mod provider;
@@ -37,6 +39,30 @@ pub enum Command {
     Provider(provider::ProviderCmd),
     /// Download a dataset from a ticket, verifying every chunk group, and export its files.
     Fetch(fetch::FetchArgs),
+    /// The buyer's deals: escrowed, signed, redeemed, refundable.
+    Deals {
+        #[command(flatten)]
+        chain: chain::ChainArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refund, dispute or withdraw a deal.
+    #[command(subcommand)]
+    Deal(deals::DealCmd),
+    /// Register datasets on chain (the vendor side).
+    #[command(subcommand)]
+    Dataset(chain::DatasetCmd),
+    /// Ethereum keystores.
+    #[command(subcommand)]
+    Key(chain::KeyCmd),
+    /// BDC balances of addresses.
+    Balance {
+        addresses: Vec<alloy::primitives::Address>,
+        #[command(flatten)]
+        chain: chain::ChainArgs,
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a local chain (anvil) with bdc's contracts deployed and accounts funded, until Ctrl-C.
     Devnet(devnet::DevnetArgs),
     /// Benchmarks that print a table (run with --release: `make bench`).
@@ -55,6 +81,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Provider(cmd) => provider::run(cmd, &root.join("provider"), cli.quiet).await,
         Command::Fetch(args) => fetch::run(args, &root.join("fetcher"), cli.quiet).await,
         Command::Devnet(args) => devnet::run(args, &root).await,
+        Command::Deals { chain, json } => deals::deals(&root.join("fetcher"), chain, json).await,
+        Command::Deal(cmd) => deals::deal(cmd, &root.join("fetcher")).await,
+        Command::Dataset(cmd) => chain::dataset(cmd).await,
+        Command::Key(cmd) => chain::key(cmd),
+        Command::Balance { addresses, chain, json } => chain::balance(addresses, chain, json).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
     }
 }

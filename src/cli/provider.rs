@@ -27,6 +27,11 @@ pub enum ProviderCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the offer (`bdcoffer…`) of a dataset sold by the running `serve --sell`.
+    Offer {
+        /// Dataset root.
+        root: Hash,
+    },
     /// List published datasets.
     List {
         #[arg(long)]
@@ -76,6 +81,23 @@ pub struct ServeArgs {
     /// Cap each request's upload rate, bytes per second.
     #[arg(long)]
     pub max_rate: Option<u64>,
+    /// Sell every published dataset on bdc/paid/1 (needs the chain options and a keystore).
+    #[arg(long)]
+    pub sell: bool,
+    /// Price, token base units per GiB (charged per byte, rounded down).
+    #[arg(long, default_value_t = 1_000_000_000_000_000_000)]
+    pub price_per_gib: u128,
+    /// Bytes sent ahead of receipts.
+    #[arg(long, default_value_t = 4 << 20)]
+    pub window: u64,
+    /// Redeem on chain every this many receipted bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub redeem_every: u64,
+    /// Seconds a full window waits for a receipt before the connection is closed.
+    #[arg(long, default_value_t = 30)]
+    pub stall_timeout: u64,
+    #[command(flatten)]
+    pub chain: super::chain::ChainArgs,
 }
 
 pub async fn run(cmd: ProviderCmd, dir: &Path, quiet: bool) -> anyhow::Result<()> {
@@ -84,6 +106,15 @@ pub async fn run(cmd: ProviderCmd, dir: &Path, quiet: bool) -> anyhow::Result<()
         ProviderCmd::Serve(a) => serve_cmd(a, dir).await,
         ProviderCmd::Ticket { root, json } => ticket_cmd(root, json, dir),
         ProviderCmd::List { json } => list_cmd(json, dir),
+        ProviderCmd::Offer { root } => {
+            let path = dir.join("offers.json");
+            let text = std::fs::read(&path)
+                .with_context(|| format!("no offers in {}: start `bdc provider serve --sell` first", dir.display()))?;
+            let offers: std::collections::BTreeMap<String, String> = serde_json::from_slice(&text)?;
+            let offer = offers.get(&root.to_string()).ok_or(ServeError::UnknownDataset(root))?;
+            println!("{offer}");
+            Ok(())
+        }
     }
 }
 
@@ -128,19 +159,52 @@ async fn publish_cmd(a: PublishArgs, dir: &Path, quiet: bool) -> anyhow::Result<
 
 async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
     let store = ProviderStore::open(dir).await?;
-    let cfg = ServeConfig { net: NetConfig { bind: a.bind, relays: a.relays }, max_rate: a.max_rate, paid: None };
+    let paid = if a.sell {
+        let (chain, signer) = a.chain.connect()?;
+        let cfg = bdc_provider::PaidConfig {
+            price_per_byte: bdc_core::paid::price_per_byte(a.price_per_gib),
+            window: a.window,
+            redeem_every: a.redeem_every,
+            stall_timeout: std::time::Duration::from_secs(a.stall_timeout),
+            ..Default::default()
+        };
+        if cfg.price_per_byte == 0 {
+            anyhow::bail!(
+                "--price-per-gib {} is below one base unit per byte (minimum {})",
+                a.price_per_gib,
+                1u64 << 30
+            );
+        }
+        Some(bdc_provider::PaidSetup { cfg, chain, address: signer.address() })
+    } else {
+        None
+    };
+    let selling = paid.is_some();
+    let cfg = ServeConfig { net: NetConfig { bind: a.bind, relays: a.relays }, max_rate: a.max_rate, paid };
     let provider = Provider::spawn(store, cfg).await?;
     eprintln!("serving as {} on {:?}", provider.addr().id, provider.bound_sockets());
     let free: Vec<DatasetRecord> = provider.store().catalog().iter().filter(|r| r.free).cloned().collect();
-    if free.is_empty() {
+    if free.is_empty() && !a.sell {
         eprintln!("no free datasets published (bdc provider publish <path> --free)");
     }
     for rec in free {
         println!("{}\t{}", rec.name, provider.ticket(rec.root)?);
     }
+    if selling {
+        let recs: Vec<DatasetRecord> = provider.store().catalog().iter().cloned().collect();
+        let mut offers = std::collections::BTreeMap::new();
+        for rec in recs {
+            let offer = provider.offer(rec.root)?;
+            println!("{}\t{}", rec.name, offer);
+            offers.insert(rec.root.to_string(), offer.to_string());
+        }
+        let path = dir.join("offers.json");
+        bdc_core::keys::write_private(&path, &serde_json::to_vec_pretty(&offers)?)?;
+    }
     super::wait_for_signal().await?;
     eprintln!("shutting down");
     provider.shutdown().await;
+    let _ = std::fs::remove_file(dir.join("offers.json"));
     Ok(())
 }
 

@@ -1,0 +1,130 @@
+//! `bdc deals`, `bdc deal ...`: the buyer's deals and what can be done with them.
+
+use std::path::Path;
+
+use alloy::primitives::{B256, U256};
+use anyhow::Context;
+use bdc_fetcher::DealBook;
+use clap::Subcommand;
+
+use super::chain::{ChainArgs, format_bdc};
+
+#[derive(Debug, Subcommand)]
+pub enum DealCmd {
+    /// After expiry: return the unredeemed escrow to the buyer.
+    Refund {
+        id: B256,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// As the buyer, inside the dispute window: freeze the redeemed-but-pending pot (posts a bond).
+    Dispute {
+        id: B256,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// After the dispute window: pay the pending pot to provider and vendor (anyone may call).
+    Withdraw {
+        id: B256,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+}
+
+async fn terms_of(
+    id: B256,
+    dir: &Path,
+    c: &bdc_contracts::Contracts<alloy::providers::DynProvider>,
+) -> anyhow::Result<bdc_contracts::client::Terms> {
+    if let Some(d) = DealBook::load(dir)?.get(&id) {
+        return d.terms().map_err(|e| anyhow::anyhow!("deal {id} in the deal book has bad terms: {e}"));
+    }
+    Ok(c.find_deal(id).await?.with_context(|| format!("no deal {id} on this escrow"))?.terms)
+}
+
+pub async fn deal(cmd: DealCmd, dir: &Path) -> anyhow::Result<()> {
+    match cmd {
+        DealCmd::Refund { id, chain } => {
+            let (c, _) = chain.connect()?;
+            let t = terms_of(id, dir, &c).await?;
+            let amount = c.refund(&t).await?;
+            println!("refunded {} to {}", format_bdc(amount), t.buyer);
+        }
+        DealCmd::Dispute { id, chain } => {
+            let (c, signer) = chain.connect()?;
+            let t = terms_of(id, dir, &c).await?;
+            c.dispute(signer.address(), &t).await?;
+            println!("deal {id} disputed; the arbiter {} decides", t.arbiter);
+        }
+        DealCmd::Withdraw { id, chain } => {
+            let (c, _) = chain.connect()?;
+            let t = terms_of(id, dir, &c).await?;
+            let (p, v) = c.withdraw(&t).await?;
+            println!(
+                "paid {} to the provider {} and {} to the vendor {}",
+                format_bdc(p),
+                t.provider,
+                format_bdc(v),
+                t.vendor
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Lists the buyer's deals with local and (when a chain is given) on-chain amounts.
+pub async fn deals(dir: &Path, chain: ChainArgs, json: bool) -> anyhow::Result<()> {
+    let book = DealBook::load(dir)?;
+    let client = match (&chain.deployment, chain.connect_readonly()) {
+        (Some(_), Ok(c)) => Some(c),
+        _ => None,
+    };
+    let mut rows = Vec::new();
+    for d in &book.deals {
+        let t = d.terms().map_err(|e| anyhow::anyhow!("deal {} has bad terms: {e}", d.id))?;
+        let max = U256::from(t.maxAmount);
+        let state = match &client {
+            Some(c) => Some(c.deal_state(d.id).await?),
+            None => None,
+        };
+        let redeemed = state.map(|s| s.redeemed);
+        let status = match state {
+            None => "unknown (no chain given)",
+            Some(s) if s.disputed => "disputed",
+            Some(s) if s.refunded => "refunded",
+            Some(_) => "open",
+        };
+        rows.push(serde_json::json!({
+            "id": d.id,
+            "root": d.root,
+            "provider": t.provider,
+            "escrowed": max.to_string(),
+            "signed": d.paid.to_string(),
+            "redeemed": redeemed.map(|r| r.to_string()),
+            "unredeemed_signed": redeemed.map(|r| U256::from(d.paid).saturating_sub(r).to_string()),
+            "refundable_after_expiry": redeemed.map(|r| max.saturating_sub(r).to_string()),
+            "verified_bytes": d.verified,
+            "expiry": t.expiry,
+            "status": status,
+        }));
+        if !json {
+            println!(
+                "{}  {}  escrowed {}  signed {}  redeemed {}  verified {} B  expiry {}  {}",
+                d.id,
+                d.root.fmt_short(),
+                format_bdc(max),
+                format_bdc(U256::from(d.paid)),
+                redeemed.map(format_bdc).unwrap_or_else(|| "?".into()),
+                d.verified,
+                t.expiry,
+                status
+            );
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
+        eprintln!("no deals in {}", dir.display());
+    }
+    Ok(())
+}
