@@ -60,6 +60,6 @@ demo: tools
 	bash scripts/demo.sh "$(CARGO_TARGET_DIR)/debug/bdc"
 
 ## bench: throughput tables (release build); see docs/BENCHMARKS.md
-bench:
+bench: tools
 	$(CARGO) build --release --bin bdc
-	"$(CARGO_TARGET_DIR)/release/bdc" bench transfer --size-mib $${BENCH_MIB:-1024}
+	"$(CARGO_TARGET_DIR)/release/bdc" bench transfer --paid --size-mib $${BENCH_MIB:-1024}

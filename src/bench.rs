@@ -22,12 +22,15 @@ pub enum BenchCmd {
         /// Where to put the test file and stores (default: the system temp dir).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Also fetch the same file paid (starts a devnet with anvil).
+        #[arg(long)]
+        paid: bool,
     },
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
-        BenchCmd::Transfer { size_mib, dir } => transfer(size_mib, dir).await,
+        BenchCmd::Transfer { size_mib, dir, paid } => transfer(size_mib, dir, paid).await,
     }
 }
 
@@ -37,7 +40,7 @@ struct Row {
     secs: f64,
 }
 
-async fn transfer(size_mib: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
+async fn transfer(size_mib: u64, dir: Option<PathBuf>, paid: bool) -> anyhow::Result<()> {
     let tmp = match dir {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
@@ -93,11 +96,17 @@ async fn transfer(size_mib: u64, dir: Option<PathBuf>) -> anyhow::Result<()> {
     fetcher.shutdown().await;
     provider.shutdown().await;
 
-    println!("| {:<42} | {:>8} | {:>8} | {:>9} |", "step", "MiB", "seconds", "MiB/s");
-    println!("|{:-<44}|{:->10}|{:->10}|{:->11}|", "", "", "", "");
+    // the same file, paid: a devnet, a deal, receipts gating the stream
+    if paid {
+        let secs = paid_fetch(&copy_dir, root, &tmp.path().join("buyer"), size).await?;
+        rows.push(Row { what: "bdc fetch --pay, loopback: verified into store", bytes: size, secs });
+    }
+
+    println!("| {:<48} | {:>8} | {:>8} | {:>9} |", "step", "MiB", "seconds", "MiB/s");
+    println!("|{:-<50}|{:->10}|{:->10}|{:->11}|", "", "", "", "");
     for r in rows {
         let mib = r.bytes as f64 / (1024.0 * 1024.0);
-        println!("| {:<42} | {:>8.0} | {:>8.3} | {:>9.1} |", r.what, mib, r.secs, mib / r.secs);
+        println!("| {:<48} | {:>8.0} | {:>8.3} | {:>9.1} |", r.what, mib, r.secs, mib / r.secs);
     }
     Ok(())
 }
@@ -117,6 +126,53 @@ async fn publish_timed(
     rows.push(Row { what, bytes: size, secs: t.elapsed().as_secs_f64() });
     store.shutdown().await;
     Ok(rec.root)
+}
+
+/// Window and receipt interval of the paid run.
+const PAID_WINDOW: u64 = 8 << 20;
+const PAID_RECEIPT_EVERY: u64 = 1 << 20;
+
+/// Serves `root` paid from `provider_dir` and times a paid fetch of it (into the store).
+async fn paid_fetch(provider_dir: &Path, root: bdc_core::Hash, buyer_dir: &Path, size: u64) -> anyhow::Result<f64> {
+    use alloy::primitives::B256;
+    use bdc_contracts::{Devnet, DevnetConfig};
+    use bdc_provider::{PaidConfig, PaidSetup};
+    let devnet = Devnet::spawn_with(DevnetConfig::default()).await?;
+    devnet.contracts(1).register_dataset(B256::from(*root.as_bytes()), 1_000, B256::ZERO, 0).await?;
+    let cfg = PaidConfig { price_per_byte: 1_000, window: PAID_WINDOW, redeem_every: 256 << 20, ..Default::default() };
+    let setup = PaidSetup { cfg, chain: devnet.contracts(3), address: devnet.address(3) };
+    let store = ProviderStore::open(provider_dir).await?;
+    let provider = Provider::spawn(store, ServeConfig { paid: Some(setup), ..ServeConfig::test() }).await?;
+    let offer = provider.offer(root)?;
+    let fetcher = Fetcher::open(FetcherConfig::test(buyer_dir.to_path_buf())).await?;
+    let wallet = bdc_fetcher::Wallet { chain: devnet.contracts(2), signer: devnet.signer(2) };
+    let mut pay = bdc_fetcher::PaidOptions::new(devnet.address(0));
+    pay.receipt_every = PAID_RECEIPT_EVERY;
+    let out = buyer_dir.join("out");
+    let t = Instant::now();
+    let mut stored_at = None;
+    let r = fetcher
+        .fetch_paid(&offer, &wallet, &out, &FetchOptions::default(), &pay, |ev| {
+            if let FetchEvent::Progress { done, total } = ev
+                && done == total
+                && stored_at.is_none()
+            {
+                stored_at = Some(t.elapsed().as_secs_f64());
+            }
+        })
+        .await?;
+    let secs = stored_at.unwrap_or(t.elapsed().as_secs_f64());
+    ensure!(r.fetch.fetched_bytes == size, "paid fetch moved {} of {size} bytes", r.fetch.fetched_bytes);
+    ensure!(r.paid == size as u128 * 1_000, "paid {} for {size} bytes", r.paid);
+    eprintln!(
+        "paid run: window {} KiB, receipt every {} KiB, {} receipts signed",
+        PAID_WINDOW >> 10,
+        PAID_RECEIPT_EVERY >> 10,
+        size.div_ceil(PAID_RECEIPT_EVERY)
+    );
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+    Ok(secs)
 }
 
 fn write_random(path: &Path, size: u64) -> anyhow::Result<()> {

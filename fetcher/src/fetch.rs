@@ -218,6 +218,12 @@ impl Fetcher {
         };
         let mut fetched = 0;
         let mut conn = None;
+        // sizes and names already verified locally (a resume): no need to ask again, which also
+        // keeps a paid resume from paying twice for the same probe bytes
+        let sizes_known = match self.file_list(ticket, provider, opts).await {
+            Ok(files) => self.sizes_known(&files).await?,
+            Err(_) => false,
+        };
         if !local.is_complete() {
             let c = match paid.as_deref_mut() {
                 None => self.connect(ticket, FREE_ALPN).await?,
@@ -230,32 +236,20 @@ impl Fetcher {
             on(FetchEvent::Connected { provider });
             // sizes (and, for a collection, names) first: cheap, verified, and lets us refuse
             // bad names before any file byte is requested
-            let req = if ticket.format() == BlobFormat::HashSeq {
+            let req = if sizes_known {
+                None
+            } else if ticket.format() == BlobFormat::HashSeq {
                 GetRequest::builder()
                     .root(ChunkRanges::all())
                     .next(ChunkRanges::all())
                     .next(ChunkRanges::last_chunk())
                     .build_open(root)
+                    .into()
             } else {
-                GetRequest::blob_ranges(root, ChunkRanges::last_chunk())
+                Some(GetRequest::blob_ranges(root, ChunkRanges::last_chunk()))
             };
-            let mut stream = remote.execute_get(c.clone(), req).stream();
-            while let Some(item) = stream.next().await {
-                match item {
-                    GetProgressItem::Progress(n) => {
-                        if let Some(p) = paid.as_deref() {
-                            p.verified(n);
-                        }
-                    }
-                    GetProgressItem::Done(stats) => {
-                        fetched += stats.payload_bytes_read;
-                        break;
-                    }
-                    GetProgressItem::Error(e) => return Err(classify(e, provider, root, 0)),
-                }
-            }
-            if let Some(p) = paid.as_deref() {
-                p.verified(fetched);
+            if let Some(req) = req {
+                self.probe(&c, req, provider, root, paid.as_deref(), &mut fetched).await?;
             }
             conn = Some(c);
         }
@@ -361,6 +355,48 @@ impl Fetcher {
             files.push((name.clone(), *hash));
         }
         Ok(files)
+    }
+
+    /// Phase 1: the cheap request for names and sizes.
+    async fn probe(
+        &self,
+        c: &Connection,
+        req: GetRequest,
+        provider: EndpointId,
+        root: Hash,
+        paid: Option<&crate::paid::PaidSession>,
+        fetched: &mut u64,
+    ) -> Result<(), FetchError> {
+        let mut stream = self.store.remote().execute_get(c.clone(), req).stream();
+        while let Some(item) = stream.next().await {
+            match item {
+                GetProgressItem::Progress(n) => {
+                    if let Some(p) = paid {
+                        p.verified(*fetched + n);
+                    }
+                }
+                GetProgressItem::Done(stats) => {
+                    *fetched += stats.payload_bytes_read;
+                    break;
+                }
+                GetProgressItem::Error(e) => return Err(classify(e, provider, root, 0)),
+            }
+        }
+        if let Some(p) = paid {
+            p.verified(*fetched);
+        }
+        Ok(())
+    }
+
+    /// Whether every file's size is already verified in the store.
+    async fn sizes_known(&self, files: &[(String, Hash)]) -> Result<bool, FetchError> {
+        for (_, hash) in files {
+            let bits = self.store.blobs().observe(*hash).await.map_err(|e| FetchError::Local(e.to_string()))?;
+            if bits.validated_size().is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// (total size, bytes present locally) over `files`, from the store's verified bitfields.

@@ -166,6 +166,7 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
             window: a.window,
             redeem_every: a.redeem_every,
             stall_timeout: std::time::Duration::from_secs(a.stall_timeout),
+            max_rate: a.max_rate,
             ..Default::default()
         };
         if cfg.price_per_byte == 0 {

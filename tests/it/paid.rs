@@ -55,6 +55,7 @@ async fn setup(bytes: usize) -> Setup {
         redeem_every: 1 << 20,
         expiry_margin: Duration::from_secs(60),
         hello_timeout: Duration::from_secs(5),
+        max_rate: None,
     };
     let paid = PaidSetup { cfg, chain: devnet.contracts(PROVIDER), address: devnet.address(PROVIDER) };
     let provider = Provider::spawn(store, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap();
@@ -230,4 +231,208 @@ async fn a_hash_outside_the_deals_dataset_is_refused() {
         .unwrap_err();
     assert_eq!(err.iroh_error_code(), Some(iroh_blobs::protocol::ERR_PERMISSION), "{err:?}");
     s.provider.shutdown().await;
+}
+
+/// Starts `bdc provider serve --sell` as a child process; returns it and its offer.
+fn spawn_seller(
+    node: &std::path::Path,
+    deployment: &std::path::Path,
+    keystore: &std::path::Path,
+    pw: &std::path::Path,
+) -> (std::process::Child, Offer) {
+    use std::io::{BufRead, BufReader};
+    let mut child = crate::common::bdc()
+        .arg("--data-dir")
+        .arg(node)
+        .args([
+            "provider",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--sell",
+            "--window",
+            "262144",
+            "--redeem-every",
+            "524288",
+        ])
+        .args(["--max-rate", "4000000", "--price-per-gib"])
+        .arg(((1u128 << 30) * PRICE).to_string())
+        .arg("--deployment")
+        .arg(deployment)
+        .arg("--keystore")
+        .arg(keystore)
+        .arg("--password-file")
+        .arg(pw)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let offer = loop {
+        let line = lines.next().expect("serve printed an offer").unwrap();
+        if let Some(o) = line.split('\t').nth(1).filter(|o| o.starts_with("bdcoffer")) {
+            break o.parse().unwrap();
+        }
+    };
+    // keep draining stdout so the child never blocks on a full pipe
+    std::thread::spawn(move || for _ in lines {});
+    (child, offer)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_killed_mid_transfer_redeems_what_it_stored_and_the_buyer_resumes_the_same_deal() {
+    let devnet = Devnet::spawn_with(DevnetConfig { dispute_window: 60, ..Default::default() }).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let deployment = dir.join("devnet.json");
+    let info = serde_json::json!({ "rpc_url": devnet.rpc_url().to_string(), "deployment": devnet.deployment });
+    std::fs::write(&deployment, info.to_string()).unwrap();
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    std::fs::write(dir.join("p.key"), devnet.signer(PROVIDER).to_bytes().to_string()).unwrap();
+    let keystore = dir.join("provider.json");
+    let st = crate::common::bdc()
+        .args(["key", "import", "--keystore"])
+        .arg(&keystore)
+        .arg("--private-key-file")
+        .arg(dir.join("p.key"))
+        .arg("--password-file")
+        .arg(&pw)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    assert_eq!(
+        String::from_utf8(st.stdout).unwrap().trim().to_lowercase(),
+        format!("{:?}", devnet.address(PROVIDER)).to_lowercase()
+    );
+
+    let node = dir.join("node");
+    random_file(&dir.join("ds/big.bin"), 6 << 20, 31);
+    let mut store = ProviderStore::open(&node.join("provider")).await.unwrap();
+    let rec = publish(&mut store, &dir.join("ds"), &PublishOptions::default(), |_| {}).await.unwrap();
+    store.shutdown().await;
+    devnet.contracts(VENDOR).register_dataset(B256::from(*rec.root.as_bytes()), 1_000, B256::ZERO, 0).await.unwrap();
+
+    let (mut seller, offer) = spawn_seller(&node, &deployment, &keystore, &pw);
+    let buyer_dir = dir.join("buyer");
+    let wallet = Wallet { chain: devnet.contracts(BUYER), signer: devnet.signer(BUYER) };
+    let mut pay = PaidOptions::new(devnet.address(ARBITER));
+    pay.receipt_every = 64 << 10;
+    pay.deal_duration = Duration::from_secs(3_600);
+    let fetcher = Fetcher::open(FetcherConfig::test(buyer_dir.clone())).await.unwrap();
+    let out = dir.join("out");
+    let first = {
+        let (fetcher, offer, wallet, pay, out) = (&fetcher, offer.clone(), wallet.clone(), pay.clone(), out.clone());
+        let opts = FetchOptions::default();
+        let fetch = fetcher.fetch_paid(&offer, &wallet, &out, &opts, &pay, |_| {});
+        let watch = async {
+            // kill -9 once the buyer has paid for 2 MiB
+            let t = Instant::now();
+            loop {
+                let signed =
+                    bdc_fetcher::DealBook::load(&buyer_dir).unwrap().deals.first().map(|d| d.paid).unwrap_or(0);
+                if signed >= (2u128 << 20) * PRICE {
+                    break;
+                }
+                assert!(t.elapsed() < Duration::from_secs(60), "no progress");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seller.kill().unwrap();
+            seller.wait().unwrap();
+        };
+        tokio::pin!(fetch);
+        tokio::select! {
+            res = &mut fetch => panic!("the fetch ended before the provider was killed: {res:?}"),
+            () = watch => {}
+        }
+        fetch.await
+    };
+    assert!(first.is_err(), "the transfer broke off");
+    let book = bdc_fetcher::DealBook::load(&buyer_dir).unwrap();
+    let deal = book.deals[0].clone();
+    assert!(deal.verified < 6 << 20);
+
+    // restarted, the provider redeems what its ledger holds before any buyer shows up
+    let (mut seller, offer2) = spawn_seller(&node, &deployment, &keystore, &pw);
+    let c = devnet.contracts(0);
+    let t = Instant::now();
+    let redeemed_on_restart = loop {
+        let r = c.deal_state(deal.id).await.unwrap().redeemed;
+        if r > U256::ZERO {
+            break r;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "nothing redeemed after the restart");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // every receipt up to the one before the last window was stored before more bytes went out
+    assert!(redeemed_on_restart >= U256::from(deal.paid.saturating_sub((WINDOW as u128 + (64 << 10)) * PRICE)));
+    assert!(redeemed_on_restart <= U256::from(deal.paid));
+
+    // the buyer resumes the same deal and pays for every byte exactly once
+    let r = fetcher.fetch_paid(&offer2, &wallet, &out, &FetchOptions::default(), &pay, |_| {}).await.unwrap();
+    assert_eq!(r.deal, Some(deal.id), "same deal");
+    assert_eq!(r.paid, offer2.size as u128 * PRICE, "paid for each byte of the dataset exactly once");
+    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), std::fs::read(dir.join("ds/big.bin")).unwrap());
+    let t = Instant::now();
+    while c.deal_state(deal.id).await.unwrap().redeemed != U256::from(r.paid) {
+        assert!(t.elapsed() < Duration::from_secs(20), "final receipt not redeemed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fetcher.shutdown().await;
+    seller.kill().unwrap();
+    seller.wait().unwrap();
+}
+
+#[test]
+fn a_wrong_keystore_password_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pw = tmp.path().join("pw");
+    std::fs::write(&pw, "right").unwrap();
+    let ks = tmp.path().join("k.json");
+    let st = crate::common::bdc()
+        .args(["key", "new", "--keystore"])
+        .arg(&ks)
+        .arg("--password-file")
+        .arg(&pw)
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    std::fs::write(&pw, "wrong").unwrap();
+    std::fs::write(tmp.path().join("d.json"), r#"{"chain_id":1,"token":"0x0000000000000000000000000000000000000001","registry":"0x0000000000000000000000000000000000000002","escrow":"0x0000000000000000000000000000000000000003","deploy_block":0}"#).unwrap();
+    let out = crate::common::bdc()
+        .args([
+            "dataset",
+            "register",
+            "0000000000000000000000000000000000000000000000000000000000000001",
+            "--rpc-url",
+            "http://127.0.0.1:9",
+        ])
+        .arg("--deployment")
+        .arg(tmp.path().join("d.json"))
+        .arg("--keystore")
+        .arg(&ks)
+        .arg("--password-file")
+        .arg(&pw)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("cannot decrypt keystore") && err.contains("wrong password"), "{err}");
+    let missing = crate::common::bdc()
+        .args([
+            "dataset",
+            "register",
+            "0000000000000000000000000000000000000000000000000000000000000001",
+            "--rpc-url",
+            "http://127.0.0.1:9",
+        ])
+        .arg("--deployment")
+        .arg(tmp.path().join("d.json"))
+        .arg("--keystore")
+        .arg(tmp.path().join("nope.json"))
+        .arg("--password-file")
+        .arg(&pw)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(missing.stderr).unwrap().contains("does not exist"));
 }

@@ -63,6 +63,8 @@ pub struct PaidConfig {
     pub expiry_margin: Duration,
     /// How long a new connection may take to send its Hello.
     pub hello_timeout: Duration,
+    /// Cap on each request's upload rate, bytes per second.
+    pub max_rate: Option<u64>,
 }
 
 impl Default for PaidConfig {
@@ -74,6 +76,7 @@ impl Default for PaidConfig {
             redeem_every: 256 << 20,
             expiry_margin: Duration::from_secs(300),
             hello_timeout: Duration::from_secs(10),
+            max_rate: None,
         }
     }
 }
@@ -109,6 +112,10 @@ struct GateState {
 }
 
 type Ready = Option<Result<Arc<DealGate>, ()>>;
+
+/// Bytes that may be written but not yet counted by the gate: one chunk group for each of a few
+/// concurrent requests.
+const IN_FLIGHT_SLACK: u64 = 4 * bdc_core::protocol::CHUNK_GROUP_BYTES;
 
 #[derive(Debug)]
 struct ConnEntry {
@@ -356,8 +363,10 @@ fn accept_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt) -> Result
     let bytes = bytes_for(r.cumulative, gate.price);
     {
         let s = gate.state.lock().expect("gate lock");
-        if bytes > s.sent.max(s.reserved) {
-            tracing::warn!(deal = %id, bytes, sent = s.sent, "receipt for more than was sent");
+        // A group is counted when its throttle event arrives, just after it was written, so a
+        // fast buyer can verify (and pay for) a group or two before the count catches up.
+        if bytes > (s.sent + IN_FLIGHT_SLACK).max(s.reserved) {
+            tracing::warn!(deal = %id, bytes, sent = s.sent, reserved = s.reserved, "receipt for more than was sent");
             return Err(codes::RECEIPT_ABOVE_SENT);
         }
         if r.cumulative <= s.receipted_amount {
@@ -452,7 +461,8 @@ async fn throttle(shared: &Shared, conn_id: u64, size: u64) -> Result<(), AbortR
     let reserve = {
         let mut s = gate.state.lock().expect("gate lock");
         s.sent += size;
-        (s.sent > s.reserved).then(|| {
+        // keep the persisted bound ahead of what may already be on the wire
+        (s.sent + IN_FLIGHT_SLACK > s.reserved).then(|| {
             s.reserved = s.sent + gate.window;
             s.reserved
         })
@@ -466,11 +476,15 @@ async fn throttle(shared: &Shared, conn_id: u64, size: u64) -> Result<(), AbortR
     let deadline = tokio::time::Instant::now() + shared.cfg.stall_timeout;
     loop {
         let notified = gate.notify.notified();
-        {
+        let open = {
             let s = gate.state.lock().expect("gate lock");
-            if s.sent <= s.receipted_bytes.saturating_add(gate.window) {
-                return Ok(());
+            s.sent <= s.receipted_bytes.saturating_add(gate.window)
+        };
+        if open {
+            if let Some(rate) = shared.cfg.max_rate {
+                tokio::time::sleep(Duration::from_secs_f64(size as f64 / rate.max(1) as f64)).await;
             }
+            return Ok(());
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             tracing::warn!(deal = %id, "buyer stopped paying: closing after the stall timeout");
