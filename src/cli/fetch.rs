@@ -67,17 +67,7 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     let fetcher = Fetcher::open(cfg).await?;
     let pb = bytes_bar(0, "fetching", quiet);
     let opts = FetchOptions { raw_name: a.name };
-    let res = fetcher
-        .fetch(&ticket, &a.out, &opts, |ev| match ev {
-            FetchEvent::Plan { total, local } => {
-                pb.set_length(total);
-                pb.set_position(local);
-                pb.reset_eta();
-            }
-            FetchEvent::Progress { done, .. } => pb.set_position(done),
-            FetchEvent::Connected { .. } | FetchEvent::Exported(_) => {}
-        })
-        .await;
+    let res = fetcher.fetch(&ticket, &a.out, &opts, |ev| show(&pb, ev)).await;
     pb.finish_and_clear();
     fetcher.shutdown().await;
     let report = res?;
@@ -117,17 +107,8 @@ async fn run_paid(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     pay.deal_duration = Duration::from_secs(a.deal_secs);
     let wallet = bdc_fetcher::Wallet { chain, signer };
     let pb = bytes_bar(0, "buying", quiet);
-    let res = fetcher
-        .fetch_paid(&offer, &wallet, &a.out, &FetchOptions { raw_name: a.name }, &pay, |ev| match ev {
-            FetchEvent::Plan { total, local } => {
-                pb.set_length(total);
-                pb.set_position(local);
-                pb.reset_eta();
-            }
-            FetchEvent::Progress { done, .. } => pb.set_position(done),
-            FetchEvent::Connected { .. } | FetchEvent::Exported(_) => {}
-        })
-        .await;
+    let res =
+        fetcher.fetch_paid(&offer, &wallet, &a.out, &FetchOptions { raw_name: a.name }, &pay, |ev| show(&pb, ev)).await;
     pb.finish_and_clear();
     fetcher.shutdown().await;
     let r = res?;
@@ -147,4 +128,17 @@ async fn run_paid(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Drives the progress bar from fetch events.
+fn show(pb: &indicatif::ProgressBar, ev: FetchEvent) {
+    match ev {
+        FetchEvent::Plan { total, local } => {
+            pb.set_length(total);
+            pb.set_position(local);
+            pb.reset_eta();
+        }
+        FetchEvent::Progress { done, .. } => pb.set_position(done),
+        FetchEvent::Connected { .. } | FetchEvent::Exported(_) => {}
+    }
 }

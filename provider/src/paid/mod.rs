@@ -432,6 +432,15 @@ fn gate_events(shared: Arc<Shared>) -> EventSender {
                     });
                 }
                 ProviderMessage::Throttle(msg) => {
+                    // fast path, inline: the deal's gate is known and open and nothing must be
+                    // persisted; the next group then leaves without a task hop
+                    if shared.cfg.max_rate.is_none()
+                        && let Some(gate) = gate_now(&shared, msg.connection_id)
+                        && gate.pass_fast(msg.size)
+                    {
+                        msg.tx.send(Ok(())).await.ok();
+                        continue;
+                    }
                     tokio::spawn(async move {
                         let res = throttle(&shared, msg.connection_id, msg.size).await;
                         msg.tx.send(res).await.ok();
@@ -442,6 +451,27 @@ fn gate_events(shared: Arc<Shared>) -> EventSender {
         }
     });
     tx
+}
+
+/// The connection's gate if its Hello was already admitted (no waiting).
+fn gate_now(shared: &Shared, conn_id: u64) -> Option<Arc<DealGate>> {
+    let conns = shared.conns.lock().expect("conns lock");
+    let ready = conns.get(&conn_id)?.ready.borrow();
+    ready.as_ref()?.as_ref().ok().cloned()
+}
+
+impl DealGate {
+    /// Counts a group and returns true if it may pass right away with nothing to persist.
+    /// Returns false, counting nothing, when the slow path must decide.
+    fn pass_fast(&self, size: u64) -> bool {
+        let mut s = self.state.lock().expect("gate lock");
+        let sent = s.sent + size;
+        if sent + IN_FLIGHT_SLACK > s.reserved || sent > s.receipted_bytes.saturating_add(self.window) {
+            return false;
+        }
+        s.sent = sent;
+        true
+    }
 }
 
 /// Waits (up to the hello timeout) for the connection's Hello to be admitted.
