@@ -290,15 +290,18 @@ async fn receipts(
         let amount = amount_for(verified, price).min(max);
         let sig = sign_receipt_sync(&signer, &domain, deal.id, U256::from(amount))
             .map_err(|e| PaidError::Sign(e.to_string()))?;
-        // record first: we never forget what we signed
-        {
-            let mut b = book.lock().expect("book lock");
-            if let Some(d) = b.deals.iter_mut().find(|d| d.id == deal.id) {
+        // record first: we never forget what we signed (off the async workers: it fsyncs)
+        let (book2, id) = (book.clone(), deal.id);
+        tokio::task::spawn_blocking(move || {
+            let mut b = book2.lock().expect("book lock");
+            if let Some(d) = b.deals.iter_mut().find(|d| d.id == id) {
                 d.verified = d.verified.max(verified);
                 d.paid = d.paid.max(amount);
             }
-            b.save()?;
-        }
+            b.save()
+        })
+        .await
+        .map_err(|e| PaidError::Stream(e.to_string()))??;
         *signed.lock().expect("signed lock") = amount;
         let msg = PaidMessage::Receipt(SignedReceipt {
             deal_id: deal.id.0,

@@ -56,6 +56,7 @@ async fn setup(bytes: usize) -> Setup {
         expiry_margin: Duration::from_secs(60),
         hello_timeout: Duration::from_secs(5),
         max_rate: None,
+        chain_refresh: Duration::from_millis(300),
     };
     let paid = PaidSetup { cfg, chain: devnet.contracts(PROVIDER), address: devnet.address(PROVIDER) };
     let provider = Provider::spawn(store, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap();
@@ -435,4 +436,15 @@ fn a_wrong_keystore_password_is_a_clear_error() {
         .output()
         .unwrap();
     assert!(String::from_utf8(missing.stderr).unwrap().contains("does not exist"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_is_closed_when_its_deal_expires() {
+    let s = setup(200_000).await;
+    let (conn, _send, _deal, _ep) = raw_buyer(&s).await;
+    // admitted: nothing closes it while the deal is open
+    assert!(tokio::time::timeout(Duration::from_secs(1), conn.closed()).await.is_err());
+    s.devnet.advance_time(3_601).await.unwrap();
+    assert_eq!(close_code(&conn).await, codes::DEAL_NOT_OPEN as u64);
+    s.provider.shutdown().await;
 }

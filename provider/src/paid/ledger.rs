@@ -32,6 +32,12 @@ pub struct LedgerEntry {
 #[error("receipt ledger: {0}")]
 pub struct LedgerError(String);
 
+impl LedgerError {
+    pub(crate) fn from_join(e: &tokio::task::JoinError) -> Self {
+        LedgerError(format!("ledger task failed: {e}"))
+    }
+}
+
 fn err(e: impl std::fmt::Display) -> LedgerError {
     LedgerError(e.to_string())
 }

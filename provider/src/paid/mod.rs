@@ -65,6 +65,9 @@ pub struct PaidConfig {
     pub hello_timeout: Duration,
     /// Cap on each request's upload rate, bytes per second.
     pub max_rate: Option<u64>,
+    /// How often an active connection re-reads its deal from the chain (closing it with
+    /// `DEAL_NOT_OPEN` once the deal is disputed, refunded or expired).
+    pub chain_refresh: Duration,
 }
 
 impl Default for PaidConfig {
@@ -77,6 +80,7 @@ impl Default for PaidConfig {
             expiry_margin: Duration::from_secs(300),
             hello_timeout: Duration::from_secs(10),
             max_rate: None,
+            chain_refresh: Duration::from_secs(10),
         }
     }
 }
@@ -192,6 +196,7 @@ impl ProtocolHandler for PaidProtocol {
             shared.store.clone(),
             self.events.clone(),
         ));
+        let watcher = tokio::spawn(watch_deal(shared.clone(), conn.clone(), conn_id));
         // The control stream decides the connection's fate; closing it also ends the blobs handler.
         let deal = match control_loop(shared.clone(), conn.clone(), ready_tx).await {
             Ok(deal) => {
@@ -204,6 +209,7 @@ impl ProtocolHandler for PaidProtocol {
                 deal
             }
         };
+        watcher.abort();
         let _ = blobs.await;
         shared.conns.lock().expect("conns lock").remove(&conn_id);
         if let Some(id) = deal {
@@ -240,7 +246,7 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
     loop {
         match read_message(&mut recv).await {
             Ok(Some(PaidMessage::Receipt(r))) => {
-                if let Err(code) = accept_receipt(&shared, &gate, &r) {
+                if let Err(code) = accept_receipt(&shared, &gate, &r).await {
                     return Err((code, Some(id)));
                 }
             }
@@ -342,7 +348,7 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Arc<
 }
 
 /// Verifies a receipt, stores it durably, then lets the gate count it.
-fn accept_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt) -> Result<(), u32> {
+async fn accept_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt) -> Result<(), u32> {
     let id = gate.deal.id;
     let t = &gate.deal.terms;
     if r.deal_id != id.0 {
@@ -373,18 +379,23 @@ fn accept_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt) -> Result
             return Ok(()); // stale or repeated: harmless
         }
     }
-    shared
-        .ledger
-        .update(&id, |e| {
-            if r.cumulative > e.amount {
-                e.amount = r.cumulative;
-                e.sig = r.sig.clone();
+    // durable before it counts; off the async workers (a commit fsyncs)
+    let (ledger, amount, sig) = (shared.ledger.clone(), r.cumulative, r.sig.clone());
+    tokio::task::spawn_blocking(move || {
+        ledger.update(&id, |e| {
+            if amount > e.amount {
+                e.amount = amount;
+                e.sig = sig;
             }
         })
-        .map_err(|e| {
-            tracing::error!(deal = %id, "cannot store receipt: {e}");
-            codes::INTERNAL
-        })?;
+    })
+    .await
+    .map_err(|e| crate::paid::ledger::LedgerError::from_join(&e))
+    .and_then(|r| r)
+    .map_err(|e| {
+        tracing::error!(deal = %id, "cannot store receipt: {e}");
+        codes::INTERNAL
+    })?;
     let trigger = {
         let mut s = gate.state.lock().expect("gate lock");
         if r.cumulative > s.receipted_amount {
@@ -453,6 +464,30 @@ fn gate_events(shared: Arc<Shared>) -> EventSender {
     tx
 }
 
+/// While the connection lives, re-reads its deal from the chain and closes the connection once
+/// the deal is no longer open (disputed, refunded, or past expiry: bytes sent then could never be
+/// redeemed).
+async fn watch_deal(shared: Arc<Shared>, conn: Connection, conn_id: u64) {
+    let Some(gate) = ready_gate(&shared, conn_id).await else { return };
+    let id = gate.deal.id;
+    loop {
+        tokio::time::sleep(shared.cfg.chain_refresh).await;
+        let (state, now) = match (shared.chain.deal_state(id).await, shared.chain.chain_time().await) {
+            (Ok(s), Ok(n)) => (s, n),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(deal = %id, "cannot refresh the deal from the chain: {e}");
+                continue;
+            }
+        };
+        if state.disputed || state.refunded || now >= gate.deal.terms.expiry {
+            tracing::warn!(deal = %id, disputed = state.disputed, refunded = state.refunded, "deal no longer open: closing");
+            conn.close(VarInt::from_u32(codes::DEAL_NOT_OPEN), codes::name(codes::DEAL_NOT_OPEN as u64).as_bytes());
+            let _ = shared.redeem_tx.send(id);
+            return;
+        }
+    }
+}
+
 /// The connection's gate if its Hello was already admitted (no waiting).
 fn gate_now(shared: &Shared, conn_id: u64) -> Option<Arc<DealGate>> {
     let conns = shared.conns.lock().expect("conns lock");
@@ -498,7 +533,13 @@ async fn throttle(shared: &Shared, conn_id: u64, size: u64) -> Result<(), AbortR
         })
     };
     if let Some(r) = reserve
-        && let Err(e) = shared.ledger.update(&id, |e| e.reserved = e.reserved.max(r))
+        && let Err(e) = {
+            let ledger = shared.ledger.clone();
+            tokio::task::spawn_blocking(move || ledger.update(&id, |e| e.reserved = e.reserved.max(r)))
+                .await
+                .map_err(|e| crate::paid::ledger::LedgerError::from_join(&e))
+                .and_then(|r| r)
+        }
     {
         tracing::error!(deal = %id, "cannot persist sent bytes: {e}");
         return Err(AbortReason::RateLimited);
