@@ -14,7 +14,8 @@ use crate::progress::{bytes_bar, human};
 
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// Ticket printed by `bdc provider serve` / `bdc provider ticket` (any iroh-blobs ticket works).
+    /// A ticket (`blob…`, from `bdc provider serve` / `bdc provider ticket`; any iroh-blobs
+    /// ticket works) or an offer (`bdcoffer…`, from `serve --sell` / `bdc provider offer`).
     pub ticket: String,
     /// Output directory; the dataset's files are written under it.
     #[arg(short, long)]
@@ -46,8 +47,8 @@ pub struct FetchArgs {
     /// A new deal expires after this many seconds.
     #[arg(long, default_value_t = 86_400)]
     pub deal_secs: u64,
-    /// Arbiter of disputes on a new deal (default: the escrow deployer's first account is NOT
-    /// assumed; you must name one).
+    /// Address that settles disputes on a new deal (required with --pay; there is no default
+    /// arbiter).
     #[arg(long)]
     pub arbiter: Option<alloy::primitives::Address>,
     #[command(flatten)]
