@@ -353,20 +353,25 @@ async fn a_provider_killed_mid_transfer_redeems_what_it_stored_and_the_buyer_res
     let deal = book.deals[0].clone();
     assert!(deal.verified < 6 << 20);
 
-    // restarted, the provider redeems what its ledger holds before any buyer shows up
-    let (mut seller, offer2) = spawn_seller(&node, &deployment, &keystore, &pw);
+    // restarted, the provider redeems what its ledger holds before any buyer shows up: every
+    // receipt but the last few in flight was stored before more bytes went out (the buyer
+    // verified at most a window and a group beyond what the provider stored, plus one interval)
     let c = devnet.contracts(0);
+    let before_restart = c.deal_state(deal.id).await.unwrap().redeemed;
+    let (mut seller, offer2) = spawn_seller(&node, &deployment, &keystore, &pw);
+    let floor = U256::from(deal.paid.saturating_sub((WINDOW as u128 + (128 << 10)) * PRICE));
     let t = Instant::now();
     let redeemed_on_restart = loop {
         let r = c.deal_state(deal.id).await.unwrap().redeemed;
-        if r > U256::ZERO {
+        if r >= floor && r > U256::ZERO {
             break r;
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "nothing redeemed after the restart");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "after the restart only {r} redeemed (floor {floor}, before {before_restart})"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // every receipt up to the one before the last window was stored before more bytes went out
-    assert!(redeemed_on_restart >= U256::from(deal.paid.saturating_sub((WINDOW as u128 + (64 << 10)) * PRICE)));
     assert!(redeemed_on_restart <= U256::from(deal.paid));
 
     // the buyer resumes the same deal and pays for every byte exactly once
