@@ -405,41 +405,23 @@ fn a_wrong_keystore_password_is_a_clear_error() {
     assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
     std::fs::write(&pw, "wrong").unwrap();
     std::fs::write(tmp.path().join("d.json"), r#"{"chain_id":1,"token":"0x0000000000000000000000000000000000000001","registry":"0x0000000000000000000000000000000000000002","escrow":"0x0000000000000000000000000000000000000003","deploy_block":0}"#).unwrap();
-    let out = crate::common::bdc()
-        .args([
-            "dataset",
-            "register",
-            "0000000000000000000000000000000000000000000000000000000000000001",
-            "--rpc-url",
-            "http://127.0.0.1:9",
-        ])
-        .arg("--deployment")
-        .arg(tmp.path().join("d.json"))
-        .arg("--keystore")
-        .arg(&ks)
-        .arg("--password-file")
-        .arg(&pw)
-        .output()
-        .unwrap();
+    let register = |keystore: &std::path::Path| {
+        crate::common::bdc()
+            .args(["dataset", "register", &format!("{}1", "0".repeat(63)), "--rpc-url", "http://127.0.0.1:9"])
+            .arg("--deployment")
+            .arg(tmp.path().join("d.json"))
+            .arg("--keystore")
+            .arg(keystore)
+            .arg("--password-file")
+            .arg(&pw)
+            .output()
+            .unwrap()
+    };
+    let out = register(&ks);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("cannot decrypt keystore") && err.contains("wrong password"), "{err}");
-    let missing = crate::common::bdc()
-        .args([
-            "dataset",
-            "register",
-            "0000000000000000000000000000000000000000000000000000000000000001",
-            "--rpc-url",
-            "http://127.0.0.1:9",
-        ])
-        .arg("--deployment")
-        .arg(tmp.path().join("d.json"))
-        .arg("--keystore")
-        .arg(tmp.path().join("nope.json"))
-        .arg("--password-file")
-        .arg(&pw)
-        .output()
-        .unwrap();
+    let missing = register(&tmp.path().join("nope.json"));
     assert!(String::from_utf8(missing.stderr).unwrap().contains("does not exist"));
 }
 
