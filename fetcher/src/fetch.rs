@@ -211,19 +211,15 @@ impl Fetcher {
         let provider = ticket.addr().id;
         let remote = self.store.remote();
         let local = remote.local(content).await.map_err(|e| FetchError::Local(e.to_string()))?;
-        // what is here before this run (a resume), counted over the files only
-        let local_before = match self.file_list(ticket, provider, opts).await {
-            Ok(files) => self.payload_state(&files).await?.1,
-            Err(_) => 0,
+        // what is here before this run (a resume), counted over the files only; and whether the
+        // sizes and names are already verified locally, in which case they are not asked again
+        // (which also keeps a paid resume from paying twice for the same probe bytes)
+        let (local_before, sizes_known) = match self.file_list(ticket, provider, opts).await {
+            Ok(files) => (self.payload_state(&files).await?.1, self.sizes_known(&files).await?),
+            Err(_) => (0, false),
         };
         let mut fetched = 0;
         let mut conn = None;
-        // sizes and names already verified locally (a resume): no need to ask again, which also
-        // keeps a paid resume from paying twice for the same probe bytes
-        let sizes_known = match self.file_list(ticket, provider, opts).await {
-            Ok(files) => self.sizes_known(&files).await?,
-            Err(_) => false,
-        };
         if !local.is_complete() {
             let c = match paid.as_deref_mut() {
                 None => self.connect(ticket, FREE_ALPN).await?,

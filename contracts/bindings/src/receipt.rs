@@ -88,10 +88,7 @@ pub fn verify_receipt(
     sig: &[u8],
     buyer: Address,
 ) -> Result<(), ReceiptError> {
-    let sig = Signature::try_from(sig).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-    let signer = sig
-        .recover_address_from_prehash(&receipt_digest(domain, receipt))
-        .map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    let signer = receipt_signer(domain, receipt, sig)?;
     if signer != buyer {
         return Err(ReceiptError::WrongSigner { deal: receipt.dealId, signer, buyer });
     }
