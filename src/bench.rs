@@ -25,12 +25,30 @@ pub enum BenchCmd {
         /// Also fetch the same file paid (starts a devnet with anvil).
         #[arg(long)]
         paid: bool,
+        /// The paid run's window (bytes sent ahead of receipts), KiB.
+        #[arg(long, default_value_t = 8192)]
+        window_kib: u64,
+        /// The paid run's receipt interval, KiB.
+        #[arg(long, default_value_t = 1024)]
+        receipt_every_kib: u64,
+        /// Fetch runs of each kind (free, paid), alternating; medians are reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
+}
+
+/// Settings of the paid run.
+struct PaidBench {
+    window: u64,
+    receipt_every: u64,
 }
 
 pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd {
-        BenchCmd::Transfer { size_mib, dir, paid } => transfer(size_mib, dir, paid).await,
+        BenchCmd::Transfer { size_mib, dir, paid, window_kib, receipt_every_kib, rounds } => {
+            let paid = paid.then_some(PaidBench { window: window_kib << 10, receipt_every: receipt_every_kib << 10 });
+            transfer(size_mib, dir, paid, rounds.max(1)).await
+        }
     }
 }
 
@@ -40,7 +58,7 @@ struct Row {
     secs: f64,
 }
 
-async fn transfer(size_mib: u64, dir: Option<PathBuf>, paid: bool) -> anyhow::Result<()> {
+async fn transfer(size_mib: u64, dir: Option<PathBuf>, paid: Option<PaidBench>, rounds: usize) -> anyhow::Result<()> {
     let tmp = match dir {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
@@ -67,39 +85,45 @@ async fn transfer(size_mib: u64, dir: Option<PathBuf>, paid: bool) -> anyhow::Re
     let ref_dir = tmp.path().join("provider-ref");
     publish_timed(&ref_dir, &file, true, "bdc publish --raw --in-place", size, &mut rows).await?;
 
-    // loopback fetch from the copy store
-    let store = ProviderStore::open(&copy_dir).await?;
-    let provider = Provider::spawn(store, ServeConfig::test()).await?;
-    let ticket = provider.ticket(root)?;
-    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("fetcher"))).await?;
-    let out = tmp.path().join("out");
-    let t = Instant::now();
-    let mut stored_at = None;
-    let report = fetcher
-        .fetch(&ticket, &out, &FetchOptions::default(), |ev| {
-            if let FetchEvent::Progress { done, total } = ev
-                && done == total
-                && stored_at.is_none()
-            {
-                stored_at = Some(t.elapsed().as_secs_f64());
+    // loopback fetches from the copy store, free and paid alternating (each round swaps which
+    // goes first, and dirty pages are flushed before each), medians reported
+    let mut free = Vec::new();
+    let mut paid_runs = Vec::new();
+    for round in 0..rounds {
+        let order: &[bool] = if round % 2 == 0 { &[false, true] } else { &[true, false] };
+        for &is_paid in order {
+            let dir = tmp.path().join(format!("fetch-{round}-{}", if is_paid { "paid" } else { "free" }));
+            sync_disks();
+            match (&paid, is_paid) {
+                (_, false) => free.push(free_fetch(&copy_dir, root, &dir, size, &expected).await?),
+                (Some(settings), true) => paid_runs.push(paid_fetch(&copy_dir, root, &dir, size, settings).await?),
+                (None, true) => {}
             }
-        })
-        .await?;
-    let secs = t.elapsed().as_secs_f64();
-    let stored = stored_at.unwrap_or(secs);
-    rows.push(Row { what: "bdc fetch, loopback: verified into store", bytes: size, secs: stored });
-    rows.push(Row { what: "bdc fetch: export to output dir", bytes: size, secs: secs - stored });
-    rows.push(Row { what: "bdc fetch, end to end", bytes: size, secs });
-    ensure!(report.fetched_bytes == size, "fetched {} of {size} bytes", report.fetched_bytes);
-    let got = blake3::Hasher::new().update_mmap_rayon(&report.files[0].path)?.finalize();
-    ensure!(got == expected, "exported file differs");
-    fetcher.shutdown().await;
-    provider.shutdown().await;
+            std::fs::remove_dir_all(&dir).ok();
+        }
+    }
+    let free_transfer = median(free.iter().map(|r| r.0));
+    rows.push(Row { what: "bdc fetch, loopback: verified into store", bytes: size, secs: free_transfer });
+    rows.push(Row { what: "bdc fetch: export to output dir", bytes: size, secs: median(free.iter().map(|r| r.1)) });
+    rows.push(Row { what: "bdc fetch, end to end", bytes: size, secs: median(free.iter().map(|r| r.2)) });
 
     // the same file, paid: a devnet, a deal, receipts gating the stream
-    if paid {
-        let secs = paid_fetch(&copy_dir, root, &tmp.path().join("buyer"), size).await?;
+    let mut notes = vec![format!("fetch rows: median of {rounds} runs")];
+    if let Some(settings) = paid {
+        let secs = median(paid_runs.iter().map(|r| r.1));
         rows.push(Row { what: "bdc fetch --pay, loopback: verified into store", bytes: size, secs });
+        let each: Vec<String> = free.iter().zip(&paid_runs).map(|(f, p)| format!("{:.2}x", f.0 / p.1)).collect();
+        notes.push(format!(
+            "paid/free transfer throughput: {:.2}x (each round: {}; window {} KiB, receipt every {} KiB, {} receipts)",
+            free_transfer / secs,
+            each.join(", "),
+            settings.window >> 10,
+            settings.receipt_every >> 10,
+            size.div_ceil(settings.receipt_every)
+        ));
+        let setup = median(paid_runs.iter().map(|r| r.0));
+        notes
+            .push(format!("paid fixed cost before the first byte (open the deal on chain, dial, Hello): {setup:.3} s"));
     }
 
     println!("| {:<48} | {:>8} | {:>8} | {:>9} |", "step", "MiB", "seconds", "MiB/s");
@@ -107,6 +131,10 @@ async fn transfer(size_mib: u64, dir: Option<PathBuf>, paid: bool) -> anyhow::Re
     for r in rows {
         let mib = r.bytes as f64 / (1024.0 * 1024.0);
         println!("| {:<48} | {:>8.0} | {:>8.3} | {:>9.1} |", r.what, mib, r.secs, mib / r.secs);
+    }
+    println!();
+    for n in notes {
+        println!("{n}");
     }
     Ok(())
 }
@@ -128,51 +156,110 @@ async fn publish_timed(
     Ok(rec.root)
 }
 
-/// Window and receipt interval of the paid run.
-const PAID_WINDOW: u64 = 8 << 20;
-const PAID_RECEIPT_EVERY: u64 = 1 << 20;
+/// Marks a fetch's progress: when the connection stood and when every byte was verified.
+struct TransferTimer {
+    t: Instant,
+    connected: Option<f64>,
+    stored: Option<f64>,
+}
+
+impl TransferTimer {
+    fn new(t: Instant) -> Self {
+        Self { t, connected: None, stored: None }
+    }
+
+    fn on(&mut self, ev: &FetchEvent) {
+        match ev {
+            FetchEvent::Connected { .. } if self.connected.is_none() => {
+                self.connected = Some(self.t.elapsed().as_secs_f64())
+            }
+            FetchEvent::Progress { done, total } if done == total && self.stored.is_none() => {
+                self.stored = Some(self.t.elapsed().as_secs_f64())
+            }
+            _ => {}
+        }
+    }
+
+    /// (connected, stored) in seconds since the start; `end` stands in for a missing mark.
+    fn marks(&self, end: f64) -> (f64, f64) {
+        (self.connected.unwrap_or(0.0), self.stored.unwrap_or(end))
+    }
+}
+
+/// Serves `root` free from `provider_dir` and fetches it into `dir`.
+/// Returns (seconds of the transfer, of the export, end to end).
+async fn free_fetch(
+    provider_dir: &Path,
+    root: bdc_core::Hash,
+    dir: &Path,
+    size: u64,
+    expected: &blake3::Hash,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let store = ProviderStore::open(provider_dir).await?;
+    let provider = Provider::spawn(store, ServeConfig::test()).await?;
+    let ticket = provider.ticket(root)?;
+    let fetcher = Fetcher::open(FetcherConfig::test(dir.join("fetcher"))).await?;
+    let t = Instant::now();
+    let mut timer = TransferTimer::new(t);
+    let report = fetcher.fetch(&ticket, &dir.join("out"), &FetchOptions::default(), |ev| timer.on(&ev)).await?;
+    let secs = t.elapsed().as_secs_f64();
+    let (connected, stored) = timer.marks(secs);
+    ensure!(report.fetched_bytes == size, "fetched {} of {size} bytes", report.fetched_bytes);
+    let got = blake3::Hasher::new().update_mmap_rayon(&report.files[0].path)?.finalize();
+    ensure!(got == *expected, "exported file differs");
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+    Ok((stored - connected, secs - stored, secs))
+}
+
+/// Flushes dirty pages so one run's writeback does not slow the next.
+fn sync_disks() {
+    let _ = std::process::Command::new("sync").status();
+}
+
+fn median(xs: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = xs.collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
 
 /// Serves `root` paid from `provider_dir` and times a paid fetch of it (into the store).
-async fn paid_fetch(provider_dir: &Path, root: bdc_core::Hash, buyer_dir: &Path, size: u64) -> anyhow::Result<f64> {
+/// Returns (seconds before the connection stood, seconds of the transfer).
+async fn paid_fetch(
+    provider_dir: &Path,
+    root: bdc_core::Hash,
+    buyer_dir: &Path,
+    size: u64,
+    settings: &PaidBench,
+) -> anyhow::Result<(f64, f64)> {
     use alloy::primitives::B256;
     use bdc_contracts::{Devnet, DevnetConfig};
     use bdc_provider::{PaidConfig, PaidSetup};
     let devnet = Devnet::spawn_with(DevnetConfig::default()).await?;
     devnet.contracts(1).register_dataset(B256::from(*root.as_bytes()), 1_000, B256::ZERO, 0).await?;
-    let cfg = PaidConfig { price_per_byte: 1_000, window: PAID_WINDOW, redeem_every: 256 << 20, ..Default::default() };
+    let cfg =
+        PaidConfig { price_per_byte: 1_000, window: settings.window, redeem_every: 256 << 20, ..Default::default() };
     let setup = PaidSetup { cfg, chain: devnet.contracts(3), address: devnet.address(3) };
     let store = ProviderStore::open(provider_dir).await?;
     let provider = Provider::spawn(store, ServeConfig { paid: Some(setup), ..ServeConfig::test() }).await?;
     let offer = provider.offer(root)?;
-    let fetcher = Fetcher::open(FetcherConfig::test(buyer_dir.to_path_buf())).await?;
+    let fetcher = Fetcher::open(FetcherConfig::test(buyer_dir.join("fetcher"))).await?;
     let wallet = bdc_fetcher::Wallet { chain: devnet.contracts(2), signer: devnet.signer(2) };
     let mut pay = bdc_fetcher::PaidOptions::new(devnet.address(0));
-    pay.receipt_every = PAID_RECEIPT_EVERY;
+    pay.receipt_every = settings.receipt_every;
     let out = buyer_dir.join("out");
     let t = Instant::now();
-    let mut stored_at = None;
-    let r = fetcher
-        .fetch_paid(&offer, &wallet, &out, &FetchOptions::default(), &pay, |ev| {
-            if let FetchEvent::Progress { done, total } = ev
-                && done == total
-                && stored_at.is_none()
-            {
-                stored_at = Some(t.elapsed().as_secs_f64());
-            }
-        })
-        .await?;
-    let secs = stored_at.unwrap_or(t.elapsed().as_secs_f64());
+    let mut timer = TransferTimer::new(t);
+    let r = fetcher.fetch_paid(&offer, &wallet, &out, &FetchOptions::default(), &pay, |ev| timer.on(&ev)).await?;
+    let (connected, stored) = timer.marks(t.elapsed().as_secs_f64());
     ensure!(r.fetch.fetched_bytes == size, "paid fetch moved {} of {size} bytes", r.fetch.fetched_bytes);
     ensure!(r.paid == size as u128 * 1_000, "paid {} for {size} bytes", r.paid);
-    eprintln!(
-        "paid run: window {} KiB, receipt every {} KiB, {} receipts signed",
-        PAID_WINDOW >> 10,
-        PAID_RECEIPT_EVERY >> 10,
-        size.div_ceil(PAID_RECEIPT_EVERY)
-    );
     fetcher.shutdown().await;
     provider.shutdown().await;
-    Ok(secs)
+    Ok((connected, stored - connected))
 }
 
 fn write_random(path: &Path, size: u64) -> anyhow::Result<()> {

@@ -38,6 +38,13 @@ pub fn load_or_create(path: &Path) -> Result<SecretKey, KeyError> {
 
 /// Writes `data` to `path` atomically (temp file, fsync, rename) with mode 0600.
 pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_private_with(path, data, true)
+}
+
+/// [`write_private`], with the flush to disk before the rename only if `durable`: readers still
+/// see the old or the new file whole, and a process crash loses nothing, but a power cut may
+/// lose the update.
+pub fn write_private_with(path: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -51,7 +58,9 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     }
     let mut f = opts.open(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     drop(f);
     std::fs::rename(&tmp, path)
 }

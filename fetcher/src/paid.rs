@@ -13,7 +13,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -133,9 +136,15 @@ impl DealBook {
         Ok(Self { path, deals })
     }
 
+    /// Replaces the book atomically and durably.
     pub fn save(&self) -> Result<(), PaidError> {
+        self.save_with(true)
+    }
+
+    /// Replaces the book atomically; `durable` also flushes it to disk first.
+    fn save_with(&self, durable: bool) -> Result<(), PaidError> {
         let bytes = serde_json::to_vec_pretty(&self.deals).expect("deals serialize");
-        bdc_core::keys::write_private(&self.path, &bytes)
+        bdc_core::keys::write_private_with(&self.path, &bytes, durable)
             .map_err(|e| PaidError::Book { path: self.path.clone(), reason: e.to_string() })
     }
 
@@ -180,6 +189,10 @@ pub(crate) struct PaidSession {
     chain: Contracts<DynProvider>,
     book: Arc<Mutex<DealBook>>,
     tx: Option<mpsc::UnboundedSender<u64>>,
+    /// Newest verified count of this run, and the count at which the receipt task is next woken
+    /// (waking it for every 16 KiB group costs more CPU than the receipts themselves).
+    run_verified: AtomicU64,
+    next_wake: AtomicU64,
     task: Option<JoinHandle<Result<u128, PaidError>>>,
     close_timeout: Duration,
     signed: Arc<Mutex<u128>>,
@@ -221,7 +234,11 @@ impl PaidSession {
 
     /// Bytes verified in this run so far (cumulative).
     pub(crate) fn verified(&self, run_bytes: u64) {
-        if let Some(tx) = &self.tx {
+        self.run_verified.fetch_max(run_bytes, Ordering::Relaxed);
+        if run_bytes >= self.next_wake.load(Ordering::Relaxed)
+            && let Some(tx) = &self.tx
+        {
+            self.next_wake.store(run_bytes + self.every, Ordering::Relaxed);
             let _ = tx.send(run_bytes);
         }
     }
@@ -262,7 +279,10 @@ impl PaidSession {
     }
 
     async fn stop(&mut self) -> Result<(), FetchError> {
-        self.tx = None;
+        // the task signs its final receipt for the newest count it was given
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(self.run_verified.load(Ordering::Relaxed));
+        }
         if let Some(task) = self.task.take() {
             match task.await {
                 Ok(Ok(_)) => {}
@@ -290,11 +310,15 @@ async fn receipts(
     let max: u128 = deal.terms.maxAmount.to::<u128>();
     let mut last = base;
     let mut seen = base;
-    let send_one = async |verified: u64, send: &mut SendStream| -> Result<(), PaidError> {
+    let send_one = async |verified: u64, send: &mut SendStream, last: bool| -> Result<(), PaidError> {
         let amount = amount_for(verified, price).min(max);
         let sig = sign_receipt_sync(&signer, &domain, deal.id, U256::from(amount))
             .map_err(|e| PaidError::Sign(e.to_string()))?;
-        // record first: we never forget what we signed (off the async workers: it fsyncs)
+        // record first: a resumed run continues from the recorded count, so it must not lag
+        // what we verified and signed, even if the send below fails. Each record replaces the
+        // book atomically; only the final one is fsync'd, keeping the disk flush off the
+        // payment path (a process crash loses nothing; a power cut can lose the last few
+        // records, which makes a resumed run sign less than it could, never more).
         let (book2, id) = (book.clone(), deal.id);
         tokio::task::spawn_blocking(move || {
             let mut b = book2.lock().expect("book lock");
@@ -302,7 +326,7 @@ async fn receipts(
                 d.verified = d.verified.max(verified);
                 d.paid = d.paid.max(amount);
             }
-            b.save()
+            b.save_with(last)
         })
         .await
         .map_err(|e| PaidError::Stream(e.to_string()))??;
@@ -316,13 +340,17 @@ async fn receipts(
     };
     while let Some(run) = rx.recv().await {
         seen = seen.max(base + run);
+        // progress that queued up while a receipt was being recorded: pay for the newest
+        while let Ok(run) = rx.try_recv() {
+            seen = seen.max(base + run);
+        }
         if seen >= last + every {
-            send_one(seen, &mut send).await?;
+            send_one(seen, &mut send, false).await?;
             last = seen;
         }
     }
     if seen > last || seen == base {
-        send_one(seen, &mut send).await?;
+        send_one(seen, &mut send, true).await?;
     }
     send.finish().map_err(|e| PaidError::Stream(e.to_string()))?;
     Ok(amount_for(seen, price).min(max))
@@ -427,6 +455,8 @@ impl Fetcher {
             chain: chain.clone(),
             book: book.clone(),
             tx: None,
+            run_verified: AtomicU64::new(0),
+            next_wake: AtomicU64::new(pay.receipt_every),
             task: None,
             close_timeout: pay.close_timeout,
             signed: signed.clone(),

@@ -2,11 +2,13 @@
 //!
 //! One connection per (buyer, provider, deal). [`PaidProtocol::accept`] runs two things side by
 //! side on each connection:
-//! - iroh-blobs' own connection handler, answering GETs on bi streams, with an event handler
-//!   that authorizes each GET (the hash must belong to the deal's dataset and the Hello must have
-//!   been accepted) and throttles each 16 KiB group: it is released only while
-//!   `sent − receipted ≤ window` (bytes), otherwise it waits for a receipt, up to the stall
-//!   timeout, then the connection is closed with `PAYMENT_TIMEOUT`.
+//! - iroh-blobs' stream handler, answering GETs on bi streams, with an event handler that
+//!   authorizes each GET (the hash must belong to the deal's dataset and the Hello must have been
+//!   accepted). Each bi stream's send side is wrapped in a [`GatedWriter`]: a 16 KiB group goes
+//!   onto the wire only if afterwards `sent − receipted ≤ window` (bytes); otherwise the write
+//!   waits for a receipt, up to the stall timeout, then the connection is closed with
+//!   `PAYMENT_TIMEOUT`. The check is a mutex section in the writer itself: an open window costs
+//!   no task hop or message per group.
 //! - the control loop reading the buyer's uni stream: `Hello` (checked against the chain), then
 //!   cumulative receipts, each verified offline, stored durably in the [`ledger`] and only then
 //!   counted by the gate.
@@ -42,7 +44,10 @@ use iroh::{
 };
 use iroh_blobs::{
     api::Store,
-    provider::events::{AbortReason, EventMask, EventSender, ProviderMessage, RequestMode, ThrottleMode},
+    provider::{
+        StreamPair,
+        events::{AbortReason, EventMask, EventSender, ProviderMessage, RequestMode},
+    },
 };
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -111,15 +116,15 @@ struct GateState {
     receipted_amount: u128,
     /// Persisted upper bound of `sent`.
     reserved: u64,
+    /// Bytes an earlier process may have sent beyond the receipts it stored (its persisted
+    /// bound of `sent` minus the receipted bytes, as found at start): the buyer may pay for
+    /// them on top of what this process sends.
+    carry: u64,
     /// Amount at the last redeem trigger.
     last_trigger: u128,
 }
 
 type Ready = Option<Result<Arc<DealGate>, ()>>;
-
-/// Bytes that may be written but not yet counted by the gate: one chunk group for each of a few
-/// concurrent requests.
-const IN_FLIGHT_SLACK: u64 = 4 * bdc_core::protocol::CHUNK_GROUP_BYTES;
 
 #[derive(Debug)]
 struct ConnEntry {
@@ -191,11 +196,7 @@ impl ProtocolHandler for PaidProtocol {
         let (ready_tx, ready_rx) = watch::channel(None);
         shared.conns.lock().expect("conns lock").insert(conn_id, ConnEntry { conn: conn.clone(), ready: ready_rx });
         let peer = conn.remote_id();
-        let blobs = tokio::spawn(iroh_blobs::provider::handle_connection(
-            conn.clone(),
-            shared.store.clone(),
-            self.events.clone(),
-        ));
+        let blobs = tokio::spawn(serve_streams(shared.clone(), conn.clone(), self.events.clone()));
         let watcher = tokio::spawn(watch_deal(shared.clone(), conn.clone(), conn_id));
         // The control stream decides the connection's fate; closing it also ends the blobs handler.
         let deal = match control_loop(shared.clone(), conn.clone(), ready_tx).await {
@@ -243,17 +244,37 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
     let id = gate.deal.id;
     tracing::info!(deal = %id, peer = %conn.remote_id(), window = gate.window, "paid connection admitted");
     let _ = ready.send(Some(Ok(gate.clone())));
-    loop {
-        match read_message(&mut recv).await {
-            Ok(Some(PaidMessage::Receipt(r))) => {
-                if let Err(code) = accept_receipt(&shared, &gate, &r).await {
-                    return Err((code, Some(id)));
-                }
+    let (pending_tx, pending_rx) = watch::channel(None);
+    let mut store = tokio::spawn(store_receipts(shared.clone(), gate.clone(), pending_rx));
+    let mut newest = 0;
+    let end = loop {
+        tokio::select! {
+            stored = &mut store => {
+                // the store task only ends early on a failed commit
+                let code = stored.unwrap_or(Err(codes::INTERNAL)).err().unwrap_or(codes::INTERNAL);
+                return Err((code, Some(id)));
             }
-            Ok(Some(PaidMessage::Hello(_))) => return Err((codes::MALFORMED_MESSAGE, Some(id))),
-            Ok(None) => return Ok(id),
-            Err(code) => return Err((code, Some(id))),
+            msg = read_message(&mut recv) => match msg {
+                Ok(Some(PaidMessage::Receipt(r))) => match check_receipt(&shared, &gate, &r, newest) {
+                    Ok(Some(p)) => {
+                        newest = p.amount;
+                        pending_tx.send_replace(Some(p));
+                    }
+                    Ok(None) => {}
+                    Err(code) => break Err(code),
+                },
+                Ok(Some(PaidMessage::Hello(_))) => break Err(codes::MALFORMED_MESSAGE),
+                Ok(None) => break Ok(()),
+                Err(code) => break Err(code),
+            },
         }
+    };
+    // store what was verified before answering, also when closing on an error
+    drop(pending_tx);
+    let stored = store.await.unwrap_or(Err(codes::INTERNAL));
+    match (end, stored) {
+        (Ok(()), Ok(())) => Ok(id),
+        (Err(code), _) | (Ok(()), Err(code)) => Err((code, Some(id))),
     }
 }
 
@@ -331,6 +352,7 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Arc<
             receipted_bytes,
             receipted_amount: entry.amount,
             reserved: entry.reserved,
+            carry: entry.reserved.saturating_sub(receipted_bytes),
             last_trigger: entry.amount,
         }),
         notify: Notify::new(),
@@ -347,8 +369,16 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Arc<
     Ok(shared.deals.lock().expect("deals lock").entry(id).or_insert(gate).clone())
 }
 
-/// Verifies a receipt, stores it durably, then lets the gate count it.
-async fn accept_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt) -> Result<(), u32> {
+/// A verified receipt waiting to be stored.
+#[derive(Debug, Clone)]
+struct Pending {
+    amount: u128,
+    bytes: u64,
+    sig: Vec<u8>,
+}
+
+/// Verifies a receipt offline. Ok(None) if it is not above `newest` (stale or repeated: harmless).
+fn check_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt, newest: u128) -> Result<Option<Pending>, u32> {
     let id = gate.deal.id;
     let t = &gate.deal.terms;
     if r.deal_id != id.0 {
@@ -367,101 +397,161 @@ async fn accept_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt) -> 
         return Err(codes::RECEIPT_ABOVE_MAX);
     }
     let bytes = bytes_for(r.cumulative, gate.price);
-    {
-        let s = gate.state.lock().expect("gate lock");
-        // A group is counted when its throttle event arrives, just after it was written, so a
-        // fast buyer can verify (and pay for) a group or two before the count catches up.
-        if bytes > (s.sent + IN_FLIGHT_SLACK).max(s.reserved) {
-            tracing::warn!(deal = %id, bytes, sent = s.sent, reserved = s.reserved, "receipt for more than was sent");
-            return Err(codes::RECEIPT_ABOVE_SENT);
-        }
-        if r.cumulative <= s.receipted_amount {
-            return Ok(()); // stale or repeated: harmless
-        }
+    let s = gate.state.lock().expect("gate lock");
+    // a group is counted before it is written, so `sent` (plus what an earlier process may
+    // have sent) covers all the buyer can have
+    if bytes > s.sent + s.carry {
+        tracing::warn!(deal = %id, bytes, sent = s.sent, carry = s.carry, "receipt for more than was sent");
+        return Err(codes::RECEIPT_ABOVE_SENT);
     }
-    // durable before it counts; off the async workers (a commit fsyncs)
-    let (ledger, amount, sig) = (shared.ledger.clone(), r.cumulative, r.sig.clone());
-    tokio::task::spawn_blocking(move || {
-        ledger.update(&id, |e| {
-            if amount > e.amount {
-                e.amount = amount;
-                e.sig = sig;
-            }
-        })
-    })
-    .await
-    .map_err(|e| crate::paid::ledger::LedgerError::from_join(&e))
-    .and_then(|r| r)
-    .map_err(|e| {
-        tracing::error!(deal = %id, "cannot store receipt: {e}");
-        codes::INTERNAL
-    })?;
-    let trigger = {
-        let mut s = gate.state.lock().expect("gate lock");
-        if r.cumulative > s.receipted_amount {
-            s.receipted_amount = r.cumulative;
-            s.receipted_bytes = bytes;
-        }
-        let every = bdc_core::paid::amount_for(shared.cfg.redeem_every, gate.price);
-        if s.receipted_amount >= s.last_trigger.saturating_add(every) {
-            s.last_trigger = s.receipted_amount;
-            true
-        } else {
-            false
-        }
-    };
-    gate.notify.notify_waiters();
-    if trigger {
-        let _ = shared.redeem_tx.send(id);
+    if r.cumulative <= s.receipted_amount.max(newest) {
+        return Ok(None);
     }
-    Ok(())
+    Ok(Some(Pending { amount: r.cumulative, bytes, sig: r.sig.clone() }))
 }
 
-/// Event handler: authorize GETs by deal dataset, gate every 16 KiB group on receipts.
+/// Stores the newest verified receipt of a connection durably, then lets the gate count it.
+/// Receipts that arrive while a commit runs are coalesced: only the newest of them is stored
+/// next (they are cumulative), so one fsync covers many receipts when the disk is slow.
+async fn store_receipts(
+    shared: Arc<Shared>,
+    gate: Arc<DealGate>,
+    mut rx: watch::Receiver<Option<Pending>>,
+) -> Result<(), u32> {
+    let id = gate.deal.id;
+    loop {
+        let more = rx.changed().await.is_ok();
+        let newest = rx.borrow_and_update().clone();
+        if let Some(p) = newest
+            && p.amount > gate.state.lock().expect("gate lock").receipted_amount
+        {
+            let (ledger, amount, sig) = (shared.ledger.clone(), p.amount, p.sig);
+            // off the async workers: a commit fsyncs
+            tokio::task::spawn_blocking(move || {
+                ledger.update(&id, |e| {
+                    if amount > e.amount {
+                        e.amount = amount;
+                        e.sig = sig;
+                    }
+                })
+            })
+            .await
+            .map_err(|e| crate::paid::ledger::LedgerError::from_join(&e))
+            .and_then(|r| r)
+            .map_err(|e| {
+                tracing::error!(deal = %id, "cannot store receipt: {e}");
+                codes::INTERNAL
+            })?;
+            let trigger = {
+                let mut s = gate.state.lock().expect("gate lock");
+                if p.amount > s.receipted_amount {
+                    s.receipted_amount = p.amount;
+                    s.receipted_bytes = p.bytes;
+                }
+                let every = bdc_core::paid::amount_for(shared.cfg.redeem_every, gate.price);
+                if s.receipted_amount >= s.last_trigger.saturating_add(every) {
+                    s.last_trigger = s.receipted_amount;
+                    true
+                } else {
+                    false
+                }
+            };
+            gate.notify.notify_waiters();
+            if trigger {
+                let _ = shared.redeem_tx.send(id);
+            }
+        }
+        if !more {
+            return Ok(());
+        }
+    }
+}
+
+/// Event handler: authorize GETs by deal dataset (the receipt gate is in [`GatedWriter`]).
 fn gate_events(shared: Arc<Shared>) -> EventSender {
-    let mask = EventMask {
-        get: RequestMode::Intercept,
-        get_many: RequestMode::Disabled,
-        throttle: ThrottleMode::Intercept,
-        ..EventMask::DEFAULT
-    };
+    let mask = EventMask { get: RequestMode::Intercept, get_many: RequestMode::Disabled, ..EventMask::DEFAULT };
     let (tx, mut rx) = EventSender::channel(256, mask);
     tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            let shared = shared.clone();
-            match msg {
-                ProviderMessage::GetRequestReceived(msg) => {
-                    tokio::spawn(async move {
-                        let ok = match ready_gate(&shared, msg.connection_id).await {
-                            Some(g) => g.allowed.contains(&msg.request.hash),
-                            None => false,
-                        };
-                        if !ok {
-                            tracing::warn!(hash = %msg.request.hash, "refused paid GET: not in the deal's dataset");
-                        }
-                        msg.tx.send(if ok { Ok(()) } else { Err(AbortReason::Permission) }).await.ok();
-                    });
-                }
-                ProviderMessage::Throttle(msg) => {
-                    // fast path, inline: the deal's gate is known and open and nothing must be
-                    // persisted; the next group then leaves without a task hop
-                    if shared.cfg.max_rate.is_none()
-                        && let Some(gate) = gate_now(&shared, msg.connection_id)
-                        && gate.pass_fast(msg.size)
-                    {
-                        msg.tx.send(Ok(())).await.ok();
-                        continue;
+            if let ProviderMessage::GetRequestReceived(msg) = msg {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let ok = match ready_gate(&shared, msg.connection_id).await {
+                        Some(g) => g.allowed.contains(&msg.request.hash),
+                        None => false,
+                    };
+                    if !ok {
+                        tracing::warn!(hash = %msg.request.hash, "refused paid GET: not in the deal's dataset");
                     }
-                    tokio::spawn(async move {
-                        let res = throttle(&shared, msg.connection_id, msg.size).await;
-                        msg.tx.send(res).await.ok();
-                    });
-                }
-                _ => {}
+                    msg.tx.send(if ok { Ok(()) } else { Err(AbortReason::Permission) }).await.ok();
+                });
             }
         }
     });
     tx
+}
+
+/// Accepts the connection's bi streams and answers each with iroh-blobs' stream handler, its
+/// send side wrapped in the receipt gate.
+async fn serve_streams(shared: Arc<Shared>, conn: Connection, events: EventSender) {
+    let conn_id = conn.stable_id() as u64;
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let writer = GatedWriter { inner: send, shared: shared.clone(), conn_id, gate: None };
+        let pair = StreamPair::new(conn_id, recv, writer, events.clone());
+        tokio::spawn(iroh_blobs::provider::handle_stream(pair, shared.store.clone()));
+    }
+}
+
+/// The send side of a paid GET stream. Payload groups (iroh-blobs writes each 16 KiB leaf with
+/// `send_bytes`) pass only while the deal's window allows; the size header and tree nodes
+/// (`send`, 0.4% of the payload) are not counted.
+struct GatedWriter {
+    inner: iroh::endpoint::SendStream,
+    shared: Arc<Shared>,
+    conn_id: u64,
+    gate: Option<Arc<DealGate>>,
+}
+
+impl GatedWriter {
+    async fn admit(&mut self, size: u64) -> std::io::Result<()> {
+        if self.gate.is_none() {
+            // the GET was authorized, so the Hello was admitted; wait anyway rather than assume
+            self.gate = ready_gate(&self.shared, self.conn_id).await;
+        }
+        let gate = self.gate.as_ref().ok_or_else(|| std::io::Error::other("no admitted deal on this connection"))?;
+        admit_group(&self.shared, self.conn_id, gate, size).await.map_err(std::io::Error::other)?;
+        if let Some(rate) = self.shared.cfg.max_rate {
+            tokio::time::sleep(Duration::from_secs_f64(size as f64 / rate.max(1) as f64)).await;
+        }
+        Ok(())
+    }
+}
+
+impl iroh_blobs::util::SendStream for GatedWriter {
+    async fn send_bytes(&mut self, bytes: bytes::Bytes) -> std::io::Result<()> {
+        self.admit(bytes.len() as u64).await?;
+        self.inner.send_bytes(bytes).await
+    }
+
+    async fn send(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        iroh_blobs::util::SendStream::send(&mut self.inner, buf).await
+    }
+
+    async fn sync(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn reset(&mut self, code: VarInt) -> std::io::Result<()> {
+        iroh_blobs::util::SendStream::reset(&mut self.inner, code)
+    }
+
+    async fn stopped(&mut self) -> std::io::Result<Option<VarInt>> {
+        iroh_blobs::util::SendStream::stopped(&mut self.inner).await
+    }
+
+    fn id(&self) -> u64 {
+        iroh_blobs::util::SendStream::id(&self.inner)
+    }
 }
 
 /// While the connection lives, re-reads its deal from the chain and closes the connection once
@@ -488,27 +578,6 @@ async fn watch_deal(shared: Arc<Shared>, conn: Connection, conn_id: u64) {
     }
 }
 
-/// The connection's gate if its Hello was already admitted (no waiting).
-fn gate_now(shared: &Shared, conn_id: u64) -> Option<Arc<DealGate>> {
-    let conns = shared.conns.lock().expect("conns lock");
-    let ready = conns.get(&conn_id)?.ready.borrow();
-    ready.as_ref()?.as_ref().ok().cloned()
-}
-
-impl DealGate {
-    /// Counts a group and returns true if it may pass right away with nothing to persist.
-    /// Returns false, counting nothing, when the slow path must decide.
-    fn pass_fast(&self, size: u64) -> bool {
-        let mut s = self.state.lock().expect("gate lock");
-        let sent = s.sent + size;
-        if sent + IN_FLIGHT_SLACK > s.reserved || sent > s.receipted_bytes.saturating_add(self.window) {
-            return false;
-        }
-        s.sent = sent;
-        true
-    }
-}
-
 /// Waits (up to the hello timeout) for the connection's Hello to be admitted.
 async fn ready_gate(shared: &Shared, conn_id: u64) -> Option<Arc<DealGate>> {
     let mut rx = shared.conns.lock().expect("conns lock").get(&conn_id)?.ready.clone();
@@ -519,43 +588,41 @@ async fn ready_gate(shared: &Shared, conn_id: u64) -> Option<Arc<DealGate>> {
     }
 }
 
-/// Counts a sent group and holds the next one while `sent − receipted > window`.
-async fn throttle(shared: &Shared, conn_id: u64, size: u64) -> Result<(), AbortReason> {
-    let gate = ready_gate(shared, conn_id).await.ok_or(AbortReason::Permission)?;
+/// Admits one payload group of `size` bytes: counts it as sent if afterwards
+/// `sent − receipted ≤ window`, else waits for receipts (up to the stall timeout, then closes the
+/// connection). Before counting, the ledger's persisted bound of sent bytes is raised if needed,
+/// so a restarted provider still accepts receipts for everything that went out.
+async fn admit_group(shared: &Shared, conn_id: u64, gate: &DealGate, size: u64) -> Result<(), &'static str> {
     let id = gate.deal.id;
-    let reserve = {
-        let mut s = gate.state.lock().expect("gate lock");
-        s.sent += size;
-        // keep the persisted bound ahead of what may already be on the wire
-        (s.sent + IN_FLIGHT_SLACK > s.reserved).then(|| {
-            s.reserved = s.sent + gate.window;
-            s.reserved
-        })
-    };
-    if let Some(r) = reserve
-        && let Err(e) = {
-            let ledger = shared.ledger.clone();
-            tokio::task::spawn_blocking(move || ledger.update(&id, |e| e.reserved = e.reserved.max(r)))
-                .await
-                .map_err(|e| crate::paid::ledger::LedgerError::from_join(&e))
-                .and_then(|r| r)
-        }
-    {
-        tracing::error!(deal = %id, "cannot persist sent bytes: {e}");
-        return Err(AbortReason::RateLimited);
-    }
     let deadline = tokio::time::Instant::now() + shared.cfg.stall_timeout;
     loop {
         let notified = gate.notify.notified();
-        let open = {
-            let s = gate.state.lock().expect("gate lock");
-            s.sent <= s.receipted_bytes.saturating_add(gate.window)
-        };
-        if open {
-            if let Some(rate) = shared.cfg.max_rate {
-                tokio::time::sleep(Duration::from_secs_f64(size as f64 / rate.max(1) as f64)).await;
+        let reserve = {
+            let mut s = gate.state.lock().expect("gate lock");
+            let sent = s.sent + size;
+            if sent <= s.receipted_bytes.saturating_add(gate.window) {
+                if sent <= s.reserved {
+                    s.sent = sent;
+                    return Ok(());
+                }
+                Some(sent + gate.window)
+            } else {
+                None
             }
-            return Ok(());
+        };
+        if let Some(r) = reserve {
+            let ledger = shared.ledger.clone();
+            let res = tokio::task::spawn_blocking(move || ledger.update(&id, |e| e.reserved = e.reserved.max(r)))
+                .await
+                .map_err(|e| crate::paid::ledger::LedgerError::from_join(&e))
+                .and_then(|r| r);
+            if let Err(e) = res {
+                tracing::error!(deal = %id, "cannot persist sent bytes: {e}");
+                return Err("cannot persist sent bytes");
+            }
+            let mut s = gate.state.lock().expect("gate lock");
+            s.reserved = s.reserved.max(r);
+            continue;
         }
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
             tracing::warn!(deal = %id, "buyer stopped paying: closing after the stall timeout");
@@ -565,7 +632,7 @@ async fn throttle(shared: &Shared, conn_id: u64, size: u64) -> Result<(), AbortR
                     codes::name(codes::PAYMENT_TIMEOUT as u64).as_bytes(),
                 );
             }
-            return Err(AbortReason::RateLimited);
+            return Err("payment timeout");
         }
     }
 }
