@@ -32,7 +32,7 @@ layering:
 	python3 scripts/check_layering.py
 
 unit:
-	bash scripts/test_summary.sh $(CARGO) test --workspace --no-fail-fast
+	bash scripts/with_postgres.sh bash scripts/test_summary.sh $(CARGO) test --workspace --no-fail-fast
 
 ## contracts: compile with forge (solc-js, offline) and refresh the committed artifacts
 contracts: tools

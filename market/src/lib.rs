@@ -1,4 +1,99 @@
-//! bdc-market: the market service (index, listings, search, matchmaking, reputation, HTTP API).
+//! bdc market: a chain indexer, signed listings, search, matchmaking, reputation, an HTTP API
+//! and web pages, in one process (DESIGN §7).
 //!
-//! Not built yet: see the "Market" issue and docs/ARCHITECTURE.md. The crate exists so the
-//! workspace layering (core below; provider, fetcher, market side by side) is checked from day one.
+//! [`Market::spawn`] connects the database (SQLite file by default, Postgres by URL), runs the
+//! indexer loop, and serves the router of [`api`].
+
+pub mod api;
+pub mod db;
+pub mod indexer;
+pub mod rank;
+pub mod web;
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use alloy::providers::DynProvider;
+use bdc_contracts::Contracts;
+use tokio::{net::TcpListener, task::JoinHandle};
+
+pub use crate::{
+    api::{Limits, ListingBody, SignedListing},
+    db::{Db, DbError},
+    indexer::{IndexError, Indexer},
+};
+
+/// How to run a market.
+#[derive(Debug, Clone)]
+pub struct MarketConfig {
+    pub database_url: String,
+    pub bind: SocketAddr,
+    /// How often the indexer polls the chain.
+    pub poll: Duration,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MarketError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// A running market.
+pub struct Market {
+    pub addr: SocketAddr,
+    pub db: Db,
+    server: JoinHandle<()>,
+    indexer: JoinHandle<()>,
+}
+
+impl Market {
+    /// Connects and migrates the database, catches the index up with the chain, then serves.
+    pub async fn spawn(cfg: MarketConfig, chain: Contracts<DynProvider>) -> Result<Self, MarketError> {
+        let db = Db::connect(&cfg.database_url).await?;
+        let indexer = Indexer::new(db.clone(), chain.clone());
+        let first = indexer.catch_up().await?;
+        let index = Arc::new(Mutex::new((first.head, first.cursor)));
+        let d = chain.deployment();
+        let st = api::AppState {
+            db: db.clone(),
+            chain_id: d.chain_id,
+            registry: d.registry,
+            metrics: Arc::default(),
+            index: index.clone(),
+        };
+        let listener =
+            TcpListener::bind(cfg.bind).await.map_err(|source| MarketError::Bind { addr: cfg.bind, source })?;
+        let addr = listener.local_addr().map_err(|source| MarketError::Bind { addr: cfg.bind, source })?;
+        let app = api::router(st, cfg.limits);
+        let server = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("market server stopped: {e}");
+            }
+        });
+        let poll = cfg.poll;
+        let indexer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(poll).await;
+                match indexer.step().await {
+                    Ok(s) => *index.lock().expect("index lock") = (s.head, s.cursor),
+                    Err(e) => tracing::warn!("indexer: {e}"),
+                }
+            }
+        });
+        tracing::info!(%addr, backend = db.backend, "market serving");
+        Ok(Self { addr, db, server, indexer })
+    }
+
+    pub fn shutdown(self) {
+        self.server.abort();
+        self.indexer.abort();
+    }
+}

@@ -4,6 +4,7 @@ mod chain;
 mod deals;
 mod devnet;
 mod fetch;
+mod market;
 mod provider;
 
 use std::path::PathBuf;
@@ -65,6 +66,9 @@ pub enum Command {
     },
     /// Run a local chain (anvil) with bdc's contracts deployed and accounts funded, until Ctrl-C.
     Devnet(devnet::DevnetArgs),
+    /// The market: chain index, listings, search, matchmaking, HTTP API and web pages.
+    #[command(subcommand)]
+    Market(market::MarketCmd),
     /// Benchmarks that print a table (run with --release: `make bench`).
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
@@ -86,6 +90,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dataset(cmd) => chain::dataset(cmd).await,
         Command::Key(cmd) => chain::key(cmd),
         Command::Balance { addresses, chain, json } => chain::balance(addresses, chain, json).await,
+        Command::Market(cmd) => market::run(cmd, &root.join("market")).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
     }
 }

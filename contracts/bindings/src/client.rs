@@ -302,6 +302,36 @@ impl<P: Provider + Clone> Contracts<P> {
             })
             .collect())
     }
+
+    /// Decoded registry events in `[from, to]` (inclusive block numbers).
+    pub async fn registry_events(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(Log, DatasetRegistry::DatasetRegistryEvents)>, ChainError> {
+        let filter = Filter::new().address(self.deployment.registry).from_block(from).to_block(to);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| ChainError::Rpc { call: "eth_getLogs", reason: e.to_string() })?;
+        Ok(logs
+            .into_iter()
+            .filter_map(|l| {
+                use alloy::sol_types::SolEventInterface;
+                let ev = DatasetRegistry::DatasetRegistryEvents::decode_log(&l.inner).ok()?.data;
+                Some((l, ev))
+            })
+            .collect())
+    }
+
+    /// The chain's newest block number.
+    pub async fn head(&self) -> Result<u64, ChainError> {
+        self.provider
+            .get_block_number()
+            .await
+            .map_err(|e| ChainError::Rpc { call: "eth_blockNumber", reason: e.to_string() })
+    }
 }
 
 /// A provider builder for sending transactions: gas estimation, chain id, and nonces read from

@@ -12,6 +12,7 @@
 pub mod bindings;
 pub mod client;
 pub mod devnet;
+pub mod listing;
 pub mod receipt;
 
 pub use client::{ChainError, Contracts, Deal, Deployment};

@@ -1,0 +1,52 @@
+//! EIP-712 listings: what a provider signs to offer a dataset on a market.
+//!
+//! A listing is signed under the domain `{name: "BDC Market", version: "1", chainId,
+//! verifyingContract: registry}`, so it cannot be replayed on another chain or registry. The
+//! market recovers the signer and requires it to be the listing's provider address.
+
+use alloy::{
+    primitives::{Address, B256, Signature},
+    signers::SignerSync,
+    sol,
+    sol_types::{Eip712Domain, SolStruct, eip712_domain},
+};
+
+sol! {
+    /// A provider's offer of one dataset. `addrs` are the node's direct socket addresses,
+    /// comma separated; `issuedAt`/`expiresAt` are unix seconds.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Listing {
+        bytes32 datasetRoot;
+        address provider;
+        bytes32 providerNodeId;
+        uint256 pricePerByte;
+        uint64 window;
+        string addrs;
+        string region;
+        uint64 capacityMiBps;
+        uint64 issuedAt;
+        uint64 expiresAt;
+    }
+}
+
+/// The market's EIP-712 domain.
+pub fn market_domain(chain_id: u64, registry: Address) -> Eip712Domain {
+    eip712_domain! {
+        name: "BDC Market",
+        version: "1",
+        chain_id: chain_id,
+        verifying_contract: registry,
+    }
+}
+
+/// Signs a listing (65-byte `r || s || v`).
+pub fn sign_listing(signer: &impl SignerSync, domain: &Eip712Domain, l: &Listing) -> Result<Signature, String> {
+    signer.sign_hash_sync(&l.eip712_signing_hash(domain)).map_err(|e| e.to_string())
+}
+
+/// The address that signed `l`.
+pub fn listing_signer(domain: &Eip712Domain, l: &Listing, sig: &[u8]) -> Result<Address, String> {
+    let sig = Signature::try_from(sig).map_err(|e| format!("malformed signature: {e}"))?;
+    let digest: B256 = l.eip712_signing_hash(domain);
+    sig.recover_address_from_prehash(&digest).map_err(|e| format!("unrecoverable signature: {e}"))
+}

@@ -1,0 +1,813 @@
+//! The HTTP API: JSON endpoints, an OpenAPI document, Prometheus metrics and the web pages, in
+//! one axum router behind one tower stack of request limits (body size, timeout, concurrency).
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use alloy::primitives::{Address, B256, U256};
+use axum::{
+    Json, Router,
+    extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State, rejection::JsonRejection},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{Html, IntoResponse, Response},
+    routing::{get, post},
+};
+use bdc_contracts::listing::{Listing, listing_signer, market_domain};
+use bdc_core::manifest::DatasetManifest;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use crate::{
+    db::{Db, terms},
+    rank::{Matcher, OfferAttrs},
+};
+
+/// Largest request body, bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest page of results.
+pub const MAX_PAGE: i64 = 100;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub chain_id: u64,
+    pub registry: Address,
+    pub metrics: Arc<Metrics>,
+    /// Newest chain head the indexer saw, and its cursor (for /status and /metrics).
+    pub index: Arc<Mutex<(u64, u64)>>,
+}
+
+/// An error answered to the client. 5xx carry no internal detail (it is logged).
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    Unauthorized(String),
+    NotFound(String),
+    Conflict(String),
+    Unprocessable(String),
+    Internal(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, msg) = match self {
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            Self::Conflict(m) => (StatusCode::CONFLICT, m),
+            Self::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            Self::Internal(m) => {
+                tracing::error!("internal error: {m}");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_string())
+            }
+        };
+        (code, Json(json!({ "error": msg }))).into_response()
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn parse_b256(what: &str, s: &str) -> ApiResult<B256> {
+    s.parse::<B256>().map_err(|_| ApiError::BadRequest(format!("{what} must be 32 bytes of 0x-hex, got {s:?}")))
+}
+
+fn parse_addr(what: &str, s: &str) -> ApiResult<Address> {
+    s.parse::<Address>().map_err(|_| ApiError::BadRequest(format!("{what} must be a 0x address, got {s:?}")))
+}
+
+/// Token base units per byte → BDC per GiB (18 decimals).
+pub fn price_gib(price_per_byte: u128) -> f64 {
+    price_per_byte as f64 * (1u64 << 30) as f64 / 1e18
+}
+
+// ---- listings ----
+
+/// A listing as posted: the signed fields, the dataset's manifest (the `bdc.json` text) and the
+/// provider's EIP-712 signature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedListing {
+    pub listing: ListingBody,
+    pub manifest: String,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListingBody {
+    pub dataset_root: String,
+    pub provider: String,
+    pub provider_node_id: String,
+    /// Token base units per byte, decimal.
+    pub price_per_byte: String,
+    pub window: u64,
+    pub addrs: Vec<String>,
+    pub region: String,
+    pub capacity_mibps: u64,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+impl ListingBody {
+    /// The EIP-712 struct these fields stand for.
+    pub fn to_eip712(&self) -> Result<Listing, String> {
+        let b32 = |what: &str, s: &str| s.parse::<B256>().map_err(|_| format!("{what} must be 32 bytes of 0x-hex"));
+        Ok(Listing {
+            datasetRoot: b32("dataset_root", &self.dataset_root)?,
+            provider: self.provider.parse().map_err(|_| "provider must be a 0x address".to_string())?,
+            providerNodeId: b32("provider_node_id", &self.provider_node_id)?,
+            pricePerByte: self
+                .price_per_byte
+                .parse::<U256>()
+                .map_err(|_| "price_per_byte must be a decimal integer".to_string())?,
+            window: self.window,
+            addrs: self.addrs.join(","),
+            region: self.region.clone(),
+            capacityMiBps: self.capacity_mibps,
+            issuedAt: self.issued_at,
+            expiresAt: self.expires_at,
+        })
+    }
+}
+
+/// Longest a listing may be valid for.
+const MAX_LISTING_SECS: u64 = 7 * 24 * 3600;
+
+async fn post_listing(
+    State(st): State<AppState>,
+    body: Result<Json<SignedListing>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Json(sl) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let l = &sl.listing;
+    let typed = l.to_eip712().map_err(ApiError::BadRequest)?;
+    let sig = hex::decode(sl.signature.trim_start_matches("0x"))
+        .map_err(|_| ApiError::BadRequest("signature must be 0x-hex".into()))?;
+    let signer = listing_signer(&market_domain(st.chain_id, st.registry), &typed, &sig)
+        .map_err(|e| ApiError::Unauthorized(format!("bad signature: {e}")))?;
+    if signer != typed.provider {
+        return Err(ApiError::Unauthorized(format!(
+            "bad signature: signed by {signer:#x}, not by the listing's provider {:#x}",
+            typed.provider
+        )));
+    }
+    let t = now();
+    if l.expires_at <= t {
+        return Err(ApiError::BadRequest(format!("listing expired at {} (now {t})", l.expires_at)));
+    }
+    if l.issued_at > t + 300 || l.expires_at > l.issued_at + MAX_LISTING_SECS {
+        return Err(ApiError::BadRequest(
+            "issued_at is in the future or the listing is valid too long (max 7 days)".into(),
+        ));
+    }
+    if l.addrs.is_empty() || l.addrs.len() > 16 {
+        return Err(ApiError::BadRequest("addrs must list 1–16 socket addresses".into()));
+    }
+    for a in &l.addrs {
+        a.parse::<SocketAddr>().map_err(|_| ApiError::BadRequest(format!("addrs: {a:?} is not ip:port")))?;
+    }
+    if l.region.len() > 32 || l.region.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-')) {
+        return Err(ApiError::BadRequest("region must be up to 32 characters of [A-Za-z0-9-]".into()));
+    }
+    let ppb: u128 = l.price_per_byte.parse().map_err(|_| ApiError::BadRequest("price_per_byte too large".into()))?;
+    let root = format!("{:#x}", typed.datasetRoot);
+    let Some(reg) = sqlx::query("SELECT manifest_hash FROM datasets WHERE root = $1")
+        .bind(&root)
+        .fetch_optional(&st.db.pool)
+        .await?
+    else {
+        return Err(ApiError::Unprocessable(format!("dataset {root} is not registered on chain (or not indexed yet)")));
+    };
+    let manifest: DatasetManifest = DatasetManifest::from_bytes(sl.manifest.as_bytes())
+        .map_err(|e| ApiError::BadRequest(format!("manifest: {e}")))?;
+    let registered: String = reg.get(0);
+    let zero = format!("{:#x}", B256::ZERO);
+    let manifest_hash = format!("0x{}", blake3::hash(sl.manifest.as_bytes()).to_hex());
+    let verified = registered != zero;
+    if verified && registered != manifest_hash {
+        return Err(ApiError::Unprocessable(format!(
+            "manifest hash {manifest_hash} differs from the one registered on chain ({registered})"
+        )));
+    }
+    let provider = format!("{:#x}", typed.provider);
+    let mut tx = st.db.pool.begin().await?;
+    if let Some(prev) = sqlx::query("SELECT issued_at FROM listings WHERE provider = $1 AND root = $2")
+        .bind(&provider)
+        .bind(&root)
+        .fetch_optional(&mut *tx)
+        .await?
+        && prev.get::<i64, _>(0) as u64 >= l.issued_at
+    {
+        return Err(ApiError::Conflict(format!(
+            "stale listing: one issued at {} is already stored",
+            prev.get::<i64, _>(0)
+        )));
+    }
+    sqlx::query(
+        "INSERT INTO listings (provider, root, node_id, addrs, region, price_per_byte, price_gib, window_bytes, \
+         capacity_mibps, issued_at, expires_at, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         ON CONFLICT (provider, root) DO UPDATE SET node_id = excluded.node_id, addrs = excluded.addrs, \
+         region = excluded.region, price_per_byte = excluded.price_per_byte, price_gib = excluded.price_gib, \
+         window_bytes = excluded.window_bytes, capacity_mibps = excluded.capacity_mibps, \
+         issued_at = excluded.issued_at, expires_at = excluded.expires_at, signature = excluded.signature",
+    )
+    .bind(&provider)
+    .bind(&root)
+    .bind(format!("{:#x}", typed.providerNodeId))
+    .bind(l.addrs.join(","))
+    .bind(&l.region)
+    .bind(ppb.to_string())
+    .bind(price_gib(ppb))
+    .bind(l.window as i64)
+    .bind(l.capacity_mibps as i64)
+    .bind(l.issued_at as i64)
+    .bind(l.expires_at as i64)
+    .bind(&sl.signature)
+    .execute(&mut *tx)
+    .await?;
+    let files: Vec<Value> =
+        manifest.files.iter().map(|f| json!({"name": f.name, "size": f.size, "media_type": f.media_type})).collect();
+    sqlx::query(
+        "INSERT INTO dataset_meta (root, name, description, tags, size, files, manifest_verified) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (root) DO UPDATE SET name = excluded.name, \
+         description = excluded.description, tags = excluded.tags, size = excluded.size, files = excluded.files, \
+         manifest_verified = excluded.manifest_verified",
+    )
+    .bind(&root)
+    .bind(&manifest.name)
+    .bind(&manifest.description)
+    .bind(manifest.tags.iter().map(|t| t.to_lowercase()).collect::<Vec<_>>().join(","))
+    .bind(manifest.total_size() as i64)
+    .bind(Value::Array(files).to_string())
+    .bind(verified as i64)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM terms WHERE root = $1").bind(&root).execute(&mut *tx).await?;
+    let mut text = format!("{} {} {}", manifest.name, manifest.description, manifest.tags.join(" "));
+    for f in &manifest.files {
+        text.push(' ');
+        text.push_str(&f.name);
+    }
+    for term in terms(&text) {
+        sqlx::query("INSERT INTO terms (term, root) VALUES ($1, $2) ON CONFLICT (term, root) DO NOTHING")
+            .bind(term)
+            .bind(&root)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(json!({ "provider": provider, "root": root, "manifest_verified": verified }))))
+}
+
+// ---- search ----
+
+#[derive(Debug, Deserialize)]
+pub struct SearchQuery {
+    /// Full-text: every word must match (a prefix of) a term of the name, description, tags or
+    /// file names.
+    pub q: Option<String>,
+    pub vendor: Option<String>,
+    pub tag: Option<String>,
+    /// Only datasets offered at or below this price, BDC per GiB.
+    pub max_price_gib: Option<f64>,
+    pub min_size: Option<i64>,
+    pub max_size: Option<i64>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// Runs a search; shared by the JSON endpoint and the web page.
+pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<Value> {
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be 1–{MAX_PAGE}")));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if !(0..=1_000_000).contains(&offset) {
+        return Err(ApiError::BadRequest("offset must be 0–1000000".into()));
+    }
+    let words = q.q.as_deref().map(terms).unwrap_or_default();
+    if words.len() > 8 {
+        return Err(ApiError::BadRequest("at most 8 search words".into()));
+    }
+    let mut sql = String::from(
+        "SELECT d.root, d.vendor, m.name, m.description, m.tags, m.size, \
+         (SELECT MIN(l.price_gib) FROM listings l WHERE l.root = d.root AND l.expires_at > $1) AS min_price, \
+         (SELECT COUNT(*) FROM listings l WHERE l.root = d.root AND l.expires_at > $1) AS offers \
+         FROM datasets d JOIN dataset_meta m ON m.root = d.root WHERE 1 = 1",
+    );
+    let mut binds: Vec<Bind> = vec![Bind::I(now() as i64)];
+    for w in &words {
+        // a prefix range keeps the (term, root) index usable on both engines
+        binds.push(Bind::S(w.clone()));
+        let a = binds.len();
+        binds.push(Bind::S(format!("{w}\u{10ffff}")));
+        let b = binds.len();
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM terms t WHERE t.root = d.root AND t.term >= ${a} AND t.term < ${b})"
+        ));
+    }
+    if let Some(v) = &q.vendor {
+        binds.push(Bind::S(format!("{:#x}", parse_addr("vendor", v)?)));
+        sql.push_str(&format!(" AND d.vendor = ${}", binds.len()));
+    }
+    if let Some(tag) = &q.tag {
+        let tag = tag.to_lowercase();
+        binds.push(Bind::S(tag.clone()));
+        let n = binds.len();
+        binds.push(Bind::S(format!("{tag},%")));
+        let n2 = binds.len();
+        binds.push(Bind::S(format!("%,{tag}")));
+        let n3 = binds.len();
+        binds.push(Bind::S(format!("%,{tag},%")));
+        let n4 = binds.len();
+        sql.push_str(&format!(" AND (m.tags = ${n} OR m.tags LIKE ${n2} OR m.tags LIKE ${n3} OR m.tags LIKE ${n4})"));
+    }
+    if let Some(p) = q.max_price_gib {
+        if !p.is_finite() || p < 0.0 {
+            return Err(ApiError::BadRequest("max_price_gib must be a non-negative number".into()));
+        }
+        binds.push(Bind::F(p));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM listings l WHERE l.root = d.root AND l.expires_at > $1 AND l.price_gib <= ${})",
+            binds.len()
+        ));
+    }
+    if let Some(s) = q.min_size {
+        binds.push(Bind::I(s));
+        sql.push_str(&format!(" AND m.size >= ${}", binds.len()));
+    }
+    if let Some(s) = q.max_size {
+        binds.push(Bind::I(s));
+        sql.push_str(&format!(" AND m.size <= ${}", binds.len()));
+    }
+    binds.push(Bind::I(limit + 1));
+    sql.push_str(&format!(" ORDER BY m.name, d.root LIMIT ${}", binds.len()));
+    binds.push(Bind::I(offset));
+    sql.push_str(&format!(" OFFSET ${}", binds.len()));
+    let mut query = sqlx::query(&sql);
+    for b in binds {
+        query = match b {
+            Bind::I(i) => query.bind(i),
+            Bind::S(s) => query.bind(s),
+            Bind::F(f) => query.bind(f),
+        };
+    }
+    let rows = query.fetch_all(&db.pool).await?;
+    let more = rows.len() as i64 > limit;
+    let items: Vec<Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| {
+            json!({
+                "root": r.get::<String, _>(0),
+                "vendor": r.get::<String, _>(1),
+                "name": r.get::<String, _>(2),
+                "description": r.get::<String, _>(3),
+                "tags": split_tags(&r.get::<String, _>(4)),
+                "size": r.get::<i64, _>(5),
+                "min_price_gib": r.try_get::<f64, _>(6).ok(),
+                "offers": r.get::<i64, _>(7),
+            })
+        })
+        .collect();
+    Ok(json!({ "items": items, "offset": offset, "limit": limit, "more": more }))
+}
+
+enum Bind {
+    I(i64),
+    S(String),
+    F(f64),
+}
+
+fn split_tags(s: &str) -> Vec<String> {
+    s.split(',').filter(|t| !t.is_empty()).map(str::to_string).collect()
+}
+
+async fn get_datasets(
+    State(st): State<AppState>,
+    q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    Ok(Json(search(&st.db, &q).await?))
+}
+
+/// A dataset with its files and current offers.
+pub async fn dataset(db: &Db, root: &str) -> ApiResult<Value> {
+    let root = format!("{:#x}", parse_b256("root", root)?);
+    let Some(d) = sqlx::query(
+        "SELECT d.vendor, d.royalty_bps, d.manifest_hash, d.price_hint, m.name, m.description, m.tags, m.size, m.files, \
+         m.manifest_verified FROM datasets d LEFT JOIN dataset_meta m ON m.root = d.root WHERE d.root = $1",
+    )
+    .bind(&root)
+    .fetch_optional(&db.pool)
+    .await?
+    else {
+        return Err(ApiError::NotFound(format!("no dataset {root}")));
+    };
+    let offers = sqlx::query(
+        "SELECT provider, node_id, addrs, region, price_per_byte, price_gib, window_bytes, capacity_mibps, expires_at \
+         FROM listings WHERE root = $1 AND expires_at > $2 ORDER BY price_gib",
+    )
+    .bind(&root)
+    .bind(now() as i64)
+    .fetch_all(&db.pool)
+    .await?;
+    let offers: Vec<Value> = offers
+        .iter()
+        .map(|r| {
+            json!({
+                "provider": r.get::<String, _>(0), "node_id": r.get::<String, _>(1),
+                "addrs": r.get::<String, _>(2).split(',').collect::<Vec<_>>(), "region": r.get::<String, _>(3),
+                "price_per_byte": r.get::<String, _>(4), "price_gib": r.get::<f64, _>(5),
+                "window": r.get::<i64, _>(6), "capacity_mibps": r.get::<i64, _>(7), "expires_at": r.get::<i64, _>(8),
+            })
+        })
+        .collect();
+    let files: Value =
+        d.try_get::<String, _>(8).ok().and_then(|f| serde_json::from_str(&f).ok()).unwrap_or(Value::Array(vec![]));
+    Ok(json!({
+        "root": root,
+        "vendor": d.get::<String, _>(0),
+        "royalty_bps": d.get::<i64, _>(1),
+        "manifest_hash": d.get::<String, _>(2),
+        "price_hint": d.get::<String, _>(3),
+        "name": d.try_get::<String, _>(4).unwrap_or_default(),
+        "description": d.try_get::<String, _>(5).unwrap_or_default(),
+        "tags": split_tags(&d.try_get::<String, _>(6).unwrap_or_default()),
+        "size": d.try_get::<i64, _>(7).unwrap_or(0),
+        "files": files,
+        "manifest_verified": d.try_get::<i64, _>(9).unwrap_or(0) == 1,
+        "offers": offers,
+    }))
+}
+
+async fn get_dataset(State(st): State<AppState>, Path(root): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(dataset(&st.db, &root).await?))
+}
+
+// ---- reputation, providers, deals ----
+
+/// A provider's record from on-chain outcomes only.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Reputation {
+    pub deals: u64,
+    /// Deals paid out to the provider (withdrawn).
+    pub completed: u64,
+    /// Deals refunded with nothing redeemed: the provider delivered nothing paid.
+    pub failed: u64,
+    /// Disputes resolved for the buyer.
+    pub disputes_lost: u64,
+    /// Bytes the provider was paid for (redeemed amount / price per byte, over all deals).
+    pub bytes_redeemed: u128,
+    /// `(completed + 1) / (completed + failed + 2 × disputes_lost + 2)`, in (0, 1); 0.5 with no
+    /// history.
+    pub score: f64,
+}
+
+pub async fn reputation(db: &Db, provider: &str) -> ApiResult<Reputation> {
+    let rows = sqlx::query("SELECT state, redeemed, price_per_byte, buyer_won FROM deals WHERE provider = $1")
+        .bind(provider)
+        .fetch_all(&db.pool)
+        .await?;
+    let mut r = Reputation::default();
+    for row in rows {
+        let state: String = row.get(0);
+        let redeemed: u128 = row.get::<String, _>(1).parse().unwrap_or(0);
+        let ppb: u128 = row.get::<String, _>(2).parse().unwrap_or(1).max(1);
+        r.deals += 1;
+        r.bytes_redeemed += redeemed / ppb;
+        match state.as_str() {
+            "completed" => r.completed += 1,
+            "refunded" if redeemed == 0 => r.failed += 1,
+            "resolved" if row.get::<i64, _>(3) == 1 => r.disputes_lost += 1,
+            _ => {}
+        }
+    }
+    r.score = (r.completed as f64 + 1.0) / (r.completed as f64 + r.failed as f64 + 2.0 * r.disputes_lost as f64 + 2.0);
+    Ok(r)
+}
+
+pub async fn provider(db: &Db, id: &str) -> ApiResult<Value> {
+    let p = format!("{:#x}", parse_addr("provider", id)?);
+    let rep = reputation(db, &p).await?;
+    let listings = sqlx::query(
+        "SELECT l.root, m.name, l.price_gib, l.region, l.expires_at FROM listings l \
+         LEFT JOIN dataset_meta m ON m.root = l.root WHERE l.provider = $1 ORDER BY l.root",
+    )
+    .bind(&p)
+    .fetch_all(&db.pool)
+    .await?;
+    let deals = sqlx::query(
+        "SELECT id, root, state, redeemed, max_amount, opened_block FROM deals WHERE provider = $1 \
+         ORDER BY opened_block DESC LIMIT 50",
+    )
+    .bind(&p)
+    .fetch_all(&db.pool)
+    .await?;
+    if listings.is_empty() && deals.is_empty() {
+        return Err(ApiError::NotFound(format!("no listings or deals for provider {p}")));
+    }
+    Ok(json!({
+        "provider": p,
+        "reputation": rep,
+        "listings": listings.iter().map(|r| json!({
+            "root": r.get::<String, _>(0), "name": r.try_get::<String, _>(1).unwrap_or_default(),
+            "price_gib": r.get::<f64, _>(2), "region": r.get::<String, _>(3), "expires_at": r.get::<i64, _>(4),
+        })).collect::<Vec<_>>(),
+        "deals": deals.iter().map(|r| json!({
+            "id": r.get::<String, _>(0), "root": r.get::<String, _>(1), "state": r.get::<String, _>(2),
+            "redeemed": r.get::<String, _>(3), "max_amount": r.get::<String, _>(4), "opened_block": r.get::<i64, _>(5),
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+async fn get_provider(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(provider(&st.db, &id).await?))
+}
+
+pub async fn deal(db: &Db, id: &str) -> ApiResult<Value> {
+    let id = format!("{:#x}", parse_b256("deal id", id)?);
+    let Some(d) = sqlx::query(
+        "SELECT buyer, provider, root, price_per_byte, max_amount, window_bytes, expiry, redeemed, refunded, state, \
+         buyer_won, opened_block FROM deals WHERE id = $1",
+    )
+    .bind(&id)
+    .fetch_optional(&db.pool)
+    .await?
+    else {
+        return Err(ApiError::NotFound(format!("no deal {id}")));
+    };
+    let history = sqlx::query("SELECT block, cumulative FROM redemptions WHERE deal = $1 ORDER BY block, log_index")
+        .bind(&id)
+        .fetch_all(&db.pool)
+        .await?;
+    let ppb: u128 = d.get::<String, _>(3).parse().unwrap_or(0);
+    let max: u128 = d.get::<String, _>(4).parse().unwrap_or(0);
+    let window = d.get::<i64, _>(5) as u128;
+    let redeemed: u128 = d.get::<String, _>(7).parse().unwrap_or(0);
+    let state: String = d.get(9);
+    let open = state == "open";
+    // buyer: escrowed and not yet redeemed (the buyer pays only for verified bytes, so this is
+    // what it may still spend, not a loss); provider: the window of bytes it may send unpaid
+    let buyer_escrowed = if open { max.saturating_sub(redeemed) } else { 0 };
+    let provider_at_risk = if open { (window * ppb).min(max.saturating_sub(redeemed)) } else { 0 };
+    Ok(json!({
+        "id": id,
+        "buyer": d.get::<String, _>(0),
+        "provider": d.get::<String, _>(1),
+        "root": d.get::<String, _>(2),
+        "price_per_byte": ppb.to_string(),
+        "max_amount": max.to_string(),
+        "window": window as u64,
+        "expiry": d.get::<i64, _>(6),
+        "redeemed": redeemed.to_string(),
+        "refunded": d.get::<String, _>(8),
+        "state": state,
+        "buyer_won": d.get::<i64, _>(10) == 1,
+        "opened_block": d.get::<i64, _>(11),
+        "buyer_escrowed_unspent": buyer_escrowed.to_string(),
+        "provider_at_risk": provider_at_risk.to_string(),
+        "redemptions": history.iter().map(|r| json!({"block": r.get::<i64, _>(0), "cumulative": r.get::<String, _>(1)})).collect::<Vec<_>>(),
+    }))
+}
+
+async fn get_deal(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(deal(&st.db, &id).await?))
+}
+
+// ---- matchmaking ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchRequest {
+    /// Only offers of this dataset (else all current offers).
+    pub root: Option<String>,
+    /// CEL bool over the offer's attributes; offers for which it is false are dropped.
+    pub require: Option<String>,
+    /// Named CEL criteria (numbers); the score is their sum.
+    #[serde(default)]
+    pub rank: BTreeMap<String, String>,
+    pub limit: Option<usize>,
+}
+
+async fn post_match(
+    State(st): State<AppState>,
+    body: Result<Json<MatchRequest>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let m = Matcher::new(req.require.as_deref(), &req.rank).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let limit = req.limit.unwrap_or(10);
+    if !(1..=MAX_PAGE as usize).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit must be 1–{MAX_PAGE}")));
+    }
+    let mut sql = String::from(
+        "SELECT l.provider, l.root, l.node_id, l.addrs, l.region, l.price_per_byte, l.price_gib, l.window_bytes, \
+         l.capacity_mibps, m.size FROM listings l LEFT JOIN dataset_meta m ON m.root = l.root WHERE l.expires_at > $1",
+    );
+    let root = req.root.as_deref().map(|r| parse_b256("root", r)).transpose()?.map(|r| format!("{r:#x}"));
+    if root.is_some() {
+        sql.push_str(" AND l.root = $2");
+    }
+    sql.push_str(" LIMIT 10000");
+    let mut q = sqlx::query(&sql).bind(now() as i64);
+    if let Some(r) = &root {
+        q = q.bind(r.clone());
+    }
+    let rows = q.fetch_all(&st.db.pool).await?;
+    let mut reps: BTreeMap<String, Reputation> = BTreeMap::new();
+    let mut ranked = Vec::new();
+    for r in rows {
+        let provider: String = r.get(0);
+        if !reps.contains_key(&provider) {
+            reps.insert(provider.clone(), reputation(&st.db, &provider).await?);
+        }
+        let rep = &reps[&provider];
+        let attrs = OfferAttrs {
+            price_gib: r.get(6),
+            capacity_mibps: r.get::<i64, _>(8) as f64,
+            reputation: rep.score,
+            deals_completed: rep.completed as i64,
+            region: r.get(4),
+            window_mib: r.get::<i64, _>(7) as f64 / (1 << 20) as f64,
+            size_gib: r.try_get::<i64, _>(9).unwrap_or(0) as f64 / (1u64 << 30) as f64,
+        };
+        let id = format!("{provider}/{}", r.get::<String, _>(1));
+        let Some((score, criteria)) = m.score(&id, &attrs).map_err(|e| ApiError::BadRequest(e.to_string()))? else {
+            continue;
+        };
+        ranked.push(json!({
+            "provider": provider, "root": r.get::<String, _>(1), "node_id": r.get::<String, _>(2),
+            "addrs": r.get::<String, _>(3).split(',').collect::<Vec<_>>(),
+            "price_per_byte": r.get::<String, _>(5), "window": r.get::<i64, _>(7),
+            "attributes": attrs, "criteria": criteria, "score": score,
+        }));
+    }
+    ranked.sort_by(|a, b| b["score"].as_f64().unwrap_or(f64::MIN).total_cmp(&a["score"].as_f64().unwrap_or(f64::MIN)));
+    ranked.truncate(limit);
+    Ok(Json(json!({ "offers": ranked })))
+}
+
+// ---- status, metrics, openapi ----
+
+async fn get_status(State(st): State<AppState>) -> Json<Value> {
+    let (head, cursor) = *st.index.lock().expect("index lock");
+    Json(
+        json!({ "backend": st.db.backend, "head": head, "indexed": cursor, "lag_blocks": head.saturating_sub(cursor) }),
+    )
+}
+
+/// Request counters and latency sums per (route, status), rendered for Prometheus.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), (u64, f64)>>,
+}
+
+impl Metrics {
+    fn record(&self, route: &str, status: u16, secs: f64) {
+        let mut m = self.requests.lock().expect("metrics lock");
+        let e = m.entry((route.to_string(), status)).or_default();
+        e.0 += 1;
+        e.1 += secs;
+    }
+}
+
+async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let t = Instant::now();
+    let res = next.run(req).await;
+    st.metrics.record(&route, res.status().as_u16(), t.elapsed().as_secs_f64());
+    res
+}
+
+async fn get_metrics(State(st): State<AppState>) -> ApiResult<Response> {
+    let mut out = String::new();
+    out.push_str("# HELP bdc_market_requests_total HTTP requests by route and status.\n# TYPE bdc_market_requests_total counter\n");
+    let snapshot = st.metrics.requests.lock().expect("metrics lock").clone();
+    for ((route, status), (n, _)) in &snapshot {
+        out.push_str(&format!("bdc_market_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"));
+    }
+    out.push_str("# HELP bdc_market_request_seconds_sum Time spent answering, by route and status.\n# TYPE bdc_market_request_seconds_sum counter\n");
+    for ((route, status), (_, s)) in &snapshot {
+        out.push_str(&format!("bdc_market_request_seconds_sum{{route=\"{route}\",status=\"{status}\"}} {s}\n"));
+    }
+    let (head, cursor) = *st.index.lock().expect("index lock");
+    out.push_str(&format!(
+        "# TYPE bdc_market_chain_head gauge\nbdc_market_chain_head {head}\n# TYPE bdc_market_indexed_block gauge\nbdc_market_indexed_block {cursor}\n"
+    ));
+    let listings: i64 = sqlx::query("SELECT COUNT(*) FROM listings").fetch_one(&st.db.pool).await?.get(0);
+    let deals: i64 = sqlx::query("SELECT COUNT(*) FROM deals").fetch_one(&st.db.pool).await?.get(0);
+    out.push_str(&format!(
+        "# TYPE bdc_market_listings gauge\nbdc_market_listings {listings}\n# TYPE bdc_market_deals gauge\nbdc_market_deals {deals}\n"
+    ));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// Every route of the router, as (method, path): the OpenAPI document is built from it.
+pub const ROUTES: &[(&str, &str, &str)] = &[
+    (
+        "get",
+        "/datasets",
+        "Search datasets: q (full text), vendor, tag, max_price_gib, min_size, max_size, limit, offset",
+    ),
+    ("get", "/datasets/{root}", "A dataset: manifest fields, files, current offers"),
+    ("get", "/providers/{id}", "A provider (Ethereum address): reputation, listings, recent deals"),
+    ("get", "/deals/{id}", "A deal: terms, state, redemptions over time, money at risk per side"),
+    ("post", "/listings", "Post a listing signed by the provider (EIP-712, domain BDC Market v1)"),
+    ("post", "/match", "Rank current offers with CEL: require (bool), rank (named numeric criteria)"),
+    ("get", "/status", "Indexer position and lag"),
+    ("get", "/metrics", "Prometheus metrics"),
+    ("get", "/openapi.json", "This document"),
+];
+
+async fn get_openapi() -> Json<Value> {
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary) in ROUTES {
+        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
+        let params: Vec<Value> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        entry[*method] = json!({
+            "summary": summary,
+            "parameters": params,
+            "responses": {
+                "200": {"description": "OK"},
+                "4XX": {"description": "Bad input", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+    }
+    Json(json!({
+        "openapi": "3.1.0",
+        "info": {"title": "bdc market", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {"schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}
+    }))
+}
+
+// ---- router ----
+
+/// Limits of the tower stack.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub body_bytes: usize,
+    pub timeout: Duration,
+    pub concurrency: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { body_bytes: MAX_BODY_BYTES, timeout: Duration::from_secs(10), concurrency: 256 }
+    }
+}
+
+pub fn router(st: AppState, limits: Limits) -> Router {
+    Router::new()
+        .route("/", get(crate::web::index))
+        .route("/ui/datasets/{root}", get(crate::web::dataset_page))
+        .route("/ui/providers/{id}", get(crate::web::provider_page))
+        .route("/ui/deals/{id}", get(crate::web::deal_page))
+        .route("/datasets", get(get_datasets))
+        .route("/datasets/{root}", get(get_dataset))
+        .route("/providers/{id}", get(get_provider))
+        .route("/deals/{id}", get(get_deal))
+        .route("/listings", post(post_listing))
+        .route("/match", post(post_match))
+        .route("/status", get(get_status))
+        .route("/metrics", get(get_metrics))
+        .route("/openapi.json", get(get_openapi))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(middleware::from_fn_with_state(st.clone(), track))
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.body_bytes))
+                .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    limits.timeout,
+                ))
+                .layer(tower::limit::ConcurrencyLimitLayer::new(limits.concurrency))
+                .layer(DefaultBodyLimit::max(limits.body_bytes)),
+        )
+        .with_state(st)
+}
+
+/// An HTML page (used by [`crate::web`]).
+pub fn html(body: String) -> Html<String> {
+    Html(body)
+}

@@ -1,0 +1,382 @@
+//! Market against a real anvil devnet and a real HTTP server on 127.0.0.1, on SQLite and (when
+//! `BDC_TEST_POSTGRES_URL` is set, as `make test` does) on Postgres: one suite for both.
+
+use std::time::Duration;
+
+use alloy::{
+    primitives::{B256, U256},
+    providers::Provider,
+    signers::local::PrivateKeySigner,
+};
+use bdc_contracts::{
+    Devnet, DevnetConfig,
+    client::OpenDeal,
+    listing::{market_domain, sign_listing},
+    receipt::sign_receipt_sync,
+};
+use bdc_market::{Limits, ListingBody, Market, MarketConfig, SignedListing};
+use serde_json::{Value, json};
+
+const VENDOR: usize = 1;
+const BUYER: usize = 2;
+const PROVIDER: usize = 3;
+
+fn manifest(name: &str, tags: &[&str]) -> String {
+    json!({
+        "version": 1,
+        "name": name,
+        "description": "tick-level trades from a crypto exchange",
+        "tags": tags,
+        "files": [{"name": "trades.parquet", "size": 4096, "hash": blake3::hash(name.as_bytes()).to_hex().to_string(), "media_type": "application/vnd.apache.parquet"}]
+    })
+    .to_string()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn listing(root: B256, provider: &PrivateKeySigner, price_per_byte: u128, region: &str, issued_at: u64) -> ListingBody {
+    ListingBody {
+        dataset_root: format!("{root:#x}"),
+        provider: format!("{:#x}", provider.address()),
+        provider_node_id: format!("{:#x}", B256::repeat_byte(7)),
+        price_per_byte: price_per_byte.to_string(),
+        window: 8 << 20,
+        addrs: vec!["127.0.0.1:4433".into()],
+        region: region.into(),
+        capacity_mibps: 200,
+        issued_at,
+        expires_at: issued_at + 3600,
+    }
+}
+
+fn sign(devnet: &Devnet, signer: &PrivateKeySigner, body: ListingBody, manifest: &str) -> SignedListing {
+    let d = &devnet.deployment;
+    let sig = sign_listing(signer, &market_domain(d.chain_id, d.registry), &body.to_eip712().unwrap()).unwrap();
+    SignedListing {
+        listing: body,
+        manifest: manifest.to_string(),
+        signature: format!("0x{}", hex::encode(sig.as_bytes())),
+    }
+}
+
+struct Env {
+    devnet: Devnet,
+    market: Market,
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Env {
+    async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the market's indexer has reached the chain's head.
+    async fn synced(&self) {
+        let head = self.devnet.contracts(0).head().await.unwrap();
+        for _ in 0..100 {
+            let (_, s) = self.get("/status").await;
+            if s["indexed"].as_u64() >= Some(head) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("indexer did not reach block {head}");
+    }
+}
+
+async fn start(db_url: String, devnet: Devnet) -> Env {
+    let cfg = MarketConfig {
+        database_url: db_url,
+        bind: "127.0.0.1:0".parse().unwrap(),
+        poll: Duration::from_millis(100),
+        limits: Limits::default(),
+    };
+    let market = Market::spawn(cfg, devnet.contracts(0)).await.unwrap();
+    let base = format!("http://{}", market.addr);
+    Env { devnet, market, http: reqwest::Client::new(), base }
+}
+
+async fn suite(db_url: String) {
+    let devnet = Devnet::spawn_with(DevnetConfig::default()).await.unwrap();
+    let vendor = devnet.contracts(VENDOR);
+    let m_btc = manifest("BTC-USD trades 2024", &["btc", "trades"]);
+    let m_eth = manifest("ETH-USD order book", &["eth", "book"]);
+    let root_btc = B256::repeat_byte(0xb1);
+    let root_eth = B256::repeat_byte(0xe1);
+    let root_unreg = B256::repeat_byte(0x99);
+    let hash = |m: &str| B256::from(*blake3::hash(m.as_bytes()).as_bytes());
+    vendor.register_dataset(root_btc, 500, hash(&m_btc), 0).await.unwrap();
+    vendor.register_dataset(root_eth, 0, B256::ZERO, 0).await.unwrap();
+    let env = start(db_url.clone(), devnet).await;
+    let devnet = &env.devnet;
+    let provider = devnet.signer(PROVIDER);
+    let t = now();
+
+    // listings: accepted, searchable
+    let good = sign(devnet, &provider, listing(root_btc, &provider, 1_000_000_000, "eu", t), &m_btc);
+    let (code, body) = env.post("/listings", &serde_json::to_string(&good).unwrap()).await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["manifest_verified"], true);
+    let eth = sign(devnet, &provider, listing(root_eth, &provider, 3_000_000_000, "us", t), &m_eth);
+    assert_eq!(env.post("/listings", &serde_json::to_string(&eth).unwrap()).await.0, 201);
+    let other = devnet.signer(4);
+    let cheap = sign(devnet, &other, listing(root_btc, &other, 500_000_000, "us", t), &m_btc);
+    assert_eq!(env.post("/listings", &serde_json::to_string(&cheap).unwrap()).await.0, 201);
+
+    let (code, res) = env.get("/datasets?q=btc%20trad").await;
+    assert_eq!(code, 200);
+    let items = res["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{res}");
+    assert_eq!(items[0]["root"], format!("{root_btc:#x}"));
+    assert_eq!(items[0]["offers"], 2);
+    assert_eq!(env.get("/datasets?q=parquet").await.1["items"].as_array().unwrap().len(), 2, "file names are indexed");
+    assert_eq!(env.get("/datasets?tag=book").await.1["items"][0]["root"], format!("{root_eth:#x}"));
+    assert!(env.get("/datasets?q=solana").await.1["items"].as_array().unwrap().is_empty());
+    let cheap_only = env.get("/datasets?max_price_gib=2").await.1;
+    assert_eq!(cheap_only["items"].as_array().unwrap().len(), 1, "ETH is offered at 3.2 BDC/GiB only: {cheap_only}");
+    let page = env.get("/datasets?limit=1").await.1;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["more"], true);
+    let page2 = env.get("/datasets?limit=1&offset=1").await.1;
+    assert_ne!(page["items"][0]["root"], page2["items"][0]["root"]);
+    assert_eq!(page2["more"], false);
+    let (code, d) = env.get(&format!("/datasets/{root_btc:#x}")).await;
+    assert_eq!(code, 200);
+    assert_eq!(d["offers"].as_array().unwrap().len(), 2);
+    assert_eq!(d["offers"][0]["provider"], format!("{:#x}", other.address()), "cheapest first");
+    assert_eq!(d["files"][0]["name"], "trades.parquet");
+
+    // bad input: each a 4xx with a message
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("malformed JSON", "{\"listing\": ".into(), 400),
+        ("missing field", json!({"listing": {}}).to_string(), 400),
+        (
+            "bad signature",
+            {
+                let mut s = sign(devnet, &other, listing(root_eth, &provider, 1, "eu", t), &m_eth);
+                s.listing.issued_at += 1; // signed fields no longer match
+                serde_json::to_string(&s).unwrap()
+            },
+            401,
+        ),
+        (
+            "signed by someone else",
+            serde_json::to_string(&sign(devnet, &other, listing(root_eth, &provider, 1, "eu", t + 5), &m_eth)).unwrap(),
+            401,
+        ),
+        (
+            "unknown root",
+            serde_json::to_string(&sign(devnet, &provider, listing(root_unreg, &provider, 1, "eu", t), &m_eth))
+                .unwrap(),
+            422,
+        ),
+        (
+            "manifest not the registered one",
+            serde_json::to_string(&sign(devnet, &provider, listing(root_btc, &provider, 1, "eu", t + 9), &m_eth))
+                .unwrap(),
+            422,
+        ),
+        ("stale", serde_json::to_string(&good).unwrap(), 409),
+        (
+            "expired",
+            {
+                let mut l = listing(root_btc, &provider, 1, "eu", t - 7200);
+                l.expires_at = t - 10;
+                serde_json::to_string(&sign(devnet, &provider, l, &m_btc)).unwrap()
+            },
+            400,
+        ),
+        (
+            "bad address",
+            {
+                let mut l = listing(root_btc, &provider, 1, "eu", t + 20);
+                l.addrs = vec!["not-an-address".into()];
+                serde_json::to_string(&sign(devnet, &provider, l, &m_btc)).unwrap()
+            },
+            400,
+        ),
+        ("oversized body", format!("{{\"pad\": \"{}\"}}", "x".repeat(200_000)), 413),
+    ];
+    for (what, body, want) in cases {
+        let (code, res) = env.post("/listings", &body).await;
+        assert_eq!(code, want, "{what}: {res}");
+        if code != 413 {
+            assert!(res["error"].as_str().is_some_and(|m| !m.is_empty()), "{what}: message in {res}");
+        }
+    }
+    for (path, want) in [
+        ("/datasets/0x12", 400),
+        (&format!("/datasets/{root_unreg:#x}") as &str, 404),
+        ("/datasets?limit=0", 400),
+        ("/datasets?limit=abc", 400),
+        ("/datasets?vendor=nope", 400),
+        ("/providers/0x1234", 400),
+        ("/deals/0x00", 400),
+        ("/nope", 404),
+    ] {
+        let (code, res) = env.get(path).await;
+        assert_eq!(code, want, "{path}: {res}");
+        assert!(res["error"].as_str().is_some(), "{path}: {res}");
+    }
+
+    // matchmaking: explainable, CEL-ranked
+    let req = json!({
+        "root": format!("{root_btc:#x}"),
+        "require": "capacity_mibps >= 100.0",
+        "rank": {"cheap": "-1.0 * price_gib", "eu": "region == 'eu' ? 1.0 : 0.0"}
+    });
+    let (code, res) = env.post("/match", &req.to_string()).await;
+    assert_eq!(code, 200, "{res}");
+    let offers = res["offers"].as_array().unwrap();
+    assert_eq!(offers.len(), 2);
+    // eu provider: -1.07 + 1 = -0.07; us provider: -0.54 + 0 → the eu one wins on the region bonus
+    assert_eq!(offers[0]["provider"], format!("{:#x}", provider.address()), "{res}");
+    assert_eq!(offers[0]["criteria"]["eu"], 1.0);
+    let sum = offers[0]["criteria"]["cheap"].as_f64().unwrap() + 1.0;
+    assert!((offers[0]["score"].as_f64().unwrap() - sum).abs() < 1e-9);
+    let only_us = json!({"require": "region == 'us'", "rank": {"r": "reputation"}});
+    assert_eq!(env.post("/match", &only_us.to_string()).await.1["offers"].as_array().unwrap().len(), 2);
+    for (what, body) in [
+        ("does not parse", json!({"rank": {"x": "price_gib +"}})),
+        ("wrong type", json!({"require": "price_gib"})),
+        ("unknown attribute", json!({"rank": {"x": "secret_key"}})),
+        ("runaway", json!({"rank": {"x": "[1,2,3].map(a, [1,2,3].map(b, a*b))".repeat(40)}})),
+        ("unknown field", json!({"sql": "DROP TABLE listings"})),
+    ] {
+        let (code, res) = env.post("/match", &body.to_string()).await;
+        assert_eq!(code, 400, "{what}: {res}");
+        assert!(res["error"].as_str().is_some(), "{what}: {res}");
+    }
+
+    // deals and reputation from chain events
+    let buyer = devnet.contracts(BUYER);
+    let req = OpenDeal {
+        provider: provider.address(),
+        provider_node_id: B256::repeat_byte(7),
+        dataset_root: root_btc,
+        price_per_byte: 1,
+        max_amount: U256::from(10_000_000u64),
+        window: 1 << 20,
+        expiry: devnet.now().await.unwrap() + 3600,
+        arbiter: devnet.address(0),
+    };
+    let deal = buyer.open_deal(devnet.address(BUYER), &req).await.unwrap();
+    let p = devnet.contracts(PROVIDER);
+    for amount in [2_000_000u64, 5_000_000] {
+        let sig = sign_receipt_sync(&devnet.signer(BUYER), &p.domain(), deal.id, U256::from(amount)).unwrap();
+        p.redeem(&deal.terms, U256::from(amount), sig.as_bytes().into()).await.unwrap();
+    }
+    env.synced().await;
+    let (code, d) = env.get(&format!("/deals/{:#x}", deal.id)).await;
+    assert_eq!(code, 200, "{d}");
+    assert_eq!(d["redeemed"], "5000000");
+    assert_eq!(d["state"], "open");
+    assert_eq!(d["redemptions"].as_array().unwrap().len(), 2);
+    assert_eq!(d["buyer_escrowed_unspent"], "5000000");
+    assert_eq!(d["provider_at_risk"], (1u64 << 20).to_string(), "the window, not the rest of the deposit");
+    let (code, pr) = env.get(&format!("/providers/{:#x}", provider.address())).await;
+    assert_eq!(code, 200, "{pr}");
+    assert_eq!(pr["reputation"]["deals"], 1);
+    assert_eq!(pr["reputation"]["bytes_redeemed"], 5_000_000);
+
+    // web pages render what the API says, escaped
+    for path in [
+        "/?q=btc".to_string(),
+        format!("/ui/datasets/{root_btc:#x}"),
+        format!("/ui/providers/{:#x}", provider.address()),
+        format!("/ui/deals/{:#x}", deal.id),
+    ] {
+        let r = env.http.get(format!("{}{path}", env.base)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let html = r.text().await.unwrap();
+        assert!(html.starts_with("<!doctype html>"), "{path}");
+        if path.starts_with("/?") {
+            assert!(html.contains("BTC-USD trades 2024") && !html.contains("ETH-USD"), "{path}");
+        }
+    }
+
+    // openapi lists every API route; metrics count requests
+    let (_, doc) = env.get("/openapi.json").await;
+    for (_, path, _) in bdc_market::api::ROUTES {
+        assert!(doc["paths"].get(*path).is_some(), "{path} missing from openapi.json");
+    }
+    let metrics = env.http.get(format!("{}/metrics", env.base)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("bdc_market_requests_total{route=\"/listings\",status=\"201\"} 3"), "{metrics}");
+    assert!(metrics.contains("bdc_market_listings 3"), "{metrics}");
+
+    // reorg: a registration that the chain forgets disappears from the index
+    let rpc = devnet.contracts(0);
+    let snap: U256 = rpc.provider().raw_request("evm_snapshot".into(), ()).await.unwrap();
+    let root_fork = B256::repeat_byte(0xf0);
+    vendor.register_dataset(root_fork, 0, B256::ZERO, 0).await.unwrap();
+    env.synced().await;
+    assert_eq!(env.get(&format!("/datasets/{root_fork:#x}")).await.0, 200);
+    let _: bool = rpc.provider().raw_request("evm_revert".into(), (snap,)).await.unwrap();
+    // the new branch is longer than the old one
+    let _: Value = rpc.provider().raw_request("anvil_mine".into(), (U256::from(3),)).await.unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if env.get(&format!("/datasets/{root_fork:#x}")).await.0 == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the reorged registration is still indexed");
+    env.synced().await;
+    assert_eq!(env.get(&format!("/deals/{:#x}", deal.id)).await.1["redeemed"], "5000000", "rebuilt from events");
+
+    // restart on the same database: nothing indexed twice, listings kept
+    let Env { devnet, market, .. } = env;
+    market.shutdown();
+    let env = start(db_url, devnet).await;
+    env.synced().await;
+    let d = env.get(&format!("/deals/{:#x}", deal.id)).await.1;
+    assert_eq!(d["redemptions"].as_array().unwrap().len(), 2, "{d}");
+    assert_eq!(env.get(&format!("/datasets/{root_btc:#x}")).await.1["offers"].as_array().unwrap().len(), 2);
+    env.market.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn market_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    suite(format!("sqlite://{}?mode=rwc", dir.path().join("market.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn market_on_postgres() {
+    let Ok(url) = std::env::var("BDC_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("BDC_REQUIRE_POSTGRES").is_none(),
+            "BDC_REQUIRE_POSTGRES set but no BDC_TEST_POSTGRES_URL"
+        );
+        eprintln!("skipped: set BDC_TEST_POSTGRES_URL (make test does)");
+        return;
+    };
+    // a fresh database per run
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let name = format!("bdc_test_{}", std::process::id());
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    suite(format!("{base}/{name}")).await;
+}
