@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{Address, B256};
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State, rejection::JsonRejection},
@@ -17,7 +17,7 @@ use axum::{
     response::{Html, IntoResponse, Response},
     routing::{get, post},
 };
-use bdc_contracts::listing::{Listing, listing_signer, market_domain};
+use bdc_contracts::listing::{SignedListing, listing_signer, market_domain};
 use bdc_core::manifest::DatasetManifest;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -98,52 +98,6 @@ pub fn price_gib(price_per_byte: u128) -> f64 {
 }
 
 // ---- listings ----
-
-/// A listing as posted: the signed fields, the dataset's manifest (the `bdc.json` text) and the
-/// provider's EIP-712 signature.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SignedListing {
-    pub listing: ListingBody,
-    pub manifest: String,
-    pub signature: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ListingBody {
-    pub dataset_root: String,
-    pub provider: String,
-    pub provider_node_id: String,
-    /// Token base units per byte, decimal.
-    pub price_per_byte: String,
-    pub window: u64,
-    pub addrs: Vec<String>,
-    pub region: String,
-    pub capacity_mibps: u64,
-    pub issued_at: u64,
-    pub expires_at: u64,
-}
-
-impl ListingBody {
-    /// The EIP-712 struct these fields stand for.
-    pub fn to_eip712(&self) -> Result<Listing, String> {
-        let b32 = |what: &str, s: &str| s.parse::<B256>().map_err(|_| format!("{what} must be 32 bytes of 0x-hex"));
-        Ok(Listing {
-            datasetRoot: b32("dataset_root", &self.dataset_root)?,
-            provider: self.provider.parse().map_err(|_| "provider must be a 0x address".to_string())?,
-            providerNodeId: b32("provider_node_id", &self.provider_node_id)?,
-            pricePerByte: self
-                .price_per_byte
-                .parse::<U256>()
-                .map_err(|_| "price_per_byte must be a decimal integer".to_string())?,
-            window: self.window,
-            addrs: self.addrs.join(","),
-            region: self.region.clone(),
-            capacityMiBps: self.capacity_mibps,
-            issuedAt: self.issued_at,
-            expiresAt: self.expires_at,
-        })
-    }
-}
 
 /// Longest a listing may be valid for.
 const MAX_LISTING_SECS: u64 = 7 * 24 * 3600;

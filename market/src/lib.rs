@@ -20,8 +20,10 @@ use alloy::providers::DynProvider;
 use bdc_contracts::Contracts;
 use tokio::{net::TcpListener, task::JoinHandle};
 
+pub use bdc_contracts::listing::{ListingBody, SignedListing};
+
 pub use crate::{
-    api::{Limits, ListingBody, SignedListing},
+    api::Limits,
     db::{Db, DbError},
     indexer::{IndexError, Indexer},
 };

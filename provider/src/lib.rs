@@ -6,12 +6,14 @@
 //! - [`serve::Provider`]: the iroh endpoint and router serving free datasets on `/iroh-bytes/4`
 //!   and selling datasets on `bdc/paid/1` ([`paid`]: receipt gate, ledger, redeemer).
 
+pub mod announce;
 pub mod catalog;
 pub mod paid;
 pub mod publish;
 pub mod serve;
 pub mod store;
 
+pub use announce::{Announce, AnnounceError, announce_once};
 pub use catalog::{Catalog, DatasetRecord};
 pub use paid::PaidConfig;
 pub use publish::{PublishError, PublishOptions, publish};

@@ -161,6 +161,11 @@ impl Provider {
         &self.store
     }
 
+    /// What this provider sells on, if it sells.
+    pub fn paid_setup(&self) -> Option<&PaidSetup> {
+        self.paid.as_ref()
+    }
+
     /// A ticket for a published dataset.
     pub fn ticket(&self, root: Hash) -> Result<BlobTicket, ServeError> {
         let rec = self.store.catalog.get(&root).ok_or(ServeError::UnknownDataset(root))?;

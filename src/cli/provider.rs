@@ -96,6 +96,15 @@ pub struct ServeArgs {
     /// Seconds a full window waits for a receipt before the connection is closed.
     #[arg(long, default_value_t = 30)]
     pub stall_timeout: u64,
+    /// Announce the sold datasets to this market (signed listings, refreshed before they expire).
+    #[arg(long, requires = "sell")]
+    pub market: Option<String>,
+    /// Region named in the listings.
+    #[arg(long, default_value = "local")]
+    pub region: String,
+    /// Serving capacity declared in the listings, MiB/s.
+    #[arg(long, default_value_t = 100)]
+    pub capacity_mibps: u64,
     #[command(flatten)]
     pub chain: super::chain::ChainArgs,
 }
@@ -176,10 +185,11 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
                 1u64 << 30
             );
         }
-        Some(bdc_provider::PaidSetup { cfg, chain, address: signer.address() })
+        Some((bdc_provider::PaidSetup { cfg, chain, address: signer.address() }, signer))
     } else {
         None
     };
+    let (paid, signer) = paid.map(|(p, s)| (Some(p), Some(s))).unwrap_or((None, None));
     let selling = paid.is_some();
     let cfg = ServeConfig { net: NetConfig { bind: a.bind, relays: a.relays }, max_rate: a.max_rate, paid };
     let provider = Provider::spawn(store, cfg).await?;
@@ -202,7 +212,38 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
         let path = dir.join("offers.json");
         bdc_core::keys::write_private(&path, &serde_json::to_vec_pretty(&offers)?)?;
     }
+    let provider = std::sync::Arc::new(provider);
+    let announcer = match (a.market, signer) {
+        (Some(market), Some(signer)) => {
+            let ann = bdc_provider::Announce {
+                market,
+                signer,
+                region: a.region,
+                capacity_mibps: a.capacity_mibps,
+                ttl: std::time::Duration::from_secs(3600),
+            };
+            // the first announcement must work: a wrong URL or a refused listing is an error now
+            let n = bdc_provider::announce_once(&provider, &ann).await?;
+            eprintln!("announced {n} listing(s) to {}", ann.market);
+            let p = provider.clone();
+            Some(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ann.ttl / 2).await;
+                    match bdc_provider::announce_once(&p, &ann).await {
+                        Ok(n) => tracing::info!(n, "listings refreshed"),
+                        Err(e) => tracing::warn!("cannot refresh listings: {e}"),
+                    }
+                }
+            }))
+        }
+        _ => None,
+    };
     super::wait_for_signal().await?;
+    if let Some(t) = announcer {
+        t.abort();
+        let _ = t.await;
+    }
+    let provider = std::sync::Arc::try_unwrap(provider).map_err(|_| anyhow::anyhow!("provider still in use"))?;
     eprintln!("shutting down");
     provider.shutdown().await;
     let _ = std::fs::remove_file(dir.join("offers.json"));

@@ -3,5 +3,6 @@
 
 mod cli;
 mod common;
+mod market;
 mod paid;
 mod transfer;

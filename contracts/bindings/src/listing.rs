@@ -5,11 +5,12 @@
 //! market recovers the signer and requires it to be the listing's provider address.
 
 use alloy::{
-    primitives::{Address, B256, Signature},
+    primitives::{Address, B256, Signature, U256},
     signers::SignerSync,
     sol,
     sol_types::{Eip712Domain, SolStruct, eip712_domain},
 };
+use serde::{Deserialize, Serialize};
 
 sol! {
     /// A provider's offer of one dataset. `addrs` are the node's direct socket addresses,
@@ -49,4 +50,50 @@ pub fn listing_signer(domain: &Eip712Domain, l: &Listing, sig: &[u8]) -> Result<
     let sig = Signature::try_from(sig).map_err(|e| format!("malformed signature: {e}"))?;
     let digest: B256 = l.eip712_signing_hash(domain);
     sig.recover_address_from_prehash(&digest).map_err(|e| format!("unrecoverable signature: {e}"))
+}
+
+/// A listing as posted: the signed fields, the dataset's manifest (the `bdc.json` text) and the
+/// provider's EIP-712 signature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedListing {
+    pub listing: ListingBody,
+    pub manifest: String,
+    pub signature: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListingBody {
+    pub dataset_root: String,
+    pub provider: String,
+    pub provider_node_id: String,
+    /// Token base units per byte, decimal.
+    pub price_per_byte: String,
+    pub window: u64,
+    pub addrs: Vec<String>,
+    pub region: String,
+    pub capacity_mibps: u64,
+    pub issued_at: u64,
+    pub expires_at: u64,
+}
+
+impl ListingBody {
+    /// The EIP-712 struct these fields stand for.
+    pub fn to_eip712(&self) -> Result<Listing, String> {
+        let b32 = |what: &str, s: &str| s.parse::<B256>().map_err(|_| format!("{what} must be 32 bytes of 0x-hex"));
+        Ok(Listing {
+            datasetRoot: b32("dataset_root", &self.dataset_root)?,
+            provider: self.provider.parse().map_err(|_| "provider must be a 0x address".to_string())?,
+            providerNodeId: b32("provider_node_id", &self.provider_node_id)?,
+            pricePerByte: self
+                .price_per_byte
+                .parse::<U256>()
+                .map_err(|_| "price_per_byte must be a decimal integer".to_string())?,
+            window: self.window,
+            addrs: self.addrs.join(","),
+            region: self.region.clone(),
+            capacityMiBps: self.capacity_mibps,
+            issuedAt: self.issued_at,
+            expiresAt: self.expires_at,
+        })
+    }
 }

@@ -1,0 +1,84 @@
+//! A selling provider announces its datasets to a market: signed listings land, searchable, with
+//! the manifest verified against the hash the vendor registered.
+
+use std::time::Duration;
+
+use alloy::primitives::B256;
+use bdc_contracts::{Devnet, DevnetConfig};
+use bdc_market::{Limits, Market, MarketConfig};
+use bdc_provider::{Announce, PaidConfig, PaidSetup, Provider, ProviderStore, PublishOptions, ServeConfig, publish};
+
+use crate::common::random_file;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_selling_provider_announces_signed_listings_to_the_market() {
+    let devnet = Devnet::spawn_with(DevnetConfig::default()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    random_file(&dir.join("ds/trades.csv"), 64 << 10, 5);
+    let mut store = ProviderStore::open(&dir.join("provider")).await.unwrap();
+    let opts = PublishOptions { name: Some("kaiko BTC trades".into()), tags: vec!["btc".into()], ..Default::default() };
+    let rec = publish(&mut store, &dir.join("ds"), &opts, |_| {}).await.unwrap();
+    store.shutdown().await;
+
+    let setup = PaidSetup { cfg: PaidConfig::default(), chain: devnet.contracts(3), address: devnet.address(3) };
+    let store = ProviderStore::open(&dir.join("provider")).await.unwrap();
+    let provider = Provider::spawn(store, ServeConfig { paid: Some(setup), ..ServeConfig::test() }).await.unwrap();
+    let market = Market::spawn(
+        MarketConfig {
+            database_url: format!("sqlite://{}?mode=rwc", dir.join("market.db").display()),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            poll: Duration::from_millis(100),
+            limits: Limits::default(),
+        },
+        devnet.contracts(0),
+    )
+    .await
+    .unwrap();
+    let ann = Announce {
+        market: format!("http://{}", market.addr),
+        signer: devnet.signer(3),
+        region: "eu".into(),
+        capacity_mibps: 50,
+        ttl: Duration::from_secs(600),
+    };
+
+    // not registered yet: the market refuses, and the error says why
+    let err = bdc_provider::announce_once(&provider, &ann).await.unwrap_err().to_string();
+    assert!(err.contains("not registered"), "{err}");
+
+    // the vendor registers the root with the manifest's hash
+    let listings = provider.listings(&ann).await.unwrap();
+    assert_eq!(listings.len(), 1);
+    let manifest_hash = B256::from(*blake3::hash(listings[0].manifest.as_bytes()).as_bytes());
+    let root = B256::from(*rec.root.as_bytes());
+    devnet.contracts(1).register_dataset(root, 100, manifest_hash, 0).await.unwrap();
+    let http = reqwest::Client::new();
+    let mut stored = 0;
+    for _ in 0..100 {
+        match bdc_provider::announce_once(&provider, &ann).await {
+            Ok(n) => {
+                stored = n;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // indexer catching up
+        }
+    }
+    assert_eq!(stored, 1);
+    let d: serde_json::Value =
+        http.get(format!("{}/datasets/{root:#x}", ann.market)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(d["name"], "kaiko BTC trades");
+    assert_eq!(d["manifest_verified"], true, "{d}");
+    assert_eq!(d["offers"][0]["provider"], format!("{:#x}", devnet.address(3)));
+    assert_eq!(d["offers"][0]["node_id"], format!("0x{}", hex::encode(provider.addr().id.as_bytes())));
+    let addr = provider.addr().addrs.iter().find_map(|a| match a {
+        iroh::TransportAddr::Ip(s) => Some(s.to_string()),
+        _ => None,
+    });
+    assert_eq!(d["offers"][0]["addrs"][0].as_str(), addr.as_deref());
+    let found: serde_json::Value =
+        http.get(format!("{}/datasets?q=kaiko", ann.market)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(found["items"][0]["root"], format!("{root:#x}"));
+    market.shutdown();
+    provider.shutdown().await;
+}
