@@ -63,3 +63,4 @@ demo: tools
 bench: tools
 	$(CARGO) build --release --bin bdc
 	"$(CARGO_TARGET_DIR)/release/bdc" bench transfer --paid --size-mib $${BENCH_MIB:-1024}
+	bash scripts/with_postgres.sh "$(CARGO_TARGET_DIR)/release/bdc" bench market --listings $${BENCH_LISTINGS:-100000}

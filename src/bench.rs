@@ -35,6 +35,21 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Market search and match latency over many listings (SQLite, and Postgres when
+    /// --database-url or BDC_TEST_POSTGRES_URL is set), and indexer throughput on a devnet.
+    Market {
+        #[arg(long, default_value_t = 100_000)]
+        listings: usize,
+        /// A Postgres URL to measure too.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Registry events to index.
+        #[arg(long, default_value_t = 2_000)]
+        events: usize,
+        /// Requests per measured operation.
+        #[arg(long, default_value_t = 500)]
+        queries: usize,
+    },
 }
 
 /// Settings of the paid run.
@@ -48,6 +63,9 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Transfer { size_mib, dir, paid, window_kib, receipt_every_kib, rounds } => {
             let paid = paid.then_some(PaidBench { window: window_kib << 10, receipt_every: receipt_every_kib << 10 });
             transfer(size_mib, dir, paid, rounds.max(1)).await
+        }
+        BenchCmd::Market { listings, database_url, events, queries } => {
+            bdc_market::bench::run(listings.max(1), database_url, events, queries.max(1)).await
         }
     }
 }

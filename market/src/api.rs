@@ -258,26 +258,21 @@ pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<Value> {
     if words.len() > 8 {
         return Err(ApiError::BadRequest("at most 8 search words".into()));
     }
-    let mut sql = String::from(
-        "SELECT d.root, d.vendor, m.name, m.description, m.tags, m.size, \
-         (SELECT MIN(l.price_gib) FROM listings l WHERE l.root = d.root AND l.expires_at > $1) AS min_price, \
-         (SELECT COUNT(*) FROM listings l WHERE l.root = d.root AND l.expires_at > $1) AS offers \
-         FROM datasets d JOIN dataset_meta m ON m.root = d.root WHERE 1 = 1",
-    );
+    // the page is chosen first (filters as IN-lists over indexed columns), then the offer
+    // aggregates are computed for its rows only
+    let mut filter = String::from("SELECT m.root FROM dataset_meta m JOIN datasets d ON d.root = m.root WHERE 1 = 1");
     let mut binds: Vec<Bind> = vec![Bind::I(now() as i64)];
     for w in &words {
-        // a prefix range keeps the (term, root) index usable on both engines
+        // a prefix range keeps the (term, root) primary key usable on both engines
         binds.push(Bind::S(w.clone()));
         let a = binds.len();
         binds.push(Bind::S(format!("{w}\u{10ffff}")));
         let b = binds.len();
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM terms t WHERE t.root = d.root AND t.term >= ${a} AND t.term < ${b})"
-        ));
+        filter.push_str(&format!(" AND m.root IN (SELECT t.root FROM terms t WHERE t.term >= ${a} AND t.term < ${b})"));
     }
     if let Some(v) = &q.vendor {
         binds.push(Bind::S(format!("{:#x}", parse_addr("vendor", v)?)));
-        sql.push_str(&format!(" AND d.vendor = ${}", binds.len()));
+        filter.push_str(&format!(" AND d.vendor = ${}", binds.len()));
     }
     if let Some(tag) = &q.tag {
         let tag = tag.to_lowercase();
@@ -289,30 +284,38 @@ pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<Value> {
         let n3 = binds.len();
         binds.push(Bind::S(format!("%,{tag},%")));
         let n4 = binds.len();
-        sql.push_str(&format!(" AND (m.tags = ${n} OR m.tags LIKE ${n2} OR m.tags LIKE ${n3} OR m.tags LIKE ${n4})"));
+        filter
+            .push_str(&format!(" AND (m.tags = ${n} OR m.tags LIKE ${n2} OR m.tags LIKE ${n3} OR m.tags LIKE ${n4})"));
     }
     if let Some(p) = q.max_price_gib {
         if !p.is_finite() || p < 0.0 {
             return Err(ApiError::BadRequest("max_price_gib must be a non-negative number".into()));
         }
         binds.push(Bind::F(p));
-        sql.push_str(&format!(
-            " AND EXISTS (SELECT 1 FROM listings l WHERE l.root = d.root AND l.expires_at > $1 AND l.price_gib <= ${})",
+        filter.push_str(&format!(
+            " AND m.root IN (SELECT l.root FROM listings l WHERE l.price_gib <= ${} AND l.expires_at > $1)",
             binds.len()
         ));
     }
     if let Some(s) = q.min_size {
         binds.push(Bind::I(s));
-        sql.push_str(&format!(" AND m.size >= ${}", binds.len()));
+        filter.push_str(&format!(" AND m.size >= ${}", binds.len()));
     }
     if let Some(s) = q.max_size {
         binds.push(Bind::I(s));
-        sql.push_str(&format!(" AND m.size <= ${}", binds.len()));
+        filter.push_str(&format!(" AND m.size <= ${}", binds.len()));
     }
     binds.push(Bind::I(limit + 1));
-    sql.push_str(&format!(" ORDER BY m.name, d.root LIMIT ${}", binds.len()));
+    filter.push_str(&format!(" ORDER BY m.name, m.root LIMIT ${}", binds.len()));
     binds.push(Bind::I(offset));
-    sql.push_str(&format!(" OFFSET ${}", binds.len()));
+    filter.push_str(&format!(" OFFSET ${}", binds.len()));
+    let sql = format!(
+        "SELECT d.root, d.vendor, m.name, m.description, m.tags, m.size, \
+         (SELECT MIN(l.price_gib) FROM listings l WHERE l.root = d.root AND l.expires_at > $1) AS min_price, \
+         (SELECT COUNT(*) FROM listings l WHERE l.root = d.root AND l.expires_at > $1) AS offers \
+         FROM ({filter}) page JOIN datasets d ON d.root = page.root JOIN dataset_meta m ON m.root = page.root \
+         ORDER BY m.name, d.root"
+    );
     let mut query = sqlx::query(&sql);
     for b in binds {
         query = match b {

@@ -5,6 +5,7 @@
 //! indexer loop, and serves the router of [`api`].
 
 pub mod api;
+pub mod bench;
 pub mod db;
 pub mod indexer;
 pub mod rank;
