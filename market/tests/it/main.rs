@@ -112,7 +112,10 @@ async fn start(db_url: String, devnet: Devnet) -> Env {
     };
     let market = Market::spawn(cfg, devnet.contracts(0)).await.unwrap();
     let base = format!("http://{}", market.addr);
-    Env { devnet, market, http: reqwest::Client::new(), base }
+    // no connection reuse: the server answers an oversized body with 413 and closes the
+    // connection without reading it, and a pooled connection would race that close
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    Env { devnet, market, http, base }
 }
 
 async fn suite(db_url: String) {
