@@ -55,7 +55,7 @@ ROOT=$("$BDC" --data-dir "$WORK/stimergy" provider publish "$WORK/kaiko-trades" 
 echo "root: $ROOT"
 
 step "2. Kaiko registers the root on chain with a 10% royalty"
-"$BDC" dataset register "$ROOT" --royalty-bps 1000 --keystore "$WORK/keys/vendor.json"
+"$BDC" --data-dir "$WORK/stimergy" dataset register "$ROOT" --royalty-bps 1000 --keystore "$WORK/keys/vendor.json"
 
 step "3. balances before"
 "$BDC" balance "$VENDOR" "$PROVIDER" "$BUYER"

@@ -64,6 +64,23 @@ impl ProviderStore {
         &self.catalog
     }
 
+    /// The hash of a published collection's `bdc.json` (what a vendor registers on chain as the
+    /// manifest hash); None for a raw blob.
+    pub async fn manifest_hash(&self, root: bdc_core::Hash) -> Result<Option<bdc_core::Hash>, StoreError> {
+        let rec = self
+            .catalog
+            .get(&root)
+            .ok_or_else(|| StoreError::Incomplete { root, reason: "not published here".into() })?;
+        if rec.format != bdc_core::BlobFormat::HashSeq {
+            return Ok(None);
+        }
+        let store: &iroh_blobs::api::Store = &self.store;
+        let c = iroh_blobs::format::collection::Collection::load(root, store)
+            .await
+            .map_err(|e| StoreError::Incomplete { root, reason: e.to_string() })?;
+        Ok(c.iter().find(|(n, _)| n == bdc_core::protocol::MANIFEST_NAME).map(|(_, h)| *h))
+    }
+
     /// The node's persistent iroh key (`<data-dir>/node.key`), created on first use.
     pub fn node_key(&self) -> Result<SecretKey, StoreError> {
         Ok(bdc_core::keys::load_or_create(&self.dir.join("node.key"))?)

@@ -140,19 +140,39 @@ pub enum DatasetCmd {
         /// Suggested price per GiB, token base units.
         #[arg(long, default_value_t = 0)]
         price_hint: u128,
+        /// Hash of the dataset's `bdc.json`, which markets check listings against. Default: read
+        /// from this node's provider store when the dataset was published here (else none).
+        #[arg(long)]
+        manifest_hash: Option<bdc_core::Hash>,
         #[command(flatten)]
         chain: ChainArgs,
     },
 }
 
-pub async fn dataset(cmd: DatasetCmd) -> anyhow::Result<()> {
+pub async fn dataset(cmd: DatasetCmd, provider_dir: &std::path::Path) -> anyhow::Result<()> {
     match cmd {
-        DatasetCmd::Register { root, royalty_bps, price_hint, chain } => {
+        DatasetCmd::Register { root, royalty_bps, price_hint, manifest_hash, chain } => {
             if royalty_bps > 10_000 {
                 bail!("--royalty-bps {royalty_bps} is above 10000 (100%)");
             }
             let (c, signer) = chain.connect()?;
-            c.register_dataset(B256::from(*root.as_bytes()), royalty_bps, B256::ZERO, price_hint).await?;
+            let manifest_hash = match manifest_hash {
+                Some(h) => Some(h),
+                None if bdc_provider::Catalog::load(provider_dir).is_ok_and(|cat| cat.get(&root).is_some()) => {
+                    let store = bdc_provider::ProviderStore::open(provider_dir)
+                        .await
+                        .context("reading the manifest hash from this node's store (or pass --manifest-hash)")?;
+                    let h = store.manifest_hash(root).await;
+                    store.shutdown().await;
+                    h?
+                }
+                None => None,
+            };
+            if manifest_hash.is_none() {
+                eprintln!("note: no manifest hash registered; markets will show listings of {root} as unverified");
+            }
+            let mh = manifest_hash.map(|h| B256::from(*h.as_bytes())).unwrap_or(B256::ZERO);
+            c.register_dataset(B256::from(*root.as_bytes()), royalty_bps, mh, price_hint).await?;
             eprintln!("registered {root} with vendor {} and {}% royalty", signer.address(), royalty_bps as f64 / 100.0);
             Ok(())
         }

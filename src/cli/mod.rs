@@ -87,7 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devnet(args) => devnet::run(args, &root).await,
         Command::Deals { chain, json } => deals::deals(&root.join("fetcher"), chain, json).await,
         Command::Deal(cmd) => deals::deal(cmd, &root.join("fetcher")).await,
-        Command::Dataset(cmd) => chain::dataset(cmd).await,
+        Command::Dataset(cmd) => chain::dataset(cmd, &root.join("provider")).await,
         Command::Key(cmd) => chain::key(cmd),
         Command::Balance { addresses, chain, json } => chain::balance(addresses, chain, json).await,
         Command::Market(cmd) => market::run(cmd, &root.join("market")).await,

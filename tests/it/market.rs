@@ -51,6 +51,9 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     let listings = provider.listings(&ann).await.unwrap();
     assert_eq!(listings.len(), 1);
     let manifest_hash = B256::from(*blake3::hash(listings[0].manifest.as_bytes()).as_bytes());
+    // what `bdc dataset register` reads from the store by default
+    let stored = provider.store().manifest_hash(rec.root).await.unwrap().expect("a collection has a manifest");
+    assert_eq!(B256::from(*stored.as_bytes()), manifest_hash);
     let root = B256::from(*rec.root.as_bytes());
     devnet.contracts(1).register_dataset(root, 100, manifest_hash, 0).await.unwrap();
     let http = reqwest::Client::new();
