@@ -14,7 +14,7 @@ use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State, rejection::JsonRejection},
     http::{StatusCode, header},
     middleware::{self, Next},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use bdc_contracts::listing::{SignedListing, listing_signer, market_domain};
@@ -762,9 +762,4 @@ pub fn router(st: AppState, limits: Limits) -> Router {
                 .layer(DefaultBodyLimit::max(limits.body_bytes)),
         )
         .with_state(st)
-}
-
-/// An HTML page (used by [`crate::web`]).
-pub fn html(body: String) -> Html<String> {
-    Html(body)
 }

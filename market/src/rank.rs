@@ -13,6 +13,8 @@ use serde::Serialize;
 
 /// Longest expression accepted, bytes.
 pub const MAX_EXPR_BYTES: usize = 1024;
+/// Deepest bracket nesting accepted.
+pub const MAX_NESTING: i32 = 64;
 /// Most rank criteria in one request.
 pub const MAX_CRITERIA: usize = 16;
 
@@ -62,8 +64,18 @@ fn compile(what: &str, src: &str) -> Result<Program, RankError> {
         return Err(RankError::TooLong { what: what.into(), len: src.len() });
     }
     // the parser recurses: refuse pathological nesting before it sees it
-    let depth = src.chars().filter(|c| matches!(c, '(' | '[' | '{')).count();
-    if depth > 64 {
+    let (mut depth, mut deepest) = (0i32, 0i32);
+    for c in src.chars() {
+        match c {
+            '(' | '[' | '{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            ')' | ']' | '}' => depth -= 1,
+            _ => {}
+        }
+    }
+    if deepest > MAX_NESTING {
         return Err(RankError::Parse { what: what.into(), reason: "nested too deeply".into() });
     }
     Program::compile(src).map_err(|e| RankError::Parse { what: what.into(), reason: e.to_string() })
@@ -169,6 +181,9 @@ mod tests {
         let deep = "(".repeat(100) + "1" + &")".repeat(100);
         let rank = BTreeMap::from([("x".to_string(), deep)]);
         assert!(matches!(Matcher::new(None, &rank), Err(RankError::Parse { .. })));
+        let flat = "(1.0) + ".repeat(70) + "1.0";
+        let rank = BTreeMap::from([("x".to_string(), flat)]);
+        assert!(Matcher::new(None, &rank).is_ok(), "many brackets side by side are not nesting");
         let rank = BTreeMap::from([("x".to_string(), "region".to_string())]);
         let m = Matcher::new(None, &rank).unwrap();
         assert!(matches!(m.score("a", &offer(1.0, "eu")), Err(RankError::Type { .. })));

@@ -69,19 +69,9 @@ pub async fn run(cmd: MarketCmd, dir: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// GET `url` as JSON over plain HTTP/1.1 (the market listens on a local address).
+/// GET `url` as JSON.
 async fn status(url: &str) -> anyhow::Result<serde_json::Value> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").context("only http:// market URLs are supported")?;
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(host))
-        .await
-        .context("timed out")??;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await.context("timed out")??;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").context("malformed HTTP response")?;
-    anyhow::ensure!(head.starts_with("HTTP/1.1 200"), "market answered {}", head.lines().next().unwrap_or(""));
-    Ok(serde_json::from_str(body)?)
+    let res = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?.get(url).send().await?;
+    anyhow::ensure!(res.status().is_success(), "market answered {}", res.status());
+    Ok(res.json().await?)
 }

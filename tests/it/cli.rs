@@ -248,3 +248,14 @@ async fn devnet_deploys_prints_its_record_and_stops_on_sigterm() {
     assert!(!tmp.path().join("devnet.json").exists());
     assert!(c.balance(key.address()).await.is_err(), "anvil is gone");
 }
+
+#[test]
+fn market_status_names_an_unreachable_market() {
+    // a port nothing listens on: bind one, then free it
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out =
+        crate::common::bdc().args(["market", "status", "--url", &format!("http://127.0.0.1:{port}")]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot reach the market at http://127.0.0.1:{port}/status")), "{err}");
+}

@@ -57,17 +57,16 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     let root = B256::from(*rec.root.as_bytes());
     devnet.contracts(1).register_dataset(root, 100, manifest_hash, 0).await.unwrap();
     let http = reqwest::Client::new();
-    let mut stored = 0;
+    // the market's indexer polls every 100 ms: retry while it has not seen the registration yet
+    let mut stored = Err("not tried".to_string());
     for _ in 0..100 {
-        match bdc_provider::announce_once(&provider, &ann).await {
-            Ok(n) => {
-                stored = n;
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await, // indexer catching up
+        stored = bdc_provider::announce_once(&provider, &ann).await.map_err(|e| e.to_string());
+        match &stored {
+            Err(e) if e.contains("not registered") => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => break,
         }
     }
-    assert_eq!(stored, 1);
+    assert_eq!(stored, Ok(1));
     let d: serde_json::Value =
         http.get(format!("{}/datasets/{root:#x}", ann.market)).send().await.unwrap().json().await.unwrap();
     assert_eq!(d["name"], "kaiko BTC trades");

@@ -287,20 +287,7 @@ impl<P: Provider + Clone> Contracts<P> {
         from: u64,
         to: u64,
     ) -> Result<Vec<(Log, TransferEscrow::TransferEscrowEvents)>, ChainError> {
-        let filter = Filter::new().address(self.deployment.escrow).from_block(from).to_block(to);
-        let logs = self
-            .provider
-            .get_logs(&filter)
-            .await
-            .map_err(|e| ChainError::Rpc { call: "eth_getLogs", reason: e.to_string() })?;
-        Ok(logs
-            .into_iter()
-            .filter_map(|l| {
-                use alloy::sol_types::SolEventInterface;
-                let ev = TransferEscrow::TransferEscrowEvents::decode_log(&l.inner).ok()?.data;
-                Some((l, ev))
-            })
-            .collect())
+        self.decoded_logs(self.deployment.escrow, from, to).await
     }
 
     /// Decoded registry events in `[from, to]` (inclusive block numbers).
@@ -309,7 +296,17 @@ impl<P: Provider + Clone> Contracts<P> {
         from: u64,
         to: u64,
     ) -> Result<Vec<(Log, DatasetRegistry::DatasetRegistryEvents)>, ChainError> {
-        let filter = Filter::new().address(self.deployment.registry).from_block(from).to_block(to);
+        self.decoded_logs(self.deployment.registry, from, to).await
+    }
+
+    /// The logs of `address` in `[from, to]` that decode as one of the contract's events `E`.
+    async fn decoded_logs<E: alloy::sol_types::SolEventInterface>(
+        &self,
+        address: Address,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(Log, E)>, ChainError> {
+        let filter = Filter::new().address(address).from_block(from).to_block(to);
         let logs = self
             .provider
             .get_logs(&filter)
@@ -318,8 +315,7 @@ impl<P: Provider + Clone> Contracts<P> {
         Ok(logs
             .into_iter()
             .filter_map(|l| {
-                use alloy::sol_types::SolEventInterface;
-                let ev = DatasetRegistry::DatasetRegistryEvents::decode_log(&l.inner).ok()?.data;
+                let ev = E::decode_log(&l.inner).ok()?.data;
                 Some((l, ev))
             })
             .collect())
