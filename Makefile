@@ -12,8 +12,10 @@ all: build
 build:
 	$(CARGO) build --workspace --all-targets
 
-## tools: the pinned npm toolchain (anvil, forge, solc-js, OpenZeppelin) in contracts/node_modules
+## tools: the pinned npm toolchain (anvil, forge, solc-js, OpenZeppelin) in contracts/node_modules,
+## and runc for the compute-job sandbox
 tools: contracts/node_modules/.package-lock.json
+	bash scripts/ensure_runc.sh
 
 contracts/node_modules/.package-lock.json: contracts/package.json contracts/package-lock.json
 	cd contracts && npm ci --no-audit --no-fund

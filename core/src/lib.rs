@@ -5,10 +5,12 @@
 //! - [`manifest`]: the `bdc.json` dataset manifest that every published collection carries.
 //! - [`ticket`]: dataset tickets (iroh-blobs `BlobTicket`s, so `sendme` can use them too).
 //! - [`paths`]: the rule for file names inside a dataset (no escaping the output directory).
+//! - [`jobs`]: `bdc/jobs/1` messages (SQL jobs, signed result manifests).
 //! - [`keys`]: persistent iroh node keys; [`net`]: endpoint settings (relays and discovery off by default).
 //!
 //! No sockets are opened and no database is touched in this crate.
 
+pub mod jobs;
 pub mod keys;
 pub mod manifest;
 pub mod net;

@@ -310,7 +310,7 @@ impl Fetcher {
         })
     }
 
-    async fn connect(&self, ticket: &BlobTicket, alpn: &[u8]) -> Result<Connection, FetchError> {
+    pub(crate) async fn connect(&self, ticket: &BlobTicket, alpn: &[u8]) -> Result<Connection, FetchError> {
         let addr = ticket.addr().clone();
         let provider = addr.id;
         if addr.addrs.is_empty() {

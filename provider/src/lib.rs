@@ -5,9 +5,11 @@
 //! - [`publish::publish`]: a file or folder becomes a dataset (a collection with `bdc.json`, or a raw blob).
 //! - [`serve::Provider`]: the iroh endpoint and router serving free datasets on `/iroh-bytes/4`
 //!   and selling datasets on `bdc/paid/1` ([`paid`]: receipt gate, ledger, redeemer).
+//! - [`jobs`]: compute next to the data on `bdc/jobs/1` (SQL on DataFusion in a runc sandbox).
 
 pub mod announce;
 pub mod catalog;
+pub mod jobs;
 pub mod paid;
 pub mod publish;
 pub mod serve;
@@ -15,6 +17,7 @@ pub mod store;
 
 pub use announce::{Announce, AnnounceError, announce_once};
 pub use catalog::{Catalog, DatasetRecord};
+pub use jobs::JobsConfig;
 pub use paid::PaidConfig;
 pub use publish::{PublishError, PublishOptions, publish};
 pub use serve::{PaidSetup, Provider, ServeConfig, ServeError};

@@ -27,12 +27,16 @@ use iroh_blobs::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    jobs::{JobsConfig, JobsProtocol},
     paid::{PaidConfig, PaidProtocol, ledger::Ledger},
     store::{ProviderStore, StoreError},
 };
 use alloy::{primitives::Address, providers::DynProvider};
 use bdc_contracts::Contracts;
-use bdc_core::{paid::Offer, protocol::PAID_ALPN};
+use bdc_core::{
+    paid::Offer,
+    protocol::{JOBS_ALPN, PAID_ALPN},
+};
 
 /// How `serve` runs.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +46,8 @@ pub struct ServeConfig {
     pub max_rate: Option<u64>,
     /// Sell datasets on `bdc/paid/1` (needs a chain).
     pub paid: Option<PaidSetup>,
+    /// Run compute jobs on `bdc/jobs/1`.
+    pub jobs: Option<JobsConfig>,
 }
 
 /// What selling needs: terms, the chain, and the provider's payment address (whose key signs
@@ -56,7 +62,7 @@ pub struct PaidSetup {
 impl ServeConfig {
     /// Loopback, port 0, no limits: what tests use.
     pub fn test() -> Self {
-        Self { net: NetConfig::test(), max_rate: None, paid: None }
+        Self { net: NetConfig::test(), max_rate: None, paid: None, jobs: None }
     }
 }
 
@@ -76,6 +82,8 @@ pub enum ServeError {
     Ledger(#[from] crate::paid::ledger::LedgerError),
     #[error("dataset {0} is not sold here: serve with a chain configuration to sell datasets")]
     NotSelling(Hash),
+    #[error("cannot set up the job runner: {0}")]
+    Jobs(String),
 }
 
 /// What `serve` writes to `<data-dir>/serve.json` so other commands can make tickets.
@@ -119,6 +127,9 @@ impl Provider {
         if cfg.paid.is_some() {
             alpns.push(PAID_ALPN.to_vec());
         }
+        if cfg.jobs.is_some() {
+            alpns.push(JOBS_ALPN.to_vec());
+        }
         let endpoint = bind_endpoint(&cfg.net, key, alpns).await?;
         let events = free_events(free.clone(), cfg.max_rate);
         let blobs = BlobsProtocol::new(&store.store, Some(events));
@@ -136,6 +147,19 @@ impl Provider {
                 datasets,
             );
             router = router.accept(PAID_ALPN, handler);
+        }
+        if let Some(jc) = &cfg.jobs {
+            let mut datasets = HashMap::new();
+            for rec in store.catalog.iter() {
+                let files = crate::jobs::dataset_files(&store.store, rec.root, rec.format, &rec.name)
+                    .await
+                    .map_err(|reason| ServeError::BrokenDataset { root: rec.root, reason })?;
+                datasets.insert(rec.root, crate::jobs::JobDataset { free: rec.free, files });
+            }
+            let handler = JobsProtocol::new(jc.clone(), store.store.clone(), &store.dir, datasets, free.clone())
+                .await
+                .map_err(|e| ServeError::Jobs(e.to_string()))?;
+            router = router.accept(JOBS_ALPN, handler);
         }
         let router = router.spawn();
         let this = Self { router, store, contents, paid: cfg.paid.clone() };

@@ -1,6 +1,7 @@
 //! Argument parsing and dispatch.
 
 mod chain;
+mod compute;
 mod deals;
 mod devnet;
 mod fetch;
@@ -47,6 +48,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a SQL query next to the data at the dataset's provider; fetch the verified, signed
+    /// result.
+    Compute(compute::ComputeArgs),
+    /// What runs inside a job's sandbox (started by the provider, not by hand).
+    #[command(subcommand, hide = true)]
+    Worker(compute::WorkerCmd),
     /// Refund, dispute or withdraw a deal.
     #[command(subcommand)]
     Deal(deals::DealCmd),
@@ -84,6 +91,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Provider(cmd) => provider::run(cmd, &root.join("provider"), cli.quiet).await,
         Command::Fetch(args) => fetch::run(args, &root.join("fetcher"), cli.quiet).await,
+        Command::Compute(args) => compute::run(args, &root.join("fetcher"), cli.quiet).await,
+        Command::Worker(cmd) => compute::worker(cmd).await,
         Command::Devnet(args) => devnet::run(args, &root).await,
         Command::Deals { chain, json } => deals::deals(&root.join("fetcher"), chain, json).await,
         Command::Deal(cmd) => deals::deal(cmd, &root.join("fetcher")).await,

@@ -105,6 +105,25 @@ pub struct ServeArgs {
     /// Serving capacity declared in the listings, MiB/s.
     #[arg(long, default_value_t = 100)]
     pub capacity_mibps: u64,
+    /// Run compute jobs (SQL on DataFusion) on free datasets, on bdc/jobs/1, in a runc sandbox;
+    /// results are signed with the keystore's key.
+    #[arg(long)]
+    pub jobs: bool,
+    /// Memory limit of one job's sandbox, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub job_memory_mib: u64,
+    /// CPU quota of one job, cores.
+    #[arg(long, default_value_t = 1.0)]
+    pub job_cpus: f64,
+    /// Wall-time limit of one job, seconds.
+    #[arg(long, default_value_t = 120)]
+    pub job_timeout_secs: u64,
+    /// Jobs run at once.
+    #[arg(long, default_value_t = 1)]
+    pub job_concurrency: usize,
+    /// The runc binary.
+    #[arg(long, default_value = "runc")]
+    pub runc: String,
     #[command(flatten)]
     pub chain: super::chain::ChainArgs,
 }
@@ -191,7 +210,24 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
     };
     let (paid, signer) = paid.map(|(p, s)| (Some(p), Some(s))).unwrap_or((None, None));
     let selling = paid.is_some();
-    let cfg = ServeConfig { net: NetConfig { bind: a.bind, relays: a.relays }, max_rate: a.max_rate, paid };
+    let jobs = if a.jobs {
+        let signer = match &signer {
+            Some(s) => s.clone(),
+            None => a.chain.signer().context("--jobs signs results with the keystore's key")?,
+        };
+        let exe = std::env::current_exe().context("cannot find the bdc binary to run as the job worker")?;
+        let mut jc = bdc_provider::JobsConfig::new(exe, signer);
+        jc.runc = a.runc.clone();
+        jc.concurrency = a.job_concurrency.max(1);
+        jc.limits.memory_bytes = a.job_memory_mib << 20;
+        jc.limits.cpus = a.job_cpus;
+        jc.limits.wall_time = std::time::Duration::from_secs(a.job_timeout_secs.max(1));
+        jc.limits.cpu_seconds = (a.job_timeout_secs as f64 * a.job_cpus.max(0.01)).ceil() as u64 + 1;
+        Some(jc)
+    } else {
+        None
+    };
+    let cfg = ServeConfig { net: NetConfig { bind: a.bind, relays: a.relays }, max_rate: a.max_rate, paid, jobs };
     let provider = Provider::spawn(store, cfg).await?;
     eprintln!("serving as {} on {:?}", provider.addr().id, provider.bound_sockets());
     let free: Vec<DatasetRecord> = provider.store().catalog().iter().filter(|r| r.free).cloned().collect();

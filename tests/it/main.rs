@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod compute;
 mod market;
 mod paid;
 mod transfer;

@@ -5,6 +5,7 @@
 //!   (no node or solc needed to build).
 //! - [`receipt`]: the EIP-712 `Receipt{dealId, cumulativeAmount}`: digest, signing and
 //!   verification, with no chain connection needed.
+//! - [`jobs`]: the EIP-712 `JobResult` a provider signs for each finished compute job.
 //! - [`client`]: typed clients for the escrow, registry and token.
 //! - [`devnet`]: [`Devnet`] spawns anvil on a free port, deploys everything, funds test accounts,
 //!   and kills anvil on drop.
@@ -12,6 +13,7 @@
 pub mod bindings;
 pub mod client;
 pub mod devnet;
+pub mod jobs;
 pub mod listing;
 pub mod receipt;
 

@@ -1,0 +1,304 @@
+//! `bdc/jobs/1`: compute next to the data.
+//!
+//! The buyer opens a bi stream and writes one [`JobRequest`], then finishes its side. The provider
+//! answers with [`JobUpdate`]s (queued, running, then exactly one of done or failed) and finishes
+//! the stream. Every message is framed as a `u32` big-endian length and postcard bytes, and each
+//! has a size limit. A finished job carries a [`JobResult`] signed by the provider's Ethereum key
+//! (EIP-712, see `bdc_contracts::jobs`); the buyer then fetches the result root, which iroh-blobs
+//! verifies chunk group by chunk group. See docs/PROTOCOL.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Hash;
+
+/// Version carried in every [`JobRequest`].
+pub const JOBS_PROTOCOL_VERSION: u8 = 1;
+
+/// Largest encoded request (the SQL text dominates).
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Largest encoded update (a signed result manifest carries the query text back).
+pub const MAX_UPDATE_BYTES: usize = 128 * 1024;
+
+/// Largest SQL text accepted.
+pub const MAX_SQL_BYTES: usize = 32 * 1024;
+
+/// Stable failure codes of a job (in [`JobUpdate::Failed`]).
+pub mod codes {
+    pub const MALFORMED_REQUEST: u32 = 1;
+    pub const UNSUPPORTED_VERSION: u32 = 2;
+    /// The dataset is not served here, or not open to this buyer.
+    pub const UNKNOWN_DATASET: u32 = 3;
+    /// The query was refused before it ran: DDL, DML, a statement, a parse or planning error.
+    pub const QUERY_REFUSED: u32 = 4;
+    /// The query ran and failed (a type error at run time, an unreadable file).
+    pub const QUERY_FAILED: u32 = 5;
+    /// The job used more memory than its limit.
+    pub const MEMORY_LIMIT: u32 = 6;
+    /// The job ran past its wall-time or CPU-time limit.
+    pub const TIME_LIMIT: u32 = 7;
+    /// The result is larger than the provider stores for one job.
+    pub const RESULT_TOO_LARGE: u32 = 8;
+    /// The sandbox could not start the job (runc missing, bad image).
+    pub const SANDBOX: u32 = 9;
+    /// The queue is full; try later.
+    pub const BUSY: u32 = 10;
+    /// The program exited with a nonzero status.
+    pub const PROGRAM_FAILED: u32 = 11;
+    /// This provider does not run this kind of job.
+    pub const UNSUPPORTED_JOB: u32 = 12;
+    pub const INTERNAL: u32 = 20;
+
+    /// A short name for a code, for messages.
+    pub fn name(code: u32) -> &'static str {
+        match code {
+            MALFORMED_REQUEST => "malformed request",
+            UNSUPPORTED_VERSION => "unsupported protocol version",
+            UNKNOWN_DATASET => "unknown dataset",
+            QUERY_REFUSED => "query refused",
+            QUERY_FAILED => "query failed",
+            MEMORY_LIMIT => "memory limit exceeded",
+            TIME_LIMIT => "time limit exceeded",
+            RESULT_TOO_LARGE => "result too large",
+            SANDBOX => "sandbox failure",
+            BUSY => "provider busy",
+            PROGRAM_FAILED => "program failed",
+            UNSUPPORTED_JOB => "job kind not supported here",
+            INTERNAL => "provider internal error",
+            _ => "unknown code",
+        }
+    }
+}
+
+/// How a SQL result is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum ResultFormat {
+    #[default]
+    Parquet,
+    Csv,
+}
+
+impl ResultFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parquet => "parquet",
+            Self::Csv => "csv",
+        }
+    }
+
+    /// File extension of a result in this format.
+    pub fn extension(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl std::str::FromStr for ResultFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "parquet" => Ok(Self::Parquet),
+            "csv" => Ok(Self::Csv),
+            other => Err(format!("unknown result format {other:?} (expected parquet or csv)")),
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobSpec {
+    /// A read-only SQL query over the dataset's tabular files (tables named by file stem).
+    Sql { query: String, format: ResultFormat },
+}
+
+impl JobSpec {
+    /// The text a result manifest records for this job.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sql { query, .. } => query.clone(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Sql { .. } => "sql",
+        }
+    }
+}
+
+/// The buyer's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRequest {
+    pub version: u8,
+    pub dataset: Hash,
+    pub spec: JobSpec,
+}
+
+/// What a finished job produced. Signed by the provider (EIP-712 `JobResult`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// Chosen by the provider, unique per job.
+    pub job_id: [u8; 32],
+    /// The escrow deal paying for the job; all zero for a free job.
+    pub deal_id: [u8; 32],
+    pub dataset: Hash,
+    /// "sql".
+    pub kind: String,
+    /// The SQL text as run.
+    pub query: String,
+    /// Engine and version, e.g. "datafusion 55.2.0".
+    pub engine: String,
+    /// BLAKE3 root of the result file (a raw blob).
+    pub result_root: Hash,
+    /// "parquet" or "csv".
+    pub format: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Unix milliseconds.
+    pub started_ms: u64,
+    pub finished_ms: u64,
+}
+
+/// A result with the provider's signature (65 bytes, `r || s || v`) and claimed address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedJobResult {
+    pub result: JobResult,
+    pub signer: [u8; 20],
+    pub sig: Vec<u8>,
+}
+
+/// The provider's messages on a job stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobUpdate {
+    /// Accepted; `ahead` jobs run before this one.
+    Queued {
+        job_id: [u8; 32],
+        ahead: u32,
+    },
+    /// Started in the sandbox.
+    Running,
+    Done(Box<SignedJobResult>),
+    Failed {
+        code: u32,
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobWireError {
+    #[error("message of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge { len: usize, limit: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// `u32` big-endian length, then the postcard bytes.
+pub fn frame<T: Serialize>(msg: &T) -> Vec<u8> {
+    let body = postcard::to_stdvec(msg).expect("job messages serialize");
+    let mut out = Vec::with_capacity(body.len() + 4);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Decodes a frame body (without its length prefix), refusing bodies above `limit`.
+pub fn decode<T: for<'a> Deserialize<'a>>(body: &[u8], limit: usize) -> Result<T, JobWireError> {
+    if body.len() > limit {
+        return Err(JobWireError::TooLarge { len: body.len(), limit });
+    }
+    postcard::from_bytes(body).map_err(|e| JobWireError::Malformed(e.to_string()))
+}
+
+/// Table names for a dataset's files: the lowercased file stem (`trades.parquet` → `trades`)
+/// when it is unique and a plain identifier, else the whole relative path without its
+/// extension with every other character turned into `_` (`2024/01/trades.parquet` →
+/// `2024_01_trades`). Only files with a tabular extension are listed (see [`table_kind`]); the
+/// `bdc.json` manifest is not a table.
+pub fn table_names(files: &[String]) -> Vec<(String, String)> {
+    let tabular: Vec<&String> =
+        files.iter().filter(|f| f.as_str() != crate::protocol::MANIFEST_NAME && table_kind(f).is_some()).collect();
+    let stem = |f: &str| {
+        let base = f.rsplit('/').next().unwrap_or(f);
+        base.split('.').next().unwrap_or(base).to_lowercase()
+    };
+    let ident = |s: &str| {
+        let s: String =
+            s.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+        s
+    };
+    let mut out = Vec::with_capacity(tabular.len());
+    for f in &tabular {
+        let s = stem(f);
+        let unique = tabular.iter().filter(|g| stem(g) == s).count() == 1;
+        let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let name = if unique && plain {
+            s
+        } else {
+            let no_ext = match f.rfind('.') {
+                Some(i) if i > f.rfind('/').map_or(0, |j| j + 1) => &f[..i],
+                _ => f.as_str(),
+            };
+            ident(no_ext)
+        };
+        out.push((name, (*f).clone()));
+    }
+    out
+}
+
+/// The tabular kind of a file, by extension: parquet, csv, or json (JSON lines).
+pub fn table_kind(name: &str) -> Option<&'static str> {
+    let lower = name.to_lowercase();
+    if lower.ends_with(".parquet") {
+        Some("parquet")
+    } else if lower.ends_with(".csv") {
+        Some("csv")
+    } else if lower.ends_with(".jsonl") || lower.ends_with(".ndjson") || lower.ends_with(".json") {
+        Some("json")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_limits_hold() {
+        let req = JobRequest {
+            version: JOBS_PROTOCOL_VERSION,
+            dataset: Hash::new(b"x"),
+            spec: JobSpec::Sql { query: "SELECT 1".into(), format: ResultFormat::Csv },
+        };
+        let f = frame(&req);
+        assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
+        let back: JobRequest = decode(&f[4..], MAX_REQUEST_BYTES).unwrap();
+        assert_eq!(back, req);
+        assert!(matches!(decode::<JobRequest>(&f[4..], 3), Err(JobWireError::TooLarge { .. })));
+        assert!(matches!(decode::<JobRequest>(&[0xff, 0xff], 100), Err(JobWireError::Malformed(_))));
+    }
+
+    #[test]
+    fn table_names_use_stems_and_fall_back_to_paths() {
+        let files: Vec<String> = [
+            "bdc.json",
+            "Trades.parquet",
+            "quotes.csv",
+            "2024/a.parquet",
+            "2025/a.parquet",
+            "my file.csv",
+            "README.md",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let names = table_names(&files);
+        let get = |f: &str| names.iter().find(|(_, g)| g == f).map(|(n, _)| n.as_str());
+        assert_eq!(get("Trades.parquet"), Some("trades"));
+        assert_eq!(get("quotes.csv"), Some("quotes"));
+        assert_eq!(get("2024/a.parquet"), Some("2024_a"));
+        assert_eq!(get("2025/a.parquet"), Some("2025_a"));
+        assert_eq!(get("my file.csv"), Some("my_file"));
+        assert_eq!(get("README.md"), None);
+        assert_eq!(get("bdc.json"), None);
+    }
+}

@@ -1,0 +1,154 @@
+//! Compute jobs from the buyer's side (`bdc/jobs/1`).
+//!
+//! [`Fetcher::run_job`] sends the job, follows its status, checks the provider's signed result
+//! manifest ([`check_result`]: signature, signer, dataset, query, format), then fetches the result
+//! root, which iroh-blobs verifies chunk group by chunk group, and exports it under `name`.
+
+use std::path::{Path, PathBuf};
+
+use alloy::primitives::Address;
+use bdc_core::{
+    BlobFormat,
+    jobs::{
+        JOBS_PROTOCOL_VERSION, JobRequest, JobSpec, JobUpdate, MAX_UPDATE_BYTES, ResultFormat, SignedJobResult, codes,
+        decode, frame,
+    },
+    protocol::JOBS_ALPN,
+    ticket::BlobTicket,
+};
+use iroh::{EndpointId, endpoint::RecvStream};
+
+use crate::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher};
+
+/// Progress of a job.
+#[derive(Debug, Clone)]
+pub enum JobEvent {
+    /// Accepted; `ahead` jobs run first.
+    Queued {
+        ahead: u32,
+    },
+    Running,
+    /// Finished and its manifest checked; the result is being fetched.
+    Done {
+        rows: u64,
+        bytes: u64,
+    },
+    Fetch(FetchEvent),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("job failed on provider {provider}: {name}: {reason} (code {code})")]
+    Failed { provider: EndpointId, code: u32, name: &'static str, reason: String },
+    #[error("provider {provider} broke the jobs protocol: {reason}")]
+    Protocol { provider: EndpointId, reason: String },
+    #[error("rejected the result of provider {provider}: {reason}")]
+    Rejected { provider: EndpointId, reason: String },
+}
+
+/// A finished, checked and fetched job.
+#[derive(Debug, Clone)]
+pub struct JobOutcome {
+    pub signed: SignedJobResult,
+    /// The address that signed the manifest.
+    pub signer: Address,
+    /// Where the result was written.
+    pub file: PathBuf,
+    pub fetch: FetchReport,
+}
+
+/// Checks a signed result against the request: the signature recovers to the address the
+/// manifest claims (and to `expect`, when the buyer knows the provider's address), and the
+/// manifest is about this dataset, this query, in this format.
+pub fn check_result(req: &JobRequest, signed: &SignedJobResult, expect: Option<Address>) -> Result<Address, String> {
+    let signer = bdc_contracts::jobs::job_result_signer(signed)?;
+    if let Some(e) = expect
+        && e != signer
+    {
+        return Err(format!("result signed by {signer}, expected the provider's address {e}"));
+    }
+    let r = &signed.result;
+    if r.dataset != req.dataset {
+        return Err(format!("manifest is for dataset {}, the job was for {}", r.dataset, req.dataset));
+    }
+    if r.query != req.spec.describe() || r.kind != req.spec.kind() {
+        return Err("manifest names another query than the one sent".into());
+    }
+    let JobSpec::Sql { format, .. } = &req.spec;
+    if r.format != format.as_str() {
+        return Err(format!("manifest says format {:?}, the job asked for {:?}", r.format, format.as_str()));
+    }
+    Ok(signer)
+}
+
+async fn read_update(recv: &mut RecvStream) -> Result<Option<JobUpdate>, String> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(iroh::endpoint::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(format!("stream broke: {e}")),
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_UPDATE_BYTES {
+        return Err(format!("update of {n} bytes exceeds the {MAX_UPDATE_BYTES}-byte limit"));
+    }
+    let mut body = vec![0u8; n];
+    recv.read_exact(&mut body).await.map_err(|e| format!("stream broke: {e}"))?;
+    decode(&body, MAX_UPDATE_BYTES).map(Some).map_err(|e| e.to_string())
+}
+
+impl Fetcher {
+    /// Runs `spec` on the dataset of `ticket` at its provider, checks the signed result and
+    /// fetches it into `out/name`.
+    pub async fn run_job(
+        &self,
+        ticket: &BlobTicket,
+        spec: JobSpec,
+        expect_signer: Option<Address>,
+        out: &Path,
+        name: &str,
+        mut on: impl FnMut(JobEvent),
+    ) -> Result<JobOutcome, JobError> {
+        let provider = ticket.addr().id;
+        let protocol = |reason: String| JobError::Protocol { provider, reason };
+        let req = JobRequest { version: JOBS_PROTOCOL_VERSION, dataset: ticket.hash(), spec };
+        let conn = self.connect(ticket, JOBS_ALPN).await?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| protocol(format!("cannot open a stream: {e}")))?;
+        send.write_all(&frame(&req)).await.map_err(|e| protocol(format!("cannot send the job: {e}")))?;
+        send.finish().map_err(|e| protocol(e.to_string()))?;
+        let signed = loop {
+            match read_update(&mut recv).await.map_err(protocol)? {
+                None => return Err(protocol("the stream ended without a result".into())),
+                Some(JobUpdate::Queued { ahead, .. }) => on(JobEvent::Queued { ahead }),
+                Some(JobUpdate::Running) => on(JobEvent::Running),
+                Some(JobUpdate::Failed { code, reason }) => {
+                    conn.close(0u32.into(), b"done");
+                    return Err(JobError::Failed { provider, code, name: codes::name(code), reason });
+                }
+                Some(JobUpdate::Done(s)) => break *s,
+            }
+        };
+        conn.close(0u32.into(), b"done");
+        let signer =
+            check_result(&req, &signed, expect_signer).map_err(|reason| JobError::Rejected { provider, reason })?;
+        on(JobEvent::Done { rows: signed.result.rows, bytes: signed.result.bytes });
+        let result_ticket = BlobTicket::new(ticket.addr().clone(), signed.result.result_root, BlobFormat::Raw);
+        let opts = FetchOptions { raw_name: Some(name.to_string()) };
+        let fetch = self.fetch(&result_ticket, out, &opts, |e| on(JobEvent::Fetch(e))).await?;
+        if fetch.total_bytes != signed.result.bytes {
+            return Err(JobError::Rejected {
+                provider,
+                reason: format!("result is {} bytes, the manifest says {}", fetch.total_bytes, signed.result.bytes),
+            });
+        }
+        let file = fetch.files.first().map(|f| f.path.clone()).unwrap_or_else(|| out.join(name));
+        Ok(JobOutcome { signed, signer, file, fetch })
+    }
+}
+
+/// The default result file name for a job's format.
+pub fn result_file_name(format: ResultFormat) -> String {
+    format!("result.{}", format.extension())
+}

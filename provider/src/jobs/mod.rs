@@ -1,0 +1,434 @@
+//! Compute next to the data: `bdc/jobs/1`.
+//!
+//! A buyer sends a [`JobRequest`] on a bi stream; the provider queues it (bounded), runs it in the
+//! sandbox ([`sandbox`]: a runc bundle per job) as a separate worker process (`bdc worker sql`,
+//! [`worker`]), adds the result file to the store as a raw blob, signs a result manifest with its
+//! Ethereum key (EIP-712, `bdc_contracts::jobs`), opens the result root on the free protocol, and
+//! answers with the signed manifest. Every failure ends as [`JobUpdate::Failed`] with a stable code
+//! and a reason; the runner itself never goes down with a job.
+
+pub mod sandbox;
+pub mod worker;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use alloy::signers::local::PrivateKeySigner;
+use bdc_core::{
+    BlobFormat, Hash,
+    jobs::{
+        JOBS_PROTOCOL_VERSION, JobRequest, JobResult, JobSpec, JobUpdate, MAX_REQUEST_BYTES, MAX_SQL_BYTES,
+        ResultFormat, codes, decode, frame, table_kind,
+    },
+};
+use iroh::{
+    endpoint::{Connection, RecvStream, SendStream},
+    protocol::{AcceptError, ProtocolHandler},
+};
+use iroh_blobs::{format::collection::Collection, store::fs::FsStore};
+use tokio::sync::{Mutex, Semaphore};
+
+pub use sandbox::Limits;
+
+/// Tag prefix of job results in the store (so they survive restarts and stay served).
+pub const RESULT_TAG_PREFIX: &str = "bdc-job/";
+
+/// How the provider runs jobs.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// The `bdc` binary, run inside the sandbox as `bdc worker sql`.
+    pub worker_exe: PathBuf,
+    /// The runc binary.
+    pub runc: String,
+    pub limits: Limits,
+    /// Jobs running at once.
+    pub concurrency: usize,
+    /// Jobs waiting or running before new ones are refused as busy.
+    pub max_queue: usize,
+    /// Largest result file kept, bytes.
+    pub max_result_bytes: u64,
+    /// DataFusion threads in the worker.
+    pub threads: usize,
+    /// Signs result manifests.
+    pub signer: PrivateKeySigner,
+}
+
+impl JobsConfig {
+    pub fn new(worker_exe: PathBuf, signer: PrivateKeySigner) -> Self {
+        Self {
+            worker_exe,
+            runc: "runc".into(),
+            limits: Limits::default(),
+            concurrency: 1,
+            max_queue: 16,
+            max_result_bytes: 1 << 30,
+            threads: 2,
+            signer,
+        }
+    }
+}
+
+/// A dataset the runner can query: its files by name.
+#[derive(Debug, Clone)]
+pub(crate) struct JobDataset {
+    pub free: bool,
+    pub files: Vec<(String, Hash)>,
+}
+
+/// Reads a dataset's (name, hash) list from the store.
+pub(crate) async fn dataset_files(
+    store: &FsStore,
+    root: Hash,
+    format: BlobFormat,
+    name: &str,
+) -> Result<Vec<(String, Hash)>, String> {
+    if format == BlobFormat::Raw {
+        return Ok(vec![(name.to_string(), root)]);
+    }
+    let c = Collection::load(root, store.as_ref()).await.map_err(|e| e.to_string())?;
+    Ok(c.iter().map(|(n, h)| (n.clone(), *h)).collect())
+}
+
+#[derive(Debug)]
+struct Shared {
+    cfg: JobsConfig,
+    store: FsStore,
+    dir: PathBuf,
+    datasets: HashMap<Hash, JobDataset>,
+    free: Arc<RwLock<HashSet<Hash>>>,
+    permits: Semaphore,
+    waiting: AtomicUsize,
+    materialize: Mutex<()>,
+}
+
+/// The `bdc/jobs/1` handler.
+#[derive(Debug, Clone)]
+pub(crate) struct JobsProtocol {
+    shared: Arc<Shared>,
+}
+
+impl JobsProtocol {
+    pub(crate) async fn new(
+        cfg: JobsConfig,
+        store: FsStore,
+        data_dir: &Path,
+        datasets: HashMap<Hash, JobDataset>,
+        free: Arc<RwLock<HashSet<Hash>>>,
+    ) -> std::io::Result<Self> {
+        let dir = data_dir.join("jobs");
+        std::fs::create_dir_all(dir.join("run"))?;
+        // leftovers of jobs that were running when the provider stopped
+        for e in std::fs::read_dir(dir.join("run"))?.flatten() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+        // earlier results stay fetchable
+        if let Ok(mut tags) = store.tags().list_prefix(RESULT_TAG_PREFIX).await {
+            use futures_lite::StreamExt;
+            while let Some(Ok(t)) = tags.next().await {
+                free.write().expect("free set lock").insert(t.hash);
+            }
+        }
+        let permits = Semaphore::new(cfg.concurrency.max(1));
+        Ok(Self {
+            shared: Arc::new(Shared {
+                cfg,
+                store,
+                dir,
+                datasets,
+                free,
+                permits,
+                waiting: AtomicUsize::new(0),
+                materialize: Mutex::new(()),
+            }),
+        })
+    }
+}
+
+impl ProtocolHandler for JobsProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = conn.remote_id();
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(_) => break,
+            };
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                if let Err(e) = serve_job(shared, send, recv).await {
+                    tracing::warn!(%peer, "job stream: {e}");
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A failure on the way: code and reason.
+type Fail = (u32, String);
+
+async fn send_update(send: &mut SendStream, u: &JobUpdate) -> Result<(), String> {
+    send.write_all(&frame(u)).await.map_err(|e| format!("buyer went away: {e}"))
+}
+
+async fn read_request(recv: &mut RecvStream) -> Result<JobRequest, Fail> {
+    let malformed = |r: String| (codes::MALFORMED_REQUEST, r);
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(|e| malformed(format!("cannot read the request: {e}")))?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_REQUEST_BYTES {
+        return Err(malformed(format!("request of {n} bytes exceeds the {MAX_REQUEST_BYTES}-byte limit")));
+    }
+    let mut body = vec![0u8; n];
+    recv.read_exact(&mut body).await.map_err(|e| malformed(format!("cannot read the request: {e}")))?;
+    decode(&body, MAX_REQUEST_BYTES).map_err(|e| malformed(e.to_string()))
+}
+
+async fn serve_job(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) -> Result<(), String> {
+    let update = match accept_job(&shared, &mut send, &mut recv).await {
+        Ok(u) => u,
+        Err((code, reason)) => JobUpdate::Failed { code, reason },
+    };
+    send_update(&mut send, &update).await?;
+    send.finish().map_err(|e| e.to_string())?;
+    // wait until the buyer has read everything (or gone)
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+/// Checks, queues and runs one job; the final update.
+async fn accept_job(shared: &Arc<Shared>, send: &mut SendStream, recv: &mut RecvStream) -> Result<JobUpdate, Fail> {
+    let req = read_request(recv).await?;
+    if req.version != JOBS_PROTOCOL_VERSION {
+        return Err((
+            codes::UNSUPPORTED_VERSION,
+            format!("protocol version {} is not supported (this provider speaks {JOBS_PROTOCOL_VERSION})", req.version),
+        ));
+    }
+    let JobSpec::Sql { query, .. } = &req.spec;
+    if query.len() > MAX_SQL_BYTES {
+        return Err((codes::MALFORMED_REQUEST, format!("query of {} bytes exceeds {MAX_SQL_BYTES}", query.len())));
+    }
+    let ds = shared
+        .datasets
+        .get(&req.dataset)
+        .ok_or_else(|| (codes::UNKNOWN_DATASET, format!("dataset {} is not served here", req.dataset)))?;
+    if !ds.free {
+        return Err((
+            codes::UNKNOWN_DATASET,
+            format!("dataset {} is sold here; this provider runs jobs on free datasets only", req.dataset),
+        ));
+    }
+    if !ds.files.iter().any(|(n, _)| table_kind(n).is_some()) {
+        return Err((codes::QUERY_REFUSED, format!("dataset {} has no Parquet, CSV or JSON-lines files", req.dataset)));
+    }
+    let ahead = shared.waiting.fetch_add(1, Ordering::SeqCst);
+    let _slot = Slot(&shared.waiting);
+    if ahead >= shared.cfg.max_queue {
+        return Err((codes::BUSY, format!("{ahead} jobs are queued or running; try again later")));
+    }
+    let job_id: [u8; 32] = rand::random();
+    let running = ahead.saturating_sub(shared.cfg.concurrency.max(1) - 1) as u32;
+    send_update(send, &JobUpdate::Queued { job_id, ahead: running }).await.map_err(|e| (codes::INTERNAL, e))?;
+    let _permit = shared.permits.acquire().await.map_err(|_| (codes::INTERNAL, "runner closed".to_string()))?;
+    send_update(send, &JobUpdate::Running).await.map_err(|e| (codes::INTERNAL, e))?;
+    let started = Instant::now();
+    let res = run_job(shared, &req, ds, job_id).await;
+    let ms = started.elapsed().as_millis() as u64;
+    match &res {
+        Ok(r) => tracing::info!(job = %hex::encode(job_id), dataset = %req.dataset, rows = r.rows, ms, "job done"),
+        Err((code, reason)) => {
+            tracing::info!(job = %hex::encode(job_id), dataset = %req.dataset, code, reason, ms, "job failed")
+        }
+    }
+    let result = res?;
+    let signed = bdc_contracts::jobs::sign_job_result(&shared.cfg.signer, result).map_err(|e| (codes::INTERNAL, e))?;
+    Ok(JobUpdate::Done(Box::new(signed)))
+}
+
+/// Counts a job as waiting or running while alive.
+struct Slot<'a>(&'a AtomicUsize);
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Runs one job in a fresh bundle; the unsigned result.
+async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8; 32]) -> Result<JobResult, Fail> {
+    let internal = |e: String| (codes::INTERNAL, e);
+    let started_ms = now_ms();
+    let data = materialize(shared, req.dataset, ds).await.map_err(internal)?;
+    let JobSpec::Sql { query, format } = &req.spec;
+    let id = hex::encode(&job_id[..8]);
+    let job_dir = shared.dir.join("run").join(&id);
+    let _cleanup = RemoveOnDrop(job_dir.clone());
+    let (input, out, bundle) = (job_dir.join("in"), job_dir.join("out"), job_dir.join("bundle"));
+    let io = |e: std::io::Error| internal(format!("cannot prepare job directory {}: {e}", job_dir.display()));
+    std::fs::create_dir_all(&input).map_err(io)?;
+    std::fs::create_dir_all(&out).map_err(io)?;
+    std::fs::write(input.join("query.sql"), query).map_err(io)?;
+    std::os::unix::fs::chown(&out, Some(sandbox::JOB_UID), Some(sandbox::JOB_UID)).map_err(|e| {
+        (codes::SANDBOX, format!("cannot hand the output directory to the job user (runc jobs need root): {e}"))
+    })?;
+    let limits = &shared.cfg.limits;
+    let result_name = format!("result.{}", format.extension());
+    // DataFusion's pool is the soft limit that fails a query cleanly; the cgroup is the hard one
+    let pool = (limits.memory_bytes / 8 * 5).saturating_sub(16 << 20).max(16 << 20);
+    let args: Vec<String> = [
+        "/bdc",
+        "worker",
+        "sql",
+        "--data",
+        "/data",
+        "--query-file",
+        "/job/query.sql",
+        "--out",
+        &format!("/out/{result_name}"),
+        "--format",
+        format.as_str(),
+        "--memory-pool",
+        &pool.to_string(),
+        "--threads",
+        &shared.cfg.threads.to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let env = ["PATH=/usr/bin:/bin", "HOME=/tmp", "TMPDIR=/tmp", "RUST_BACKTRACE=0"].map(String::from);
+    let binds = [
+        sandbox::Bind { host: shared.cfg.worker_exe.clone(), container: "/bdc".into(), writable: false, exec: true },
+        sandbox::Bind { host: data, container: "/data".into(), writable: false, exec: false },
+        sandbox::Bind { host: input, container: "/job".into(), writable: false, exec: false },
+        sandbox::Bind { host: out.clone(), container: "/out".into(), writable: true, exec: false },
+    ];
+    let mut limits = limits.clone();
+    limits.file_bytes = Some(shared.cfg.max_result_bytes);
+    sandbox::write_bundle(&bundle, &args, &env, &binds, &limits).map_err(|e| (codes::SANDBOX, e.to_string()))?;
+    let outcome = sandbox::run(&shared.cfg.runc, &bundle, &format!("bdc-job-{id}"), &limits)
+        .await
+        .map_err(|e| (codes::SANDBOX, e.to_string()))?;
+    let report = worker_outcome(outcome, &limits)?;
+    let path = out.join(&result_name);
+    let bytes =
+        std::fs::metadata(&path).map_err(|e| (codes::QUERY_FAILED, format!("the job wrote no result: {e}")))?.len();
+    if bytes > shared.cfg.max_result_bytes {
+        return Err((
+            codes::RESULT_TOO_LARGE,
+            format!("result of {bytes} bytes exceeds {}", shared.cfg.max_result_bytes),
+        ));
+    }
+    let tag = format!("{RESULT_TAG_PREFIX}{}", hex::encode(job_id));
+    let content = shared
+        .store
+        .blobs()
+        .add_path(&path)
+        .with_named_tag(tag.as_bytes())
+        .await
+        .map_err(|e| internal(format!("cannot store the result: {e}")))?;
+    shared.free.write().expect("free set lock").insert(content.hash);
+    Ok(JobResult {
+        job_id,
+        deal_id: [0; 32],
+        dataset: req.dataset,
+        kind: req.spec.kind().into(),
+        query: req.spec.describe(),
+        engine: report.engine,
+        result_root: content.hash,
+        format: format.as_str().into(),
+        rows: report.rows,
+        bytes,
+        started_ms,
+        finished_ms: now_ms(),
+    })
+}
+
+/// What a sandboxed worker's end means.
+fn worker_outcome(outcome: sandbox::Outcome, limits: &Limits) -> Result<worker::WorkerReport, Fail> {
+    let tail = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        s.trim().lines().last().unwrap_or("").chars().take(2000).collect::<String>()
+    };
+    match outcome {
+        sandbox::Outcome::Exited { code: 0, stdout, .. } => serde_json::from_slice(&stdout)
+            .map_err(|e| (codes::INTERNAL, format!("worker report is not readable: {e}: {}", tail(&stdout)))),
+        sandbox::Outcome::Exited { code: worker::FAILURE_EXIT, stderr, .. } => {
+            match serde_json::from_str::<worker::WorkerFailure>(&tail(&stderr)) {
+                Ok(f) => Err((f.code, f.reason)),
+                Err(_) => Err((codes::QUERY_FAILED, tail(&stderr))),
+            }
+        }
+        sandbox::Outcome::Exited { code: 153, .. } => {
+            Err((codes::RESULT_TOO_LARGE, "the result file grew past the provider's limit".into()))
+        }
+        sandbox::Outcome::Exited { code, stderr, .. } => {
+            Err((codes::QUERY_FAILED, format!("worker exited with status {code}: {}", tail(&stderr))))
+        }
+        sandbox::Outcome::OutOfMemory { .. } => Err((
+            codes::MEMORY_LIMIT,
+            format!("killed at the sandbox memory limit of {} MiB", limits.memory_bytes >> 20),
+        )),
+        sandbox::Outcome::WallTime => {
+            Err((codes::TIME_LIMIT, format!("ran past the wall-time limit of {} s", limits.wall_time.as_secs_f64())))
+        }
+        sandbox::Outcome::CpuTime => {
+            Err((codes::TIME_LIMIT, format!("used more than the CPU-time limit of {} s", limits.cpu_seconds)))
+        }
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The dataset's tabular files as plain files under `jobs/datasets/<root>/`, exported (and
+/// verified) from the store once and reused by later jobs.
+async fn materialize(shared: &Shared, root: Hash, ds: &JobDataset) -> Result<PathBuf, String> {
+    let dir = shared.dir.join("datasets").join(&*root.to_hex());
+    let _guard = shared.materialize.lock().await;
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let tmp = shared.dir.join("datasets").join(format!(".{}.tmp", root.to_hex()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    for (name, hash) in ds.files.iter().filter(|(n, _)| table_kind(n).is_some()) {
+        // names were checked at publish time; check again, they become paths
+        bdc_core::paths::check_name(name).map_err(|e| e.to_string())?;
+        let target = tmp.join(name);
+        if let Some(p) = target.parent() {
+            std::fs::create_dir_all(p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+        }
+        shared
+            .store
+            .blobs()
+            .export(*hash, &target)
+            .finish()
+            .await
+            .map_err(|e| format!("cannot export {name} of dataset {root}: {e}"))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| format!("cannot move {} into place: {e}", tmp.display()))?;
+    Ok(dir)
+}
+
+/// The ALPN-independent entry for CLI use: the format of a result file name.
+pub fn result_format_for(path: &Path) -> Option<ResultFormat> {
+    match path.extension()?.to_str()? {
+        "parquet" => Some(ResultFormat::Parquet),
+        "csv" => Some(ResultFormat::Csv),
+        _ => None,
+    }
+}

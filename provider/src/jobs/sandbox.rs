@@ -1,0 +1,270 @@
+//! The sandbox: one OCI bundle per job, run by runc.
+//!
+//! The bundle's root file system is read-only and nearly empty: the host's `/usr` (and `/lib*`,
+//! `/bin` when they are not symlinks into it) bound read-only, so the worker binary's shared
+//! libraries resolve; the dataset bound read-only at `/data`, noexec; the job's output directory
+//! at `/out`, the only writable place besides a small `/tmp`. The process runs as `nobody` with no
+//! capabilities and no new privileges, in fresh pid, network (no interfaces), ipc, uts and mount
+//! namespaces, with memory, CPU quota, pids and CPU-time limits in the runtime spec, and the
+//! caller kills it at the wall-time limit. Setting limits through the spec (not cgroup files)
+//! works on cgroup v1 and v2 hosts alike.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use serde_json::{Value, json};
+use tokio::{io::AsyncReadExt, process::Command};
+
+/// The user a job runs as.
+pub const JOB_UID: u32 = 65534;
+
+/// Limits of one job.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    /// CPU quota in cores (1.0: one core).
+    pub cpus: f64,
+    pub pids: u32,
+    /// CPU-time limit (RLIMIT_CPU), seconds.
+    pub cpu_seconds: u64,
+    pub wall_time: Duration,
+    /// Size of the job's `/tmp` (counts against its memory).
+    pub tmp_bytes: u64,
+    /// Largest file the job may write (RLIMIT_FSIZE; SIGXFSZ beyond it).
+    pub file_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 1 << 30,
+            cpus: 1.0,
+            pids: 128,
+            cpu_seconds: 300,
+            wall_time: Duration::from_secs(120),
+            tmp_bytes: 64 << 20,
+            file_bytes: None,
+        }
+    }
+}
+
+/// A host path bound into the container.
+#[derive(Debug, Clone)]
+pub struct Bind {
+    pub host: PathBuf,
+    pub container: String,
+    pub writable: bool,
+    pub exec: bool,
+}
+
+/// How a sandboxed process ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Exited {
+        code: i32,
+        stdout: Vec<u8>,
+        stderr: Vec<u8>,
+    },
+    /// Killed by the kernel's OOM killer inside the memory limit (exit 137 we did not cause).
+    OutOfMemory {
+        stderr: Vec<u8>,
+    },
+    /// Killed by us at the wall-time limit.
+    WallTime,
+    /// Killed by SIGXCPU/SIGKILL at the CPU-time limit.
+    CpuTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot prepare the job bundle in {path}: {source}")]
+    Bundle { path: PathBuf, source: std::io::Error },
+    #[error("cannot start {runc}: {source} (install runc: `apt-get install runc`)")]
+    Spawn { runc: String, source: std::io::Error },
+    #[error("runc could not start the job: {0}")]
+    Runc(String),
+}
+
+/// Largest stdout/stderr kept from a job.
+const MAX_CAPTURE: usize = 64 * 1024;
+
+/// Writes `bundle/config.json` and `bundle/rootfs`.
+pub fn write_bundle(
+    bundle: &Path,
+    args: &[String],
+    env: &[String],
+    binds: &[Bind],
+    limits: &Limits,
+) -> Result<(), SandboxError> {
+    let err = |source| SandboxError::Bundle { path: bundle.to_path_buf(), source };
+    let rootfs = bundle.join("rootfs");
+    std::fs::create_dir_all(&rootfs).map_err(err)?;
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", format!("size={}", limits.tmp_bytes)]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    // the host's /usr, and the top-level lib/bin dirs as the host has them (symlinks or dirs)
+    for dir in ["usr", "lib", "lib64", "lib32", "bin", "sbin"] {
+        let host = Path::new("/").join(dir);
+        let inside = rootfs.join(dir);
+        match std::fs::symlink_metadata(&host) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let target = std::fs::read_link(&host).map_err(err)?;
+                if std::fs::symlink_metadata(&inside).is_err() {
+                    std::os::unix::fs::symlink(target, &inside).map_err(err)?;
+                }
+            }
+            Ok(m) if m.is_dir() => {
+                std::fs::create_dir_all(&inside).map_err(err)?;
+                mounts.push(bind_mount(&host, &format!("/{dir}"), false, true));
+            }
+            _ => {}
+        }
+    }
+    for b in binds {
+        let inside = rootfs.join(b.container.trim_start_matches('/'));
+        if b.host.is_dir() {
+            std::fs::create_dir_all(&inside).map_err(err)?;
+        } else {
+            if let Some(p) = inside.parent() {
+                std::fs::create_dir_all(p).map_err(err)?;
+            }
+            std::fs::File::create(&inside).map_err(err)?;
+        }
+        mounts.push(bind_mount(&b.host, &b.container, b.writable, b.exec));
+    }
+    for d in ["proc", "dev", "tmp", "sys"] {
+        std::fs::create_dir_all(rootfs.join(d)).map_err(err)?;
+    }
+    // runc gives a tmpfs the mode of its mount point, whatever the mount options say
+    std::fs::set_permissions(rootfs.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).map_err(err)?;
+    let mut rlimits = vec![
+        json!({"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}),
+        json!({"type": "RLIMIT_CPU", "hard": limits.cpu_seconds + 1, "soft": limits.cpu_seconds}),
+        json!({"type": "RLIMIT_CORE", "hard": 0, "soft": 0}),
+    ];
+    if let Some(n) = limits.file_bytes {
+        rlimits.push(json!({"type": "RLIMIT_FSIZE", "hard": n, "soft": n}));
+    }
+    let period: u64 = 100_000;
+    let quota = (limits.cpus.max(0.01) * period as f64) as i64;
+    let config = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": JOB_UID, "gid": JOB_UID},
+            "args": args,
+            "env": env,
+            "cwd": "/",
+            "noNewPrivileges": true,
+            "capabilities": {"bounding": [], "effective": [], "permitted": [], "ambient": []},
+            "rlimits": rlimits
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "bdc-job",
+        "mounts": mounts,
+        "linux": {
+            "resources": {
+                "memory": {"limit": limits.memory_bytes},
+                "cpu": {"quota": quota, "period": period},
+                "pids": {"limit": limits.pids},
+                "devices": [{"allow": false, "access": "rwm"}]
+            },
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    });
+    std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).expect("json")).map_err(err)?;
+    Ok(())
+}
+
+fn bind_mount(host: &Path, container: &str, writable: bool, exec: bool) -> Value {
+    let mut opts = vec!["rbind", if writable { "rw" } else { "ro" }, "nosuid", "nodev"];
+    if !exec {
+        opts.push("noexec");
+    }
+    json!({"destination": container, "type": "bind", "source": host, "options": opts})
+}
+
+/// Runs the bundle as container `id` and waits, killing it at the wall-time limit.
+pub async fn run(runc: &str, bundle: &Path, id: &str, limits: &Limits) -> Result<Outcome, SandboxError> {
+    let started = Instant::now();
+    let mut child = Command::new(runc)
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| SandboxError::Spawn { runc: runc.to_string(), source })?;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let read_out = tokio::spawn(async move { read_capped(&mut out).await });
+    let read_err = tokio::spawn(async move { read_capped(&mut err).await });
+    let status = tokio::time::timeout(limits.wall_time, child.wait()).await.ok();
+    let timed_out = status.is_none();
+    if timed_out {
+        kill(runc, id).await;
+        let _ = child.wait().await;
+    }
+    delete(runc, id).await;
+    let stdout = read_out.await.unwrap_or_default();
+    let stderr = read_err.await.unwrap_or_default();
+    if timed_out {
+        return Ok(Outcome::WallTime);
+    }
+    let status = status.expect("not timed out").map_err(|e| SandboxError::Runc(e.to_string()))?;
+    let code = status.code().unwrap_or(-1);
+    tracing::debug!(id, code, ms = started.elapsed().as_millis() as u64, "sandboxed job ended");
+    // 128 + signal: 9 (SIGKILL: the cgroup's OOM killer, as we did not kill it) or 24 (SIGXCPU)
+    match code {
+        137 => Ok(Outcome::OutOfMemory { stderr }),
+        152 => Ok(Outcome::CpuTime),
+        _ => {
+            let text = String::from_utf8_lossy(&stderr);
+            if code != 0 && text.contains("runc run failed") {
+                return Err(SandboxError::Runc(text.trim().to_string()));
+            }
+            Ok(Outcome::Exited { code, stdout, stderr })
+        }
+    }
+}
+
+async fn read_capped(r: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                // keep the tail: the end of stderr says why a job failed
+                out.extend_from_slice(&buf[..n]);
+                if out.len() > MAX_CAPTURE {
+                    let cut = out.len() - MAX_CAPTURE;
+                    out.drain(..cut);
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn kill(runc: &str, id: &str) {
+    let _ = Command::new(runc).args(["kill", "--all", id, "KILL"]).stderr(Stdio::null()).status().await;
+}
+
+async fn delete(runc: &str, id: &str) {
+    let _ = Command::new(runc).args(["delete", "--force", id]).stderr(Stdio::null()).status().await;
+}

@@ -1,0 +1,189 @@
+//! The SQL worker: what runs inside the sandbox (`bdc worker sql`).
+//!
+//! It registers the dataset's tabular files (mounted read-only) as DataFusion tables named by
+//! file stem, plans the query with DDL, DML and statements refused (and no path-as-table: URL
+//! tables are not enabled), runs it under a DataFusion memory pool (a soft limit; the sandbox's
+//! cgroup is the hard one), and streams the batches into one Parquet or CSV file. It reports on
+//! stdout (`WorkerReport`, JSON) or, on failure, on the last stderr line (`WorkerFailure`, JSON)
+//! with exit status [`FAILURE_EXIT`].
+
+use std::{path::Path, sync::Arc};
+
+use bdc_core::jobs::{ResultFormat, codes, table_kind, table_names};
+use datafusion::{
+    arrow::{csv::Writer as CsvWriter, record_batch::RecordBatch},
+    common::TableReference,
+    error::DataFusionError,
+    execution::{memory_pool::FairSpillPool, runtime_env::RuntimeEnvBuilder},
+    parquet::arrow::ArrowWriter,
+    prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SQLOptions, SessionConfig, SessionContext},
+};
+use futures_lite::StreamExt;
+use serde::{Deserialize, Serialize};
+
+/// Exit status of a worker that reports a [`WorkerFailure`].
+pub const FAILURE_EXIT: i32 = 3;
+
+/// The engine named in result manifests.
+pub fn engine() -> String {
+    format!("datafusion {}", datafusion::DATAFUSION_VERSION)
+}
+
+/// What the worker is asked to do.
+#[derive(Debug, Clone)]
+pub struct WorkerArgs<'a> {
+    /// The dataset's files, at their relative names.
+    pub data: &'a Path,
+    pub query: &'a str,
+    pub out: &'a Path,
+    pub format: ResultFormat,
+    /// DataFusion's memory pool, bytes.
+    pub memory_pool: usize,
+    pub threads: usize,
+}
+
+/// A successful run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerReport {
+    pub rows: u64,
+    pub engine: String,
+}
+
+/// A failed run, with a code from [`bdc_core::jobs::codes`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerFailure {
+    pub code: u32,
+    pub reason: String,
+}
+
+impl WorkerFailure {
+    fn new(code: u32, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+}
+
+/// Every file under `dir`, as `/`-separated relative names, sorted.
+fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            if e.file_type()?.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(dir) {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Registers the tables of `data` in a new session with the given memory pool and threads.
+pub async fn session(data: &Path, memory_pool: usize, threads: usize) -> Result<SessionContext, WorkerFailure> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_pool)))
+        .build_arc()
+        .map_err(|e| WorkerFailure::new(codes::INTERNAL, format!("cannot build the runtime: {e}")))?;
+    let config = SessionConfig::new().with_target_partitions(threads.max(1));
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let files = list_files(data)
+        .map_err(|e| WorkerFailure::new(codes::INTERNAL, format!("cannot list the dataset files: {e}")))?;
+    for (table, file) in table_names(&files) {
+        let path = data.join(&file);
+        let path = path.to_string_lossy();
+        let ext = file.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+        let ext = format!(".{ext}");
+        let name = TableReference::bare(table.as_str());
+        let res = match table_kind(&file) {
+            Some("parquet") => {
+                ctx.register_parquet(name, path.as_ref(), ParquetReadOptions::default().file_extension(&ext)).await
+            }
+            Some("csv") => ctx.register_csv(name, path.as_ref(), CsvReadOptions::new().file_extension(&ext)).await,
+            Some("json") => {
+                ctx.register_json(name, path.as_ref(), JsonReadOptions::default().file_extension(&ext)).await
+            }
+            _ => continue,
+        };
+        res.map_err(|e| WorkerFailure::new(codes::QUERY_FAILED, format!("cannot read {file} as table {table}: {e}")))?;
+    }
+    Ok(ctx)
+}
+
+/// Maps a DataFusion error to a failure code: refused before running, out of memory, or failed.
+fn classify(e: &DataFusionError, planning: bool) -> WorkerFailure {
+    let root = e.find_root();
+    let code = match root {
+        DataFusionError::ResourcesExhausted(_) => codes::MEMORY_LIMIT,
+        _ if planning => codes::QUERY_REFUSED,
+        DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::NotImplemented(_) => {
+            codes::QUERY_REFUSED
+        }
+        _ => codes::QUERY_FAILED,
+    };
+    WorkerFailure::new(code, root.to_string())
+}
+
+/// Plans and runs the query, writing the result file.
+pub async fn run_sql(args: &WorkerArgs<'_>) -> Result<WorkerReport, WorkerFailure> {
+    let ctx = session(args.data, args.memory_pool, args.threads).await?;
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
+    let df = ctx.sql_with_options(args.query, options).await.map_err(|e| classify(&e, true))?;
+    let schema = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await.map_err(|e| classify(&e, false))?;
+    let file = std::fs::File::create(args.out)
+        .map_err(|e| WorkerFailure::new(codes::INTERNAL, format!("cannot create {}: {e}", args.out.display())))?;
+    let write_err = |e: String| WorkerFailure::new(codes::QUERY_FAILED, format!("cannot write the result: {e}"));
+    let mut rows = 0u64;
+    enum Sink {
+        Parquet(ArrowWriter<std::fs::File>),
+        Csv(CsvWriter<std::io::BufWriter<std::fs::File>>),
+    }
+    let mut sink = match args.format {
+        ResultFormat::Parquet => {
+            Sink::Parquet(ArrowWriter::try_new(file, schema, None).map_err(|e| write_err(e.to_string()))?)
+        }
+        ResultFormat::Csv => Sink::Csv(CsvWriter::new(std::io::BufWriter::new(file))),
+    };
+    let write = |sink: &mut Sink, b: &RecordBatch| -> Result<(), WorkerFailure> {
+        match sink {
+            Sink::Parquet(w) => w.write(b).map_err(|e| write_err(e.to_string())),
+            Sink::Csv(w) => w.write(b).map_err(|e| write_err(e.to_string())),
+        }
+    };
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| classify(&e, false))?;
+        rows += batch.num_rows() as u64;
+        write(&mut sink, &batch)?;
+    }
+    match sink {
+        Sink::Parquet(w) => {
+            w.close().map_err(|e| write_err(e.to_string()))?;
+        }
+        Sink::Csv(w) => {
+            let mut inner = w.into_inner();
+            std::io::Write::flush(&mut inner).map_err(|e| write_err(e.to_string()))?;
+        }
+    }
+    Ok(WorkerReport { rows, engine: engine() })
+}
+
+/// Writes `rows` synthetic trades (ts, symbol, price, qty, side) to one Parquet file at `path`,
+/// deterministic for a given `rows`: the market-data set of the tests, benchmarks and demo.
+pub async fn write_sample_trades(path: &Path, rows: u64) -> Result<(), DataFusionError> {
+    let ctx = SessionContext::new();
+    let sql = format!(
+        "COPY (SELECT to_timestamp_millis(1735689600000 + value * 37) AS ts, \
+           CASE value % 5 WHEN 0 THEN 'BTC-USD' WHEN 1 THEN 'ETH-USD' WHEN 2 THEN 'SOL-USD' \
+             WHEN 3 THEN 'XRP-USD' ELSE 'ADA-USD' END AS symbol, \
+           CAST(20000 + (value * 7919) % 50000 AS DOUBLE) / 100.0 AS price, \
+           CAST(1 + (value * 104729) % 1000 AS DOUBLE) / 1000.0 AS qty, \
+           CASE WHEN (value / 3) % 2 = 0 THEN 'buy' ELSE 'sell' END AS side \
+         FROM generate_series(1, {rows})) TO '{}' STORED AS PARQUET",
+        path.display().to_string().replace('\'', "''")
+    );
+    ctx.sql(&sql).await?.collect().await?;
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! `bdc compute ...` (the buyer) and `bdc worker sql ...` (what runs inside the job sandbox).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use bdc_core::{
+    jobs::{JobSpec, ResultFormat},
+    net::NetConfig,
+    ticket::parse_ticket,
+};
+use bdc_fetcher::{FetchEvent, Fetcher, FetcherConfig, JobEvent};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::progress::human;
+
+#[derive(Debug, Args)]
+pub struct ComputeArgs {
+    /// The dataset's ticket (from `bdc provider serve` / `bdc provider ticket`): names the
+    /// provider that runs the job and the dataset it runs on.
+    pub ticket: String,
+    /// A read-only SQL query; the dataset's Parquet, CSV and JSON-lines files are tables named
+    /// by file stem (`trades.parquet` → `trades`).
+    #[arg(long)]
+    pub sql: String,
+    /// Save the result here (format from --format, else from the extension, else Parquet).
+    /// Without it the result is fetched as CSV and printed.
+    #[arg(short, long)]
+    pub out: Option<PathBuf>,
+    /// Result format: parquet or csv.
+    #[arg(long)]
+    pub format: Option<ResultFormat>,
+    /// Accept only a result manifest signed by this Ethereum address.
+    #[arg(long)]
+    pub provider_address: Option<alloy::primitives::Address>,
+    /// Seconds to wait for the provider to answer.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// Local UDP address to bind.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub bind: SocketAddr,
+    /// Print the signed result manifest as JSON (on stderr when the result goes to stdout).
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
+    let ticket = parse_ticket(&a.ticket)?;
+    let format = match (&a.format, &a.out) {
+        (Some(f), _) => *f,
+        (None, Some(o)) => bdc_provider::jobs::result_format_for(o).unwrap_or(ResultFormat::Parquet),
+        (None, None) => ResultFormat::Csv,
+    };
+    if a.out.is_none() && format == ResultFormat::Parquet {
+        anyhow::bail!("a Parquet result is not printed: pass -o FILE, or --format csv");
+    }
+    let cfg = FetcherConfig {
+        data_dir: dir.to_path_buf(),
+        net: NetConfig { bind: a.bind, relays: false },
+        connect_timeout: Duration::from_secs(a.timeout.max(1)),
+    };
+    // the result goes to -o, or to a scratch dir from which it is printed
+    let scratch = tempfile::tempdir_in(std::env::temp_dir()).context("cannot create a scratch directory")?;
+    let (out_dir, name) = match &a.out {
+        Some(o) => {
+            let name = o.file_name().with_context(|| format!("-o {} names no file", o.display()))?;
+            let parent = o.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            (parent.to_path_buf(), name.to_string_lossy().into_owned())
+        }
+        None => (scratch.path().to_path_buf(), bdc_fetcher::jobs::result_file_name(format)),
+    };
+    let fetcher = Fetcher::open(cfg).await?;
+    let pb = status_bar(quiet);
+    let started = Instant::now();
+    let spec = JobSpec::Sql { query: a.sql.clone(), format };
+    let res = fetcher.run_job(&ticket, spec, a.provider_address, &out_dir, &name, |ev| show(&pb, &started, ev)).await;
+    pb.finish_and_clear();
+    fetcher.shutdown().await;
+    let outcome = res?;
+    let r = &outcome.signed.result;
+    eprintln!(
+        "job {} done: {} rows, {} {}, signed by {} ({}), {:.1}s",
+        hex::encode(&r.job_id[..8]),
+        r.rows,
+        human(r.bytes),
+        r.format,
+        outcome.signer,
+        r.engine,
+        started.elapsed().as_secs_f64()
+    );
+    let manifest = serde_json::to_string_pretty(&outcome.signed)?;
+    match &a.out {
+        Some(_) => {
+            if a.json {
+                println!("{manifest}");
+            } else {
+                println!("{}", outcome.file.display());
+            }
+        }
+        None => {
+            if a.json {
+                eprintln!("{manifest}");
+            }
+            let mut f = std::fs::File::open(&outcome.file)
+                .with_context(|| format!("cannot read the result {}", outcome.file.display()))?;
+            std::io::copy(&mut f, &mut std::io::stdout().lock()).context("cannot print the result")?;
+        }
+    }
+    Ok(())
+}
+
+fn status_bar(quiet: bool) -> ProgressBar {
+    let pb = ProgressBar::with_draw_target(
+        None,
+        if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() },
+    );
+    pb.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("static template"));
+    pb.enable_steady_tick(Duration::from_millis(200));
+    pb.set_message("submitting");
+    pb
+}
+
+fn show(pb: &ProgressBar, started: &Instant, ev: JobEvent) {
+    let t = started.elapsed().as_secs_f64();
+    match ev {
+        JobEvent::Queued { ahead } => pb.set_message(format!("queued ({ahead} ahead) {t:.1}s")),
+        JobEvent::Running => pb.set_message(format!("running (since {t:.1}s)")),
+        JobEvent::Done { rows, bytes } => {
+            pb.set_message(format!("done: {rows} rows, {}; fetching the result", human(bytes)))
+        }
+        JobEvent::Fetch(FetchEvent::Progress { done, total }) => {
+            pb.set_message(format!("fetching the result {}/{}", human(done), human(total)))
+        }
+        JobEvent::Fetch(_) => {}
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerCmd {
+    /// Runs one SQL query over a directory of files (used by the provider inside the sandbox).
+    Sql {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        query_file: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "parquet")]
+        format: ResultFormat,
+        /// DataFusion memory pool, bytes.
+        #[arg(long, default_value_t = 256 << 20)]
+        memory_pool: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+/// Runs the worker and exits the process: 0 with a JSON report on stdout, or
+/// `FAILURE_EXIT` with a JSON failure as the last stderr line.
+pub async fn worker(cmd: WorkerCmd) -> ! {
+    use bdc_provider::jobs::worker::{FAILURE_EXIT, WorkerArgs, WorkerFailure, run_sql};
+    let WorkerCmd::Sql { data, query_file, out, format, memory_pool, threads } = cmd;
+    let res = match std::fs::read_to_string(&query_file) {
+        Err(e) => Err(WorkerFailure {
+            code: bdc_core::jobs::codes::INTERNAL,
+            reason: format!("cannot read {}: {e}", query_file.display()),
+        }),
+        Ok(query) => {
+            let args = WorkerArgs { data: &data, query: &query, out: &out, format, memory_pool, threads };
+            run_sql(&args).await
+        }
+    };
+    match res {
+        Ok(r) => {
+            println!("{}", serde_json::to_string(&r).expect("report serializes"));
+            std::process::exit(0)
+        }
+        Err(f) => {
+            eprintln!("{}", serde_json::to_string(&f).expect("failure serializes"));
+            std::process::exit(FAILURE_EXIT)
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! Compute jobs: a real provider running SQL jobs in runc sandboxes (`bdc worker sql` is this
+//! build's binary), a real fetcher submitting them over `bdc/jobs/1` on 127.0.0.1. Needs runc and
+//! root (`make test` installs runc; CI runs as root).
+
+use std::{path::Path, time::Duration};
+
+use alloy::signers::local::PrivateKeySigner;
+use bdc_core::{
+    BlobFormat,
+    jobs::{JobSpec, ResultFormat, codes},
+    ticket::BlobTicket,
+};
+use bdc_fetcher::{Fetcher, FetcherConfig, JobError};
+use bdc_provider::{JobsConfig, Provider, ProviderStore, PublishOptions, ServeConfig, publish};
+use datafusion::{
+    arrow::util::pretty::pretty_format_batches,
+    prelude::{CsvReadOptions, ParquetReadOptions, SessionContext},
+};
+
+use crate::common::files_with_ext;
+
+const ROWS: u64 = 200_000;
+
+/// A dataset dir with trades.parquet (generated) and symbols.csv.
+async fn market_data(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    bdc_provider::jobs::worker::write_sample_trades(&dir.join("trades.parquet"), ROWS).await.unwrap();
+    std::fs::write(
+        dir.join("symbols.csv"),
+        "symbol,base,quote\nBTC-USD,BTC,USD\nETH-USD,ETH,USD\nSOL-USD,SOL,USD\nXRP-USD,XRP,USD\nADA-USD,ADA,USD\n",
+    )
+    .unwrap();
+}
+
+fn jobs_config(key: &PrivateKeySigner) -> JobsConfig {
+    let mut jc = JobsConfig::new(env!("CARGO_BIN_EXE_bdc").into(), key.clone());
+    jc.limits.memory_bytes = 384 << 20;
+    jc.limits.wall_time = Duration::from_secs(20);
+    jc
+}
+
+async fn serve(tmp: &Path, data: &Path, jc: JobsConfig) -> (Provider, BlobTicket) {
+    let mut store = ProviderStore::open(&tmp.join("p")).await.unwrap();
+    let opts = PublishOptions { free: true, name: Some("trades".into()), ..Default::default() };
+    let rec = publish(&mut store, data, &opts, |_| {}).await.unwrap();
+    let cfg = ServeConfig { jobs: Some(jc), ..ServeConfig::test() };
+    let provider = Provider::spawn(store, cfg).await.unwrap();
+    let ticket = provider.ticket(rec.root).unwrap();
+    (provider, ticket)
+}
+
+/// The query run directly in DataFusion over the original files, pretty-printed.
+async fn direct(data: &Path, sql: &str) -> String {
+    let ctx = SessionContext::new();
+    ctx.register_parquet("trades", data.join("trades.parquet").to_str().unwrap(), ParquetReadOptions::default())
+        .await
+        .unwrap();
+    ctx.register_csv("symbols", data.join("symbols.csv").to_str().unwrap(), CsvReadOptions::new()).await.unwrap();
+    pretty_format_batches(&ctx.sql(sql).await.unwrap().collect().await.unwrap()).unwrap().to_string()
+}
+
+/// A result file read back with DataFusion, pretty-printed.
+async fn read_result(file: &Path, format: ResultFormat) -> String {
+    let ctx = SessionContext::new();
+    let path = file.to_str().unwrap();
+    let df = match format {
+        ResultFormat::Parquet => ctx.read_parquet(path, ParquetReadOptions::default()).await.unwrap(),
+        ResultFormat::Csv => ctx.read_csv(path, CsvReadOptions::new()).await.unwrap(),
+    };
+    pretty_format_batches(&df.collect().await.unwrap()).unwrap().to_string()
+}
+
+fn sql(query: &str, format: ResultFormat) -> JobSpec {
+    JobSpec::Sql { query: query.into(), format }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_job_result_equals_datafusion_direct_and_is_signed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let key = PrivateKeySigner::random();
+    let (provider, ticket) = serve(tmp.path(), &data, jobs_config(&key)).await;
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let out = tmp.path().join("out");
+
+    let queries = [
+        "SELECT symbol, side, count(*) AS n, sum(qty) AS volume, round(avg(price), 6) AS avg_price \
+         FROM trades GROUP BY symbol, side ORDER BY symbol, side",
+        "SELECT t.symbol, s.base, max(t.price) AS high, min(t.price) AS low \
+         FROM trades t JOIN symbols s ON t.symbol = s.symbol GROUP BY t.symbol, s.base ORDER BY t.symbol",
+        "SELECT ts, symbol, price, qty, side FROM trades WHERE price > 690 ORDER BY ts LIMIT 25",
+    ];
+    for (i, q) in queries.iter().enumerate() {
+        let format = if i % 2 == 0 { ResultFormat::Parquet } else { ResultFormat::Csv };
+        let mut events = Vec::new();
+        let name = format!("r{i}.{}", format.extension());
+        let got = fetcher
+            .run_job(&ticket, sql(q, format), Some(key.address()), &out, &name, |e| events.push(format!("{e:?}")))
+            .await
+            .unwrap_or_else(|e| panic!("query {i} failed: {e}"));
+        let r = &got.signed.result;
+        assert_eq!(got.signer, key.address());
+        assert_eq!((r.dataset, r.query.as_str(), r.kind.as_str()), (ticket.hash(), *q, "sql"));
+        assert!(r.engine.starts_with("datafusion 55."), "{}", r.engine);
+        assert_eq!(r.bytes, std::fs::metadata(&got.file).unwrap().len());
+        assert_eq!(bdc_core::Hash::new(std::fs::read(&got.file).unwrap()), r.result_root);
+        assert!(r.finished_ms >= r.started_ms);
+        assert!(events.iter().any(|e| e.starts_with("Running")), "{events:?}");
+        let want = direct(&data, q).await;
+        let have = read_result(&got.file, format).await;
+        if format == ResultFormat::Parquet {
+            assert_eq!(have, want, "query {i}");
+        } else {
+            // CSV loses types (timestamps and floats print alike); compare row counts and cells
+            assert_eq!(have.lines().count(), want.lines().count(), "query {i}:\n{have}\n{want}");
+        }
+        let rows = want.lines().count() as u64 - 4; // header, separators and frame lines
+        assert_eq!(r.rows, rows, "query {i}");
+    }
+
+    // the provider's stored copy of a result is altered: a buyer fetching it rejects the bytes
+    let q = "SELECT * FROM trades ORDER BY ts";
+    let big = fetcher.run_job(&ticket, sql(q, ResultFormat::Csv), None, &out, "all.csv", |_| {}).await.unwrap();
+    assert!(big.signed.result.bytes > 1 << 20);
+    let hex = big.signed.result.result_root.to_hex().to_string();
+    let stored: Vec<_> = files_with_ext(&tmp.path().join("p/store"), "data")
+        .into_iter()
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(&hex))
+        .collect();
+    assert_eq!(stored.len(), 1, "the result is one data file in the store");
+    let mut bytes = std::fs::read(&stored[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&stored[0], &bytes).unwrap();
+    // (a second buyer fetches the signed root as `run_job` does after checking the manifest;
+    // re-running the job would re-import the same bytes and heal the copy)
+    let other = Fetcher::open(FetcherConfig::test(tmp.path().join("f2"))).await.unwrap();
+    let root = BlobTicket::new(provider.addr(), big.signed.result.result_root, BlobFormat::Raw);
+    let opts = bdc_fetcher::FetchOptions { raw_name: Some("again.csv".into()) };
+    let err = other.fetch(&root, &out, &opts, |_| {}).await.unwrap_err();
+    assert!(err.is_verification(), "{err}");
+    assert!(!out.join("again.csv").exists(), "nothing unverified written");
+    other.shutdown().await;
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_jobs_fail_with_reasons_and_the_provider_stays_healthy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let key = PrivateKeySigner::random();
+    let mut jc = jobs_config(&key);
+    jc.limits.memory_bytes = 256 << 20;
+    jc.limits.wall_time = Duration::from_secs(4);
+    let (provider, ticket) = serve(tmp.path(), &data, jc).await;
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let out = tmp.path().join("out");
+    let cases = [
+        ("CREATE TABLE x AS SELECT 1", codes::QUERY_REFUSED, "DDL"),
+        ("CREATE EXTERNAL TABLE y STORED AS CSV LOCATION '/etc/passwd'", codes::QUERY_REFUSED, "DDL"),
+        ("INSERT INTO trades SELECT * FROM trades", codes::QUERY_REFUSED, "DML"),
+        ("COPY trades TO '/out/copy.csv'", codes::QUERY_REFUSED, "COPY"),
+        ("SET datafusion.execution.batch_size = 1", codes::QUERY_REFUSED, "Statement"),
+        ("SELECT * FROM '/etc/passwd'", codes::QUERY_REFUSED, "/etc/passwd"),
+        ("SELECT nonsense FROM", codes::QUERY_REFUSED, ""),
+        ("SELECT array_agg(value) FROM generate_series(1, 400000000)", codes::MEMORY_LIMIT, ""),
+        ("SELECT count(*) FROM generate_series(1, 1000000000000)", codes::TIME_LIMIT, "wall-time"),
+    ];
+    for (q, code, needle) in cases {
+        let err = fetcher.run_job(&ticket, sql(q, ResultFormat::Csv), None, &out, "x.csv", |_| {}).await.unwrap_err();
+        match &err {
+            JobError::Failed { code: c, reason, .. } => {
+                assert_eq!(*c, code, "{q}: {err}");
+                assert!(reason.contains(needle), "{q}: reason should mention {needle:?}: {reason}");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("{q}: expected a failed job, got {other}"),
+        }
+    }
+    assert!(!out.exists(), "failed jobs write nothing");
+    // and the next job runs
+    let ok = fetcher
+        .run_job(&ticket, sql("SELECT count(*) AS n FROM trades", ResultFormat::Csv), None, &out, "n.csv", |_| {})
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(&ok.file).unwrap(), format!("n\n{ROWS}\n"));
+    // a dataset this provider does not have
+    let missing = BlobTicket::new(provider.addr(), bdc_core::Hash::new(b"nope"), BlobFormat::HashSeq);
+    let err =
+        fetcher.run_job(&missing, sql("SELECT 1", ResultFormat::Csv), None, &out, "y.csv", |_| {}).await.unwrap_err();
+    assert!(matches!(err, JobError::Failed { code: codes::UNKNOWN_DATASET, .. }), "{err}");
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}
+
+/// How a lying provider bends the manifest it signed.
+type Bend = fn(&mut bdc_core::jobs::SignedJobResult, &PrivateKeySigner);
+
+/// A provider that answers every job with a manifest bent by `bend`.
+#[derive(Debug, Clone)]
+struct Liar {
+    key: PrivateKeySigner,
+    bend: Bend,
+}
+
+impl iroh::protocol::ProtocolHandler for Liar {
+    async fn accept(&self, conn: iroh::endpoint::Connection) -> Result<(), iroh::protocol::AcceptError> {
+        use bdc_core::jobs::{JobRequest, JobResult, JobUpdate, decode, frame};
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let mut len = [0u8; 4];
+        recv.read_exact(&mut len).await.unwrap();
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        recv.read_exact(&mut body).await.unwrap();
+        let req: JobRequest = decode(&body, 1 << 16).unwrap();
+        let result = JobResult {
+            job_id: [7; 32],
+            deal_id: [0; 32],
+            dataset: req.dataset,
+            kind: req.spec.kind().into(),
+            query: req.spec.describe(),
+            engine: "datafusion 55.2.0".into(),
+            result_root: bdc_core::Hash::new(b"some result"),
+            format: "csv".into(),
+            rows: 1,
+            bytes: 11,
+            started_ms: 1,
+            finished_ms: 2,
+        };
+        let mut signed = bdc_contracts::jobs::sign_job_result(&self.key, result).unwrap();
+        (self.bend)(&mut signed, &self.key);
+        send.write_all(&frame(&JobUpdate::Done(Box::new(signed)))).await.unwrap();
+        send.finish().unwrap();
+        let _ = send.stopped().await;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_or_foreign_manifests_are_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = PrivateKeySigner::random();
+    let bends: [(Bend, &str); 4] = [
+        (|s, _| s.result.rows += 1, "altered"),
+        (|s, _| s.result.result_root = bdc_core::Hash::new(b"other"), "altered"),
+        (
+            |s, _| {
+                s.result.query = "SELECT 2".into();
+                *s = bdc_contracts::jobs::sign_job_result(&PrivateKeySigner::random(), s.result.clone()).unwrap();
+            },
+            "expected",
+        ),
+        (
+            |s, k| {
+                s.result.query = "SELECT 2".into();
+                *s = bdc_contracts::jobs::sign_job_result(k, s.result.clone()).unwrap();
+            },
+            "another query",
+        ),
+    ];
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    for (bend, needle) in bends {
+        let ep = bdc_core::net::bind_endpoint(
+            &bdc_core::net::NetConfig::test(),
+            iroh::SecretKey::generate(),
+            vec![bdc_core::protocol::JOBS_ALPN.to_vec()],
+        )
+        .await
+        .unwrap();
+        let router = iroh::protocol::Router::builder(ep.clone())
+            .accept(bdc_core::protocol::JOBS_ALPN, Liar { key: key.clone(), bend })
+            .spawn();
+        let ticket =
+            BlobTicket::new(bdc_core::net::dialable_addr(&ep), bdc_core::Hash::new(b"ds"), BlobFormat::HashSeq);
+        let err = fetcher
+            .run_job(&ticket, sql("SELECT 1", ResultFormat::Csv), Some(key.address()), tmp.path(), "r.csv", |_| {})
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, JobError::Rejected { reason, .. } if reason.contains(needle)), "{needle}: {err}");
+        router.shutdown().await.unwrap();
+    }
+    fetcher.shutdown().await;
+}
