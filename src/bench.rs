@@ -35,6 +35,27 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Five SQL queries on a generated trades Parquet file: `bdc compute` (sandboxed, signed,
+    /// fetched) vs DataFusion in-process vs DuckDB (python3 with duckdb installed).
+    Compute {
+        #[arg(long, default_value_t = 20_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Where to put the file and stores (default: the system temp dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Writes the synthetic trades Parquet file (ts, symbol, price, qty, side) the compute tests,
+    /// benchmark and demo use.
+    Trades {
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
     /// Market search and match latency over many listings (SQLite, and Postgres when
     /// --database-url or BDC_TEST_POSTGRES_URL is set), and indexer throughput on a devnet.
     Market {
@@ -63,6 +84,14 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
         BenchCmd::Transfer { size_mib, dir, paid, window_kib, receipt_every_kib, rounds } => {
             let paid = paid.then_some(PaidBench { window: window_kib << 10, receipt_every: receipt_every_kib << 10 });
             transfer(size_mib, dir, paid, rounds.max(1)).await
+        }
+        BenchCmd::Compute { rows, rounds, threads, dir } => {
+            crate::compute_bench::run(rows.max(1), rounds.max(1), dir, threads.max(1)).await
+        }
+        BenchCmd::Trades { rows, out } => {
+            bdc_provider::jobs::worker::write_sample_trades(&out, rows).await?;
+            println!("{}", out.display());
+            Ok(())
         }
         BenchCmd::Market { listings, database_url, events, queries } => {
             bdc_market::bench::run(listings.max(1), database_url, events, queries.max(1)).await

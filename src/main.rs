@@ -4,6 +4,7 @@
 
 mod bench;
 mod cli;
+mod compute_bench;
 mod progress;
 
 use std::process::ExitCode;

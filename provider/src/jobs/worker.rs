@@ -171,11 +171,12 @@ pub async fn run_sql(args: &WorkerArgs<'_>) -> Result<WorkerReport, WorkerFailur
 }
 
 /// Writes `rows` synthetic trades (ts, symbol, price, qty, side) to one Parquet file at `path`,
-/// deterministic for a given `rows`: the market-data set of the tests, benchmarks and demo.
+/// deterministic for a given `rows` (one trade every 50 ms, so 20M rows span 1M seconds): the
+/// market-data set of the tests, benchmarks and demo.
 pub async fn write_sample_trades(path: &Path, rows: u64) -> Result<(), DataFusionError> {
     let ctx = SessionContext::new();
     let sql = format!(
-        "COPY (SELECT to_timestamp_millis(1735689600000 + value * 37) AS ts, \
+        "COPY (SELECT to_timestamp_millis(1735689600000 + value * 50) AS ts, \
            CASE value % 5 WHEN 0 THEN 'BTC-USD' WHEN 1 THEN 'ETH-USD' WHEN 2 THEN 'SOL-USD' \
              WHEN 3 THEN 'XRP-USD' ELSE 'ADA-USD' END AS symbol, \
            CAST(20000 + (value * 7919) % 50000 AS DOUBLE) / 100.0 AS price, \
