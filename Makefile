@@ -13,9 +13,9 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## tools: the pinned npm toolchain (anvil, forge, solc-js, OpenZeppelin) in contracts/node_modules,
-## and runc for the compute-job sandbox
+## and runc + busybox-static for the compute-job sandbox and its tests
 tools: contracts/node_modules/.package-lock.json
-	bash scripts/ensure_runc.sh
+	bash scripts/ensure_sandbox.sh
 
 contracts/node_modules/.package-lock.json: contracts/package.json contracts/package-lock.json
 	cd contracts && npm ci --no-audit --no-fund

@@ -103,10 +103,20 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
 
     let duck = duck?;
     println!();
-    println!("bdc compute vs DataFusion vs DuckDB {}: {rows} rows, {} MiB Parquet, {threads} threads, medians of {rounds}", duck.0, size >> 20);
-    println!("sandbox start (a `SELECT 1` job end to end: runc + worker + tables + signed manifest + fetch): {:.0} ms (first job, with the dataset export: {:.0} ms)", start * 1e3, first * 1e3);
+    println!(
+        "bdc compute vs DataFusion vs DuckDB {}: {rows} rows, {} MiB Parquet, {threads} threads, medians of {rounds}",
+        duck.0,
+        size >> 20
+    );
+    println!(
+        "sandbox start (a `SELECT 1` job end to end: runc + worker + tables + signed manifest + fetch): {:.0} ms (first job, with the dataset export: {:.0} ms)",
+        start * 1e3,
+        first * 1e3
+    );
     println!();
-    println!("| query | bdc compute (ms) | minus start (ms) | DataFusion direct (ms) | DuckDB (ms) | (bdc − start) / DuckDB |");
+    println!(
+        "| query | bdc compute (ms) | minus start (ms) | DataFusion direct (ms) | DuckDB (ms) | (bdc − start) / DuckDB |"
+    );
     println!("|---|---:|---:|---:|---:|---:|");
     for (i, (name, _)) in QUERIES.iter().enumerate() {
         let d = duck.1.get(*name).copied().unwrap_or(f64::NAN);

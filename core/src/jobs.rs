@@ -103,24 +103,45 @@ impl std::str::FromStr for ResultFormat {
     }
 }
 
+/// Largest command line of a container job (all arguments together).
+pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
+
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobSpec {
     /// A read-only SQL query over the dataset's tabular files (tables named by file stem).
     Sql { query: String, format: ResultFormat },
+    /// A program in an OCI image, named by the SHA-256 of its archive (uploaded when the provider
+    /// does not have it), with the dataset read-only at `/data`; what it writes to `/out` is the
+    /// result (a collection). An empty `cmd` runs the image's own command.
+    Container { image_sha256: [u8; 32], image_size: u64, cmd: Vec<String> },
 }
 
 impl JobSpec {
-    /// The text a result manifest records for this job.
+    /// The text a result manifest records for this job: the SQL, or the image and command.
     pub fn describe(&self) -> String {
         match self {
             Self::Sql { query, .. } => query.clone(),
+            Self::Container { image_sha256, cmd, .. } => format!(
+                "oci-archive sha256:{} cmd {}",
+                hex::encode(image_sha256),
+                serde_json::to_string(cmd).expect("strings serialize")
+            ),
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Sql { .. } => "sql",
+            Self::Container { .. } => "container",
+        }
+    }
+
+    /// The result format a manifest must state: parquet / csv, or `collection` for a container.
+    pub fn result_format(&self) -> &'static str {
+        match self {
+            Self::Sql { format, .. } => format.as_str(),
+            Self::Container { .. } => "collection",
         }
     }
 }
@@ -141,16 +162,17 @@ pub struct JobResult {
     /// The escrow deal paying for the job; all zero for a free job.
     pub deal_id: [u8; 32],
     pub dataset: Hash,
-    /// "sql".
+    /// "sql" or "container".
     pub kind: String,
-    /// The SQL text as run.
+    /// The SQL text as run, or the image and command ([`JobSpec::describe`]).
     pub query: String,
-    /// Engine and version, e.g. "datafusion 55.2.0".
+    /// Engine and version, e.g. "datafusion 55.2.0", or "runc 1.1.5 image sha256:…".
     pub engine: String,
-    /// BLAKE3 root of the result file (a raw blob).
+    /// BLAKE3 root of the result: a raw blob (SQL) or a collection of the files in `/out`.
     pub result_root: Hash,
-    /// "parquet" or "csv".
+    /// "parquet", "csv" or "collection".
     pub format: String,
+    /// Rows of a SQL result; files of a container's result.
     pub rows: u64,
     pub bytes: u64,
     /// Unix milliseconds.
@@ -174,6 +196,9 @@ pub enum JobUpdate {
         job_id: [u8; 32],
         ahead: u32,
     },
+    /// The provider does not have the container image: the buyer sends the archive's bytes
+    /// (exactly `image_size`) on its side of the stream, then finishes it.
+    SendImage,
     /// Started in the sandbox.
     Running,
     Done(Box<SignedJobResult>),

@@ -27,6 +27,8 @@ pub enum JobEvent {
     Queued {
         ahead: u32,
     },
+    /// The provider asked for the container image; it is being uploaded.
+    UploadingImage,
     Running,
     /// Finished and its manifest checked; the result is being fetched.
     Done {
@@ -76,9 +78,8 @@ pub fn check_result(req: &JobRequest, signed: &SignedJobResult, expect: Option<A
     if r.query != req.spec.describe() || r.kind != req.spec.kind() {
         return Err("manifest names another query than the one sent".into());
     }
-    let JobSpec::Sql { format, .. } = &req.spec;
-    if r.format != format.as_str() {
-        return Err(format!("manifest says format {:?}, the job asked for {:?}", r.format, format.as_str()));
+    if r.format != req.spec.result_format() {
+        return Err(format!("manifest says format {:?}, the job asked for {:?}", r.format, req.spec.result_format()));
     }
     Ok(signer)
 }
@@ -109,6 +110,43 @@ impl Fetcher {
         expect_signer: Option<Address>,
         out: &Path,
         name: &str,
+        on: impl FnMut(JobEvent),
+    ) -> Result<JobOutcome, JobError> {
+        self.submit(ticket, spec, None, expect_signer, out, name, on).await
+    }
+
+    /// Runs `cmd` in the OCI image of `archive` (uploaded if the provider does not have it) with
+    /// the dataset of `ticket` at `/data`; fetches what it wrote to `/out` into `out`.
+    pub async fn run_container(
+        &self,
+        ticket: &BlobTicket,
+        archive: &Path,
+        cmd: Vec<String>,
+        expect_signer: Option<Address>,
+        out: &Path,
+        on: impl FnMut(JobEvent),
+    ) -> Result<JobOutcome, JobError> {
+        let local =
+            |e: std::io::Error| FetchError::Local(format!("cannot read image archive {}: {e}", archive.display()));
+        let image_size = std::fs::metadata(archive).map_err(local)?.len();
+        let a = archive.to_path_buf();
+        let image_sha256 = tokio::task::spawn_blocking(move || sha256_file(&a))
+            .await
+            .map_err(|e| FetchError::Local(e.to_string()))?
+            .map_err(local)?;
+        let spec = JobSpec::Container { image_sha256, image_size, cmd };
+        self.submit(ticket, spec, Some(archive), expect_signer, out, "", on).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn submit(
+        &self,
+        ticket: &BlobTicket,
+        spec: JobSpec,
+        image: Option<&Path>,
+        expect_signer: Option<Address>,
+        out: &Path,
+        name: &str,
         mut on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
         let provider = ticket.addr().id;
@@ -117,9 +155,32 @@ impl Fetcher {
         let conn = self.connect(ticket, JOBS_ALPN).await?;
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| protocol(format!("cannot open a stream: {e}")))?;
         send.write_all(&frame(&req)).await.map_err(|e| protocol(format!("cannot send the job: {e}")))?;
-        send.finish().map_err(|e| protocol(e.to_string()))?;
+        // a container job keeps the stream open in case the provider asks for the image
+        let mut open = image.is_some();
+        if !open {
+            send.finish().map_err(|e| protocol(e.to_string()))?;
+        }
         let signed = loop {
-            match read_update(&mut recv).await.map_err(protocol)? {
+            let update = read_update(&mut recv).await.map_err(protocol)?;
+            if open && !matches!(update, Some(JobUpdate::SendImage)) {
+                send.finish().map_err(|e| protocol(e.to_string()))?;
+                open = false;
+            }
+            match update {
+                Some(JobUpdate::SendImage) => {
+                    let (Some(path), true) = (image, open) else {
+                        return Err(protocol("asked for an image the job does not use".into()));
+                    };
+                    on(JobEvent::UploadingImage);
+                    let mut f = tokio::fs::File::open(path)
+                        .await
+                        .map_err(|e| FetchError::Local(format!("cannot read {}: {e}", path.display())))?;
+                    tokio::io::copy(&mut f, &mut send)
+                        .await
+                        .map_err(|e| protocol(format!("image upload failed: {e}")))?;
+                    send.finish().map_err(|e| protocol(e.to_string()))?;
+                    open = false;
+                }
                 None => return Err(protocol("the stream ended without a result".into())),
                 Some(JobUpdate::Queued { ahead, .. }) => on(JobEvent::Queued { ahead }),
                 Some(JobUpdate::Running) => on(JobEvent::Running),
@@ -134,10 +195,11 @@ impl Fetcher {
         let signer =
             check_result(&req, &signed, expect_signer).map_err(|reason| JobError::Rejected { provider, reason })?;
         on(JobEvent::Done { rows: signed.result.rows, bytes: signed.result.bytes });
-        let result_ticket = BlobTicket::new(ticket.addr().clone(), signed.result.result_root, BlobFormat::Raw);
+        let format = if image.is_some() { BlobFormat::HashSeq } else { BlobFormat::Raw };
+        let result_ticket = BlobTicket::new(ticket.addr().clone(), signed.result.result_root, format);
         let opts = FetchOptions { raw_name: Some(name.to_string()) };
         let fetch = self.fetch(&result_ticket, out, &opts, |e| on(JobEvent::Fetch(e))).await?;
-        if fetch.total_bytes != signed.result.bytes {
+        if image.is_none() && fetch.total_bytes != signed.result.bytes {
             return Err(JobError::Rejected {
                 provider,
                 reason: format!("result is {} bytes, the manifest says {}", fetch.total_bytes, signed.result.bytes),
@@ -151,4 +213,21 @@ impl Fetcher {
 /// The default result file name for a job's format.
 pub fn result_file_name(format: ResultFormat) -> String {
     format!("result.{}", format.extension())
+}
+
+/// SHA-256 of a file (the name of a container image archive).
+fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
 }

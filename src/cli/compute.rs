@@ -25,10 +25,18 @@ pub struct ComputeArgs {
     pub ticket: String,
     /// A read-only SQL query; the dataset's Parquet, CSV and JSON-lines files are tables named
     /// by file stem (`trades.parquet` → `trades`).
+    #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+    pub sql: Option<String>,
+    /// Run a program instead: an OCI image archive (`podman save --format oci-archive`), sent to
+    /// the provider if it does not have it; the command follows `--`. The dataset is at /data
+    /// (read-only); what the program writes to /out is the result, fetched into -o.
     #[arg(long)]
-    pub sql: String,
-    /// Save the result here (format from --format, else from the extension, else Parquet).
-    /// Without it the result is fetched as CSV and printed.
+    pub image: Option<PathBuf>,
+    /// The container's command (after `--`; default: the image's own).
+    #[arg(last = true)]
+    pub cmd: Vec<String>,
+    /// Save the result here (format from --format, else from the extension, else Parquet; a
+    /// directory for a container's files). Without it a SQL result is fetched as CSV and printed.
     #[arg(short, long)]
     pub out: Option<PathBuf>,
     /// Result format: parquet or csv.
@@ -50,6 +58,10 @@ pub struct ComputeArgs {
 
 pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     let ticket = parse_ticket(&a.ticket)?;
+    if let Some(image) = &a.image {
+        return run_container(&a, &ticket, image, dir, quiet).await;
+    }
+    let sql = a.sql.clone().context("--sql or --image is required")?;
     let format = match (&a.format, &a.out) {
         (Some(f), _) => *f,
         (None, Some(o)) => bdc_provider::jobs::result_format_for(o).unwrap_or(ResultFormat::Parquet),
@@ -76,7 +88,7 @@ pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> 
     let fetcher = Fetcher::open(cfg).await?;
     let pb = status_bar(quiet);
     let started = Instant::now();
-    let spec = JobSpec::Sql { query: a.sql.clone(), format };
+    let spec = JobSpec::Sql { query: sql, format };
     let res = fetcher.run_job(&ticket, spec, a.provider_address, &out_dir, &name, |ev| show(&pb, &started, ev)).await;
     pb.finish_and_clear();
     fetcher.shutdown().await;
@@ -113,6 +125,48 @@ pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
+async fn run_container(
+    a: &ComputeArgs,
+    ticket: &bdc_core::ticket::BlobTicket,
+    image: &Path,
+    dir: &Path,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let out = a.out.clone().context("a container job needs -o DIR for the files it writes to /out")?;
+    let cfg = FetcherConfig {
+        data_dir: dir.to_path_buf(),
+        net: NetConfig { bind: a.bind, relays: false },
+        connect_timeout: Duration::from_secs(a.timeout.max(1)),
+    };
+    let fetcher = Fetcher::open(cfg).await?;
+    let pb = status_bar(quiet);
+    let started = Instant::now();
+    let res = fetcher
+        .run_container(ticket, image, a.cmd.clone(), a.provider_address, &out, |ev| show(&pb, &started, ev))
+        .await;
+    pb.finish_and_clear();
+    fetcher.shutdown().await;
+    let outcome = res?;
+    let r = &outcome.signed.result;
+    eprintln!(
+        "job {} done: {} file(s), {}, signed by {} ({}), {:.1}s",
+        hex::encode(&r.job_id[..8]),
+        r.rows,
+        human(r.bytes),
+        outcome.signer,
+        r.engine,
+        started.elapsed().as_secs_f64()
+    );
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&outcome.signed)?);
+    } else {
+        for f in &outcome.fetch.files {
+            println!("{}", f.path.display());
+        }
+    }
+    Ok(())
+}
+
 fn status_bar(quiet: bool) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(
         None,
@@ -128,6 +182,7 @@ fn show(pb: &ProgressBar, started: &Instant, ev: JobEvent) {
     let t = started.elapsed().as_secs_f64();
     match ev {
         JobEvent::Queued { ahead } => pb.set_message(format!("queued ({ahead} ahead) {t:.1}s")),
+        JobEvent::UploadingImage => pb.set_message(format!("uploading the image {t:.1}s")),
         JobEvent::Running => pb.set_message(format!("running (since {t:.1}s)")),
         JobEvent::Done { rows, bytes } => {
             pb.set_message(format!("done: {rows} rows, {}; fetching the result", human(bytes)))

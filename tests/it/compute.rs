@@ -283,3 +283,171 @@ async fn tampered_or_foreign_manifests_are_rejected() {
     }
     fetcher.shutdown().await;
 }
+
+/// An OCI archive (image layout in a tar) of Debian's static busybox: one gzip layer with
+/// /bin/busybox and its applets as symlinks, `Cmd ["sh"]`. Built here so the test needs no
+/// registry and no podman.
+fn busybox_archive(path: &Path) {
+    use sha2::Digest;
+    let hex = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut dir = |name: &str, mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(mode);
+        h.set_size(0);
+        layer.append_data(&mut h, name, std::io::empty()).unwrap();
+    };
+    dir("bin/", 0o755);
+    dir("tmp/", 0o1777);
+    let bb = std::fs::read("/bin/busybox").expect("Debian's busybox-static (make test installs it)");
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(bb.len() as u64);
+    layer.append_data(&mut h, "bin/busybox", bb.as_slice()).unwrap();
+    for applet in ["sh", "cat", "echo", "id", "ls", "wc", "nc", "wget", "sleep", "ln", "head", "sha256sum", "mkdir"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        layer.append_link(&mut h, format!("bin/{applet}"), "busybox").unwrap();
+    }
+    let tar_bytes = layer.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar_bytes).unwrap();
+    let gz = gz.finish().unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex(&tar_bytes))]}
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", hex(&config)), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{}", hex(&gz)), "size": gz.len()}]
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", hex(&manifest)), "size": manifest.len()}]
+    }))
+    .unwrap();
+    let mut ar = tar::Builder::new(std::fs::File::create(path).unwrap());
+    let mut put = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        ar.append_data(&mut h, name, data).unwrap();
+    };
+    put("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    put("index.json", &index);
+    for blob in [&config, &manifest, &gz] {
+        put(&format!("blobs/sha256/{}", hex(blob)), blob);
+    }
+    ar.finish().unwrap();
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script.into()]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_job_reads_data_writes_results_and_is_signed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let image = tmp.path().join("busybox.oci.tar");
+    busybox_archive(&image);
+    let key = PrivateKeySigner::random();
+    let (provider, ticket) = serve(tmp.path(), &data, jobs_config(&key)).await;
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let script = "wc -c < /data/trades.parquet > /out/size.txt && id -u > /out/uid.txt && \
+                  mkdir /out/sub && sha256sum /data/symbols.csv > /out/sub/sum.txt && \
+                  cat /proc/net/dev > /out/netdev.txt";
+    let mut events = Vec::new();
+    let out = tmp.path().join("out1");
+    let got = fetcher
+        .run_container(&ticket, &image, sh(script), Some(key.address()), &out, |e| events.push(format!("{e:?}")))
+        .await
+        .unwrap();
+    assert!(events.iter().any(|e| e == "UploadingImage"), "first job uploads the image: {events:?}");
+    let r = &got.signed.result;
+    assert_eq!((r.kind.as_str(), r.format.as_str(), r.rows), ("container", "collection", 4));
+    // no network interface but its own loopback
+    let netdev = std::fs::read_to_string(out.join("netdev.txt")).unwrap();
+    let ifaces: Vec<&str> = netdev.lines().skip(2).filter_map(|l| l.split(':').next()).map(str::trim).collect();
+    assert_eq!(ifaces, ["lo"], "{netdev}");
+    assert!(r.query.contains("sha256:") && r.query.contains("sha256sum /data/symbols.csv"), "{}", r.query);
+    assert!(r.engine.starts_with("runc") && r.engine.contains("image sha256:"), "{}", r.engine);
+    let size = std::fs::metadata(data.join("trades.parquet")).unwrap().len();
+    assert_eq!(std::fs::read_to_string(out.join("size.txt")).unwrap().trim(), size.to_string());
+    assert_eq!(std::fs::read_to_string(out.join("uid.txt")).unwrap().trim(), "65534", "runs as nobody");
+    let sum = std::fs::read_to_string(out.join("sub/sum.txt")).unwrap();
+    use sha2::Digest;
+    let want = hex::encode(sha2::Sha256::digest(std::fs::read(data.join("symbols.csv")).unwrap()));
+    assert!(sum.starts_with(&want), "{sum}");
+    // the second job finds the image cached: no upload
+    let mut events = Vec::new();
+    fetcher
+        .run_container(&ticket, &image, sh("echo again > /out/a.txt"), None, &tmp.path().join("out2"), |e| {
+            events.push(format!("{e:?}"))
+        })
+        .await
+        .unwrap();
+    assert!(!events.iter().any(|e| e == "UploadingImage"), "{events:?}");
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_escapes_are_stopped_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let image = tmp.path().join("busybox.oci.tar");
+    busybox_archive(&image);
+    let key = PrivateKeySigner::random();
+    let mut jc = jobs_config(&key);
+    jc.limits.memory_bytes = 64 << 20;
+    jc.limits.pids = 32;
+    jc.limits.wall_time = Duration::from_secs(4);
+    let (provider, ticket) = serve(tmp.path(), &data, jc).await;
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    // a host service the job must not reach
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cases = [
+        // its own loopback, in its own network namespace: the host's listener is not there
+        (format!("echo hi | nc -w 2 127.0.0.1 {port}"), codes::PROGRAM_FAILED, "Connection refused"),
+        ("echo evil > /data/evil.txt".to_string(), codes::PROGRAM_FAILED, "Read-only file system"),
+        ("ln -s /etc/shadow /out/leak".to_string(), codes::PROGRAM_FAILED, "not a regular file"),
+        // the pids limit makes fork fail, and the shell gives up
+        ("while true; do sleep 30 & done".to_string(), codes::PROGRAM_FAILED, "can't fork"),
+        ("while true; do :; done".to_string(), codes::TIME_LIMIT, "wall-time"),
+        ("a=0123456789abcdef; while true; do a=$a$a; done".to_string(), codes::MEMORY_LIMIT, "memory"),
+    ];
+    let out = tmp.path().join("out");
+    for (script, code, needle) in cases {
+        let err = fetcher.run_container(&ticket, &image, sh(&script), None, &out, |_| {}).await.unwrap_err();
+        match &err {
+            JobError::Failed { code: c, reason, .. } => {
+                assert_eq!(*c, code, "{script}: {err}");
+                assert!(reason.contains(needle), "{script}: reason should mention {needle:?}: {reason}");
+            }
+            other => panic!("{script}: expected a failed job, got {other}"),
+        }
+    }
+    assert!(listener.accept().is_err(), "the job reached a host socket");
+    let materialized = tmp.path().join("p/jobs/datasets").join(&*ticket.hash().to_hex());
+    assert!(materialized.join("trades.parquet").exists() && !materialized.join("evil.txt").exists());
+    assert!(!out.exists(), "failed jobs write nothing");
+    // and the provider still runs the next job
+    let ok = fetcher.run_container(&ticket, &image, sh("echo fine > /out/ok.txt"), None, &out, |_| {}).await.unwrap();
+    assert_eq!(ok.signed.result.rows, 1);
+    assert_eq!(std::fs::read_to_string(out.join("ok.txt")).unwrap(), "fine\n");
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}

@@ -7,6 +7,7 @@
 //! answers with the signed manifest. Every failure ends as [`JobUpdate::Failed`] with a stable code
 //! and a reason; the runner itself never goes down with a job.
 
+pub mod image;
 pub mod sandbox;
 pub mod worker;
 
@@ -24,8 +25,8 @@ use alloy::signers::local::PrivateKeySigner;
 use bdc_core::{
     BlobFormat, Hash,
     jobs::{
-        JOBS_PROTOCOL_VERSION, JobRequest, JobResult, JobSpec, JobUpdate, MAX_REQUEST_BYTES, MAX_SQL_BYTES,
-        ResultFormat, codes, decode, frame, table_kind,
+        JOBS_PROTOCOL_VERSION, JobRequest, JobResult, JobSpec, JobUpdate, MAX_COMMAND_BYTES, MAX_REQUEST_BYTES,
+        MAX_SQL_BYTES, ResultFormat, codes, decode, frame, table_kind,
     },
 };
 use iroh::{
@@ -56,6 +57,8 @@ pub struct JobsConfig {
     pub max_result_bytes: u64,
     /// DataFusion threads in the worker.
     pub threads: usize,
+    /// Largest container image archive accepted from a buyer, bytes.
+    pub max_image_bytes: u64,
     /// Signs result manifests.
     pub signer: PrivateKeySigner,
 }
@@ -70,6 +73,7 @@ impl JobsConfig {
             max_queue: 16,
             max_result_bytes: 1 << 30,
             threads: 2,
+            max_image_bytes: 512 << 20,
             signer,
         }
     }
@@ -106,6 +110,8 @@ struct Shared {
     permits: Semaphore,
     waiting: AtomicUsize,
     materialize: Mutex<()>,
+    /// `runc --version`'s first line, named in container results.
+    runc_version: String,
 }
 
 /// The `bdc/jobs/1` handler.
@@ -131,10 +137,22 @@ impl JobsProtocol {
         // earlier results stay fetchable
         if let Ok(mut tags) = store.tags().list_prefix(RESULT_TAG_PREFIX).await {
             use futures_lite::StreamExt;
+            let mut results = Vec::new();
             while let Some(Ok(t)) = tags.next().await {
-                free.write().expect("free set lock").insert(t.hash);
+                results.push(t);
+            }
+            for t in results {
+                let hashes = match t.format {
+                    BlobFormat::HashSeq => collection_hashes(&store, t.hash).await.unwrap_or_default(),
+                    BlobFormat::Raw => vec![t.hash],
+                };
+                free.write().expect("free set lock").extend(hashes);
             }
         }
+        let runc_version = match tokio::process::Command::new(&cfg.runc).arg("--version").output().await {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("runc").to_string(),
+            Err(_) => "runc (not found)".to_string(),
+        };
         let permits = Semaphore::new(cfg.concurrency.max(1));
         Ok(Self {
             shared: Arc::new(Shared {
@@ -146,6 +164,7 @@ impl JobsProtocol {
                 permits,
                 waiting: AtomicUsize::new(0),
                 materialize: Mutex::new(()),
+                runc_version,
             }),
         })
     }
@@ -211,9 +230,14 @@ async fn accept_job(shared: &Arc<Shared>, send: &mut SendStream, recv: &mut Recv
             format!("protocol version {} is not supported (this provider speaks {JOBS_PROTOCOL_VERSION})", req.version),
         ));
     }
-    let JobSpec::Sql { query, .. } = &req.spec;
-    if query.len() > MAX_SQL_BYTES {
-        return Err((codes::MALFORMED_REQUEST, format!("query of {} bytes exceeds {MAX_SQL_BYTES}", query.len())));
+    match &req.spec {
+        JobSpec::Sql { query, .. } if query.len() > MAX_SQL_BYTES => {
+            return Err((codes::MALFORMED_REQUEST, format!("query of {} bytes exceeds {MAX_SQL_BYTES}", query.len())));
+        }
+        JobSpec::Container { cmd, .. } if cmd.iter().map(|a| a.len() + 1).sum::<usize>() > MAX_COMMAND_BYTES => {
+            return Err((codes::MALFORMED_REQUEST, format!("command line exceeds {MAX_COMMAND_BYTES} bytes")));
+        }
+        _ => {}
     }
     let ds = shared
         .datasets
@@ -225,9 +249,16 @@ async fn accept_job(shared: &Arc<Shared>, send: &mut SendStream, recv: &mut Recv
             format!("dataset {} is sold here; this provider runs jobs on free datasets only", req.dataset),
         ));
     }
-    if !ds.files.iter().any(|(n, _)| table_kind(n).is_some()) {
+    if matches!(req.spec, JobSpec::Sql { .. }) && !ds.files.iter().any(|(n, _)| table_kind(n).is_some()) {
         return Err((codes::QUERY_REFUSED, format!("dataset {} has no Parquet, CSV or JSON-lines files", req.dataset)));
     }
+    // a container's image: cached, or uploaded by the buyer now (before the job takes a slot)
+    let image = match &req.spec {
+        JobSpec::Container { image_sha256, image_size, .. } => {
+            Some(receive_image(shared, send, recv, image_sha256, *image_size).await?)
+        }
+        JobSpec::Sql { .. } => None,
+    };
     let ahead = shared.waiting.fetch_add(1, Ordering::SeqCst);
     let _slot = Slot(&shared.waiting);
     if ahead >= shared.cfg.max_queue {
@@ -239,7 +270,10 @@ async fn accept_job(shared: &Arc<Shared>, send: &mut SendStream, recv: &mut Recv
     let _permit = shared.permits.acquire().await.map_err(|_| (codes::INTERNAL, "runner closed".to_string()))?;
     send_update(send, &JobUpdate::Running).await.map_err(|e| (codes::INTERNAL, e))?;
     let started = Instant::now();
-    let res = run_job(shared, &req, ds, job_id).await;
+    let res = match &image {
+        Some(img) => run_container_job(shared, &req, ds, job_id, img).await,
+        None => run_job(shared, &req, ds, job_id).await,
+    };
     let ms = started.elapsed().as_millis() as u64;
     match &res {
         Ok(r) => tracing::info!(job = %hex::encode(job_id), dataset = %req.dataset, rows = r.rows, ms, "job done"),
@@ -269,18 +303,15 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
     let internal = |e: String| (codes::INTERNAL, e);
     let started_ms = now_ms();
     let data = materialize(shared, req.dataset, ds).await.map_err(internal)?;
-    let JobSpec::Sql { query, format } = &req.spec;
+    let JobSpec::Sql { query, format } = &req.spec else {
+        return Err(internal("not a SQL job".into()));
+    };
     let id = hex::encode(&job_id[..8]);
     let job_dir = shared.dir.join("run").join(&id);
     let _cleanup = RemoveOnDrop(job_dir.clone());
-    let (input, out, bundle) = (job_dir.join("in"), job_dir.join("out"), job_dir.join("bundle"));
-    let io = |e: std::io::Error| internal(format!("cannot prepare job directory {}: {e}", job_dir.display()));
-    std::fs::create_dir_all(&input).map_err(io)?;
-    std::fs::create_dir_all(&out).map_err(io)?;
-    std::fs::write(input.join("query.sql"), query).map_err(io)?;
-    std::os::unix::fs::chown(&out, Some(sandbox::JOB_UID), Some(sandbox::JOB_UID)).map_err(|e| {
-        (codes::SANDBOX, format!("cannot hand the output directory to the job user (runc jobs need root): {e}"))
-    })?;
+    let (input, out, bundle) = job_dirs(&job_dir)?;
+    std::fs::write(input.join("query.sql"), query)
+        .map_err(|e| internal(format!("cannot write {}: {e}", input.display())))?;
     let limits = &shared.cfg.limits;
     let result_name = format!("result.{}", format.extension());
     // DataFusion's pool is the soft limit that fails a query cleanly; the cgroup is the hard one
@@ -314,7 +345,8 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
     ];
     let mut limits = limits.clone();
     limits.file_bytes = Some(shared.cfg.max_result_bytes);
-    sandbox::write_bundle(&bundle, &args, &env, &binds, &limits).map_err(|e| (codes::SANDBOX, e.to_string()))?;
+    sandbox::write_bundle(&bundle, None, &args, &env, "/", &binds, &limits)
+        .map_err(|e| (codes::SANDBOX, e.to_string()))?;
     let outcome = sandbox::run(&shared.cfg.runc, &bundle, &format!("bdc-job-{id}"), &limits)
         .await
         .map_err(|e| (codes::SANDBOX, e.to_string()))?;
@@ -394,8 +426,8 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// The dataset's tabular files as plain files under `jobs/datasets/<root>/`, exported (and
-/// verified) from the store once and reused by later jobs.
+/// The dataset's files as plain files under `jobs/datasets/<root>/`, exported (and verified) from
+/// the store once and reused by later jobs.
 async fn materialize(shared: &Shared, root: Hash, ds: &JobDataset) -> Result<PathBuf, String> {
     let dir = shared.dir.join("datasets").join(&*root.to_hex());
     let _guard = shared.materialize.lock().await;
@@ -405,7 +437,7 @@ async fn materialize(shared: &Shared, root: Hash, ds: &JobDataset) -> Result<Pat
     let tmp = shared.dir.join("datasets").join(format!(".{}.tmp", root.to_hex()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    for (name, hash) in ds.files.iter().filter(|(n, _)| table_kind(n).is_some()) {
+    for (name, hash) in &ds.files {
         // names were checked at publish time; check again, they become paths
         bdc_core::paths::check_name(name).map_err(|e| e.to_string())?;
         let target = tmp.join(name);
@@ -431,4 +463,199 @@ pub fn result_format_for(path: &Path) -> Option<ResultFormat> {
         "csv" => Some(ResultFormat::Csv),
         _ => None,
     }
+}
+
+/// `in/`, `out/` (owned by the job user) and `bundle/` under a job directory.
+fn job_dirs(job_dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), Fail> {
+    let (input, out, bundle) = (job_dir.join("in"), job_dir.join("out"), job_dir.join("bundle"));
+    let io = |e: std::io::Error| (codes::INTERNAL, format!("cannot prepare job directory {}: {e}", job_dir.display()));
+    std::fs::create_dir_all(&input).map_err(io)?;
+    std::fs::create_dir_all(&out).map_err(io)?;
+    std::os::unix::fs::chown(&out, Some(sandbox::JOB_UID), Some(sandbox::JOB_UID)).map_err(|e| {
+        (codes::SANDBOX, format!("cannot hand the output directory to the job user (runc jobs need root): {e}"))
+    })?;
+    Ok((input, out, bundle))
+}
+
+/// The image of a container job: unpacked already, or read from the buyer now.
+async fn receive_image(
+    shared: &Arc<Shared>,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    sha: &[u8; 32],
+    size: u64,
+) -> Result<image::Image, Fail> {
+    let dir = shared.dir.join("images");
+    if let Some(img) = image::cached(&dir, sha) {
+        return Ok(img);
+    }
+    if size > shared.cfg.max_image_bytes {
+        return Err((
+            codes::MALFORMED_REQUEST,
+            format!("image archive of {size} bytes exceeds this provider's {}-byte limit", shared.cfg.max_image_bytes),
+        ));
+    }
+    send_update(send, &JobUpdate::SendImage).await.map_err(|e| (codes::INTERNAL, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| (codes::INTERNAL, format!("cannot create {}: {e}", dir.display())))?;
+    let upload = dir.join(format!(".upload-{}", hex::encode(rand::random::<[u8; 8]>())));
+    let _cleanup = RemoveOnDrop(upload.clone());
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut f = tokio::fs::File::create(&upload).await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
+        let mut left = size;
+        let mut buf = vec![0u8; 1 << 16];
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            recv.read_exact(&mut buf[..n])
+                .await
+                .map_err(|e| (codes::MALFORMED_REQUEST, format!("image upload broke off: {e}")))?;
+            f.write_all(&buf[..n]).await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
+            left -= n as u64;
+        }
+        f.flush().await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
+    }
+    let (dir2, upload2, sha2) = (dir.clone(), upload.clone(), *sha);
+    tokio::task::spawn_blocking(move || {
+        let got = image::file_sha256(&upload2).map_err(|e| (codes::INTERNAL, e.to_string()))?;
+        if got != sha2 {
+            return Err((
+                codes::MALFORMED_REQUEST,
+                format!("uploaded image has sha256 {}, the request named {}", hex::encode(got), hex::encode(sha2)),
+            ));
+        }
+        image::unpack(&dir2, &upload2, &sha2).map_err(|e| (codes::SANDBOX, e.to_string()))
+    })
+    .await
+    .map_err(|e| (codes::INTERNAL, e.to_string()))?
+}
+
+/// Runs a container job; its result is the collection of the files it wrote to `/out`.
+async fn run_container_job(
+    shared: &Shared,
+    req: &JobRequest,
+    ds: &JobDataset,
+    job_id: [u8; 32],
+    img: &image::Image,
+) -> Result<JobResult, Fail> {
+    let internal = |e: String| (codes::INTERNAL, e);
+    let JobSpec::Container { cmd, .. } = &req.spec else {
+        return Err(internal("not a container job".into()));
+    };
+    let started_ms = now_ms();
+    let data = materialize(shared, req.dataset, ds).await.map_err(internal)?;
+    let id = hex::encode(&job_id[..8]);
+    let job_dir = shared.dir.join("run").join(&id);
+    let _cleanup = RemoveOnDrop(job_dir.clone());
+    let (_, out, bundle) = job_dirs(&job_dir)?;
+    let mut args = img.info.entrypoint.clone();
+    args.extend(if cmd.is_empty() { img.info.cmd.clone() } else { cmd.clone() });
+    if args.is_empty() {
+        return Err((codes::MALFORMED_REQUEST, "no command given and the image has none".into()));
+    }
+    let mut env = img.info.env.clone();
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin".into());
+    }
+    let cwd = if img.info.workdir.is_empty() { "/".to_string() } else { img.info.workdir.clone() };
+    let binds = [
+        sandbox::Bind { host: data, container: "/data".into(), writable: false, exec: false },
+        sandbox::Bind { host: out.clone(), container: "/out".into(), writable: true, exec: false },
+    ];
+    let mut limits = shared.cfg.limits.clone();
+    limits.file_bytes = Some(shared.cfg.max_result_bytes);
+    sandbox::write_bundle(&bundle, Some(&img.rootfs), &args, &env, &cwd, &binds, &limits)
+        .map_err(|e| (codes::SANDBOX, e.to_string()))?;
+    let outcome = sandbox::run(&shared.cfg.runc, &bundle, &format!("bdc-job-{id}"), &limits)
+        .await
+        .map_err(|e| (codes::SANDBOX, e.to_string()))?;
+    let tail = |b: &[u8]| {
+        let s = String::from_utf8_lossy(b);
+        let lines: Vec<&str> = s.trim().lines().collect();
+        lines[lines.len().saturating_sub(5)..].join(" | ").chars().take(2000).collect::<String>()
+    };
+    match outcome {
+        sandbox::Outcome::Exited { code: 0, .. } => {}
+        sandbox::Outcome::Exited { code: 153, .. } => {
+            return Err((codes::RESULT_TOO_LARGE, "a file in /out grew past the provider's limit".into()));
+        }
+        sandbox::Outcome::Exited { code, stderr, .. } => {
+            return Err((codes::PROGRAM_FAILED, format!("exited with status {code}: {}", tail(&stderr))));
+        }
+        other => {
+            return Err(worker_outcome(other, &limits).err().unwrap_or((codes::INTERNAL, "unexpected outcome".into())));
+        }
+    }
+    let files = output_files(&out).map_err(|e| (codes::PROGRAM_FAILED, e))?;
+    let bytes: u64 = files.iter().map(|(_, _, n)| n).sum();
+    if bytes > shared.cfg.max_result_bytes {
+        return Err((
+            codes::RESULT_TOO_LARGE,
+            format!("/out holds {bytes} bytes, over {}", shared.cfg.max_result_bytes),
+        ));
+    }
+    let blobs = shared.store.blobs();
+    let mut tags = Vec::with_capacity(files.len());
+    for (name, path, _) in &files {
+        let t = blobs.add_path(path).temp_tag().await.map_err(|e| internal(format!("cannot store {name}: {e}")))?;
+        tags.push((name.clone(), t));
+    }
+    let collection: Collection = tags.iter().map(|(n, t)| (n.clone(), t.hash())).collect();
+    let ctag = collection.store(&shared.store).await.map_err(|e| internal(format!("cannot store the result: {e}")))?;
+    let root = ctag.hash();
+    let tag = format!("{RESULT_TAG_PREFIX}{}", hex::encode(job_id));
+    shared
+        .store
+        .tags()
+        .set(tag, bdc_core::HashAndFormat { hash: root, format: BlobFormat::HashSeq })
+        .await
+        .map_err(|e| internal(format!("cannot tag the result: {e}")))?;
+    let contents = collection_hashes(&shared.store, root).await.map_err(internal)?;
+    shared.free.write().expect("free set lock").extend(contents);
+    Ok(JobResult {
+        job_id,
+        deal_id: [0; 32],
+        dataset: req.dataset,
+        kind: req.spec.kind().into(),
+        query: req.spec.describe(),
+        engine: format!("{} image {}", shared.runc_version, img.info.manifest_digest),
+        result_root: root,
+        format: req.spec.result_format().into(),
+        rows: files.len() as u64,
+        bytes,
+        started_ms,
+        finished_ms: now_ms(),
+    })
+}
+
+/// A collection's root and every blob of its hash sequence (names blob and files).
+async fn collection_hashes(store: &FsStore, root: Hash) -> Result<Vec<Hash>, String> {
+    let bytes = store.blobs().get_bytes(root).await.map_err(|e| e.to_string())?;
+    let seq = iroh_blobs::hashseq::HashSeq::try_from(bytes).map_err(|e| e.to_string())?;
+    Ok(std::iter::once(root).chain(seq.iter()).collect())
+}
+
+/// Every regular file under `out`: (relative name, path, size). A symlink, device or FIFO is
+/// refused: the provider must never read through a link the job planted.
+fn output_files(out: &Path) -> Result<Vec<(String, PathBuf, u64)>, String> {
+    let mut files = Vec::new();
+    let mut stack = vec![out.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| format!("cannot read {}: {e}", d.display()))?;
+        for e in rd {
+            let e = e.map_err(|e| e.to_string())?;
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
+            let rel = p.strip_prefix(out).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                bdc_core::paths::check_name(&rel).map_err(|e| format!("output name refused: {e}"))?;
+                files.push((rel, p, m.len()));
+            } else {
+                return Err(format!("/out/{rel} is not a regular file (links, devices and pipes are not results)"));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }

@@ -91,17 +91,25 @@ pub enum SandboxError {
 /// Largest stdout/stderr kept from a job.
 const MAX_CAPTURE: usize = 64 * 1024;
 
-/// Writes `bundle/config.json` and `bundle/rootfs`.
+/// Writes `bundle/config.json`, and `bundle/rootfs` unless `image_root` names an image's
+/// unpacked root file system (a container job); without one the root is built from the host's
+/// `/usr` (the SQL worker).
 pub fn write_bundle(
     bundle: &Path,
+    image_root: Option<&Path>,
     args: &[String],
     env: &[String],
+    cwd: &str,
     binds: &[Bind],
     limits: &Limits,
 ) -> Result<(), SandboxError> {
     let err = |source| SandboxError::Bundle { path: bundle.to_path_buf(), source };
-    let rootfs = bundle.join("rootfs");
+    let rootfs = match image_root {
+        Some(r) => r.to_path_buf(),
+        None => bundle.join("rootfs"),
+    };
     std::fs::create_dir_all(&rootfs).map_err(err)?;
+    std::fs::create_dir_all(bundle).map_err(err)?;
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc"}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -111,7 +119,8 @@ pub fn write_bundle(
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
     ];
     // the host's /usr, and the top-level lib/bin dirs as the host has them (symlinks or dirs)
-    for dir in ["usr", "lib", "lib64", "lib32", "bin", "sbin"] {
+    let host_dirs: &[&str] = if image_root.is_some() { &[] } else { &["usr", "lib", "lib64", "lib32", "bin", "sbin"] };
+    for dir in host_dirs {
         let host = Path::new("/").join(dir);
         let inside = rootfs.join(dir);
         match std::fs::symlink_metadata(&host) {
@@ -136,12 +145,16 @@ pub fn write_bundle(
             if let Some(p) = inside.parent() {
                 std::fs::create_dir_all(p).map_err(err)?;
             }
-            std::fs::File::create(&inside).map_err(err)?;
+            if !inside.exists() {
+                std::fs::File::create(&inside).map_err(err)?;
+            }
         }
         mounts.push(bind_mount(&b.host, &b.container, b.writable, b.exec));
     }
     for d in ["proc", "dev", "tmp", "sys"] {
-        std::fs::create_dir_all(rootfs.join(d)).map_err(err)?;
+        if std::fs::symlink_metadata(rootfs.join(d)).is_err() {
+            std::fs::create_dir_all(rootfs.join(d)).map_err(err)?;
+        }
     }
     // runc gives a tmpfs the mode of its mount point, whatever the mount options say
     std::fs::set_permissions(rootfs.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777)).map_err(err)?;
@@ -162,12 +175,12 @@ pub fn write_bundle(
             "user": {"uid": JOB_UID, "gid": JOB_UID},
             "args": args,
             "env": env,
-            "cwd": "/",
+            "cwd": cwd,
             "noNewPrivileges": true,
             "capabilities": {"bounding": [], "effective": [], "permitted": [], "ambient": []},
             "rlimits": rlimits
         },
-        "root": {"path": "rootfs", "readonly": true},
+        "root": {"path": rootfs, "readonly": true},
         "hostname": "bdc-job",
         "mounts": mounts,
         "linux": {
