@@ -48,6 +48,10 @@ pub enum JobError {
     Protocol { provider: EndpointId, reason: String },
     #[error("rejected the result of provider {provider}: {reason}")]
     Rejected { provider: EndpointId, reason: String },
+    #[error(
+        "the {k} replicas disagree on the result ({roots}): the query is not deterministic, or a provider is wrong"
+    )]
+    Disagree { k: usize, roots: String },
 }
 
 /// A finished, checked and fetched job.
@@ -149,6 +153,19 @@ impl Fetcher {
         name: &str,
         mut on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
+        let (signed, signer) = self.execute(ticket, spec, image, expect_signer, &mut on).await?;
+        self.fetch_result(ticket, signed, signer, out, name, on).await
+    }
+
+    /// Submits a job and follows it to a checked, signed result (not yet fetched).
+    async fn execute(
+        &self,
+        ticket: &BlobTicket,
+        spec: JobSpec,
+        image: Option<&Path>,
+        expect_signer: Option<Address>,
+        mut on: impl FnMut(JobEvent),
+    ) -> Result<(SignedJobResult, Address), JobError> {
         let provider = ticket.addr().id;
         let protocol = |reason: String| JobError::Protocol { provider, reason };
         let req = JobRequest { version: JOBS_PROTOCOL_VERSION, dataset: ticket.hash(), spec };
@@ -195,11 +212,26 @@ impl Fetcher {
         let signer =
             check_result(&req, &signed, expect_signer).map_err(|reason| JobError::Rejected { provider, reason })?;
         on(JobEvent::Done { rows: signed.result.rows, bytes: signed.result.bytes });
-        let format = if image.is_some() { BlobFormat::HashSeq } else { BlobFormat::Raw };
+        Ok((signed, signer))
+    }
+
+    /// Fetches a checked result from the provider of `ticket`, verified against its signed root.
+    async fn fetch_result(
+        &self,
+        ticket: &BlobTicket,
+        signed: SignedJobResult,
+        signer: Address,
+        out: &Path,
+        name: &str,
+        mut on: impl FnMut(JobEvent),
+    ) -> Result<JobOutcome, JobError> {
+        let provider = ticket.addr().id;
+        let collection = signed.result.format == "collection";
+        let format = if collection { BlobFormat::HashSeq } else { BlobFormat::Raw };
         let result_ticket = BlobTicket::new(ticket.addr().clone(), signed.result.result_root, format);
         let opts = FetchOptions { raw_name: Some(name.to_string()) };
         let fetch = self.fetch(&result_ticket, out, &opts, |e| on(JobEvent::Fetch(e))).await?;
-        if image.is_none() && fetch.total_bytes != signed.result.bytes {
+        if !collection && fetch.total_bytes != signed.result.bytes {
             return Err(JobError::Rejected {
                 provider,
                 reason: format!("result is {} bytes, the manifest says {}", fetch.total_bytes, signed.result.bytes),
@@ -230,4 +262,54 @@ fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
         h.update(&buf[..n]);
     }
     Ok(h.finalize().into())
+}
+
+impl Fetcher {
+    /// Runs the same SQL job on the first `k` of `tickets` (providers of one dataset) at once and
+    /// accepts the result only when all `k` signed result roots agree; then fetches it from the
+    /// first. Only deterministic queries agree: see docs/PROTOCOL.md (ORDER BY over all output
+    /// columns, no `random()` or `now()`, same engine version).
+    pub async fn run_replicated(
+        &self,
+        tickets: &[BlobTicket],
+        k: usize,
+        spec: JobSpec,
+        out: &Path,
+        name: &str,
+        mut on: impl FnMut(JobEvent),
+    ) -> Result<JobOutcome, JobError> {
+        let first = tickets.first().ok_or_else(|| FetchError::Local("no provider given".into()))?;
+        if k == 0 || k > tickets.len() {
+            return Err(
+                FetchError::Local(format!("--replicas {k} needs {k} providers, {} given", tickets.len())).into()
+            );
+        }
+        if let Some(t) = tickets[..k].iter().find(|t| t.hash() != first.hash()) {
+            return Err(FetchError::Local(format!(
+                "tickets name different datasets: {} and {}",
+                first.hash(),
+                t.hash()
+            ))
+            .into());
+        }
+        let runs = tickets[..k].iter().map(|t| self.execute(t, spec.clone(), None, None, |_| {}));
+        let results = n0_future::join_all(runs).await;
+        let mut done = Vec::with_capacity(k);
+        for r in results {
+            done.push(r?);
+        }
+        let root = done[0].0.result.result_root;
+        if done.iter().any(|(s, _)| s.result.result_root != root) {
+            let roots = tickets[..k]
+                .iter()
+                .zip(&done)
+                .map(|(t, (s, _))| format!("{}: {}", t.addr().id.fmt_short(), s.result.result_root))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(JobError::Disagree { k, roots });
+        }
+        let (signed, signer) = done.swap_remove(0);
+        on(JobEvent::Done { rows: signed.result.rows, bytes: signed.result.bytes });
+        self.fetch_result(first, signed, signer, out, name, on).await
+    }
 }

@@ -21,8 +21,14 @@ use crate::progress::human;
 #[derive(Debug, Args)]
 pub struct ComputeArgs {
     /// The dataset's ticket (from `bdc provider serve` / `bdc provider ticket`): names the
-    /// provider that runs the job and the dataset it runs on.
-    pub ticket: String,
+    /// provider that runs the job and the dataset it runs on. With --replicas k, give the tickets
+    /// of k providers of the same dataset.
+    #[arg(required = true, num_args = 1..)]
+    pub tickets: Vec<String>,
+    /// Run the SQL job on this many providers at once and accept the result only when their
+    /// signed result roots agree (deterministic queries only: ORDER BY over all output columns).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
     /// A read-only SQL query; the dataset's Parquet, CSV and JSON-lines files are tables named
     /// by file stem (`trades.parquet` → `trades`).
     #[arg(long, required_unless_present = "image", conflicts_with = "image")]
@@ -57,7 +63,8 @@ pub struct ComputeArgs {
 }
 
 pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
-    let ticket = parse_ticket(&a.ticket)?;
+    let tickets = a.tickets.iter().map(|t| parse_ticket(t)).collect::<Result<Vec<_>, _>>()?;
+    let ticket = tickets[0].clone();
     if let Some(image) = &a.image {
         return run_container(&a, &ticket, image, dir, quiet).await;
     }
@@ -89,7 +96,11 @@ pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> 
     let pb = status_bar(quiet);
     let started = Instant::now();
     let spec = JobSpec::Sql { query: sql, format };
-    let res = fetcher.run_job(&ticket, spec, a.provider_address, &out_dir, &name, |ev| show(&pb, &started, ev)).await;
+    let res = if a.replicas > 1 {
+        fetcher.run_replicated(&tickets, a.replicas, spec, &out_dir, &name, |ev| show(&pb, &started, ev)).await
+    } else {
+        fetcher.run_job(&ticket, spec, a.provider_address, &out_dir, &name, |ev| show(&pb, &started, ev)).await
+    };
     pb.finish_and_clear();
     fetcher.shutdown().await;
     let outcome = res?;

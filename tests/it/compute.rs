@@ -451,3 +451,35 @@ async fn container_escapes_are_stopped_and_reported() {
     fetcher.shutdown().await;
     provider.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_accept_agreeing_results_and_refuse_disagreeing_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let (a, ta) = serve(&tmp.path().join("a"), &data, jobs_config(&PrivateKeySigner::random())).await;
+    let (b, tb) = serve(&tmp.path().join("b"), &data, jobs_config(&PrivateKeySigner::random())).await;
+    assert_eq!(ta.hash(), tb.hash(), "same bytes, same root");
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let out = tmp.path().join("out");
+    let tickets = [ta, tb];
+    let q = "SELECT symbol, side, count(*) AS n, sum(qty) AS volume FROM trades GROUP BY symbol, side \
+             ORDER BY symbol, side, n, volume";
+    for format in [ResultFormat::Parquet, ResultFormat::Csv] {
+        let name = format!("agreed.{}", format.extension());
+        let got = fetcher.run_replicated(&tickets, 2, sql(q, format), &out, &name, |_| {}).await.unwrap();
+        assert_eq!(got.signed.result.rows, 10);
+        assert_eq!(bdc_core::Hash::new(std::fs::read(&got.file).unwrap()), got.signed.result.result_root);
+    }
+    let err = fetcher
+        .run_replicated(&tickets, 2, sql("SELECT random() AS r", ResultFormat::Csv), &out, "r.csv", |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, JobError::Disagree { k: 2, .. }), "{err}");
+    assert!(!out.join("r.csv").exists());
+    let err = fetcher.run_replicated(&tickets, 3, sql(q, ResultFormat::Csv), &out, "x.csv", |_| {}).await.unwrap_err();
+    assert!(err.to_string().contains("needs 3 providers"), "{err}");
+    fetcher.shutdown().await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
