@@ -54,6 +54,17 @@ ROOT=$("$BDC" --data-dir "$WORK/stimergy" provider publish "$WORK/kaiko-trades" 
   --name kaiko-trades-2026-11-25 --license CC-BY-4.0 --tag crypto --tag trades --vendor "$VENDOR")
 echo "root: $ROOT"
 
+# compute jobs run in runc sandboxes, which need root (make test installs runc)
+JOBS=()
+if [ "$(id -u)" = 0 ] && command -v runc >/dev/null; then
+  mkdir -p "$WORK/kaiko-sample"
+  "$BDC" bench trades --rows 500000 -o "$WORK/kaiko-sample/trades.parquet" >/dev/null
+  "$BDC" --data-dir "$WORK/stimergy" provider publish "$WORK/kaiko-sample" --free \
+    --name kaiko-sample --tag crypto --vendor "$VENDOR" >/dev/null
+  echo "also published a free 500k-trade sample (trades.parquet) for queries next to the data"
+  JOBS=(--jobs --job-memory-mib 512)
+fi
+
 step "2. Kaiko registers the root on chain with a 10% royalty"
 "$BDC" --data-dir "$WORK/stimergy" dataset register "$ROOT" --royalty-bps 1000 --keystore "$WORK/keys/vendor.json"
 
@@ -63,10 +74,10 @@ step "3. balances before"
 step "4. Stimergy sells it: 1000 BDC/GiB, 1 MiB window, redeem every 1 MiB"
 "$BDC" --data-dir "$WORK/stimergy" provider serve --bind 127.0.0.1:0 --sell \
   --price-per-gib 1000000000000000000000 --window 1048576 --redeem-every 1048576 \
-  --keystore "$WORK/keys/provider.json" > "$WORK/serve.out" 2> "$WORK/serve.err" &
+  --keystore "$WORK/keys/provider.json" "${JOBS[@]}" > "$WORK/serve.out" 2> "$WORK/serve.err" &
 PIDS+=($!)
 for _ in $(seq 1 100); do grep -q bdcoffer "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
-OFFER=$(grep bdcoffer "$WORK/serve.out" | cut -f2 | head -n1)
+OFFER=$(grep bdcoffer "$WORK/serve.out" | grep '^kaiko-trades' | cut -f2 | head -n1)
 [ -n "$OFFER" ] || { echo "serve printed no offer"; cat "$WORK/serve.err"; exit 1; }
 echo "offer: ${OFFER:0:60}..."
 
@@ -82,6 +93,14 @@ for _ in $(seq 1 100); do
   [ "$DONE" = 1 ] && break; sleep 0.2
 done
 "$BDC" --data-dir "$WORK/efast" deals
+
+if [ ${#JOBS[@]} -gt 0 ]; then
+  step "6b. eFast asks a question next to the data instead of downloading it: SQL in a sandbox, signed result"
+  SAMPLE=$(grep '^kaiko-sample' "$WORK/serve.out" | cut -f2 | head -n1)
+  "$BDC" --data-dir "$WORK/efast" compute "$SAMPLE" --provider-address "$PROVIDER" \
+    --sql "SELECT symbol, count(*) AS trades, round(sum(qty), 3) AS volume, round(avg(price), 2) AS vwap_proxy
+           FROM trades GROUP BY symbol ORDER BY symbol"
+fi
 
 step "7. after the 5 s dispute window: the pot is paid out — 90% provider, 10% vendor royalty"
 sleep 6
