@@ -213,3 +213,132 @@ fn apply_layer(reader: impl Read, rootfs: &Path) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha(b: &[u8]) -> String {
+        hex::encode(Sha256::digest(b))
+    }
+
+    enum E<'a> {
+        Dir(&'a str),
+        File(&'a str, &'a [u8]),
+        Link(&'a str, &'a str),
+        /// A path written raw into the header, bypassing the builder's checks.
+        Raw(&'a str, &'a [u8]),
+    }
+
+    fn layer(entries: &[E]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for e in entries {
+            let mut h = tar::Header::new_gnu();
+            match e {
+                E::Dir(p) => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_size(0);
+                    b.append_data(&mut h, p, std::io::empty()).unwrap();
+                }
+                E::File(p, d) => {
+                    h.set_mode(0o644);
+                    h.set_size(d.len() as u64);
+                    b.append_data(&mut h, p, *d).unwrap();
+                }
+                E::Link(p, t) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+                E::Raw(p, d) => {
+                    h.as_gnu_mut().unwrap().name[..p.len()].copy_from_slice(p.as_bytes());
+                    h.set_mode(0o644);
+                    h.set_size(d.len() as u64);
+                    h.set_cksum();
+                    b.append(&h, *d).unwrap();
+                }
+            }
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// An OCI archive with these (uncompressed) layers; `corrupt` alters the last layer's bytes
+    /// after its digest was taken.
+    fn archive(dir: &Path, layers: &[Vec<u8>], corrupt: bool) -> (PathBuf, [u8; 32]) {
+        let config = serde_json::to_vec(&serde_json::json!({"config": {"Cmd": ["sh"], "Env": ["A=1"]}})).unwrap();
+        let descs: Vec<_> = layers
+            .iter()
+            .map(|l| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{}", sha(l)), "size": l.len()}))
+            .collect();
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "config": {"digest": format!("sha256:{}", sha(&config)), "size": config.len()},
+            "layers": descs
+        }))
+        .unwrap();
+        let index =
+            serde_json::to_vec(&serde_json::json!({"manifests": [{"digest": format!("sha256:{}", sha(&manifest))}]}))
+                .unwrap();
+        let path = dir.join("image.tar");
+        let mut ar = tar::Builder::new(File::create(&path).unwrap());
+        let mut put = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            ar.append_data(&mut h, name, data).unwrap();
+        };
+        put("index.json", &index);
+        put(&format!("blobs/sha256/{}", sha(&config)), &config);
+        put(&format!("blobs/sha256/{}", sha(&manifest)), &manifest);
+        for (i, l) in layers.iter().enumerate() {
+            let mut bytes = l.clone();
+            if corrupt && i == layers.len() - 1 {
+                let n = bytes.len();
+                bytes[n / 3] ^= 1;
+            }
+            put(&format!("blobs/sha256/{}", sha(l)), &bytes);
+        }
+        ar.finish().unwrap();
+        drop(ar);
+        let digest = file_sha256(&path).unwrap();
+        (path, digest)
+    }
+
+    #[test]
+    fn layers_apply_in_order_with_whiteouts() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l1 = layer(&[E::Dir("a/"), E::File("a/x", b"x"), E::File("a/y", b"y"), E::Dir("b/"), E::File("b/z", b"z")]);
+        let l2 = layer(&[E::File("a/.wh.x", b""), E::File("b/.wh..wh..opq", b""), E::File("b/new", b"n")]);
+        let (path, digest) = archive(tmp.path(), &[l1, l2], false);
+        let img = unpack(&tmp.path().join("images"), &path, &digest).unwrap();
+        let r = &img.rootfs;
+        assert!(!r.join("a/x").exists() && r.join("a/y").exists());
+        assert!(!r.join("b/z").exists() && r.join("b/new").exists());
+        assert_eq!((img.info.cmd.clone(), img.info.env.clone()), (vec!["sh".to_string()], vec!["A=1".to_string()]));
+        assert!(img.info.manifest_digest.starts_with("sha256:"));
+        // cached: a second unpack reads it back
+        assert_eq!(cached(&tmp.path().join("images"), &digest).unwrap().info, img.info);
+    }
+
+    #[test]
+    fn hostile_archives_are_refused() {
+        for (name, l) in [
+            ("dotdot", layer(&[E::Raw("../evil", b"x")])),
+            ("through a symlink", layer(&[E::Link("etc", "/tmp"), E::File("etc/bdc-image-test-evil", b"x")])),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (path, digest) = archive(tmp.path(), &[l], false);
+            let err = unpack(&tmp.path().join("images"), &path, &digest).unwrap_err();
+            assert!(err.to_string().contains("layer"), "{name}: {err}");
+            assert!(!tmp.path().join("images/evil").exists() && !Path::new("/tmp/bdc-image-test-evil").exists());
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let (path, digest) = archive(tmp.path(), &[layer(&[E::File("f", b"data")])], true);
+        let err = unpack(&tmp.path().join("images"), &path, &digest).unwrap_err();
+        assert!(err.to_string().contains("does not match its digest"), "{err}");
+        std::fs::write(tmp.path().join("junk.tar"), b"not a tar at all").unwrap();
+        let err = unpack(&tmp.path().join("images"), &tmp.path().join("junk.tar"), &[0; 32]).unwrap_err();
+        assert!(err.to_string().contains("image archive"), "{err}");
+    }
+}
