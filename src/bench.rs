@@ -264,7 +264,7 @@ fn sync_disks() {
     let _ = std::process::Command::new("sync").status();
 }
 
-fn median(xs: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn median(xs: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = xs.collect();
     if v.is_empty() {
         return f64::NAN;

@@ -52,7 +52,7 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
             ctx.sql(q).await?.collect().await?;
             xs.push(t.elapsed().as_secs_f64());
         }
-        direct.push(median(xs));
+        direct.push(crate::bench::median(xs.into_iter()));
     }
 
     // bdc compute: a provider with jobs, in place (no copy of the file into the store)
@@ -86,7 +86,7 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
     for _ in 0..rounds.max(5) {
         starts.push(job("SELECT 1").await?.0);
     }
-    let start = median(starts);
+    let start = crate::bench::median(starts.into_iter());
     let mut compute = Vec::new();
     let mut moved = 0;
     for (_, q) in QUERIES {
@@ -96,7 +96,7 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
             xs.push(secs);
             moved = moved.max(bytes);
         }
-        compute.push(median(xs));
+        compute.push(crate::bench::median(xs.into_iter()));
     }
     fetcher.shutdown().await;
     provider.shutdown().await;
@@ -167,13 +167,5 @@ fn duckdb(
         secs: std::collections::HashMap<String, Vec<f64>>,
     }
     let o: Out = serde_json::from_slice(&out.stdout)?;
-    Ok((o.version, o.secs.into_iter().map(|(k, v)| (k, median(v))).collect()))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    Ok((o.version, o.secs.into_iter().map(|(k, v)| (k, crate::bench::median(v.into_iter()))).collect()))
 }

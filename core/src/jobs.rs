@@ -216,6 +216,23 @@ pub enum JobWireError {
     Malformed(String),
 }
 
+/// SHA-256 of a file: the name of a container image archive.
+pub fn file_sha256(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().into())
+}
+
 /// `u32` big-endian length, then the postcard bytes.
 pub fn frame<T: Serialize>(msg: &T) -> Vec<u8> {
     let body = postcard::to_stdvec(msg).expect("job messages serialize");

@@ -134,7 +134,7 @@ impl Fetcher {
             |e: std::io::Error| FetchError::Local(format!("cannot read image archive {}: {e}", archive.display()));
         let image_size = std::fs::metadata(archive).map_err(local)?.len();
         let a = archive.to_path_buf();
-        let image_sha256 = tokio::task::spawn_blocking(move || sha256_file(&a))
+        let image_sha256 = tokio::task::spawn_blocking(move || bdc_core::jobs::file_sha256(&a))
             .await
             .map_err(|e| FetchError::Local(e.to_string()))?
             .map_err(local)?;
@@ -245,23 +245,6 @@ impl Fetcher {
 /// The default result file name for a job's format.
 pub fn result_file_name(format: ResultFormat) -> String {
     format!("result.{}", format.extension())
-}
-
-/// SHA-256 of a file (the name of a container image archive).
-fn sha256_file(path: &Path) -> std::io::Result<[u8; 32]> {
-    use sha2::Digest;
-    use std::io::Read;
-    let mut f = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
 }
 
 impl Fetcher {

@@ -13,7 +13,6 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -38,20 +37,7 @@ pub struct ImageInfo {
     pub workdir: String,
 }
 
-/// SHA-256 of a file, hex.
-pub fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
-    let mut f = BufReader::new(File::open(path)?);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
-}
+pub use bdc_core::jobs::file_sha256;
 
 /// An unpacked image: its root file system and config.
 #[derive(Debug, Clone)]
@@ -216,6 +202,8 @@ fn apply_layer(reader: impl Read, rootfs: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     fn sha(b: &[u8]) -> String {
