@@ -109,6 +109,7 @@ struct Shared {
     free: Arc<RwLock<HashSet<Hash>>>,
     permits: Semaphore,
     waiting: AtomicUsize,
+    /// Held while a dataset is exported or an image unpacked.
     materialize: Mutex<()>,
     /// `runc --version`'s first line, named in container results.
     runc_version: String,
@@ -515,6 +516,9 @@ async fn receive_image(
         f.flush().await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
     }
     let (dir2, upload2, sha2) = (dir.clone(), upload.clone(), *sha);
+    // one unpack at a time: two buyers sending the same new image must not unpack it over each
+    // other (or over a running job's root); the second finds it cached
+    let _guard = shared.materialize.lock().await;
     tokio::task::spawn_blocking(move || {
         let got = image::file_sha256(&upload2).map_err(|e| (codes::INTERNAL, e.to_string()))?;
         if got != sha2 {
