@@ -259,3 +259,50 @@ fn market_status_names_an_unreachable_market() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot reach the market at http://127.0.0.1:{port}/status")), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compute_prints_a_csv_result_and_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("ds");
+    std::fs::create_dir_all(&data).unwrap();
+    bdc_provider::jobs::worker::write_sample_trades(&data.join("trades.parquet"), 1000).await.unwrap();
+    let mut store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
+    let rec = publish(&mut store, &data, &PublishOptions { free: true, ..Default::default() }, |_| {}).await.unwrap();
+    let key = alloy::signers::local::PrivateKeySigner::random();
+    let jobs = bdc_provider::JobsConfig::new(env!("CARGO_BIN_EXE_bdc").into(), key.clone());
+    let provider = Provider::spawn(store, ServeConfig { jobs: Some(jobs), ..ServeConfig::test() }).await.unwrap();
+    let ticket = provider.ticket(rec.root).unwrap().to_string();
+    let dir = tmp.path().join("buyer");
+    let run = move |args: Vec<String>| {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || bdc().arg("-q").arg("--data-dir").arg(&dir).args(args).output().unwrap())
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let ok = run(s(&[
+        "compute",
+        &ticket,
+        "--sql",
+        "SELECT side, count(*) AS n FROM trades GROUP BY side ORDER BY side",
+        "--provider-address",
+        &key.address().to_string(),
+    ]))
+    .await
+    .unwrap();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    // side is buy when (v / 3) % 2 == 0 for v in 1..=1000: 2 + 166 * 3 = 500 of them
+    assert_eq!(String::from_utf8(ok.stdout).unwrap(), "side,n\nbuy,500\nsell,500\n");
+    // refused query: exit 2, one line naming the provider and the reason
+    let bad = run(s(&["compute", &ticket, "--sql", "DROP TABLE trades"])).await.unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8(bad.stderr).unwrap();
+    assert!(err.starts_with("error: job failed on provider") && err.contains("query refused"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    // a manifest signed by someone else than --provider-address is refused
+    let other = alloy::signers::local::PrivateKeySigner::random().address().to_string();
+    let wrong = run(s(&["compute", &ticket, "--sql", "SELECT 1", "--provider-address", &other])).await.unwrap();
+    assert_eq!(wrong.status.code(), Some(2));
+    assert!(String::from_utf8(wrong.stderr).unwrap().contains("expected the provider's address"));
+    let parquet = run(s(&["compute", &ticket, "--sql", "SELECT 1", "--format", "parquet"])).await.unwrap();
+    assert!(String::from_utf8(parquet.stderr).unwrap().contains("not printed"));
+    provider.shutdown().await;
+}
