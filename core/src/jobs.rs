@@ -86,6 +86,11 @@ impl ResultFormat {
         }
     }
 
+    /// The format a result file name asks for, by extension.
+    pub fn from_path(path: &std::path::Path) -> Option<Self> {
+        path.extension()?.to_str()?.parse().ok()
+    }
+
     /// File extension of a result in this format.
     pub fn extension(self) -> &'static str {
         self.as_str()

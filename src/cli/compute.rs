@@ -9,10 +9,9 @@ use std::{
 use anyhow::Context;
 use bdc_core::{
     jobs::{JobSpec, ResultFormat},
-    net::NetConfig,
     ticket::parse_ticket,
 };
-use bdc_fetcher::{FetchEvent, Fetcher, FetcherConfig, JobEvent};
+use bdc_fetcher::{FetchEvent, Fetcher, JobEvent};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -71,17 +70,13 @@ pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> 
     let sql = a.sql.clone().context("--sql or --image is required")?;
     let format = match (&a.format, &a.out) {
         (Some(f), _) => *f,
-        (None, Some(o)) => bdc_provider::jobs::result_format_for(o).unwrap_or(ResultFormat::Parquet),
+        (None, Some(o)) => ResultFormat::from_path(o).unwrap_or(ResultFormat::Parquet),
         (None, None) => ResultFormat::Csv,
     };
     if a.out.is_none() && format == ResultFormat::Parquet {
         anyhow::bail!("a Parquet result is not printed: pass -o FILE, or --format csv");
     }
-    let cfg = FetcherConfig {
-        data_dir: dir.to_path_buf(),
-        net: NetConfig { bind: a.bind, relays: false },
-        connect_timeout: Duration::from_secs(a.timeout.max(1)),
-    };
+    let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     // the result goes to -o, or to a scratch dir from which it is printed
     let scratch = tempfile::tempdir_in(std::env::temp_dir()).context("cannot create a scratch directory")?;
     let (out_dir, name) = match &a.out {
@@ -144,11 +139,7 @@ async fn run_container(
     quiet: bool,
 ) -> anyhow::Result<()> {
     let out = a.out.clone().context("a container job needs -o DIR for the files it writes to /out")?;
-    let cfg = FetcherConfig {
-        data_dir: dir.to_path_buf(),
-        net: NetConfig { bind: a.bind, relays: false },
-        connect_timeout: Duration::from_secs(a.timeout.max(1)),
-    };
+    let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     let fetcher = Fetcher::open(cfg).await?;
     let pb = status_bar(quiet);
     let started = Instant::now();

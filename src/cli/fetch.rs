@@ -6,8 +6,8 @@ use std::{
     time::Duration,
 };
 
-use bdc_core::{net::NetConfig, ticket::parse_ticket};
-use bdc_fetcher::{FetchEvent, FetchOptions, Fetcher, FetcherConfig};
+use bdc_core::ticket::parse_ticket;
+use bdc_fetcher::{FetchEvent, FetchOptions, Fetcher};
 use clap::Args;
 
 use crate::progress::{bytes_bar, human};
@@ -60,11 +60,7 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
         return run_paid(a, dir, quiet).await;
     }
     let ticket = parse_ticket(&a.ticket)?;
-    let cfg = FetcherConfig {
-        data_dir: dir.to_path_buf(),
-        net: NetConfig { bind: a.bind, relays: false },
-        connect_timeout: Duration::from_secs(a.timeout.max(1)),
-    };
+    let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     let fetcher = Fetcher::open(cfg).await?;
     let pb = bytes_bar(0, "fetching", quiet);
     let opts = FetchOptions { raw_name: a.name };
@@ -95,11 +91,7 @@ async fn run_paid(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     let offer: bdc_core::paid::Offer = a.ticket.parse()?;
     let (chain, signer) = a.chain.connect()?;
     let arbiter = a.arbiter.context("--arbiter is required to open a paid deal (who settles disputes)")?;
-    let cfg = FetcherConfig {
-        data_dir: dir.to_path_buf(),
-        net: NetConfig { bind: a.bind, relays: false },
-        connect_timeout: Duration::from_secs(a.timeout.max(1)),
-    };
+    let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     let fetcher = Fetcher::open(cfg).await?;
     let mut pay = bdc_fetcher::PaidOptions::new(arbiter);
     pay.max_price_per_byte = a.max_price_per_gib.map(bdc_core::paid::price_per_byte);

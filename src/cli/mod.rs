@@ -124,6 +124,20 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
     2
 }
 
+/// The fetcher settings every buyer command uses: its data dir, a local bind address, and how
+/// long to wait for a provider.
+pub(crate) fn fetcher_config(
+    dir: &std::path::Path,
+    bind: std::net::SocketAddr,
+    timeout_secs: u64,
+) -> bdc_fetcher::FetcherConfig {
+    bdc_fetcher::FetcherConfig {
+        data_dir: dir.to_path_buf(),
+        net: bdc_core::net::NetConfig { bind, relays: false },
+        connect_timeout: std::time::Duration::from_secs(timeout_secs.max(1)),
+    }
+}
+
 /// Waits for SIGINT or SIGTERM.
 pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     #[cfg(unix)]

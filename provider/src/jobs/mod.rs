@@ -26,7 +26,7 @@ use bdc_core::{
     BlobFormat, Hash,
     jobs::{
         JOBS_PROTOCOL_VERSION, JobRequest, JobResult, JobSpec, JobUpdate, MAX_COMMAND_BYTES, MAX_REQUEST_BYTES,
-        MAX_SQL_BYTES, ResultFormat, codes, decode, frame, table_kind,
+        MAX_SQL_BYTES, codes, decode, frame, table_kind,
     },
 };
 use iroh::{
@@ -295,6 +295,32 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// The unsigned result manifest of a finished free job (finished now).
+fn manifest(
+    req: &JobRequest,
+    job_id: [u8; 32],
+    engine: String,
+    result_root: Hash,
+    rows: u64,
+    bytes: u64,
+    started_ms: u64,
+) -> JobResult {
+    JobResult {
+        job_id,
+        deal_id: [0; 32],
+        dataset: req.dataset,
+        kind: req.spec.kind().into(),
+        query: req.spec.describe(),
+        engine,
+        result_root,
+        format: req.spec.result_format().into(),
+        rows,
+        bytes,
+        started_ms,
+        finished_ms: now_ms(),
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -370,20 +396,7 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
         .await
         .map_err(|e| internal(format!("cannot store the result: {e}")))?;
     shared.free.write().expect("free set lock").insert(content.hash);
-    Ok(JobResult {
-        job_id,
-        deal_id: [0; 32],
-        dataset: req.dataset,
-        kind: req.spec.kind().into(),
-        query: req.spec.describe(),
-        engine: report.engine,
-        result_root: content.hash,
-        format: format.as_str().into(),
-        rows: report.rows,
-        bytes,
-        started_ms,
-        finished_ms: now_ms(),
-    })
+    Ok(manifest(req, job_id, report.engine, content.hash, report.rows, bytes, started_ms))
 }
 
 /// What a sandboxed worker's end means.
@@ -455,15 +468,6 @@ async fn materialize(shared: &Shared, root: Hash, ds: &JobDataset) -> Result<Pat
     }
     std::fs::rename(&tmp, &dir).map_err(|e| format!("cannot move {} into place: {e}", tmp.display()))?;
     Ok(dir)
-}
-
-/// The ALPN-independent entry for CLI use: the format of a result file name.
-pub fn result_format_for(path: &Path) -> Option<ResultFormat> {
-    match path.extension()?.to_str()? {
-        "parquet" => Some(ResultFormat::Parquet),
-        "csv" => Some(ResultFormat::Csv),
-        _ => None,
-    }
 }
 
 /// `in/`, `out/` (owned by the job user) and `bundle/` under a job directory.
@@ -615,20 +619,8 @@ async fn run_container_job(
         .map_err(|e| internal(format!("cannot tag the result: {e}")))?;
     let contents = collection_hashes(&shared.store, root).await.map_err(internal)?;
     shared.free.write().expect("free set lock").extend(contents);
-    Ok(JobResult {
-        job_id,
-        deal_id: [0; 32],
-        dataset: req.dataset,
-        kind: req.spec.kind().into(),
-        query: req.spec.describe(),
-        engine: format!("{} image {}", shared.runc_version, img.info.manifest_digest),
-        result_root: root,
-        format: req.spec.result_format().into(),
-        rows: files.len() as u64,
-        bytes,
-        started_ms,
-        finished_ms: now_ms(),
-    })
+    let engine = format!("{} image {}", shared.runc_version, img.info.manifest_digest);
+    Ok(manifest(req, job_id, engine, root, files.len() as u64, bytes, started_ms))
 }
 
 /// A collection's root and every blob of its hash sequence (names blob and files).
