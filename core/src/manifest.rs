@@ -23,6 +23,19 @@ pub struct FileEntry {
     pub hash: Hash,
     /// Media type guessed from the file extension.
     pub media_type: String,
+    /// The schema of a tabular file (Parquet, CSV), read at publish: what a buyer can search
+    /// for and query.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<Column>,
+}
+
+/// One column of a tabular file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    /// The Arrow data type, as Arrow prints it (`Int64`, `Utf8`, `Timestamp(Millisecond, None)`).
+    #[serde(rename = "type")]
+    pub data_type: String,
 }
 
 /// The `bdc.json` manifest of a dataset.
@@ -113,6 +126,7 @@ mod tests {
                 size: 42,
                 hash: Hash::new(b"x"),
                 media_type: media_type("trades.parquet").into(),
+                columns: vec![Column { name: "price".into(), data_type: "Float64".into() }],
             }],
         }
     }

@@ -17,7 +17,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use bdc_contracts::listing::{SignedListing, listing_signer, market_domain};
+use bdc_contracts::listing::{ListingBody, SignedListing, SignedReport, listing_signer, market_domain};
 use bdc_core::manifest::DatasetManifest;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -193,8 +193,11 @@ async fn post_listing(
     .bind(&sl.signature)
     .execute(&mut *tx)
     .await?;
-    let files: Vec<Value> =
-        manifest.files.iter().map(|f| json!({"name": f.name, "size": f.size, "media_type": f.media_type})).collect();
+    let files: Vec<Value> = manifest
+        .files
+        .iter()
+        .map(|f| json!({"name": f.name, "size": f.size, "media_type": f.media_type, "columns": f.columns}))
+        .collect();
     sqlx::query(
         "INSERT INTO dataset_meta (root, name, description, tags, size, files, manifest_verified) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (root) DO UPDATE SET name = excluded.name, \
@@ -215,11 +218,16 @@ async fn post_listing(
     for f in &manifest.files {
         text.push(' ');
         text.push_str(&f.name);
+        for c in &f.columns {
+            text.push(' ');
+            text.push_str(&c.name);
+        }
     }
     for term in terms(&text) {
-        sqlx::query("INSERT INTO terms (term, root) VALUES ($1, $2) ON CONFLICT (term, root) DO NOTHING")
+        sqlx::query("INSERT INTO terms (term, root, name) VALUES ($1, $2, $3) ON CONFLICT (term, root) DO NOTHING")
             .bind(term)
             .bind(&root)
+            .bind(&manifest.name)
             .execute(&mut *tx)
             .await?;
     }
@@ -229,10 +237,10 @@ async fn post_listing(
 
 // ---- search ----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct SearchQuery {
-    /// Full-text: every word must match (a prefix of) a term of the name, description, tags or
-    /// file names.
+    /// Full-text: every word must match (a prefix of) a term of the name, description, tags,
+    /// file names or schema column names.
     pub q: Option<String>,
     pub vendor: Option<String>,
     pub tag: Option<String>,
@@ -242,9 +250,91 @@ pub struct SearchQuery {
     pub max_size: Option<i64>,
     pub limit: Option<i64>,
     pub offset: Option<i64>,
+    /// Keyset pagination: the `next` of the previous page (the last root it showed).
+    pub after: Option<String>,
+}
+
+/// The most distinct terms a search word may expand to (as a prefix) and still be walked term
+/// by term; a broader prefix has its matches collected and sorted instead.
+pub const MAX_WALKS: usize = 32;
+
+/// Bound parameters of a query being built; `push` answers the placeholder.
+#[derive(Default)]
+struct Binds(Vec<Bind>);
+
+enum Bind {
+    I(i64),
+    S(String),
+    F(f64),
+}
+
+impl Binds {
+    fn push(&mut self, b: Bind) -> String {
+        self.0.push(b);
+        format!("${}", self.0.len())
+    }
+
+    fn apply<'q>(
+        self,
+        mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        for b in self.0 {
+            q = match b {
+                Bind::I(i) => q.bind(i),
+                Bind::S(s) => q.bind(s),
+                Bind::F(f) => q.bind(f),
+            };
+        }
+        q
+    }
+}
+
+/// The upper end of the term range that a prefix matches.
+fn prefix_end(w: &str) -> String {
+    format!("{w}\u{10ffff}")
+}
+
+/// Most term entries counted per search word: a word with more is broad, and its exact count
+/// does not matter for choosing which word drives.
+const COUNT_CAP: i64 = 5000;
+
+/// The terms a search word matches as a prefix, with how many datasets each has (read up to
+/// [`COUNT_CAP`] entries; `complete` says whether that was all of them).
+struct WordMatches {
+    terms: Vec<(String, i64)>,
+    complete: bool,
+}
+
+impl WordMatches {
+    fn total(&self) -> i64 {
+        self.terms.iter().map(|t| t.1).sum()
+    }
+}
+
+async fn word_matches(db: &Db, w: &str) -> ApiResult<WordMatches> {
+    let rows = sqlx::query(
+        "SELECT term, COUNT(*) FROM (SELECT term FROM terms WHERE term >= $1 AND term < $2 ORDER BY term LIMIT $3) x \
+         GROUP BY term ORDER BY term",
+    )
+    .bind(w)
+    .bind(prefix_end(w))
+    .bind(COUNT_CAP)
+    .fetch_all(&db.pool)
+    .await?;
+    let terms: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let complete = terms.iter().map(|t| t.1).sum::<i64>() < COUNT_CAP;
+    Ok(WordMatches { terms, complete })
 }
 
 /// Runs a search; shared by the JSON endpoint and the web page.
+///
+/// The plan: the word with the fewest matches drives. Its datasets are walked, term by term,
+/// along the (term, name, root) index, i.e. already in page order; each is probed for the other
+/// words and the filters (index lookups: terms by (root, term), listings by (root, price)), and
+/// each walk stops at a full page. The walks are merged. Without words, datasets are walked
+/// along the (name, root) index the same way. A prefix that expands to more than [`MAX_WALKS`]
+/// terms has its matches collected and sorted instead. Cost grows with how far a walk must go
+/// to fill a page, not with how many datasets match.
 pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<Value> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=MAX_PAGE).contains(&limit) {
@@ -258,73 +348,142 @@ pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<Value> {
     if words.len() > 8 {
         return Err(ApiError::BadRequest("at most 8 search words".into()));
     }
-    // the page is chosen first (filters as IN-lists over indexed columns), then the offer
-    // aggregates are computed for its rows only
-    let mut filter = String::from("SELECT m.root FROM dataset_meta m JOIN datasets d ON d.root = m.root WHERE 1 = 1");
-    let mut binds: Vec<Bind> = vec![Bind::I(now() as i64)];
-    for w in &words {
-        // a prefix range keeps the (term, root) primary key usable on both engines
-        binds.push(Bind::S(w.clone()));
-        let a = binds.len();
-        binds.push(Bind::S(format!("{w}\u{10ffff}")));
-        let b = binds.len();
-        filter.push_str(&format!(" AND m.root IN (SELECT t.root FROM terms t WHERE t.term >= ${a} AND t.term < ${b})"));
+    let empty = || json!({ "items": [], "offset": offset, "limit": limit, "more": false, "next": null });
+    // the word with the fewest matches drives
+    let mut driver: Option<(usize, WordMatches)> = None;
+    for (i, w) in words.iter().enumerate() {
+        let m = word_matches(db, w).await?;
+        if m.terms.is_empty() {
+            return Ok(empty());
+        }
+        if driver.as_ref().is_none_or(|(_, best)| m.total() < best.total()) {
+            driver = Some((i, m));
+        }
     }
-    if let Some(v) = &q.vendor {
-        binds.push(Bind::S(format!("{:#x}", parse_addr("vendor", v)?)));
-        filter.push_str(&format!(" AND d.vendor = ${}", binds.len()));
+    let walks: Option<Vec<String>> = match &driver {
+        Some((_, m)) if m.complete => {
+            (m.terms.len() <= MAX_WALKS).then(|| m.terms.iter().map(|t| t.0.clone()).collect())
+        }
+        // counting stopped early: list the word's distinct terms
+        Some((i, _)) => {
+            let w = &words[*i];
+            let rows = sqlx::query("SELECT DISTINCT term FROM terms WHERE term >= $1 AND term < $2 LIMIT $3")
+                .bind(w)
+                .bind(prefix_end(w))
+                .bind(MAX_WALKS as i64 + 1)
+                .fetch_all(&db.pool)
+                .await?;
+            (rows.len() <= MAX_WALKS).then(|| rows.iter().map(|r| r.get::<String, _>(0)).collect())
+        }
+        None => None,
+    };
+    let driver = driver.map(|(i, _)| i);
+
+    let mut b = Binds::default();
+    let now = b.push(Bind::I(now() as i64));
+    // conditions on a dataset `m` whose name is `{name}` (the walked index's copy of it)
+    let mut conds: Vec<String> = Vec::new();
+    match &q.vendor {
+        Some(v) => {
+            let v = b.push(Bind::S(format!("{:#x}", parse_addr("vendor", v)?)));
+            conds.push(format!("EXISTS (SELECT 1 FROM datasets d WHERE d.root = m.root AND d.vendor = {v})"));
+        }
+        None => conds.push("EXISTS (SELECT 1 FROM datasets d WHERE d.root = m.root)".into()),
+    }
+    for (i, w) in words.iter().enumerate() {
+        if walks.is_some() && driver == Some(i) {
+            continue;
+        }
+        let (lo, hi) = (b.push(Bind::S(w.clone())), b.push(Bind::S(prefix_end(w))));
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM terms t2 WHERE t2.root = m.root AND t2.term >= {lo} AND t2.term < {hi})"
+        ));
     }
     if let Some(tag) = &q.tag {
         let tag = tag.to_lowercase();
-        binds.push(Bind::S(tag.clone()));
-        let n = binds.len();
-        binds.push(Bind::S(format!("{tag},%")));
-        let n2 = binds.len();
-        binds.push(Bind::S(format!("%,{tag}")));
-        let n3 = binds.len();
-        binds.push(Bind::S(format!("%,{tag},%")));
-        let n4 = binds.len();
-        filter
-            .push_str(&format!(" AND (m.tags = ${n} OR m.tags LIKE ${n2} OR m.tags LIKE ${n3} OR m.tags LIKE ${n4})"));
+        let exact = b.push(Bind::S(tag.clone()));
+        let first = b.push(Bind::S(format!("{tag},%")));
+        let last = b.push(Bind::S(format!("%,{tag}")));
+        let mid = b.push(Bind::S(format!("%,{tag},%")));
+        conds.push(format!("(m.tags = {exact} OR m.tags LIKE {first} OR m.tags LIKE {last} OR m.tags LIKE {mid})"));
     }
     if let Some(p) = q.max_price_gib {
         if !p.is_finite() || p < 0.0 {
             return Err(ApiError::BadRequest("max_price_gib must be a non-negative number".into()));
         }
-        binds.push(Bind::F(p));
-        filter.push_str(&format!(
-            " AND m.root IN (SELECT l.root FROM listings l WHERE l.price_gib <= ${} AND l.expires_at > $1)",
-            binds.len()
+        let p = b.push(Bind::F(p));
+        conds.push(format!(
+            "EXISTS (SELECT 1 FROM listings l WHERE l.root = m.root AND l.price_gib <= {p} AND l.expires_at > {now})"
         ));
     }
     if let Some(s) = q.min_size {
-        binds.push(Bind::I(s));
-        filter.push_str(&format!(" AND m.size >= ${}", binds.len()));
+        conds.push(format!("m.size >= {}", b.push(Bind::I(s))));
     }
     if let Some(s) = q.max_size {
-        binds.push(Bind::I(s));
-        filter.push_str(&format!(" AND m.size <= ${}", binds.len()));
+        conds.push(format!("m.size <= {}", b.push(Bind::I(s))));
     }
-    binds.push(Bind::I(limit + 1));
-    filter.push_str(&format!(" ORDER BY m.name, m.root LIMIT ${}", binds.len()));
-    binds.push(Bind::I(offset));
-    filter.push_str(&format!(" OFFSET ${}", binds.len()));
+    let mut after = None;
+    if let Some(a) = &q.after {
+        let a = format!("{:#x}", parse_b256("after", a)?);
+        let Some(row) =
+            sqlx::query("SELECT name FROM dataset_meta WHERE root = $1").bind(&a).fetch_optional(&db.pool).await?
+        else {
+            return Err(ApiError::BadRequest(format!("after: no dataset {a} to continue from")));
+        };
+        after = Some((b.push(Bind::S(row.get(0))), b.push(Bind::S(a))));
+    }
+    let keyset = |name: &str, root: &str| match &after {
+        Some((n, r)) => format!(" AND ({name} > {n} OR ({name} = {n} AND {root} > {r}))"),
+        None => String::new(),
+    };
+    let cond = conds.join(" AND ");
+    let take = b.push(Bind::I(limit + 1));
+    let skip = b.push(Bind::I(offset));
+    let page = match (driver, &walks) {
+        // each walk yields its first offset + limit + 1 hits in page order; the merge of those
+        // holds the page (a hit ranks no lower within its walk than in the merge)
+        (Some(_), Some(walks)) => {
+            let depth = b.push(Bind::I(offset + limit + 1));
+            let parts: Vec<String> = walks
+                .iter()
+                .map(|term| {
+                    let term = b.push(Bind::S(term.clone()));
+                    format!(
+                        "SELECT * FROM (SELECT t.name, t.root FROM terms t JOIN dataset_meta m ON m.root = t.root \
+                         WHERE t.term = {term} AND {cond}{} ORDER BY t.name, t.root LIMIT {depth}) w",
+                        keyset("t.name", "t.root")
+                    )
+                })
+                .collect();
+            format!(
+                "SELECT DISTINCT name, root FROM ({}) u ORDER BY name, root LIMIT {take} OFFSET {skip}",
+                parts.join(" UNION ALL ")
+            )
+        }
+        // a prefix too broad to walk term by term: collect its datasets, then sort
+        (Some(i), None) => {
+            let w = &words[i];
+            let (lo, hi) = (b.push(Bind::S(w.clone())), b.push(Bind::S(prefix_end(w))));
+            format!(
+                "SELECT m.name, m.root FROM dataset_meta m WHERE m.root IN (SELECT t.root FROM terms t WHERE \
+                 t.term >= {lo} AND t.term < {hi}) AND {cond}{} ORDER BY m.name, m.root LIMIT {take} OFFSET {skip}",
+                keyset("m.name", "m.root")
+            )
+        }
+        (None, _) => format!(
+            "SELECT m.name, m.root FROM dataset_meta m WHERE {cond}{} ORDER BY m.name, m.root LIMIT {take} OFFSET {skip}",
+            keyset("m.name", "m.root")
+        ),
+    };
+    // the offer aggregates are computed for the page's rows only
     let sql = format!(
         "SELECT d.root, d.vendor, m.name, m.description, m.tags, m.size, \
-         (SELECT MIN(l.price_gib) FROM listings l WHERE l.root = d.root AND l.expires_at > $1) AS min_price, \
-         (SELECT COUNT(*) FROM listings l WHERE l.root = d.root AND l.expires_at > $1) AS offers \
-         FROM ({filter}) page JOIN datasets d ON d.root = page.root JOIN dataset_meta m ON m.root = page.root \
+         (SELECT MIN(l.price_gib) FROM listings l WHERE l.root = d.root AND l.expires_at > {now}) AS min_price, \
+         (SELECT COUNT(*) FROM listings l WHERE l.root = d.root AND l.expires_at > {now}) AS offers \
+         FROM ({page}) page JOIN datasets d ON d.root = page.root JOIN dataset_meta m ON m.root = page.root \
          ORDER BY m.name, d.root"
     );
-    let mut query = sqlx::query(&sql);
-    for b in binds {
-        query = match b {
-            Bind::I(i) => query.bind(i),
-            Bind::S(s) => query.bind(s),
-            Bind::F(f) => query.bind(f),
-        };
-    }
-    let rows = query.fetch_all(&db.pool).await?;
+    let rows = b.apply(sqlx::query(&sql)).fetch_all(&db.pool).await?;
     let more = rows.len() as i64 > limit;
     let items: Vec<Value> = rows
         .iter()
@@ -342,13 +501,8 @@ pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<Value> {
             })
         })
         .collect();
-    Ok(json!({ "items": items, "offset": offset, "limit": limit, "more": more }))
-}
-
-enum Bind {
-    I(i64),
-    S(String),
-    F(f64),
+    let next = if more { items.last().map(|i| i["root"].clone()) } else { None };
+    Ok(json!({ "items": items, "offset": offset, "limit": limit, "more": more, "next": next }))
 }
 
 fn split_tags(s: &str) -> Vec<String> {
@@ -434,6 +588,11 @@ pub struct Reputation {
     /// `(completed + 1) / (completed + failed + 2 × disputes_lost + 2)`, in (0, 1); 0.5 with no
     /// history.
     pub score: f64,
+    /// Median throughput buyers measured, MiB/s (0 with no reports). Reports are signed by the
+    /// deal's buyer; each buyer counts once (its newest report), so no buyer outweighs another.
+    pub throughput_mibps: f64,
+    /// How many buyers' reports the median is over.
+    pub throughput_buyers: u64,
 }
 
 pub async fn reputation(db: &Db, provider: &str) -> ApiResult<Reputation> {
@@ -456,6 +615,29 @@ pub async fn reputation(db: &Db, provider: &str) -> ApiResult<Reputation> {
         }
     }
     r.score = (r.completed as f64 + 1.0) / (r.completed as f64 + r.failed as f64 + 2.0 * r.disputes_lost as f64 + 2.0);
+    let reports = sqlx::query(
+        "SELECT d.buyer, r.mibps FROM reports r JOIN deals d ON d.id = r.deal WHERE r.provider = $1 \
+         ORDER BY d.buyer, r.issued_at DESC",
+    )
+    .bind(provider)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut per_buyer: Vec<f64> = Vec::new();
+    let mut last: Option<String> = None;
+    for row in reports {
+        let buyer: String = row.get(0);
+        if last.as_deref() != Some(buyer.as_str()) {
+            per_buyer.push(row.get(1));
+            last = Some(buyer);
+        }
+    }
+    if !per_buyer.is_empty() {
+        per_buyer.sort_by(f64::total_cmp);
+        let n = per_buyer.len();
+        r.throughput_mibps =
+            if n % 2 == 1 { per_buyer[n / 2] } else { (per_buyer[n / 2 - 1] + per_buyer[n / 2]) / 2.0 };
+        r.throughput_buyers = n as u64;
+    }
     Ok(r)
 }
 
@@ -547,6 +729,71 @@ async fn get_deal(State(st): State<AppState>, Path(id): Path<String>) -> ApiResu
     Ok(Json(deal(&st.db, &id).await?))
 }
 
+// ---- throughput reports ----
+
+/// Reports older than this, or this far in the future, are refused.
+const REPORT_SKEW_SECS: u64 = 24 * 3600;
+
+async fn post_report(
+    State(st): State<AppState>,
+    body: Result<Json<SignedReport>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let Json(rep) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (deal, signer) =
+        rep.signer(&market_domain(st.chain_id, st.registry)).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if rep.bytes == 0 || rep.millis == 0 {
+        return Err(ApiError::BadRequest("bytes and millis must be positive".into()));
+    }
+    let t = now();
+    if rep.issued_at + REPORT_SKEW_SECS < t || rep.issued_at > t + 300 {
+        return Err(ApiError::BadRequest(format!("issued_at {} is not within a day of now ({t})", rep.issued_at)));
+    }
+    let id = format!("{deal:#x}");
+    let Some(d) = sqlx::query("SELECT buyer, provider, price_per_byte, max_amount FROM deals WHERE id = $1")
+        .bind(&id)
+        .fetch_optional(&st.db.pool)
+        .await?
+    else {
+        return Err(ApiError::Unprocessable(format!("deal {id} is not on chain (or not indexed yet)")));
+    };
+    let buyer: String = d.get(0);
+    if format!("{signer:#x}") != buyer {
+        return Err(ApiError::Unauthorized(format!("report signed by {signer:#x}, not by the deal's buyer {buyer}")));
+    }
+    // a report cannot claim more bytes than the deal could ever pay for
+    let ppb: u128 = d.get::<String, _>(2).parse().unwrap_or(1).max(1);
+    let max: u128 = d.get::<String, _>(3).parse().unwrap_or(0);
+    if u128::from(rep.bytes) > max / ppb {
+        return Err(ApiError::Unprocessable(format!(
+            "{} bytes is more than deal {id} can pay for ({} bytes)",
+            rep.bytes,
+            max / ppb
+        )));
+    }
+    let mibps = rep.bytes as f64 / (1u64 << 20) as f64 / (rep.millis as f64 / 1000.0);
+    let provider: String = d.get(1);
+    let stored = sqlx::query(
+        "INSERT INTO reports (deal, provider, bytes, millis, mibps, issued_at, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (deal) DO UPDATE SET bytes = excluded.bytes, \
+         millis = excluded.millis, mibps = excluded.mibps, issued_at = excluded.issued_at, \
+         signature = excluded.signature WHERE reports.issued_at < excluded.issued_at",
+    )
+    .bind(&id)
+    .bind(&provider)
+    .bind(rep.bytes as i64)
+    .bind(rep.millis as i64)
+    .bind(mibps)
+    .bind(rep.issued_at as i64)
+    .bind(&rep.signature)
+    .execute(&st.db.pool)
+    .await?
+    .rows_affected();
+    if stored == 0 {
+        return Err(ApiError::Conflict(format!("a newer report for deal {id} is already stored")));
+    }
+    Ok((StatusCode::CREATED, Json(json!({ "deal": id, "provider": provider, "mibps": mibps }))))
+}
+
 // ---- matchmaking ----
 
 #[derive(Debug, Deserialize)]
@@ -574,7 +821,8 @@ async fn post_match(
     }
     let mut sql = String::from(
         "SELECT l.provider, l.root, l.node_id, l.addrs, l.region, l.price_per_byte, l.price_gib, l.window_bytes, \
-         l.capacity_mibps, m.size FROM listings l LEFT JOIN dataset_meta m ON m.root = l.root WHERE l.expires_at > $1",
+         l.capacity_mibps, m.size, l.issued_at, l.expires_at, l.signature FROM listings l \
+         LEFT JOIN dataset_meta m ON m.root = l.root WHERE l.expires_at > $1",
     );
     let root = req.root.as_deref().map(|r| parse_b256("root", r)).transpose()?.map(|r| format!("{r:#x}"));
     if root.is_some() {
@@ -587,11 +835,13 @@ async fn post_match(
     }
     let rows = q.fetch_all(&st.db.pool).await?;
     let mut reps: BTreeMap<String, Reputation> = BTreeMap::new();
-    let mut ranked = Vec::new();
-    for r in rows {
+    // scored first, JSON built only for the offers returned
+    let mut ranked: Vec<(f64, BTreeMap<String, f64>, OfferAttrs, &sqlx::any::AnyRow)> = Vec::new();
+    for r in &rows {
         let provider: String = r.get(0);
         if !reps.contains_key(&provider) {
-            reps.insert(provider.clone(), reputation(&st.db, &provider).await?);
+            let rep = reputation(&st.db, &provider).await?;
+            reps.insert(provider.clone(), rep);
         }
         let rep = &reps[&provider];
         let attrs = OfferAttrs {
@@ -602,20 +852,42 @@ async fn post_match(
             region: r.get(4),
             window_mib: r.get::<i64, _>(7) as f64 / (1 << 20) as f64,
             size_gib: r.try_get::<i64, _>(9).unwrap_or(0) as f64 / (1u64 << 30) as f64,
+            throughput_mibps: rep.throughput_mibps,
         };
         let id = format!("{provider}/{}", r.get::<String, _>(1));
         let Some((score, criteria)) = m.score(&id, &attrs).map_err(|e| ApiError::BadRequest(e.to_string()))? else {
             continue;
         };
-        ranked.push(json!({
-            "provider": provider, "root": r.get::<String, _>(1), "node_id": r.get::<String, _>(2),
-            "addrs": r.get::<String, _>(3).split(',').collect::<Vec<_>>(),
-            "price_per_byte": r.get::<String, _>(5), "window": r.get::<i64, _>(7),
-            "attributes": attrs, "criteria": criteria, "score": score,
-        }));
+        ranked.push((score, criteria, attrs, r));
     }
-    ranked.sort_by(|a, b| b["score"].as_f64().unwrap_or(f64::MIN).total_cmp(&a["score"].as_f64().unwrap_or(f64::MIN)));
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
     ranked.truncate(limit);
+    let ranked: Vec<Value> = ranked
+        .into_iter()
+        .map(|(score, criteria, attrs, r)| {
+            json!({
+                "provider": r.get::<String, _>(0), "root": r.get::<String, _>(1), "node_id": r.get::<String, _>(2),
+                "addrs": r.get::<String, _>(3).split(',').collect::<Vec<_>>(),
+                "price_per_byte": r.get::<String, _>(5), "window": r.get::<i64, _>(7),
+                "attributes": attrs, "criteria": criteria, "score": score,
+                "size": r.try_get::<i64, _>(9).unwrap_or(0),
+                // the provider's signed listing, for buyers that check it rather than trust us
+                "listing": ListingBody {
+                    dataset_root: r.get(1),
+                    provider: r.get(0),
+                    provider_node_id: r.get(2),
+                    price_per_byte: r.get(5),
+                    window: r.get::<i64, _>(7) as u64,
+                    addrs: r.get::<String, _>(3).split(',').map(str::to_string).collect(),
+                    region: attrs.region.clone(),
+                    capacity_mibps: r.get::<i64, _>(8) as u64,
+                    issued_at: r.get::<i64, _>(10) as u64,
+                    expires_at: r.get::<i64, _>(11) as u64,
+                },
+                "signature": r.get::<String, _>(12),
+            })
+        })
+        .collect();
     Ok(Json(json!({ "offers": ranked })))
 }
 
@@ -686,6 +958,7 @@ pub const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/providers/{id}", "A provider (Ethereum address): reputation, listings, recent deals"),
     ("get", "/deals/{id}", "A deal: terms, state, redemptions over time, money at risk per side"),
     ("post", "/listings", "Post a listing signed by the provider (EIP-712, domain BDC Market v1)"),
+    ("post", "/reports", "Post a throughput report signed by a deal's buyer (EIP-712 ThroughputReport)"),
     ("post", "/match", "Rank current offers with CEL: require (bool), rank (named numeric criteria)"),
     ("get", "/status", "Indexer position and lag"),
     ("get", "/metrics", "Prometheus metrics"),
@@ -745,6 +1018,7 @@ pub fn router(st: AppState, limits: Limits) -> Router {
         .route("/providers/{id}", get(get_provider))
         .route("/deals/{id}", get(get_deal))
         .route("/listings", post(post_listing))
+        .route("/reports", post(post_report))
         .route("/match", post(post_match))
         .route("/status", get(get_status))
         .route("/metrics", get(get_metrics))

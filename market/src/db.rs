@@ -30,6 +30,16 @@ impl Db {
         let max = if backend == "sqlite" { 1 } else { 8 };
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == "sqlite" {
+                        // a page cache that holds the search indexes (the default is 2 MiB)
+                        sqlx::query("PRAGMA cache_size = -65536").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA mmap_size = 268435456").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .map_err(|e| DbError::Open { url: redact(url), reason: e.to_string() })?;

@@ -48,6 +48,8 @@ pub struct OfferAttrs {
     pub window_mib: f64,
     /// Dataset size, GiB.
     pub size_gib: f64,
+    /// Median throughput buyers reported for the provider, MiB/s (0 with no reports).
+    pub throughput_mibps: f64,
 }
 
 /// An offer's total score and each criterion's value.
@@ -57,6 +59,9 @@ pub type Scored = (f64, BTreeMap<String, f64>);
 pub struct Matcher {
     require: Option<Program>,
     criteria: Vec<(String, Program)>,
+    /// CEL's built-in functions, registered once; each offer gets a child scope of this with its
+    /// attributes (building a default context per offer was most of the cost of a match)
+    root: Context<'static>,
 }
 
 fn compile(what: &str, src: &str) -> Result<Program, RankError> {
@@ -91,11 +96,11 @@ impl Matcher {
             .iter()
             .map(|(name, src)| Ok((name.clone(), compile(&format!("rank.{name}"), src)?)))
             .collect::<Result<_, RankError>>()?;
-        Ok(Self { require, criteria })
+        Ok(Self { require, criteria, root: Context::default() })
     }
 
-    fn context(o: &OfferAttrs) -> Context<'static> {
-        let mut ctx = Context::default();
+    fn context<'a>(&'a self, o: &OfferAttrs) -> Context<'a> {
+        let mut ctx = self.root.new_inner_scope();
         ctx.add_variable_from_value("price_gib", o.price_gib);
         ctx.add_variable_from_value("capacity_mibps", o.capacity_mibps);
         ctx.add_variable_from_value("reputation", o.reputation);
@@ -103,12 +108,13 @@ impl Matcher {
         ctx.add_variable_from_value("region", o.region.clone());
         ctx.add_variable_from_value("window_mib", o.window_mib);
         ctx.add_variable_from_value("size_gib", o.size_gib);
+        ctx.add_variable_from_value("throughput_mibps", o.throughput_mibps);
         ctx
     }
 
     /// None if the offer fails `require`; else each criterion's value and their sum.
     pub fn score(&self, id: &str, o: &OfferAttrs) -> Result<Option<Scored>, RankError> {
-        let ctx = Self::context(o);
+        let ctx = self.context(o);
         if let Some(req) = &self.require {
             match req.execute(&ctx) {
                 Ok(Value::Bool(true)) => {}
@@ -154,6 +160,7 @@ mod tests {
             region: region.into(),
             window_mib: 8.0,
             size_gib: 1.0,
+            throughput_mibps: 0.0,
         }
     }
 

@@ -38,7 +38,7 @@ fn page(title: &str, body: &str) -> Html<String> {
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · bdc market</title>\
          <style>body{{font-family:sans-serif;margin:2em;max-width:70em;color:#111}}table{{border-collapse:collapse;width:100%}}\
          td,th{{border-bottom:1px solid #ccc;padding:.3em .6em;text-align:left}}th{{background:#f0f0f0}}\
-         .mono{{font-family:monospace;font-size:.9em}}.risk{{color:#a00}}header a{{margin-right:1em}}</style></head>\
+         .mono{{font-family:monospace;font-size:.9em}}.risk{{color:#a00}}.ty{{color:#666}}header a{{margin-right:1em}}</style></head>\
          <body><header><a href=\"/\">datasets</a></header><h1>{}</h1>{}</body></html>",
         esc(title),
         esc(title),
@@ -87,7 +87,7 @@ pub async fn dataset_page(State(st): State<AppState>, Path(root): Path<String>) 
         Err(e) => return error_page(e),
     };
     let mut body = format!(
-        "<p>{}</p><p class=\"mono\">root {}<br>vendor <a href=\"/ui/providers/{}\">{}</a> · royalty {} bps · manifest {}</p><h2>Files</h2><table id=\"files\"><tr><th>name</th><th>size</th><th>type</th></tr>",
+        "<p>{}</p><p class=\"mono\">root {}<br>vendor <a href=\"/ui/providers/{}\">{}</a> · royalty {} bps · manifest {}</p><h2>Files</h2><table id=\"files\"><tr><th>name</th><th>size</th><th>type</th><th>schema</th></tr>",
         v(&d["description"]),
         v(&d["root"]),
         v(&d["vendor"]),
@@ -100,11 +100,18 @@ pub async fn dataset_page(State(st): State<AppState>, Path(root): Path<String>) 
         },
     );
     for f in d["files"].as_array().into_iter().flatten() {
+        let schema: Vec<String> = f["columns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| format!("{} <span class=\"ty\">{}</span>", v(&c["name"]), v(&c["type"])))
+            .collect();
         body.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td></tr>",
             v(&f["name"]),
             v(&f["size"]),
-            v(&f["media_type"])
+            v(&f["media_type"]),
+            schema.join(", ")
         ));
     }
     body.push_str("</table><h2>Providers</h2><table id=\"offers\"><tr><th>provider</th><th>region</th><th>BDC/GiB</th><th>window</th><th>capacity MiB/s</th></tr>");

@@ -12,6 +12,7 @@ pub mod catalog;
 pub mod jobs;
 pub mod paid;
 pub mod publish;
+pub mod schema;
 pub mod serve;
 pub mod store;
 

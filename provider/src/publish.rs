@@ -167,6 +167,7 @@ pub async fn publish(
             size: input.size,
             hash: tag.hash(),
             media_type: media_type(&input.name).to_string(),
+            columns: crate::schema::file_columns(&input.path, &input.name),
         };
         imported.push((entry, tag));
     }

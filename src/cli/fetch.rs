@@ -6,17 +6,38 @@ use std::{
     time::Duration,
 };
 
+use alloy::{primitives::B256, signers::local::PrivateKeySigner};
+use anyhow::Context;
+use bdc_contracts::{
+    Deployment,
+    listing::{ListingBody, SignedReport, listing_signer, market_domain},
+};
 use bdc_core::ticket::parse_ticket;
 use bdc_fetcher::{FetchEvent, FetchOptions, Fetcher};
 use clap::Args;
+use iroh::EndpointAddr;
+use iroh_blobs::{BlobFormat, Hash, ticket::BlobTicket};
+use serde_json::{Value, json};
 
 use crate::progress::{bytes_bar, human};
 
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// A ticket (`blob…`, from `bdc provider serve` / `bdc provider ticket`; any iroh-blobs
-    /// ticket works) or an offer (`bdcoffer…`, from `serve --sell` / `bdc provider offer`).
+    /// ticket works), an offer (`bdcoffer…`, from `serve --sell` / `bdc provider offer`), or a
+    /// dataset root (0x…, with --market: the market picks the provider and the fetch is paid).
     pub ticket: String,
+    /// A market (`bdc market serve`): picks the provider of a dataset root, and receives a
+    /// throughput report signed with the buyer's key after a paid download.
+    #[arg(long, env = "BDC_MARKET")]
+    pub market: Option<String>,
+    /// With a root: only offers for which this CEL expression is true (see POST /match).
+    #[arg(long)]
+    pub require: Option<String>,
+    /// With a root: a named CEL criterion, NAME=EXPR, repeatable; offers are ranked by the sum
+    /// (default: cheap=-1.0 * price_gib, reputation=reputation, speed=throughput_mibps / 100.0).
+    #[arg(long = "rank", value_name = "NAME=EXPR")]
+    pub rank: Vec<String>,
     /// Output directory; the dataset's files are written under it.
     #[arg(short, long)]
     pub out: PathBuf,
@@ -56,8 +77,12 @@ pub struct FetchArgs {
 }
 
 pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
+    if let Ok(root) = a.ticket.trim().parse::<B256>() {
+        return run_from_market(a, root, dir, quiet).await;
+    }
     if a.pay || a.ticket.trim().starts_with("bdcoffer") {
-        return run_paid(a, dir, quiet).await;
+        let offer: bdc_core::paid::Offer = a.ticket.parse()?;
+        return run_paid(a, offer, dir, quiet).await;
     }
     let ticket = parse_ticket(&a.ticket)?;
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
@@ -86,9 +111,114 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_paid(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let offer: bdc_core::paid::Offer = a.ticket.parse()?;
+/// Bytes added to a market offer's file sizes for the dataset's manifest and collection blobs
+/// when sizing the deposit of a new deal (what is not spent is refunded after expiry).
+const DEPOSIT_SLACK: u64 = 1 << 20;
+
+/// `bdc fetch <root> --market URL`: the market ranks the dataset's offers; the buyer checks the
+/// top offer's listing signature itself (the market is trusted to rank, not to speak for the
+/// provider), then buys from it.
+async fn run_from_market(a: FetchArgs, root: B256, dir: &Path, quiet: bool) -> anyhow::Result<()> {
+    let market = a.market.clone().context("a dataset root needs --market URL (or BDC_MARKET) to find a provider")?;
+    let mut rank = serde_json::Map::new();
+    if a.rank.is_empty() {
+        for (k, v) in
+            [("cheap", "-1.0 * price_gib"), ("reputation", "reputation"), ("speed", "throughput_mibps / 100.0")]
+        {
+            rank.insert(k.into(), v.into());
+        }
+    }
+    for r in &a.rank {
+        let (k, v) = r.split_once('=').with_context(|| format!("--rank {r:?}: expected NAME=EXPR"))?;
+        rank.insert(k.trim().into(), v.trim().into());
+    }
+    let body = json!({ "root": format!("{root:#x}"), "require": a.require, "rank": rank, "limit": 5 });
+    let url = format!("{}/match", market.trim_end_matches('/'));
+    let res = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the market at {url}"))?;
+    let status = res.status();
+    let answer: Value = res.json().await.with_context(|| format!("{url} answered {status} without JSON"))?;
+    anyhow::ensure!(status.is_success(), "the market refused the match ({status}): {}", answer["error"]);
+    let top = answer["offers"]
+        .as_array()
+        .and_then(|o| o.first())
+        .with_context(|| format!("the market has no current offer for {root:#x} that meets the requirements"))?;
+    let listing: ListingBody = serde_json::from_value(top["listing"].clone()).context("the market's offer")?;
+    let chain = a.chain.connect_readonly()?;
+    let d = chain.deployment();
+    let typed = listing.to_eip712().map_err(|e| anyhow::anyhow!("the market's offer: {e}"))?;
+    let sig = hex::decode(top["signature"].as_str().unwrap_or_default().trim_start_matches("0x"))
+        .context("the market's offer: signature")?;
+    let signer = listing_signer(&market_domain(d.chain_id, d.registry), &typed, &sig)
+        .map_err(|e| anyhow::anyhow!("the market's offer: {e}"))?;
+    anyhow::ensure!(
+        signer == typed.provider && typed.datasetRoot == root,
+        "the market's offer is not a listing of {root:#x} signed by its provider {:#x} (signed by {signer:#x})",
+        typed.provider
+    );
+    let mut addr = EndpointAddr::new(
+        iroh::EndpointId::from_bytes(&typed.providerNodeId.0).context("the listing's node id is not a valid key")?,
+    );
+    for s in &listing.addrs {
+        addr.addrs.insert(iroh::TransportAddr::Ip(s.parse().with_context(|| format!("listing address {s}"))?));
+    }
+    let ticket = BlobTicket::new(addr, Hash::from_bytes(root.0), BlobFormat::HashSeq);
+    let offer = bdc_core::paid::Offer {
+        ticket: ticket.to_string(),
+        provider: typed.provider.into_array(),
+        price_per_byte: typed.pricePerByte.to::<u128>(),
+        window: listing.window,
+        size: top["size"].as_u64().unwrap_or(0) + DEPOSIT_SLACK,
+        chain_id: d.chain_id,
+        escrow: d.escrow.into_array(),
+    };
+    eprintln!(
+        "market picked provider {:#x} (score {:.3}: {}) of {} offer(s)",
+        typed.provider,
+        top["score"].as_f64().unwrap_or(0.0),
+        top["criteria"],
+        answer["offers"].as_array().map_or(0, Vec::len)
+    );
+    run_paid(a, offer, dir, quiet).await
+}
+
+/// Posts a signed throughput report for `deal` to the market; a failure is a warning.
+async fn report_throughput(market: &str, signer: &PrivateKeySigner, d: &Deployment, deal: B256, bytes: u64, ms: u64) {
+    let issued = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_secs()).unwrap_or(0);
+    let domain = market_domain(d.chain_id, d.registry);
+    let res = async {
+        let rep = SignedReport::sign(signer, &domain, deal, bytes, ms.max(1), issued).map_err(anyhow::Error::msg)?;
+        let url = format!("{}/reports", market.trim_end_matches('/'));
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        // 422 while the market's indexer has not seen the deal yet: it polls the chain, so
+        // ask again for a few seconds
+        for attempt in 0.. {
+            let res = http.post(&url).json(&rep).send().await?;
+            let status = res.status();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            if status == reqwest::StatusCode::UNPROCESSABLE_ENTITY && attempt < 20 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            anyhow::ensure!(status.is_success(), "{status}: {}", body["error"]);
+            return anyhow::Ok(body["mibps"].as_f64().unwrap_or(0.0));
+        }
+        unreachable!("the loop returns")
+    }
+    .await;
+    match res {
+        Ok(mibps) => eprintln!("reported {mibps:.1} MiB/s for deal {deal} to the market"),
+        Err(e) => eprintln!("warning: the market did not take the throughput report: {e:#}"),
+    }
+}
+
+async fn run_paid(a: FetchArgs, offer: bdc_core::paid::Offer, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     let (chain, signer) = a.chain.connect()?;
     let arbiter = a.arbiter.context("--arbiter is required to open a paid deal (who settles disputes)")?;
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
@@ -105,6 +235,19 @@ async fn run_paid(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     pb.finish_and_clear();
     fetcher.shutdown().await;
     let r = res?;
+    if let (Some(market), Some(deal)) = (&a.market, r.deal)
+        && r.fetch.fetched_bytes > 0
+    {
+        report_throughput(
+            market,
+            &wallet.signer,
+            wallet.chain.deployment(),
+            deal,
+            r.fetch.fetched_bytes,
+            r.fetch.elapsed_ms,
+        )
+        .await;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

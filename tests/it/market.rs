@@ -8,7 +8,7 @@ use bdc_contracts::{Devnet, DevnetConfig};
 use bdc_market::{Limits, Market, MarketConfig};
 use bdc_provider::{Announce, PaidConfig, PaidSetup, Provider, ProviderStore, PublishOptions, ServeConfig, publish};
 
-use crate::common::random_file;
+use crate::common::{bdc, random_file};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_selling_provider_announces_signed_listings_to_the_market() {
@@ -16,6 +16,7 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     random_file(&dir.join("ds/trades.csv"), 64 << 10, 5);
+    std::fs::write(dir.join("ds/quotes.csv"), "ts,bid,ask\n1,100.5,100.7\n2,100.4,100.6\n").unwrap();
     let mut store = ProviderStore::open(&dir.join("provider")).await.unwrap();
     let opts = PublishOptions { name: Some("kaiko BTC trades".into()), tags: vec!["btc".into()], ..Default::default() };
     let rec = publish(&mut store, &dir.join("ds"), &opts, |_| {}).await.unwrap();
@@ -81,6 +82,71 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     let found: serde_json::Value =
         http.get(format!("{}/datasets?q=kaiko", ann.market)).send().await.unwrap().json().await.unwrap();
     assert_eq!(found["items"][0]["root"], format!("{root:#x}"));
+    // the schema read at publish is in the manifest, shown and searchable
+    let quotes = d["files"].as_array().unwrap().iter().find(|f| f["name"] == "quotes.csv").expect("quotes.csv listed");
+    assert_eq!(quotes["columns"][1], serde_json::json!({"name": "bid", "type": "Float64"}), "{d}");
+    let by_column: serde_json::Value =
+        http.get(format!("{}/datasets?q=bid", ann.market)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(by_column["items"][0]["root"], format!("{root:#x}"));
+
+    // a buyer fetches by root alone: the market picks the provider, the buyer checks the signed
+    // listing, pays, and reports the throughput it measured, signed with its key
+    let buyer = dir.join("buyer");
+    std::fs::create_dir_all(&buyer).unwrap();
+    std::fs::write(buyer.join("pk"), format!("{}", devnet.signer(2).to_bytes())).unwrap();
+    let keystore = buyer.join("key.json");
+    let out = bdc()
+        .args(["key", "import", "--keystore"])
+        .arg(&keystore)
+        .arg("--private-key-file")
+        .arg(buyer.join("pk"))
+        .env("BDC_PASSWORD", "pw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deployment = buyer.join("deployment.json");
+    std::fs::write(
+        &deployment,
+        serde_json::json!({"rpc_url": devnet.rpc_url().to_string(), "deployment": devnet.deployment}).to_string(),
+    )
+    .unwrap();
+    let fetch = |extra: &[&str]| {
+        bdc()
+            .args(["fetch", &format!("{root:#x}"), "-q", "--market", &ann.market, "--arbiter"])
+            .arg(format!("{:#x}", devnet.address(0)))
+            .arg("--data-dir")
+            .arg(buyer.join("data"))
+            .arg("--deployment")
+            .arg(&deployment)
+            .arg("--keystore")
+            .arg(&keystore)
+            .arg("-o")
+            .arg(buyer.join("out"))
+            .args(extra)
+            .env("BDC_PASSWORD", "pw")
+            .output()
+            .unwrap()
+    };
+    let refused = fetch(&["--require", "price_gib < 0.0"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("no current offer") && err.lines().count() == 1, "{err}");
+    let out = fetch(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("market picked provider {:#x}", devnet.address(3))), "{err}");
+    assert!(err.contains("MiB/s for deal"), "the throughput report was taken: {err}");
+    assert_eq!(std::fs::read(buyer.join("out/trades.csv")).unwrap(), std::fs::read(dir.join("ds/trades.csv")).unwrap());
+    let p: serde_json::Value = http
+        .get(format!("{}/providers/{:#x}", ann.market, devnet.address(3)))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["reputation"]["throughput_buyers"], 1, "{p}");
+    assert!(p["reputation"]["throughput_mibps"].as_f64().unwrap() > 0.0, "{p}");
     market.shutdown();
     provider.shutdown().await;
 }

@@ -97,3 +97,62 @@ impl ListingBody {
         })
     }
 }
+
+sol! {
+    /// What a buyer measured on a deal: `bytes` verified in `millis` milliseconds, signed by the
+    /// deal's buyer under the market domain. The market keeps the newest per deal and counts
+    /// each buyer once per provider.
+    #[derive(Debug, PartialEq, Eq)]
+    struct ThroughputReport {
+        bytes32 dealId;
+        uint64 bytes;
+        uint64 millis;
+        uint64 issuedAt;
+    }
+}
+
+/// A throughput report as posted to `POST /reports`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReport {
+    pub deal_id: String,
+    pub bytes: u64,
+    pub millis: u64,
+    pub issued_at: u64,
+    pub signature: String,
+}
+
+impl SignedReport {
+    /// Signs a report for `deal_id`.
+    pub fn sign(
+        signer: &impl SignerSync,
+        domain: &Eip712Domain,
+        deal_id: B256,
+        bytes: u64,
+        millis: u64,
+        issued_at: u64,
+    ) -> Result<Self, String> {
+        let r = ThroughputReport { dealId: deal_id, bytes, millis, issuedAt: issued_at };
+        let sig = signer.sign_hash_sync(&r.eip712_signing_hash(domain)).map_err(|e| e.to_string())?;
+        Ok(Self {
+            deal_id: format!("{deal_id:#x}"),
+            bytes,
+            millis,
+            issued_at,
+            signature: format!("0x{}", alloy::hex::encode(sig.as_bytes())),
+        })
+    }
+
+    /// The deal id and the address that signed the report.
+    pub fn signer(&self, domain: &Eip712Domain) -> Result<(B256, Address), String> {
+        let deal: B256 = self.deal_id.parse().map_err(|_| "deal_id must be 32 bytes of 0x-hex".to_string())?;
+        let sig = alloy::hex::decode(self.signature.trim_start_matches("0x"))
+            .map_err(|_| "signature must be 0x-hex".to_string())?;
+        let sig = Signature::try_from(sig.as_slice()).map_err(|e| format!("malformed signature: {e}"))?;
+        let r = ThroughputReport { dealId: deal, bytes: self.bytes, millis: self.millis, issuedAt: self.issued_at };
+        let who = sig
+            .recover_address_from_prehash(&r.eip712_signing_hash(domain))
+            .map_err(|e| format!("unrecoverable signature: {e}"))?;
+        Ok((deal, who))
+    }
+}

@@ -11,7 +11,7 @@ use alloy::{
 use bdc_contracts::{
     Devnet, DevnetConfig,
     client::OpenDeal,
-    listing::{market_domain, sign_listing},
+    listing::{SignedReport, market_domain, sign_listing},
     receipt::sign_receipt_sync,
 };
 use bdc_market::{Limits, ListingBody, Market, MarketConfig, SignedListing};
@@ -27,7 +27,8 @@ fn manifest(name: &str, tags: &[&str]) -> String {
         "name": name,
         "description": "tick-level trades from a crypto exchange",
         "tags": tags,
-        "files": [{"name": "trades.parquet", "size": 4096, "hash": blake3::hash(name.as_bytes()).to_hex().to_string(), "media_type": "application/vnd.apache.parquet"}]
+        "files": [{"name": "trades.parquet", "size": 4096, "hash": blake3::hash(name.as_bytes()).to_hex().to_string(), "media_type": "application/vnd.apache.parquet",
+                   "columns": [{"name": "ts", "type": "Int64"}, {"name": "vwap", "type": "Float64"}]}]
     })
     .to_string()
 }
@@ -154,6 +155,7 @@ async fn suite(db_url: String) {
     assert_eq!(env.get("/datasets?q=parquet").await.1["items"].as_array().unwrap().len(), 2, "file names are indexed");
     assert_eq!(env.get("/datasets?tag=book").await.1["items"][0]["root"], format!("{root_eth:#x}"));
     assert!(env.get("/datasets?q=solana").await.1["items"].as_array().unwrap().is_empty());
+    assert_eq!(env.get("/datasets?q=vwap").await.1["items"].as_array().unwrap().len(), 2, "schema columns are indexed");
     let cheap_only = env.get("/datasets?max_price_gib=2").await.1;
     assert_eq!(cheap_only["items"].as_array().unwrap().len(), 1, "ETH is offered at 3.2 BDC/GiB only: {cheap_only}");
     let page = env.get("/datasets?limit=1").await.1;
@@ -162,11 +164,33 @@ async fn suite(db_url: String) {
     let page2 = env.get("/datasets?limit=1&offset=1").await.1;
     assert_ne!(page["items"][0]["root"], page2["items"][0]["root"]);
     assert_eq!(page2["more"], false);
+    // keyset pagination continues where the page stopped
+    let next = page["next"].as_str().expect("a next cursor while more").to_string();
+    assert_eq!(env.get(&format!("/datasets?limit=1&after={next}")).await.1["items"], page2["items"]);
+    assert_eq!(env.get(&format!("/datasets?after={root_unreg:#x}")).await.0, 400);
+    // a prefix expanding to a few terms is walked term by term and merged; one expanding to
+    // more than MAX_WALKS terms is collected and sorted; both find the dataset once
+    let many: Vec<String> = (0..40).map(|i| format!("zz{i:02}")).collect();
+    let m_zz = json!({"version": 1, "name": "ZZ ticks", "description": many.join(" "), "files": []}).to_string();
+    let root_zz = B256::repeat_byte(0x22);
+    devnet.contracts(VENDOR).register_dataset(root_zz, 0, B256::ZERO, 0).await.unwrap();
+    env.synced().await;
+    let zz = sign(devnet, &provider, listing(root_zz, &provider, 1_000_000_000, "eu", t), &m_zz);
+    assert_eq!(env.post("/listings", &serde_json::to_string(&zz).unwrap()).await.0, 201);
+    for q in ["zz", "zz0", "zz3%20ticks", "zz39"] {
+        let items = env.get(&format!("/datasets?q={q}")).await.1["items"].clone();
+        assert_eq!(items.as_array().map(Vec::len), Some(1), "{q}: {items}");
+        assert_eq!(items[0]["root"], format!("{root_zz:#x}"), "{q}");
+    }
+    assert!(env.get("/datasets?q=zz%20btc").await.1["items"].as_array().unwrap().is_empty());
+    assert_eq!(env.get("/datasets?q=zz&max_price_gib=0.5").await.1["items"].as_array().unwrap().len(), 0);
+
     let (code, d) = env.get(&format!("/datasets/{root_btc:#x}")).await;
     assert_eq!(code, 200);
     assert_eq!(d["offers"].as_array().unwrap().len(), 2);
     assert_eq!(d["offers"][0]["provider"], format!("{:#x}", other.address()), "cheapest first");
     assert_eq!(d["files"][0]["name"], "trades.parquet");
+    assert_eq!(d["files"][0]["columns"][1], json!({"name": "vwap", "type": "Float64"}));
 
     // bad input: each a 4xx with a message
     let cases: Vec<(&str, String, u16)> = vec![
@@ -296,10 +320,38 @@ async fn suite(db_url: String) {
     assert_eq!(d["redemptions"].as_array().unwrap().len(), 2);
     assert_eq!(d["buyer_escrowed_unspent"], "5000000");
     assert_eq!(d["provider_at_risk"], (1u64 << 20).to_string(), "the window, not the rest of the deposit");
+    // throughput reports: signed by the deal's buyer, bounded by what the deal can pay for,
+    // newest per deal
+    let domain = market_domain(devnet.deployment.chain_id, devnet.deployment.registry);
+    let report = |who: usize, deal_id: B256, bytes: u64, at: u64| {
+        serde_json::to_string(&SignedReport::sign(&devnet.signer(who), &domain, deal_id, bytes, 500, at).unwrap())
+            .unwrap()
+    };
+    let (code, res) = env.post("/reports", &report(BUYER, deal.id, 4 << 20, t)).await;
+    assert_eq!(code, 201, "{res}");
+    assert_eq!(res["mibps"], 8.0);
+    for (what, body, want) in [
+        ("not the buyer", report(PROVIDER, deal.id, 4 << 20, t + 1), 401),
+        ("more than the deal pays for", report(BUYER, deal.id, 20_000_000, t + 1), 422),
+        ("unknown deal", report(BUYER, B256::repeat_byte(3), 1, t + 1), 422),
+        ("older than the stored one", report(BUYER, deal.id, 1 << 20, t - 10), 409),
+        ("from last week", report(BUYER, deal.id, 1 << 20, t - 7 * 86_400), 400),
+        ("malformed", "{\"deal_id\": 5}".to_string(), 400),
+    ] {
+        let (code, res) = env.post("/reports", &body).await;
+        assert_eq!(code, want, "{what}: {res}");
+        assert!(res["error"].as_str().is_some(), "{what}: {res}");
+    }
     let (code, pr) = env.get(&format!("/providers/{:#x}", provider.address())).await;
     assert_eq!(code, 200, "{pr}");
     assert_eq!(pr["reputation"]["deals"], 1);
     assert_eq!(pr["reputation"]["bytes_redeemed"], 5_000_000);
+    assert_eq!(pr["reputation"]["throughput_mibps"], 8.0);
+    assert_eq!(pr["reputation"]["throughput_buyers"], 1);
+    let fast = json!({"root": format!("{root_btc:#x}"), "rank": {"speed": "throughput_mibps"}});
+    let offers = env.post("/match", &fast.to_string()).await.1["offers"].clone();
+    assert_eq!(offers[0]["provider"], format!("{:#x}", provider.address()), "measured speed ranks: {offers}");
+    assert_eq!(offers[0]["criteria"]["speed"], 8.0);
 
     // web pages render what the API says, escaped
     for path in [
@@ -323,8 +375,8 @@ async fn suite(db_url: String) {
         assert!(doc["paths"].get(*path).is_some(), "{path} missing from openapi.json");
     }
     let metrics = env.http.get(format!("{}/metrics", env.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("bdc_market_requests_total{route=\"/listings\",status=\"201\"} 3"), "{metrics}");
-    assert!(metrics.contains("bdc_market_listings 3"), "{metrics}");
+    assert!(metrics.contains("bdc_market_requests_total{route=\"/listings\",status=\"201\"} 4"), "{metrics}");
+    assert!(metrics.contains("bdc_market_listings 4"), "{metrics}");
 
     // reorg: a registration that the chain forgets disappears from the index
     let rpc = devnet.contracts(0);
