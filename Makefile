@@ -13,9 +13,10 @@ build:
 	$(CARGO) build --workspace --all-targets
 
 ## tools: the pinned npm toolchain (anvil, forge, solc-js, OpenZeppelin) in contracts/node_modules,
-## and runc + busybox-static for the compute-job sandbox and its tests
+## runc + busybox-static for the compute-job sandbox and its tests, and chromium for the web-page tests
 tools: contracts/node_modules/.package-lock.json
 	bash scripts/ensure_sandbox.sh
+	bash scripts/ensure_chromium.sh
 
 contracts/node_modules/.package-lock.json: contracts/package.json contracts/package-lock.json
 	cd contracts && npm ci --no-audit --no-fund
@@ -34,7 +35,7 @@ layering:
 	python3 scripts/check_layering.py
 
 unit:
-	bash scripts/with_postgres.sh bash scripts/test_summary.sh $(CARGO) test --workspace --no-fail-fast
+	BDC_REQUIRE_CHROMIUM=1 bash scripts/with_postgres.sh bash scripts/test_summary.sh $(CARGO) test --workspace --no-fail-fast
 
 ## contracts: compile with forge (solc-js, offline) and refresh the committed artifacts
 contracts: tools

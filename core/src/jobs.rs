@@ -2,7 +2,10 @@
 //!
 //! The buyer opens a bi stream and writes one [`JobRequest`], then finishes its side. The provider
 //! answers with [`JobUpdate`]s (queued, running, then exactly one of done or failed) and finishes
-//! the stream. Every message is framed as a `u32` big-endian length and postcard bytes, and each
+//! the stream. A job on a sold dataset is paid: the provider first answers `PaymentRequired`; the
+//! buyer opens a job deal and asks again with it; after `Done` it fetches and checks the result,
+//! then writes one cumulative receipt (`crate::paid::SignedReceipt`) on its side, and the provider
+//! answers `Receipted` once the receipt is stored. Every message is framed as a `u32` big-endian length and postcard bytes, and each
 //! has a size limit. A finished job carries a [`JobResult`] signed by the provider's Ethereum key
 //! (EIP-712, see `bdc_contracts::jobs`); the buyer then fetches the result root, which iroh-blobs
 //! verifies chunk group by chunk group. See docs/PROTOCOL.md.
@@ -47,6 +50,11 @@ pub mod codes {
     pub const PROGRAM_FAILED: u32 = 11;
     /// This provider does not run this kind of job.
     pub const UNSUPPORTED_JOB: u32 = 12;
+    /// The dataset is sold here: the job needs a job deal ([`super::JobUpdate::PaymentRequired`]).
+    pub const PAYMENT_REQUIRED: u32 = 13;
+    /// The job deal is not one this provider accepts (unknown, not open, another provider,
+    /// dataset or buyer, below the price, already used, not a job deal).
+    pub const BAD_DEAL: u32 = 14;
     pub const INTERNAL: u32 = 20;
 
     /// A short name for a code, for messages.
@@ -64,6 +72,8 @@ pub mod codes {
             BUSY => "provider busy",
             PROGRAM_FAILED => "program failed",
             UNSUPPORTED_JOB => "job kind not supported here",
+            PAYMENT_REQUIRED => "payment required",
+            BAD_DEAL => "job deal refused",
             INTERNAL => "provider internal error",
             _ => "unknown code",
         }
@@ -157,6 +167,17 @@ pub struct JobRequest {
     pub version: u8,
     pub dataset: Hash,
     pub spec: JobSpec,
+    /// For a sold dataset: the job deal that pays for this job.
+    pub payment: Option<JobPayment>,
+}
+
+/// A job deal: an escrow deal opened for one job, with `pricePerByte = 0`, `window = 0` and
+/// `maxAmount` ≥ the provider's price per job. The buyer proves it owns the deal with the same
+/// EIP-712 `Hello{dealId, buyerNodeId}` signature as on `bdc/paid/1` (escrow domain).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPayment {
+    pub deal_id: [u8; 32],
+    pub hello_sig: Vec<u8>,
 }
 
 /// What a finished job produced. Signed by the provider (EIP-712 `JobResult`).
@@ -210,6 +231,18 @@ pub enum JobUpdate {
     Failed {
         code: u32,
         reason: String,
+    },
+    /// The dataset is sold here (final update): open a job deal for at least `price` token base
+    /// units with `provider` and ask again with [`JobRequest::payment`].
+    PaymentRequired {
+        price: u128,
+        provider: [u8; 20],
+        chain_id: u64,
+        escrow: [u8; 20],
+    },
+    /// The buyer's receipt for a paid job is stored (final update).
+    Receipted {
+        amount: u128,
     },
 }
 
@@ -315,6 +348,7 @@ mod tests {
             version: JOBS_PROTOCOL_VERSION,
             dataset: Hash::new(b"x"),
             spec: JobSpec::Sql { query: "SELECT 1".into(), format: ResultFormat::Csv },
+            payment: Some(JobPayment { deal_id: [7; 32], hello_sig: vec![1; 65] }),
         };
         let f = frame(&req);
         assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);

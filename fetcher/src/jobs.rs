@@ -4,21 +4,38 @@
 //! manifest ([`check_result`]: signature, signer, dataset, query, format), then fetches the result
 //! root, which iroh-blobs verifies chunk group by chunk group, and exports it under `name`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use alloy::primitives::Address;
+use alloy::{
+    primitives::{Address, B256, U256},
+    sol_types::SolValue,
+};
+use bdc_contracts::{
+    client::OpenDeal,
+    receipt::{sign_hello_sync, sign_receipt_sync},
+};
 use bdc_core::{
     BlobFormat,
     jobs::{
-        JOBS_PROTOCOL_VERSION, JobRequest, JobSpec, JobUpdate, MAX_UPDATE_BYTES, ResultFormat, SignedJobResult, codes,
-        decode, frame,
+        JOBS_PROTOCOL_VERSION, JobPayment, JobRequest, JobSpec, JobUpdate, MAX_UPDATE_BYTES, ResultFormat,
+        SignedJobResult, codes, decode, frame,
     },
+    paid::SignedReceipt,
     protocol::JOBS_ALPN,
     ticket::BlobTicket,
 };
-use iroh::{EndpointId, endpoint::RecvStream};
+use iroh::{
+    EndpointId,
+    endpoint::{Connection, RecvStream, SendStream},
+};
 
-use crate::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher};
+use crate::{
+    FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher,
+    paid::{BuyerDeal, DealBook, PaidError, Wallet},
+};
 
 /// Progress of a job.
 #[derive(Debug, Clone)]
@@ -29,6 +46,10 @@ pub enum JobEvent {
     },
     /// The provider asked for the container image; it is being uploaded.
     UploadingImage,
+    /// The dataset is sold: a job deal for `price` is being opened.
+    Paying {
+        price: u128,
+    },
     Running,
     /// Finished and its manifest checked; the result is being fetched.
     Done {
@@ -54,9 +75,34 @@ pub enum JobError {
     Disagree { k: usize, roots: String },
 }
 
+/// How a buyer pays for jobs on sold datasets: it opens one job deal per job (price per byte 0,
+/// window 0, `maxAmount` = the provider's price), and signs one receipt for the price once the
+/// result is fetched and verified. A failed job is not paid; its deal is refunded after expiry.
+#[derive(Debug, Clone)]
+pub struct JobPay {
+    pub wallet: Wallet,
+    /// Settles disputes on the deal.
+    pub arbiter: Address,
+    pub deal_duration: Duration,
+    /// Refuse a provider asking more than this per job, token base units.
+    pub max_price: Option<u128>,
+}
+
+/// A paid job's stream between `Done` and the receipt.
+struct Unpaid {
+    conn: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    deal: B256,
+    price: u128,
+}
+
 /// A finished, checked and fetched job.
 #[derive(Debug, Clone)]
 pub struct JobOutcome {
+    /// The job deal that paid for it, and the amount receipted.
+    pub deal: Option<B256>,
+    pub paid: u128,
     pub signed: SignedJobResult,
     /// The address that signed the manifest.
     pub signer: Address,
@@ -85,6 +131,10 @@ pub fn check_result(req: &JobRequest, signed: &SignedJobResult, expect: Option<A
     if r.format != req.spec.result_format() {
         return Err(format!("manifest says format {:?}, the job asked for {:?}", r.format, req.spec.result_format()));
     }
+    let deal = req.payment.as_ref().map_or([0; 32], |p| p.deal_id);
+    if r.deal_id != deal {
+        return Err(format!("manifest names deal {}, the job was paid by {}", B256::from(r.deal_id), B256::from(deal)));
+    }
     Ok(signer)
 }
 
@@ -104,6 +154,12 @@ async fn read_update(recv: &mut RecvStream) -> Result<Option<JobUpdate>, String>
     decode(&body, MAX_UPDATE_BYTES).map(Some).map_err(|e| e.to_string())
 }
 
+impl From<PaidError> for JobError {
+    fn from(e: PaidError) -> Self {
+        Self::Fetch(FetchError::from(e))
+    }
+}
+
 impl Fetcher {
     /// Runs `spec` on the dataset of `ticket` at its provider, checks the signed result and
     /// fetches it into `out/name`.
@@ -116,7 +172,27 @@ impl Fetcher {
         name: &str,
         on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
-        self.submit(ticket, spec, None, expect_signer, out, name, on).await
+        self.submit(ticket, spec, None, expect_signer, None, out, name, on).await
+    }
+
+    /// [`Self::run_job`], paying with a job deal when the dataset is sold.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_paid_job(
+        &self,
+        ticket: &BlobTicket,
+        spec: JobSpec,
+        image: Option<&Path>,
+        expect_signer: Option<Address>,
+        pay: &JobPay,
+        out: &Path,
+        name: &str,
+        on: impl FnMut(JobEvent),
+    ) -> Result<JobOutcome, JobError> {
+        let spec = match (spec, image) {
+            (JobSpec::Container { cmd, .. }, Some(archive)) => image_spec(archive, cmd).await?,
+            (spec, _) => spec,
+        };
+        self.submit(ticket, spec, image, expect_signer, Some(pay), out, name, on).await
     }
 
     /// Runs `cmd` in the OCI image of `archive` (uploaded if the provider does not have it) with
@@ -130,16 +206,8 @@ impl Fetcher {
         out: &Path,
         on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
-        let local =
-            |e: std::io::Error| FetchError::Local(format!("cannot read image archive {}: {e}", archive.display()));
-        let image_size = std::fs::metadata(archive).map_err(local)?.len();
-        let a = archive.to_path_buf();
-        let image_sha256 = tokio::task::spawn_blocking(move || bdc_core::jobs::file_sha256(&a))
-            .await
-            .map_err(|e| FetchError::Local(e.to_string()))?
-            .map_err(local)?;
-        let spec = JobSpec::Container { image_sha256, image_size, cmd };
-        self.submit(ticket, spec, Some(archive), expect_signer, out, "", on).await
+        let spec = image_spec(archive, cmd).await?;
+        self.submit(ticket, spec, Some(archive), expect_signer, None, out, "", on).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -149,70 +217,222 @@ impl Fetcher {
         spec: JobSpec,
         image: Option<&Path>,
         expect_signer: Option<Address>,
+        pay: Option<&JobPay>,
         out: &Path,
         name: &str,
         mut on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
-        let (signed, signer) = self.execute(ticket, spec, image, expect_signer, &mut on).await?;
-        self.fetch_result(ticket, signed, signer, out, name, on).await
+        let (signed, signer, unpaid) = self.execute(ticket, spec, image, expect_signer, pay, &mut on).await?;
+        let fetched = self.fetch_result(ticket, signed, signer, out, name, on).await;
+        match (fetched, unpaid, pay) {
+            (Ok(mut outcome), Some(u), Some(pay)) => {
+                outcome.deal = Some(u.deal);
+                outcome.paid = self.pay_job(ticket, u, pay).await?;
+                Ok(outcome)
+            }
+            // a result that did not verify is not paid for
+            (Err(e), Some(u), _) => {
+                u.conn.close(0u32.into(), b"result not verified");
+                Err(e)
+            }
+            (res, _, _) => res,
+        }
     }
 
-    /// Submits a job and follows it to a checked, signed result (not yet fetched).
+    /// Opens a job deal for `price` with the provider that quoted it; the request's payment.
+    async fn open_job_deal(
+        &self,
+        ticket: &BlobTicket,
+        pay: &JobPay,
+        price: u128,
+        provider: [u8; 20],
+        chain_id: u64,
+        escrow: [u8; 20],
+    ) -> Result<(JobPayment, B256), JobError> {
+        let node = ticket.addr().id;
+        let chain = &pay.wallet.chain;
+        let d = chain.deployment();
+        let escrow = Address::from(escrow);
+        if chain_id != d.chain_id || escrow != d.escrow {
+            return Err(FetchError::from(PaidError::WrongChain {
+                offer_chain: chain_id,
+                offer_escrow: escrow,
+                chain: d.chain_id,
+                escrow: d.escrow,
+            })
+            .into());
+        }
+        if let Some(max) = pay.max_price
+            && price > max
+        {
+            return Err(FetchError::Local(format!(
+                "provider {node} asks {price} base units per job, above the {max} allowed"
+            ))
+            .into());
+        }
+        let now = chain.chain_time().await.map_err(|e| FetchError::from(PaidError::from(e)))?;
+        let req = OpenDeal {
+            provider: Address::from(provider),
+            provider_node_id: B256::from(*node.as_bytes()),
+            dataset_root: B256::from(*ticket.hash().as_bytes()),
+            price_per_byte: 0,
+            max_amount: U256::from(price),
+            window: 0,
+            expiry: now + pay.deal_duration.as_secs(),
+            arbiter: pay.arbiter,
+        };
+        let signer = &pay.wallet.signer;
+        let deal = chain.open_deal(signer.address(), &req).await.map_err(|e| FetchError::from(PaidError::from(e)))?;
+        tracing::info!(deal = %deal.id, price, "job deal opened");
+        let mut book = DealBook::load(self.data_dir())?;
+        book.upsert(BuyerDeal {
+            id: deal.id,
+            terms: hex::encode(deal.terms.abi_encode()),
+            root: ticket.hash(),
+            verified: 0,
+            paid: 0,
+        });
+        book.save()?;
+        let me = B256::from(*self.endpoint().id().as_bytes());
+        let hello = sign_hello_sync(signer, &chain.domain(), deal.id, me)
+            .map_err(|e| FetchError::Local(format!("cannot sign the job request: {e}")))?;
+        Ok((JobPayment { deal_id: deal.id.0, hello_sig: hello.as_bytes().to_vec() }, deal.id))
+    }
+
+    /// Signs and sends the receipt for a fetched, verified paid job; the amount receipted.
+    async fn pay_job(&self, ticket: &BlobTicket, mut u: Unpaid, pay: &JobPay) -> Result<u128, JobError> {
+        let provider = ticket.addr().id;
+        let protocol = |reason: String| JobError::Protocol { provider, reason };
+        let chain = &pay.wallet.chain;
+        let sig = sign_receipt_sync(&pay.wallet.signer, &chain.domain(), u.deal, U256::from(u.price))
+            .map_err(|e| FetchError::Local(format!("cannot sign the receipt: {e}")))?;
+        // recorded before it is sent: the book always knows the most this buyer may owe
+        let mut book = DealBook::load(self.data_dir())?;
+        if let Some(mut d) = book.get(&u.deal).cloned() {
+            d.paid = d.paid.max(u.price);
+            book.upsert(d);
+            book.save()?;
+        }
+        let receipt = SignedReceipt { deal_id: u.deal.0, cumulative: u.price, sig: sig.as_bytes().to_vec() };
+        u.send.write_all(&frame(&receipt)).await.map_err(|e| protocol(format!("cannot send the receipt: {e}")))?;
+        u.send.finish().map_err(|e| protocol(e.to_string()))?;
+        let last = read_update(&mut u.recv).await.map_err(protocol)?;
+        u.conn.close(0u32.into(), b"done");
+        match last {
+            Some(JobUpdate::Receipted { amount }) => Ok(amount),
+            Some(JobUpdate::Failed { code, reason }) => {
+                Err(JobError::Failed { provider, code, name: codes::name(code), reason })
+            }
+            other => Err(protocol(format!("expected the receipt's acknowledgement, got {other:?}"))),
+        }
+    }
+
+    /// Submits a job and follows it to a checked, signed result (not yet fetched). A paid job
+    /// comes back with its stream still open, for the receipt.
     async fn execute(
         &self,
         ticket: &BlobTicket,
         spec: JobSpec,
         image: Option<&Path>,
         expect_signer: Option<Address>,
+        pay: Option<&JobPay>,
         mut on: impl FnMut(JobEvent),
-    ) -> Result<(SignedJobResult, Address), JobError> {
+    ) -> Result<(SignedJobResult, Address, Option<Unpaid>), JobError> {
         let provider = ticket.addr().id;
         let protocol = |reason: String| JobError::Protocol { provider, reason };
-        let req = JobRequest { version: JOBS_PROTOCOL_VERSION, dataset: ticket.hash(), spec };
-        let conn = self.connect(ticket, JOBS_ALPN).await?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| protocol(format!("cannot open a stream: {e}")))?;
-        send.write_all(&frame(&req)).await.map_err(|e| protocol(format!("cannot send the job: {e}")))?;
-        // a container job keeps the stream open in case the provider asks for the image
-        let mut open = image.is_some();
-        if !open {
-            send.finish().map_err(|e| protocol(e.to_string()))?;
-        }
-        let signed = loop {
-            let update = read_update(&mut recv).await.map_err(protocol)?;
-            if open && !matches!(update, Some(JobUpdate::SendImage)) {
+        let mut payment: Option<(JobPayment, B256)> = None;
+        let mut price = 0;
+        'ask: loop {
+            let req = JobRequest {
+                version: JOBS_PROTOCOL_VERSION,
+                dataset: ticket.hash(),
+                spec: spec.clone(),
+                payment: payment.as_ref().map(|p| p.0.clone()),
+            };
+            let paying = payment.is_some();
+            let conn = self.connect(ticket, JOBS_ALPN).await?;
+            let (mut send, mut recv) =
+                conn.open_bi().await.map_err(|e| protocol(format!("cannot open a stream: {e}")))?;
+            send.write_all(&frame(&req)).await.map_err(|e| protocol(format!("cannot send the job: {e}")))?;
+            // a container job keeps the stream open in case the provider asks for the image; a
+            // paid job keeps it open for the receipt
+            let mut open = image.is_some() || paying;
+            if !open {
                 send.finish().map_err(|e| protocol(e.to_string()))?;
-                open = false;
             }
-            match update {
-                Some(JobUpdate::SendImage) => {
-                    let (Some(path), true) = (image, open) else {
-                        return Err(protocol("asked for an image the job does not use".into()));
-                    };
-                    on(JobEvent::UploadingImage);
-                    let mut f = tokio::fs::File::open(path)
-                        .await
-                        .map_err(|e| FetchError::Local(format!("cannot read {}: {e}", path.display())))?;
-                    tokio::io::copy(&mut f, &mut send)
-                        .await
-                        .map_err(|e| protocol(format!("image upload failed: {e}")))?;
+            let signed = loop {
+                let update = read_update(&mut recv).await.map_err(protocol)?;
+                if open && !paying && !matches!(update, Some(JobUpdate::SendImage)) {
                     send.finish().map_err(|e| protocol(e.to_string()))?;
                     open = false;
                 }
-                None => return Err(protocol("the stream ended without a result".into())),
-                Some(JobUpdate::Queued { ahead, .. }) => on(JobEvent::Queued { ahead }),
-                Some(JobUpdate::Running) => on(JobEvent::Running),
-                Some(JobUpdate::Failed { code, reason }) => {
-                    conn.close(0u32.into(), b"done");
-                    return Err(JobError::Failed { provider, code, name: codes::name(code), reason });
+                match update {
+                    Some(JobUpdate::SendImage) => {
+                        let (Some(path), true) = (image, open) else {
+                            return Err(protocol("asked for an image the job does not use".into()));
+                        };
+                        on(JobEvent::UploadingImage);
+                        let mut f = tokio::fs::File::open(path)
+                            .await
+                            .map_err(|e| FetchError::Local(format!("cannot read {}: {e}", path.display())))?;
+                        tokio::io::copy(&mut f, &mut send)
+                            .await
+                            .map_err(|e| protocol(format!("image upload failed: {e}")))?;
+                        if !paying {
+                            send.finish().map_err(|e| protocol(e.to_string()))?;
+                            open = false;
+                        }
+                    }
+                    None => return Err(protocol("the stream ended without a result".into())),
+                    Some(JobUpdate::Queued { ahead, .. }) => on(JobEvent::Queued { ahead }),
+                    Some(JobUpdate::Running) => on(JobEvent::Running),
+                    Some(JobUpdate::Failed { code, reason }) => {
+                        conn.close(0u32.into(), b"done");
+                        return Err(JobError::Failed { provider, code, name: codes::name(code), reason });
+                    }
+                    Some(JobUpdate::PaymentRequired { price: p, provider: addr, chain_id, escrow }) => {
+                        conn.close(0u32.into(), b"done");
+                        if paying {
+                            return Err(protocol("asked for payment again after the job deal was sent".into()));
+                        }
+                        let Some(pay) = pay else {
+                            return Err(JobError::Failed {
+                                provider,
+                                code: codes::PAYMENT_REQUIRED,
+                                name: codes::name(codes::PAYMENT_REQUIRED),
+                                reason: format!(
+                                    "the dataset is sold here: a job costs {p} token base units (pay with a job deal)"
+                                ),
+                            });
+                        };
+                        on(JobEvent::Paying { price: p });
+                        payment = Some(self.open_job_deal(ticket, pay, p, addr, chain_id, escrow).await?);
+                        price = p;
+                        continue 'ask;
+                    }
+                    Some(JobUpdate::Receipted { .. }) => {
+                        return Err(protocol("acknowledged a receipt that was not sent".into()));
+                    }
+                    Some(JobUpdate::Done(s)) => break *s,
                 }
-                Some(JobUpdate::Done(s)) => break *s,
-            }
-        };
-        conn.close(0u32.into(), b"done");
-        let signer =
-            check_result(&req, &signed, expect_signer).map_err(|reason| JobError::Rejected { provider, reason })?;
-        on(JobEvent::Done { rows: signed.result.rows, bytes: signed.result.bytes });
-        Ok((signed, signer))
+            };
+            let signer = match check_result(&req, &signed, expect_signer) {
+                Ok(s) => s,
+                Err(reason) => {
+                    conn.close(0u32.into(), b"rejected");
+                    return Err(JobError::Rejected { provider, reason });
+                }
+            };
+            on(JobEvent::Done { rows: signed.result.rows, bytes: signed.result.bytes });
+            let unpaid = match payment {
+                Some((_, deal)) => Some(Unpaid { conn, send, recv, deal, price }),
+                None => {
+                    conn.close(0u32.into(), b"done");
+                    None
+                }
+            };
+            return Ok((signed, signer, unpaid));
+        }
     }
 
     /// Fetches a checked result from the provider of `ticket`, verified against its signed root.
@@ -238,8 +458,20 @@ impl Fetcher {
             });
         }
         let file = fetch.files.first().map(|f| f.path.clone()).unwrap_or_else(|| out.join(name));
-        Ok(JobOutcome { signed, signer, file, fetch })
+        Ok(JobOutcome { deal: None, paid: 0, signed, signer, file, fetch })
     }
+}
+
+/// The container spec of an image archive: its SHA-256 and size.
+async fn image_spec(archive: &Path, cmd: Vec<String>) -> Result<JobSpec, JobError> {
+    let local = |e: std::io::Error| FetchError::Local(format!("cannot read image archive {}: {e}", archive.display()));
+    let image_size = std::fs::metadata(archive).map_err(local)?.len();
+    let a = archive.to_path_buf();
+    let image_sha256 = tokio::task::spawn_blocking(move || bdc_core::jobs::file_sha256(&a))
+        .await
+        .map_err(|e| FetchError::Local(e.to_string()))?
+        .map_err(local)?;
+    Ok(JobSpec::Container { image_sha256, image_size, cmd })
 }
 
 /// The default result file name for a job's format.
@@ -275,23 +507,23 @@ impl Fetcher {
             ))
             .into());
         }
-        let runs = tickets[..k].iter().map(|t| self.execute(t, spec.clone(), None, None, |_| {}));
+        let runs = tickets[..k].iter().map(|t| self.execute(t, spec.clone(), None, None, None, |_| {}));
         let results = n0_future::join_all(runs).await;
         let mut done = Vec::with_capacity(k);
         for r in results {
             done.push(r?);
         }
         let root = done[0].0.result.result_root;
-        if done.iter().any(|(s, _)| s.result.result_root != root) {
+        if done.iter().any(|(s, _, _)| s.result.result_root != root) {
             let roots = tickets[..k]
                 .iter()
                 .zip(&done)
-                .map(|(t, (s, _))| format!("{}: {}", t.addr().id.fmt_short(), s.result.result_root))
+                .map(|(t, (s, _, _))| format!("{}: {}", t.addr().id.fmt_short(), s.result.result_root))
                 .collect::<Vec<_>>()
                 .join(", ");
             return Err(JobError::Disagree { k, roots });
         }
-        let (signed, signer) = done.swap_remove(0);
+        let (signed, signer, _) = done.swap_remove(0);
         on(JobEvent::Done { rows: signed.result.rows, bytes: signed.result.bytes });
         self.fetch_result(first, signed, signer, out, name, on).await
     }

@@ -152,7 +152,7 @@ impl DealBook {
         self.deals.iter().find(|d| d.id == *id)
     }
 
-    fn upsert(&mut self, d: BuyerDeal) {
+    pub(crate) fn upsert(&mut self, d: BuyerDeal) {
         match self.deals.iter_mut().find(|x| x.id == d.id) {
             Some(x) => *x = d,
             None => self.deals.push(d),

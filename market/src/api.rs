@@ -604,9 +604,10 @@ pub async fn reputation(db: &Db, provider: &str) -> ApiResult<Reputation> {
     for row in rows {
         let state: String = row.get(0);
         let redeemed: u128 = row.get::<String, _>(1).parse().unwrap_or(0);
-        let ppb: u128 = row.get::<String, _>(2).parse().unwrap_or(1).max(1);
+        let ppb: u128 = row.get::<String, _>(2).parse().unwrap_or(0);
         r.deals += 1;
-        r.bytes_redeemed += redeemed / ppb;
+        // a job deal (price per byte 0) pays for a job, not for bytes
+        r.bytes_redeemed += redeemed.checked_div(ppb).unwrap_or(0);
         match state.as_str() {
             "completed" => r.completed += 1,
             "refunded" if redeemed == 0 => r.failed += 1,
@@ -761,7 +762,10 @@ async fn post_report(
         return Err(ApiError::Unauthorized(format!("report signed by {signer:#x}, not by the deal's buyer {buyer}")));
     }
     // a report cannot claim more bytes than the deal could ever pay for
-    let ppb: u128 = d.get::<String, _>(2).parse().unwrap_or(1).max(1);
+    let ppb: u128 = d.get::<String, _>(2).parse().unwrap_or(0);
+    if ppb == 0 {
+        return Err(ApiError::Unprocessable(format!("deal {id} is a job deal: it moved no bytes to report")));
+    }
     let max: u128 = d.get::<String, _>(3).parse().unwrap_or(0);
     if u128::from(rep.bytes) > max / ppb {
         return Err(ApiError::Unprocessable(format!(

@@ -136,7 +136,7 @@ pub async fn provider_page(State(st): State<AppState>, Path(id): Path<String>) -
     };
     let r = &p["reputation"];
     let mut body = format!(
-        "<p class=\"mono\">{}</p><h2>Reputation</h2><p id=\"reputation\">score {:.3} · {} deals, {} completed, {} failed, {} disputes lost · {} bytes paid</p><h2>Deals</h2><table id=\"deals\"><tr><th>deal</th><th>state</th><th>redeemed</th><th>max</th></tr>",
+        "<p class=\"mono\">{}</p><h2>Reputation</h2><p id=\"reputation\">score {:.3} · {} deals, {} completed, {} failed, {} disputes lost · {} bytes paid · buyers measured {:.1} MiB/s (median of {})</p><h2>Deals</h2><table id=\"deals\"><tr><th>deal</th><th>state</th><th>redeemed</th><th>max</th></tr>",
         v(&p["provider"]),
         r["score"].as_f64().unwrap_or(0.0),
         v(&r["deals"]),
@@ -144,6 +144,8 @@ pub async fn provider_page(State(st): State<AppState>, Path(id): Path<String>) -
         v(&r["failed"]),
         v(&r["disputes_lost"]),
         v(&r["bytes_redeemed"]),
+        r["throughput_mibps"].as_f64().unwrap_or(0.0),
+        v(&r["throughput_buyers"]),
     );
     for d in p["deals"].as_array().into_iter().flatten() {
         body.push_str(&format!(

@@ -134,6 +134,7 @@ impl Provider {
         let events = free_events(free.clone(), cfg.max_rate);
         let blobs = BlobsProtocol::new(&store.store, Some(events));
         let mut router = Router::builder(endpoint.clone()).accept(FREE_ALPN, blobs);
+        let mut job_payments = None;
         if let Some(p) = &cfg.paid {
             let ledger = Arc::new(Ledger::open(&store.dir.join("ledger.redb"))?);
             let datasets = contents.iter().map(|(k, (v, _))| (*k, v.clone())).collect();
@@ -146,6 +147,7 @@ impl Provider {
                 p.cfg.clone(),
                 datasets,
             );
+            job_payments = Some(handler.job_payments());
             router = router.accept(PAID_ALPN, handler);
         }
         if let Some(jc) = &cfg.jobs {
@@ -156,9 +158,10 @@ impl Provider {
                     .map_err(|reason| ServeError::BrokenDataset { root: rec.root, reason })?;
                 datasets.insert(rec.root, crate::jobs::JobDataset { free: rec.free, files });
             }
-            let handler = JobsProtocol::new(jc.clone(), store.store.clone(), &store.dir, datasets, free.clone())
-                .await
-                .map_err(|e| ServeError::Jobs(e.to_string()))?;
+            let handler =
+                JobsProtocol::new(jc.clone(), store.store.clone(), &store.dir, datasets, free.clone(), job_payments)
+                    .await
+                    .map_err(|e| ServeError::Jobs(e.to_string()))?;
             router = router.accept(JOBS_ALPN, handler);
         }
         let router = router.spawn();

@@ -59,6 +59,43 @@ pub struct ComputeArgs {
     /// Print the signed result manifest as JSON (on stderr when the result goes to stdout).
     #[arg(long)]
     pub json: bool,
+    /// Pay for a job on a sold dataset: open a job deal for the provider's price per job, and
+    /// sign a receipt for it once the result is fetched and verified (a failed job is not paid;
+    /// refund its deal after expiry with `bdc deal refund`).
+    #[arg(long)]
+    pub pay: bool,
+    /// Refuse a provider asking more than this per job, token base units.
+    #[arg(long)]
+    pub max_price: Option<u128>,
+    /// Address that settles disputes on the job deal (required with --pay).
+    #[arg(long)]
+    pub arbiter: Option<alloy::primitives::Address>,
+    /// The job deal expires after this many seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub deal_secs: u64,
+    #[command(flatten)]
+    pub chain: super::chain::ChainArgs,
+}
+
+impl ComputeArgs {
+    /// The job payment settings, with --pay.
+    fn pay(&self) -> anyhow::Result<Option<bdc_fetcher::jobs::JobPay>> {
+        if !self.pay {
+            return Ok(None);
+        }
+        if self.replicas > 1 {
+            anyhow::bail!("--pay runs one job: it cannot be combined with --replicas");
+        }
+        let arbiter =
+            self.arbiter.context("--arbiter is required with --pay (who settles disputes on the job deal)")?;
+        let (chain, signer) = self.chain.connect()?;
+        Ok(Some(bdc_fetcher::jobs::JobPay {
+            wallet: bdc_fetcher::Wallet { chain, signer },
+            arbiter,
+            deal_duration: Duration::from_secs(self.deal_secs),
+            max_price: self.max_price,
+        }))
+    }
 }
 
 pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
@@ -76,6 +113,7 @@ pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> 
     if a.out.is_none() && format == ResultFormat::Parquet {
         anyhow::bail!("a Parquet result is not printed: pass -o FILE, or --format csv");
     }
+    let pay = a.pay()?;
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     // the result goes to -o, or to a scratch dir from which it is printed
     let scratch = tempfile::tempdir_in(std::env::temp_dir()).context("cannot create a scratch directory")?;
@@ -93,12 +131,16 @@ pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> 
     let spec = JobSpec::Sql { query: sql, format };
     let res = if a.replicas > 1 {
         fetcher.run_replicated(&tickets, a.replicas, spec, &out_dir, &name, |ev| show(&pb, &started, ev)).await
+    } else if let Some(pay) = &pay {
+        let on = |ev| show(&pb, &started, ev);
+        fetcher.run_paid_job(&ticket, spec, None, a.provider_address, pay, &out_dir, &name, on).await
     } else {
         fetcher.run_job(&ticket, spec, a.provider_address, &out_dir, &name, |ev| show(&pb, &started, ev)).await
     };
     pb.finish_and_clear();
     fetcher.shutdown().await;
     let outcome = res?;
+    paid_line(&outcome);
     let r = &outcome.signed.result;
     eprintln!(
         "job {} done: {} rows, {} {}, signed by {} ({}), {:.1}s",
@@ -139,16 +181,23 @@ async fn run_container(
     quiet: bool,
 ) -> anyhow::Result<()> {
     let out = a.out.clone().context("a container job needs -o DIR for the files it writes to /out")?;
+    let pay = a.pay()?;
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     let fetcher = Fetcher::open(cfg).await?;
     let pb = status_bar(quiet);
     let started = Instant::now();
-    let res = fetcher
-        .run_container(ticket, image, a.cmd.clone(), a.provider_address, &out, |ev| show(&pb, &started, ev))
-        .await;
+    let on = |ev| show(&pb, &started, ev);
+    let res = match &pay {
+        Some(pay) => {
+            let spec = JobSpec::Container { image_sha256: [0; 32], image_size: 0, cmd: a.cmd.clone() };
+            fetcher.run_paid_job(ticket, spec, Some(image), a.provider_address, pay, &out, "", on).await
+        }
+        None => fetcher.run_container(ticket, image, a.cmd.clone(), a.provider_address, &out, on).await,
+    };
     pb.finish_and_clear();
     fetcher.shutdown().await;
     let outcome = res?;
+    paid_line(&outcome);
     let r = &outcome.signed.result;
     eprintln!(
         "job {} done: {} file(s), {}, signed by {} ({}), {:.1}s",
@@ -169,6 +218,13 @@ async fn run_container(
     Ok(())
 }
 
+/// Says what a paid job cost.
+fn paid_line(o: &bdc_fetcher::jobs::JobOutcome) {
+    if let Some(deal) = o.deal {
+        eprintln!("paid {} under job deal {deal}", super::chain::format_bdc(alloy::primitives::U256::from(o.paid)));
+    }
+}
+
 fn status_bar(quiet: bool) -> ProgressBar {
     let pb = ProgressBar::with_draw_target(
         None,
@@ -185,6 +241,10 @@ fn show(pb: &ProgressBar, started: &Instant, ev: JobEvent) {
     match ev {
         JobEvent::Queued { ahead } => pb.set_message(format!("queued ({ahead} ahead) {t:.1}s")),
         JobEvent::UploadingImage => pb.set_message(format!("uploading the image {t:.1}s")),
+        JobEvent::Paying { price } => pb.set_message(format!(
+            "opening a job deal for {} {t:.1}s",
+            super::chain::format_bdc(alloy::primitives::U256::from(price))
+        )),
         JobEvent::Running => pb.set_message(format!("running (since {t:.1}s)")),
         JobEvent::Done { rows, bytes } => {
             pb.set_message(format!("done: {rows} rows, {}; fetching the result", human(bytes)))

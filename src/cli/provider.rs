@@ -105,6 +105,10 @@ pub struct ServeArgs {
     /// Serving capacity declared in the listings, MiB/s.
     #[arg(long, default_value_t = 100)]
     pub capacity_mibps: u64,
+    /// With --sell and --jobs: also run jobs on the sold datasets, at this price per job (token
+    /// base units), paid by a job deal the buyer opens (`bdc compute --pay`).
+    #[arg(long, requires_all = ["sell", "jobs"])]
+    pub job_price: Option<u128>,
     /// Run compute jobs (SQL on DataFusion) on free datasets, on bdc/jobs/1, in a runc sandbox;
     /// results are signed with the keystore's key.
     #[arg(long)]
@@ -223,6 +227,7 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
         jc.limits.cpus = a.job_cpus;
         jc.limits.wall_time = std::time::Duration::from_secs(a.job_timeout_secs.max(1));
         jc.limits.cpu_seconds = (a.job_timeout_secs as f64 * a.job_cpus.max(0.01)).ceil() as u64 + 1;
+        jc.job_price = a.job_price;
         Some(jc)
     } else {
         None

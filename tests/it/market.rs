@@ -147,6 +147,83 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
         .unwrap();
     assert_eq!(p["reputation"]["throughput_buyers"], 1, "{p}");
     assert!(p["reputation"]["throughput_mibps"].as_f64().unwrap() > 0.0, "{p}");
+
+    // the web pages, rendered by a real browser: the DOM holds what the API says, and the
+    // screenshot is a page with content (kept under the target dir for a look)
+    if let Some(chromium) = chromium() {
+        let page = format!("{}/ui/datasets/{root:#x}", ann.market);
+        let dom = headless(&chromium, dir, &["--dump-dom", &page]);
+        let dom = String::from_utf8_lossy(&dom);
+        assert!(dom.contains("kaiko BTC trades") && dom.contains("quotes.csv"), "{dom}");
+        assert!(dom.contains("bid <span class=\"ty\">Float64</span>"), "the schema is shown: {dom}");
+        assert!(dom.contains(&format!("{:#x}", devnet.address(3))), "the provider is listed: {dom}");
+        let prov =
+            headless(&chromium, dir, &["--dump-dom", &format!("{}/ui/providers/{:#x}", ann.market, devnet.address(3))]);
+        assert!(String::from_utf8_lossy(&prov).contains("(median of 1)"), "the buyer's report is shown");
+        let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
+        std::fs::create_dir_all(&shots).unwrap();
+        for (name, url) in [
+            ("dataset", page.clone()),
+            ("provider", format!("{}/ui/providers/{:#x}", ann.market, devnet.address(3))),
+            ("search", format!("{}/?q=kaiko", ann.market)),
+        ] {
+            let file = shots.join(format!("{name}.png"));
+            let _ = std::fs::remove_file(&file);
+            headless(&chromium, dir, &["--window-size=1200,800", &format!("--screenshot={}", file.display()), &url]);
+            let (w, h, ink) = png_ink(&file);
+            assert_eq!((w, h), (1200, 800), "{name}: screenshot size");
+            // text and table rules cover some of a rendered page, never none and never most
+            assert!((0.002..0.5).contains(&ink), "{name}: {:.4} of the screenshot is ink ({})", ink, file.display());
+            eprintln!("screenshot {}: {:.1}% ink", file.display(), ink * 100.0);
+        }
+    }
     market.shutdown();
     provider.shutdown().await;
+}
+
+/// Debian's chromium, if installed; `make test` (BDC_REQUIRE_CHROMIUM) requires it.
+fn chromium() -> Option<std::path::PathBuf> {
+    let found =
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().map(std::path::PathBuf::from).find(|p| p.exists());
+    if found.is_none() {
+        assert!(std::env::var_os("BDC_REQUIRE_CHROMIUM").is_none(), "BDC_REQUIRE_CHROMIUM set but no chromium");
+        eprintln!("skipped the browser checks: no chromium (make test installs it)");
+    }
+    found
+}
+
+/// Runs headless chromium with the flags this machine's closed network needs; its stdout.
+fn headless(chromium: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let profile = tempfile::tempdir_in(dir).unwrap();
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Width, height and the share of pixels that are not near-white.
+fn png_ink(path: &std::path::Path) -> (u32, u32, f64) {
+    let mut dec = png::Decoder::new(std::fs::File::open(path).unwrap());
+    dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    let px = info.color_type.samples();
+    let pixels = &buf[..info.buffer_size()];
+    let ink = pixels.chunks(px).filter(|p| p.iter().take(3).any(|&c| c < 200)).count();
+    (info.width, info.height, ink as f64 / (info.width as f64 * info.height as f64))
 }

@@ -6,6 +6,12 @@
 //! Ethereum key (EIP-712, `bdc_contracts::jobs`), opens the result root on the free protocol, and
 //! answers with the signed manifest. Every failure ends as [`JobUpdate::Failed`] with a stable code
 //! and a reason; the runner itself never goes down with a job.
+//!
+//! A job on a sold dataset is paid by a job deal (`JobsConfig::job_price`): the provider quotes
+//! (`PaymentRequired`), checks the deal the buyer opened against the chain and claims it in the
+//! paid path's ledger (one job per deal), runs the job, and after `Done` waits for the buyer's
+//! receipt, which it stores in that ledger for the redeemer. A job that fails gets no receipt;
+//! the buyer refunds the deal after expiry.
 
 pub mod image;
 pub mod sandbox;
@@ -18,18 +24,28 @@ use std::{
         Arc, RwLock,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use alloy::signers::local::PrivateKeySigner;
+use alloy::{
+    primitives::{B256, U256},
+    signers::local::PrivateKeySigner,
+    sol_types::SolValue,
+};
+use bdc_contracts::{
+    Deal,
+    receipt::{Hello as HelloStruct, Receipt, hello_signer, receipt_signer},
+};
 use bdc_core::{
     BlobFormat, Hash,
     jobs::{
-        JOBS_PROTOCOL_VERSION, JobRequest, JobResult, JobSpec, JobUpdate, MAX_COMMAND_BYTES, MAX_REQUEST_BYTES,
-        MAX_SQL_BYTES, codes, decode, frame, table_kind,
+        JOBS_PROTOCOL_VERSION, JobPayment, JobRequest, JobResult, JobSpec, JobUpdate, MAX_COMMAND_BYTES,
+        MAX_REQUEST_BYTES, MAX_SQL_BYTES, codes, decode, frame, table_kind,
     },
+    paid::SignedReceipt,
 };
 use iroh::{
+    EndpointId,
     endpoint::{Connection, RecvStream, SendStream},
     protocol::{AcceptError, ProtocolHandler},
 };
@@ -37,6 +53,8 @@ use iroh_blobs::{format::collection::Collection, store::fs::FsStore};
 use tokio::sync::{Mutex, Semaphore};
 
 pub use sandbox::Limits;
+
+use crate::paid::JobPayments;
 
 /// Tag prefix of job results in the store (so they survive restarts and stay served).
 pub const RESULT_TAG_PREFIX: &str = "bdc-job/";
@@ -61,6 +79,11 @@ pub struct JobsConfig {
     pub max_image_bytes: u64,
     /// Signs result manifests.
     pub signer: PrivateKeySigner,
+    /// Price of one job on a sold dataset, token base units (needs `ServeConfig::paid`, whose
+    /// chain, ledger and redeemer it shares). None: jobs run on free datasets only.
+    pub job_price: Option<u128>,
+    /// How long a paid job's result waits for the buyer's receipt after `Done`.
+    pub receipt_timeout: Duration,
 }
 
 impl JobsConfig {
@@ -75,6 +98,8 @@ impl JobsConfig {
             threads: 2,
             max_image_bytes: 512 << 20,
             signer,
+            job_price: None,
+            receipt_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -113,6 +138,8 @@ struct Shared {
     materialize: Mutex<()>,
     /// `runc --version`'s first line, named in container results.
     runc_version: String,
+    /// Chain, ledger and redeemer for job deals, when the provider sells.
+    pay: Option<JobPayments>,
 }
 
 /// The `bdc/jobs/1` handler.
@@ -128,6 +155,7 @@ impl JobsProtocol {
         data_dir: &Path,
         datasets: HashMap<Hash, JobDataset>,
         free: Arc<RwLock<HashSet<Hash>>>,
+        pay: Option<JobPayments>,
     ) -> std::io::Result<Self> {
         let dir = data_dir.join("jobs");
         std::fs::create_dir_all(dir.join("run"))?;
@@ -166,6 +194,7 @@ impl JobsProtocol {
                 waiting: AtomicUsize::new(0),
                 materialize: Mutex::new(()),
                 runc_version,
+                pay,
             }),
         })
     }
@@ -181,7 +210,7 @@ impl ProtocolHandler for JobsProtocol {
             };
             let shared = self.shared.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve_job(shared, send, recv).await {
+                if let Err(e) = serve_job(shared, peer, send, recv).await {
                     tracing::warn!(%peer, "job stream: {e}");
                 }
             });
@@ -210,21 +239,44 @@ async fn read_request(recv: &mut RecvStream) -> Result<JobRequest, Fail> {
     decode(&body, MAX_REQUEST_BYTES).map_err(|e| malformed(e.to_string()))
 }
 
-async fn serve_job(shared: Arc<Shared>, mut send: SendStream, mut recv: RecvStream) -> Result<(), String> {
-    let update = match accept_job(&shared, &mut send, &mut recv).await {
+async fn serve_job(
+    shared: Arc<Shared>,
+    peer: EndpointId,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), String> {
+    let (update, paid) = match accept_job(&shared, peer, &mut send, &mut recv).await {
         Ok(u) => u,
-        Err((code, reason)) => JobUpdate::Failed { code, reason },
+        Err((code, reason)) => (JobUpdate::Failed { code, reason }, None),
     };
     send_update(&mut send, &update).await?;
+    if let (JobUpdate::Done(_), Some((deal, price))) = (&update, paid) {
+        let last = match take_receipt(&shared, &deal, price, &mut recv).await {
+            Ok(amount) => JobUpdate::Receipted { amount },
+            Err((code, reason)) => {
+                tracing::warn!(deal = %deal.id, %peer, code, "no payment for a finished job: {reason}");
+                JobUpdate::Failed { code, reason }
+            }
+        };
+        send_update(&mut send, &last).await?;
+    }
     send.finish().map_err(|e| e.to_string())?;
     // wait until the buyer has read everything (or gone)
     let _ = send.stopped().await;
     Ok(())
 }
 
-/// Checks, queues and runs one job; the final update.
-async fn accept_job(shared: &Arc<Shared>, send: &mut SendStream, recv: &mut RecvStream) -> Result<JobUpdate, Fail> {
-    let req = read_request(recv).await?;
+/// A paid job's deal and price, between `Done` and the receipt.
+type PaidJob = Option<(Deal, u128)>;
+
+/// Checks, queues and runs one job; the final update, and the deal paying for it.
+async fn accept_job(
+    shared: &Arc<Shared>,
+    peer: EndpointId,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Result<(JobUpdate, PaidJob), Fail> {
+    let mut req = read_request(recv).await?;
     if req.version != JOBS_PROTOCOL_VERSION {
         return Err((
             codes::UNSUPPORTED_VERSION,
@@ -244,11 +296,29 @@ async fn accept_job(shared: &Arc<Shared>, send: &mut SendStream, recv: &mut Recv
         .datasets
         .get(&req.dataset)
         .ok_or_else(|| (codes::UNKNOWN_DATASET, format!("dataset {} is not served here", req.dataset)))?;
-    if !ds.free {
-        return Err((
-            codes::UNKNOWN_DATASET,
-            format!("dataset {} is sold here; this provider runs jobs on free datasets only", req.dataset),
-        ));
+    let mut paid = None;
+    if ds.free {
+        req.payment = None;
+    } else {
+        let (Some(price), Some(pay)) = (shared.cfg.job_price, &shared.pay) else {
+            return Err((
+                codes::UNKNOWN_DATASET,
+                format!("dataset {} is sold here; this provider runs jobs on free datasets only", req.dataset),
+            ));
+        };
+        let Some(p) = &req.payment else {
+            let d = pay.chain.deployment();
+            let quote = JobUpdate::PaymentRequired {
+                price,
+                provider: pay.me.into_array(),
+                chain_id: d.chain_id,
+                escrow: d.escrow.into_array(),
+            };
+            return Ok((quote, None));
+        };
+        let deal = admit_job_deal(pay, price, peer, req.dataset, p).await?;
+        tracing::info!(deal = %deal.id, %peer, price, "job deal admitted");
+        paid = Some((deal, price));
     }
     if matches!(req.spec, JobSpec::Sql { .. }) && !ds.files.iter().any(|(n, _)| table_kind(n).is_some()) {
         return Err((codes::QUERY_REFUSED, format!("dataset {} has no Parquet, CSV or JSON-lines files", req.dataset)));
@@ -284,7 +354,111 @@ async fn accept_job(shared: &Arc<Shared>, send: &mut SendStream, recv: &mut Recv
     }
     let result = res?;
     let signed = bdc_contracts::jobs::sign_job_result(&shared.cfg.signer, result).map_err(|e| (codes::INTERNAL, e))?;
-    Ok(JobUpdate::Done(Box::new(signed)))
+    Ok((JobUpdate::Done(Box::new(signed)), paid))
+}
+
+/// Checks a job deal against the chain and claims it (one job per deal, recorded in the ledger).
+async fn admit_job_deal(
+    pay: &JobPayments,
+    price: u128,
+    peer: EndpointId,
+    dataset: Hash,
+    p: &JobPayment,
+) -> Result<Deal, Fail> {
+    let bad = |r: String| (codes::BAD_DEAL, r);
+    let internal = |e: String| (codes::INTERNAL, e);
+    let id = B256::from(p.deal_id);
+    let deal = pay
+        .chain
+        .find_deal(id)
+        .await
+        .map_err(|e| internal(format!("cannot read deal {id}: {e}")))?
+        .ok_or_else(|| bad(format!("deal {id} is not on chain")))?;
+    let t = &deal.terms;
+    if t.provider != pay.me || t.providerNodeId.0 != *pay.node.as_bytes() {
+        return Err(bad(format!("deal {id} is with provider {:#x}, not this one", t.provider)));
+    }
+    if t.datasetRoot.0 != *dataset.as_bytes() {
+        return Err(bad(format!("deal {id} is for dataset {}, not {dataset}", Hash::from_bytes(t.datasetRoot.0))));
+    }
+    if t.pricePerByte != 0 || t.window != 0 {
+        return Err(bad(format!("deal {id} is a transfer deal; a job deal has price per byte 0 and window 0")));
+    }
+    if t.maxAmount.to::<u128>() < price {
+        return Err(bad(format!("deal {id} escrows {}, a job here costs {price}", t.maxAmount)));
+    }
+    let hello = HelloStruct { dealId: id, buyerNodeId: B256::from(*peer.as_bytes()) };
+    match hello_signer(&pay.chain.domain(), &hello, &p.hello_sig) {
+        Ok(a) if a == t.buyer => {}
+        _ => return Err(bad(format!("the request is not signed by deal {id}'s buyer {:#x}", t.buyer))),
+    }
+    let state = pay.chain.deal_state(id).await.map_err(|e| internal(e.to_string()))?;
+    let now = pay.chain.chain_time().await.map_err(|e| internal(e.to_string()))?;
+    if !state.exists || state.refunded || state.disputed || now + JOB_DEAL_MARGIN_SECS >= t.expiry {
+        return Err(bad(format!("deal {id} is not open (refunded, disputed, or expiring within a minute)")));
+    }
+    let mut fresh = false;
+    pay.ledger
+        .update(&id, |e| {
+            if e.terms_abi.is_empty() {
+                fresh = true;
+                e.terms_abi = deal.terms.abi_encode();
+                e.expiry = t.expiry;
+                e.reserved = 1;
+            }
+        })
+        .map_err(|e| internal(e.to_string()))?;
+    if !fresh {
+        return Err(bad(format!("deal {id} was already used for a job")));
+    }
+    Ok(deal)
+}
+
+/// A job deal must stay open at least this long after the job is admitted.
+const JOB_DEAL_MARGIN_SECS: u64 = 60;
+
+/// Reads the buyer's receipt for a finished paid job, checks it, stores it and hands the deal
+/// to the redeemer; the amount receipted.
+async fn take_receipt(shared: &Shared, deal: &Deal, price: u128, recv: &mut RecvStream) -> Result<u128, Fail> {
+    let pay = shared.pay.as_ref().ok_or((codes::INTERNAL, "no payments configured".to_string()))?;
+    let bad = |r: String| (codes::BAD_DEAL, r);
+    let read = async {
+        let mut len = [0u8; 4];
+        recv.read_exact(&mut len).await.map_err(|e| format!("no receipt: {e}"))?;
+        let n = u32::from_be_bytes(len) as usize;
+        if n > MAX_REQUEST_BYTES {
+            return Err(format!("receipt of {n} bytes exceeds the limit"));
+        }
+        let mut body = vec![0u8; n];
+        recv.read_exact(&mut body).await.map_err(|e| format!("no receipt: {e}"))?;
+        decode::<SignedReceipt>(&body, MAX_REQUEST_BYTES).map_err(|e| e.to_string())
+    };
+    let r = tokio::time::timeout(shared.cfg.receipt_timeout, read)
+        .await
+        .map_err(|_| bad(format!("no receipt within {:?}", shared.cfg.receipt_timeout)))?
+        .map_err(bad)?;
+    if r.deal_id != deal.id.0 {
+        return Err(bad(format!("receipt names deal {}, not {}", B256::from(r.deal_id), deal.id)));
+    }
+    if r.cumulative < price || r.cumulative > deal.terms.maxAmount.to::<u128>() {
+        return Err(bad(format!("receipt for {}: the job costs {price}", r.cumulative)));
+    }
+    let receipt = Receipt { dealId: deal.id, cumulativeAmount: U256::from(r.cumulative) };
+    match receipt_signer(&pay.chain.domain(), &receipt, &r.sig) {
+        Ok(a) if a == deal.terms.buyer => {}
+        _ => return Err(bad("receipt not signed by the deal's buyer".into())),
+    }
+    pay.ledger
+        .update(&deal.id, |e| {
+            if r.cumulative > e.amount {
+                e.amount = r.cumulative;
+                e.sig = r.sig.clone();
+            }
+        })
+        .map_err(|e| (codes::INTERNAL, e.to_string()))?;
+    let _ = pay.redeem_tx.send(deal.id);
+    tracing::info!(deal = %deal.id, amount = r.cumulative, "job receipt stored");
+    Ok(r.cumulative)
 }
 
 /// Counts a job as waiting or running while alive.
@@ -295,7 +469,7 @@ impl Drop for Slot<'_> {
     }
 }
 
-/// The unsigned result manifest of a finished free job (finished now).
+/// The unsigned result manifest of a finished job (finished now); a paid job names its deal.
 fn manifest(
     req: &JobRequest,
     job_id: [u8; 32],
@@ -307,7 +481,7 @@ fn manifest(
 ) -> JobResult {
     JobResult {
         job_id,
-        deal_id: [0; 32],
+        deal_id: req.payment.as_ref().map_or([0; 32], |p| p.deal_id),
         dataset: req.dataset,
         kind: req.spec.kind().into(),
         query: req.spec.describe(),

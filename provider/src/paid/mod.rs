@@ -189,6 +189,31 @@ impl PaidProtocol {
     }
 }
 
+impl PaidProtocol {
+    /// What the jobs handler needs to take payment for jobs: the same ledger, redeemer and chain.
+    pub(crate) fn job_payments(&self) -> JobPayments {
+        let s = &self.shared;
+        JobPayments {
+            ledger: s.ledger.clone(),
+            redeem_tx: s.redeem_tx.clone(),
+            chain: s.chain.clone(),
+            me: s.me,
+            node: s.node,
+        }
+    }
+}
+
+/// The provider's side of job deals (see `crate::jobs`): receipts for jobs go into the same
+/// ledger and are redeemed by the same redeemer as transfer receipts.
+#[derive(Debug, Clone)]
+pub(crate) struct JobPayments {
+    pub ledger: Arc<Ledger>,
+    pub redeem_tx: mpsc::UnboundedSender<B256>,
+    pub chain: Contracts<DynProvider>,
+    pub me: Address,
+    pub node: EndpointId,
+}
+
 impl ProtocolHandler for PaidProtocol {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let shared = self.shared.clone();
