@@ -25,7 +25,7 @@ use sqlx::Row;
 
 use crate::{
     db::{Db, terms},
-    rank::{Matcher, OfferAttrs},
+    rank::{Matcher, OfferAttrs, Scored},
 };
 
 /// Largest request body, bytes.
@@ -311,19 +311,38 @@ impl WordMatches {
     }
 }
 
-async fn word_matches(db: &Db, w: &str) -> ApiResult<WordMatches> {
-    let rows = sqlx::query(
-        "SELECT term, COUNT(*) FROM (SELECT term FROM terms WHERE term >= $1 AND term < $2 ORDER BY term LIMIT $3) x \
-         GROUP BY term ORDER BY term",
-    )
-    .bind(w)
-    .bind(prefix_end(w))
-    .bind(COUNT_CAP)
-    .fetch_all(&db.pool)
-    .await?;
-    let terms: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let complete = terms.iter().map(|t| t.1).sum::<i64>() < COUNT_CAP;
-    Ok(WordMatches { terms, complete })
+/// [`WordMatches`] of every word, in one round trip.
+async fn word_matches(db: &Db, words: &[String]) -> ApiResult<Vec<WordMatches>> {
+    if words.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut b = Binds::default();
+    let cap = b.push(Bind::I(COUNT_CAP));
+    let parts: Vec<String> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let (lo, hi) = (b.push(Bind::S(w.clone())), b.push(Bind::S(prefix_end(w))));
+            format!(
+                "SELECT CAST({i} AS BIGINT) AS w, term, COUNT(*) AS n FROM (SELECT term FROM terms WHERE term >= {lo} AND term < {hi} \
+                 ORDER BY term LIMIT {cap}) x{i} GROUP BY term"
+            )
+        })
+        .collect();
+    let sql = parts.join(" UNION ALL ");
+    let rows = b.apply(sqlx::query(&sql)).fetch_all(&db.pool).await?;
+    let mut out: Vec<WordMatches> = words.iter().map(|_| WordMatches { terms: Vec::new(), complete: true }).collect();
+    for r in rows {
+        let i = r.get::<i64, _>(0) as usize;
+        if let Some(m) = out.get_mut(i) {
+            m.terms.push((r.get(1), r.get(2)));
+        }
+    }
+    for m in &mut out {
+        m.terms.sort();
+        m.complete = m.total() < COUNT_CAP;
+    }
+    Ok(out)
 }
 
 /// Runs a search; shared by the JSON endpoint and the web page.
@@ -351,8 +370,7 @@ pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<Value> {
     let empty = || json!({ "items": [], "offset": offset, "limit": limit, "more": false, "next": null });
     // the word with the fewest matches drives
     let mut driver: Option<(usize, WordMatches)> = None;
-    for (i, w) in words.iter().enumerate() {
-        let m = word_matches(db, w).await?;
+    for (i, m) in word_matches(db, &words).await?.into_iter().enumerate() {
         if m.terms.is_empty() {
             return Ok(empty());
         }
@@ -813,34 +831,75 @@ pub struct MatchRequest {
     pub limit: Option<usize>,
 }
 
+/// Most offers one match considers.
+pub const MAX_MATCH_SCAN: usize = 10_000;
+
+/// An offer being ranked: provider, root, attributes.
+type Candidate = (String, String, OfferAttrs);
+
+/// Scores every offer (on all cores for a large scan: CEL is interpreted, and a whole-market
+/// match evaluates every expression on thousands of offers); the best `limit`, best first.
+fn score_all(
+    offers: Vec<Candidate>,
+    require: Option<&str>,
+    rank: &BTreeMap<String, String>,
+    limit: usize,
+) -> Result<Vec<(Scored, Candidate)>, crate::rank::RankError> {
+    let threads =
+        if offers.len() < 2_000 { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) };
+    let chunk = offers.len().div_ceil(threads).max(1);
+    let score_chunk = |part: &[Candidate]| {
+        let m = Matcher::new(require, rank)?;
+        let mut out = Vec::new();
+        for (i, (p, r, a)) in part.iter().enumerate() {
+            if let Some((score, criteria)) = m.score(&format!("{p}/{r}"), a)? {
+                out.push((score, criteria, i));
+            }
+        }
+        Ok::<_, crate::rank::RankError>(out)
+    };
+    let parts: Vec<Result<Vec<_>, _>> = std::thread::scope(|s| {
+        let handles: Vec<_> = offers.chunks(chunk).map(|part| s.spawn(|| score_chunk(part))).collect();
+        handles.into_iter().map(|h| h.join().expect("scoring thread")).collect()
+    });
+    let mut scored = Vec::new();
+    for (n, part) in parts.into_iter().enumerate() {
+        scored.extend(part?.into_iter().map(|(score, criteria, i)| (score, criteria, n * chunk + i)));
+    }
+    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+    scored.truncate(limit);
+    let mut offers: Vec<Option<Candidate>> = offers.into_iter().map(Some).collect();
+    Ok(scored.into_iter().filter_map(|(score, criteria, i)| Some(((score, criteria), offers[i].take()?))).collect())
+}
+
 async fn post_match(
     State(st): State<AppState>,
     body: Result<Json<MatchRequest>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let m = Matcher::new(req.require.as_deref(), &req.rank).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // compiled here to refuse bad expressions before any work; each scoring thread compiles its own
+    Matcher::new(req.require.as_deref(), &req.rank).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let limit = req.limit.unwrap_or(10);
     if !(1..=MAX_PAGE as usize).contains(&limit) {
         return Err(ApiError::BadRequest(format!("limit must be 1–{MAX_PAGE}")));
     }
+    // what scoring needs only; the winners' listings are read afterwards
     let mut sql = String::from(
-        "SELECT l.provider, l.root, l.node_id, l.addrs, l.region, l.price_per_byte, l.price_gib, l.window_bytes, \
-         l.capacity_mibps, m.size, l.issued_at, l.expires_at, l.signature FROM listings l \
-         LEFT JOIN dataset_meta m ON m.root = l.root WHERE l.expires_at > $1",
+        "SELECT l.provider, l.root, l.region, l.price_gib, l.window_bytes, l.capacity_mibps, m.size \
+         FROM listings l LEFT JOIN dataset_meta m ON m.root = l.root WHERE l.expires_at > $1",
     );
     let root = req.root.as_deref().map(|r| parse_b256("root", r)).transpose()?.map(|r| format!("{r:#x}"));
     if root.is_some() {
         sql.push_str(" AND l.root = $2");
     }
-    sql.push_str(" LIMIT 10000");
+    sql.push_str(&format!(" LIMIT {MAX_MATCH_SCAN}"));
     let mut q = sqlx::query(&sql).bind(now() as i64);
     if let Some(r) = &root {
         q = q.bind(r.clone());
     }
     let rows = q.fetch_all(&st.db.pool).await?;
     let mut reps: BTreeMap<String, Reputation> = BTreeMap::new();
-    // scored first, JSON built only for the offers returned
-    let mut ranked: Vec<(f64, BTreeMap<String, f64>, OfferAttrs, &sqlx::any::AnyRow)> = Vec::new();
+    let mut offers: Vec<(String, String, OfferAttrs)> = Vec::with_capacity(rows.len());
     for r in &rows {
         let provider: String = r.get(0);
         if !reps.contains_key(&provider) {
@@ -849,47 +908,69 @@ async fn post_match(
         }
         let rep = &reps[&provider];
         let attrs = OfferAttrs {
-            price_gib: r.get(6),
-            capacity_mibps: r.get::<i64, _>(8) as f64,
+            price_gib: r.get(3),
+            capacity_mibps: r.get::<i64, _>(5) as f64,
             reputation: rep.score,
             deals_completed: rep.completed as i64,
-            region: r.get(4),
-            window_mib: r.get::<i64, _>(7) as f64 / (1 << 20) as f64,
-            size_gib: r.try_get::<i64, _>(9).unwrap_or(0) as f64 / (1u64 << 30) as f64,
+            region: r.get(2),
+            window_mib: r.get::<i64, _>(4) as f64 / (1 << 20) as f64,
+            size_gib: r.try_get::<i64, _>(6).unwrap_or(0) as f64 / (1u64 << 30) as f64,
             throughput_mibps: rep.throughput_mibps,
         };
-        let id = format!("{provider}/{}", r.get::<String, _>(1));
-        let Some((score, criteria)) = m.score(&id, &attrs).map_err(|e| ApiError::BadRequest(e.to_string()))? else {
-            continue;
-        };
-        ranked.push((score, criteria, attrs, r));
+        offers.push((provider, r.get(1), attrs));
     }
-    ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
-    ranked.truncate(limit);
+    drop(rows);
+    let (require, rank) = (req.require.clone(), req.rank.clone());
+    let ranked = tokio::task::spawn_blocking(move || score_all(offers, require.as_deref(), &rank, limit))
+        .await
+        .map_err(|e| ApiError::Internal(format!("scoring task: {e}")))?
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    // the winners' signed listings, in one query
+    let mut b = Binds::default();
+    let keys: Vec<String> = ranked
+        .iter()
+        .map(|(_, (p, r, _))| {
+            let (p, r) = (b.push(Bind::S(p.clone())), b.push(Bind::S(r.clone())));
+            format!("(provider = {p} AND root = {r})")
+        })
+        .collect();
+    let mut listings: BTreeMap<(String, String), sqlx::any::AnyRow> = BTreeMap::new();
+    if !keys.is_empty() {
+        let sql = format!(
+            "SELECT provider, root, node_id, addrs, price_per_byte, window_bytes, capacity_mibps, issued_at, \
+             expires_at, signature FROM listings WHERE {}",
+            keys.join(" OR ")
+        );
+        for r in b.apply(sqlx::query(&sql)).fetch_all(&st.db.pool).await? {
+            listings.insert((r.get(0), r.get(1)), r);
+        }
+    }
     let ranked: Vec<Value> = ranked
         .into_iter()
-        .map(|(score, criteria, attrs, r)| {
-            json!({
+        .filter_map(|((score, criteria), (provider, root, attrs))| {
+            // a listing replaced since scoring is left out rather than shown with stale terms
+            let r = listings.get(&(provider, root))?;
+            Some(json!({
                 "provider": r.get::<String, _>(0), "root": r.get::<String, _>(1), "node_id": r.get::<String, _>(2),
                 "addrs": r.get::<String, _>(3).split(',').collect::<Vec<_>>(),
-                "price_per_byte": r.get::<String, _>(5), "window": r.get::<i64, _>(7),
+                "price_per_byte": r.get::<String, _>(4), "window": r.get::<i64, _>(5),
                 "attributes": attrs, "criteria": criteria, "score": score,
-                "size": r.try_get::<i64, _>(9).unwrap_or(0),
+                "size": (attrs.size_gib * (1u64 << 30) as f64).round() as i64,
                 // the provider's signed listing, for buyers that check it rather than trust us
                 "listing": ListingBody {
                     dataset_root: r.get(1),
                     provider: r.get(0),
                     provider_node_id: r.get(2),
-                    price_per_byte: r.get(5),
-                    window: r.get::<i64, _>(7) as u64,
+                    price_per_byte: r.get(4),
+                    window: r.get::<i64, _>(5) as u64,
                     addrs: r.get::<String, _>(3).split(',').map(str::to_string).collect(),
                     region: attrs.region.clone(),
-                    capacity_mibps: r.get::<i64, _>(8) as u64,
-                    issued_at: r.get::<i64, _>(10) as u64,
-                    expires_at: r.get::<i64, _>(11) as u64,
+                    capacity_mibps: r.get::<i64, _>(6) as u64,
+                    issued_at: r.get::<i64, _>(7) as u64,
+                    expires_at: r.get::<i64, _>(8) as u64,
                 },
-                "signature": r.get::<String, _>(12),
-            })
+                "signature": r.get::<String, _>(9),
+            }))
         })
         .collect();
     Ok(Json(json!({ "offers": ranked })))
@@ -1040,4 +1121,46 @@ pub fn router(st: AppState, limits: Limits) -> Router {
                 .layer(DefaultBodyLimit::max(limits.body_bytes)),
         )
         .with_state(st)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(i: usize) -> Candidate {
+        let attrs = OfferAttrs {
+            price_gib: ((i * 7919) % 1000) as f64 / 100.0,
+            capacity_mibps: (i % 300) as f64,
+            reputation: 0.5,
+            deals_completed: 0,
+            region: if i % 3 == 0 { "eu".into() } else { "us".into() },
+            window_mib: 8.0,
+            size_gib: 1.0,
+            throughput_mibps: 0.0,
+        };
+        (format!("p{i}"), format!("r{i}"), attrs)
+    }
+
+    #[test]
+    fn a_parallel_scan_ranks_like_one_pass_over_every_offer() {
+        let offers: Vec<Candidate> = (0..5_001).map(offer).collect();
+        let rank = BTreeMap::from([
+            ("cheap".to_string(), "-1.0 * price_gib".to_string()),
+            ("eu".to_string(), "region == 'eu' ? 0.5 : 0.0".to_string()),
+        ]);
+        let require = Some("capacity_mibps >= 20.0");
+        let got = score_all(offers.clone(), require, &rank, 25).unwrap();
+        let m = Matcher::new(require, &rank).unwrap();
+        let mut want: Vec<(f64, String)> =
+            offers.iter().filter_map(|(p, r, a)| m.score(r, a).unwrap().map(|(s, _)| (s, p.clone()))).collect();
+        want.sort_by(|a, b| b.0.total_cmp(&a.0));
+        assert_eq!(got.len(), 25);
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.0.0, w.0, "same scores in the same order");
+            assert!(g.1.2.capacity_mibps >= 20.0, "require holds");
+            assert_eq!(g.0.1.values().sum::<f64>(), g.0.0, "the score is the sum of the criteria");
+        }
+        let bad = BTreeMap::from([("x".to_string(), "region".to_string())]);
+        assert!(score_all(offers, None, &bad, 5).is_err(), "a type error on any thread fails the match");
+    }
 }

@@ -127,8 +127,10 @@ pub async fn run(listings: usize, database_url: Option<String>, events: usize, q
         let datasets = (listings / 5).max(1);
         let t = Instant::now();
         fill(&db, datasets, listings).await?;
-        // planner statistics, as Postgres's autovacuum would gather after a bulk load
-        sqlx::query("ANALYZE").execute(&db.pool).await?;
+        // planner statistics and the visibility map, as Postgres's autovacuum would leave them
+        // after a bulk load (index-only scans skip the heap once pages are all-visible)
+        let analyze = if db.backend == "postgres" { "VACUUM ANALYZE" } else { "ANALYZE" };
+        sqlx::query(analyze).execute(&db.pool).await?;
         eprintln!(
             "{}: {datasets} datasets, {listings} listings written in {:.1} s",
             db.backend,
