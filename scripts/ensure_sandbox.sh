@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what compute jobs and their tests need when it is missing (Debian packages): runc,
 # which runs every job in its own container, and busybox-static, from which the container tests
-# build their OCI image. Needs root (as CI has) to install; says what to do otherwise.
+# build their OCI image.
 set -euo pipefail
 missing=()
 command -v runc >/dev/null 2>&1 || missing+=(runc)
@@ -9,14 +9,5 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
-if [ "$(id -u)" != 0 ]; then
-  echo "missing ${missing[*]} and this is not root: sudo apt-get install ${missing[*]}" >&2
-  exit 1
-fi
-echo "installing ${missing[*]} (Debian) for the compute-job sandbox"
-export DEBIAN_FRONTEND=noninteractive
-apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null 2>&1 || {
-  apt-get update >/dev/null
-  apt-get install -y --no-install-recommends "${missing[@]}" >/dev/null
-}
+bash "$(dirname "$0")/apt_install.sh" "the compute-job sandbox" "${missing[@]}"
 runc --version | head -1
