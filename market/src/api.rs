@@ -1133,7 +1133,7 @@ mod tests {
             capacity_mibps: (i % 300) as f64,
             reputation: 0.5,
             deals_completed: 0,
-            region: if i % 3 == 0 { "eu".into() } else { "us".into() },
+            region: if i.is_multiple_of(3) { "eu".into() } else { "us".into() },
             window_mib: 8.0,
             size_gib: 1.0,
             throughput_mibps: 0.0,
