@@ -306,3 +306,73 @@ async fn compute_prints_a_csv_result_and_one_line_errors() {
     assert!(String::from_utf8(parquet.stderr).unwrap().contains("not printed"));
     provider.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compute_pay_buys_one_job_on_a_sold_dataset() {
+    use alloy::primitives::{B256, U256};
+    const JOB_PRICE: u128 = 7_000;
+    let devnet = bdc_contracts::Devnet::spawn_with(bdc_contracts::DevnetConfig::default()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("ds");
+    std::fs::create_dir_all(&data).unwrap();
+    bdc_provider::jobs::worker::write_sample_trades(&data.join("trades.parquet"), 1000).await.unwrap();
+    let mut store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
+    let rec = publish(&mut store, &data, &PublishOptions::default(), |_| {}).await.unwrap();
+    devnet.contracts(1).register_dataset(B256::from(*rec.root.as_bytes()), 0, B256::ZERO, 0).await.unwrap();
+    let mut jobs = bdc_provider::JobsConfig::new(env!("CARGO_BIN_EXE_bdc").into(), devnet.signer(3));
+    jobs.job_price = Some(JOB_PRICE);
+    let paid = bdc_provider::PaidSetup {
+        cfg: bdc_provider::PaidConfig::default(),
+        chain: devnet.contracts(3),
+        address: devnet.address(3),
+    };
+    let cfg = ServeConfig { jobs: Some(jobs), paid: Some(paid), ..ServeConfig::test() };
+    let provider = Provider::spawn(store, cfg).await.unwrap();
+    let ticket = provider.ticket(rec.root).unwrap().to_string();
+    let dir = tmp.path().join("buyer");
+    let (keystore, deployment) = crate::common::buyer_chain_files(&devnet, 2, &dir);
+    let arbiter = format!("{:#x}", devnet.address(0));
+    let run = move |extra: Vec<String>| {
+        let (dir, keystore, deployment) = (dir.clone(), keystore.clone(), deployment.clone());
+        tokio::task::spawn_blocking(move || {
+            bdc()
+                .arg("-q")
+                .arg("--data-dir")
+                .arg(dir.join("data"))
+                .args(["compute", "--sql", "SELECT side, count(*) AS n FROM trades GROUP BY side ORDER BY side"])
+                .arg("--keystore")
+                .arg(&keystore)
+                .arg("--deployment")
+                .arg(&deployment)
+                .args(extra)
+                .env("BDC_PASSWORD", "pw")
+                .output()
+                .unwrap()
+        })
+    };
+    // without --pay: the provider's price, one line, exit 2
+    let unpaid = run(vec![ticket.clone()]).await.unwrap();
+    assert_eq!(unpaid.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&unpaid.stderr);
+    assert!(err.contains("payment required") && err.contains(&JOB_PRICE.to_string()), "{err}");
+    // --pay needs an arbiter for the deal
+    let no_arbiter = run(vec![ticket.clone(), "--pay".into()]).await.unwrap();
+    assert!(String::from_utf8_lossy(&no_arbiter.stderr).contains("--arbiter"));
+    let ok = run(vec![ticket.clone(), "--pay".into(), "--arbiter".into(), arbiter]).await.unwrap();
+    let err = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{err}");
+    assert_eq!(String::from_utf8(ok.stdout).unwrap(), "side,n\nbuy,500\nsell,500\n");
+    let deal: B256 = err
+        .split("under job deal ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no job deal named in: {err}"));
+    let c = devnet.contracts(0);
+    let t = Instant::now();
+    while c.deal_state(deal).await.unwrap().redeemed != U256::from(JOB_PRICE) {
+        assert!(t.elapsed() < Duration::from_secs(20), "the provider did not redeem the job");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    provider.shutdown().await;
+}

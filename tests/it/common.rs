@@ -34,3 +34,27 @@ pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
 pub fn bdc() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_bdc"))
 }
+
+/// A buyer's chain files for the CLI: `dir/key.json` (the devnet account `who` imported with
+/// `bdc key import`, password "pw" in BDC_PASSWORD) and `dir/deployment.json` (rpc + contracts).
+pub fn buyer_chain_files(devnet: &bdc_contracts::Devnet, who: usize, dir: &Path) -> (PathBuf, PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("pk"), format!("{}", devnet.signer(who).to_bytes())).unwrap();
+    let keystore = dir.join("key.json");
+    let out = bdc()
+        .args(["key", "import", "--keystore"])
+        .arg(&keystore)
+        .arg("--private-key-file")
+        .arg(dir.join("pk"))
+        .env("BDC_PASSWORD", "pw")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deployment = dir.join("deployment.json");
+    std::fs::write(
+        &deployment,
+        serde_json::json!({"rpc_url": devnet.rpc_url().to_string(), "deployment": devnet.deployment}).to_string(),
+    )
+    .unwrap();
+    (keystore, deployment)
+}

@@ -8,7 +8,7 @@ use bdc_contracts::{Devnet, DevnetConfig};
 use bdc_market::{Limits, Market, MarketConfig};
 use bdc_provider::{Announce, PaidConfig, PaidSetup, Provider, ProviderStore, PublishOptions, ServeConfig, publish};
 
-use crate::common::{bdc, random_file};
+use crate::common::{bdc, buyer_chain_files, random_file};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_selling_provider_announces_signed_listings_to_the_market() {
@@ -92,24 +92,7 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     // a buyer fetches by root alone: the market picks the provider, the buyer checks the signed
     // listing, pays, and reports the throughput it measured, signed with its key
     let buyer = dir.join("buyer");
-    std::fs::create_dir_all(&buyer).unwrap();
-    std::fs::write(buyer.join("pk"), format!("{}", devnet.signer(2).to_bytes())).unwrap();
-    let keystore = buyer.join("key.json");
-    let out = bdc()
-        .args(["key", "import", "--keystore"])
-        .arg(&keystore)
-        .arg("--private-key-file")
-        .arg(buyer.join("pk"))
-        .env("BDC_PASSWORD", "pw")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let deployment = buyer.join("deployment.json");
-    std::fs::write(
-        &deployment,
-        serde_json::json!({"rpc_url": devnet.rpc_url().to_string(), "deployment": devnet.deployment}).to_string(),
-    )
-    .unwrap();
+    let (keystore, deployment) = buyer_chain_files(&devnet, 2, &buyer);
     let fetch = |extra: &[&str]| {
         bdc()
             .args(["fetch", &format!("{root:#x}"), "-q", "--market", &ann.market, "--arbiter"])
