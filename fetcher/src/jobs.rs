@@ -175,39 +175,45 @@ impl Fetcher {
         self.submit(ticket, spec, None, expect_signer, None, out, name, on).await
     }
 
-    /// [`Self::run_job`], paying with a job deal when the dataset is sold.
+    /// [`Self::run_job`] (a SQL job), paying with a job deal when the dataset is sold.
     #[allow(clippy::too_many_arguments)]
     pub async fn run_paid_job(
         &self,
         ticket: &BlobTicket,
         spec: JobSpec,
-        image: Option<&Path>,
         expect_signer: Option<Address>,
         pay: &JobPay,
         out: &Path,
         name: &str,
         on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
-        let spec = match (spec, image) {
-            (JobSpec::Container { cmd, .. }, Some(archive)) => image_spec(archive, cmd).await?,
-            (spec, _) => spec,
-        };
-        self.submit(ticket, spec, image, expect_signer, Some(pay), out, name, on).await
+        self.submit(ticket, spec, None, expect_signer, Some(pay), out, name, on).await
     }
 
     /// Runs `cmd` in the OCI image of `archive` (uploaded if the provider does not have it) with
-    /// the dataset of `ticket` at `/data`; fetches what it wrote to `/out` into `out`.
+    /// the dataset of `ticket` at `/data`; fetches what it wrote to `/out` into `out`. With
+    /// `pay`, a job on a sold dataset is paid with a job deal.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run_container(
         &self,
         ticket: &BlobTicket,
         archive: &Path,
         cmd: Vec<String>,
         expect_signer: Option<Address>,
+        pay: Option<&JobPay>,
         out: &Path,
         on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
-        let spec = image_spec(archive, cmd).await?;
-        self.submit(ticket, spec, Some(archive), expect_signer, None, out, "", on).await
+        let local =
+            |e: std::io::Error| FetchError::Local(format!("cannot read image archive {}: {e}", archive.display()));
+        let image_size = std::fs::metadata(archive).map_err(local)?.len();
+        let a = archive.to_path_buf();
+        let image_sha256 = tokio::task::spawn_blocking(move || bdc_core::jobs::file_sha256(&a))
+            .await
+            .map_err(|e| FetchError::Local(e.to_string()))?
+            .map_err(local)?;
+        let spec = JobSpec::Container { image_sha256, image_size, cmd };
+        self.submit(ticket, spec, Some(archive), expect_signer, pay, out, "", on).await
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -460,18 +466,6 @@ impl Fetcher {
         let file = fetch.files.first().map(|f| f.path.clone()).unwrap_or_else(|| out.join(name));
         Ok(JobOutcome { deal: None, paid: 0, signed, signer, file, fetch })
     }
-}
-
-/// The container spec of an image archive: its SHA-256 and size.
-async fn image_spec(archive: &Path, cmd: Vec<String>) -> Result<JobSpec, JobError> {
-    let local = |e: std::io::Error| FetchError::Local(format!("cannot read image archive {}: {e}", archive.display()));
-    let image_size = std::fs::metadata(archive).map_err(local)?.len();
-    let a = archive.to_path_buf();
-    let image_sha256 = tokio::task::spawn_blocking(move || bdc_core::jobs::file_sha256(&a))
-        .await
-        .map_err(|e| FetchError::Local(e.to_string()))?
-        .map_err(local)?;
-    Ok(JobSpec::Container { image_sha256, image_size, cmd })
 }
 
 /// The default result file name for a job's format.

@@ -133,7 +133,7 @@ pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> 
         fetcher.run_replicated(&tickets, a.replicas, spec, &out_dir, &name, |ev| show(&pb, &started, ev)).await
     } else if let Some(pay) = &pay {
         let on = |ev| show(&pb, &started, ev);
-        fetcher.run_paid_job(&ticket, spec, None, a.provider_address, pay, &out_dir, &name, on).await
+        fetcher.run_paid_job(&ticket, spec, a.provider_address, pay, &out_dir, &name, on).await
     } else {
         fetcher.run_job(&ticket, spec, a.provider_address, &out_dir, &name, |ev| show(&pb, &started, ev)).await
     };
@@ -187,13 +187,7 @@ async fn run_container(
     let pb = status_bar(quiet);
     let started = Instant::now();
     let on = |ev| show(&pb, &started, ev);
-    let res = match &pay {
-        Some(pay) => {
-            let spec = JobSpec::Container { image_sha256: [0; 32], image_size: 0, cmd: a.cmd.clone() };
-            fetcher.run_paid_job(ticket, spec, Some(image), a.provider_address, pay, &out, "", on).await
-        }
-        None => fetcher.run_container(ticket, image, a.cmd.clone(), a.provider_address, &out, on).await,
-    };
+    let res = fetcher.run_container(ticket, image, a.cmd.clone(), a.provider_address, pay.as_ref(), &out, on).await;
     pb.finish_and_clear();
     fetcher.shutdown().await;
     let outcome = res?;

@@ -368,11 +368,6 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(|| panic!("no job deal named in: {err}"));
-    let c = devnet.contracts(0);
-    let t = Instant::now();
-    while c.deal_state(deal).await.unwrap().redeemed != U256::from(JOB_PRICE) {
-        assert!(t.elapsed() < Duration::from_secs(20), "the provider did not redeem the job");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::common::wait_redeemed(&devnet, deal, U256::from(JOB_PRICE)).await;
     provider.shutdown().await;
 }

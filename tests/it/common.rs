@@ -58,3 +58,22 @@ pub fn buyer_chain_files(devnet: &bdc_contracts::Devnet, who: usize, dir: &Path)
     .unwrap();
     (keystore, deployment)
 }
+
+/// Waits (polling the chain, up to 20 s) until the provider has redeemed `amount` on `deal`: the
+/// redeemer submits receipts asynchronously.
+pub async fn wait_redeemed(
+    devnet: &bdc_contracts::Devnet,
+    deal: alloy::primitives::B256,
+    amount: alloy::primitives::U256,
+) {
+    let c = devnet.contracts(0);
+    let t = std::time::Instant::now();
+    loop {
+        let st = c.deal_state(deal).await.unwrap();
+        if st.redeemed == amount {
+            return;
+        }
+        assert!(t.elapsed() < std::time::Duration::from_secs(20), "redeemed {} of {amount}", st.redeemed);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -369,7 +369,7 @@ async fn container_job_reads_data_writes_results_and_is_signed() {
     let mut events = Vec::new();
     let out = tmp.path().join("out1");
     let got = fetcher
-        .run_container(&ticket, &image, sh(script), Some(key.address()), &out, |e| events.push(format!("{e:?}")))
+        .run_container(&ticket, &image, sh(script), Some(key.address()), None, &out, |e| events.push(format!("{e:?}")))
         .await
         .unwrap();
     assert!(events.iter().any(|e| e == "UploadingImage"), "first job uploads the image: {events:?}");
@@ -391,7 +391,7 @@ async fn container_job_reads_data_writes_results_and_is_signed() {
     // the second job finds the image cached: no upload
     let mut events = Vec::new();
     fetcher
-        .run_container(&ticket, &image, sh("echo again > /out/a.txt"), None, &tmp.path().join("out2"), |e| {
+        .run_container(&ticket, &image, sh("echo again > /out/a.txt"), None, None, &tmp.path().join("out2"), |e| {
             events.push(format!("{e:?}"))
         })
         .await
@@ -431,7 +431,7 @@ async fn container_escapes_are_stopped_and_reported() {
     ];
     let out = tmp.path().join("out");
     for (script, code, needle) in cases {
-        let err = fetcher.run_container(&ticket, &image, sh(&script), None, &out, |_| {}).await.unwrap_err();
+        let err = fetcher.run_container(&ticket, &image, sh(&script), None, None, &out, |_| {}).await.unwrap_err();
         match &err {
             JobError::Failed { code: c, reason, .. } => {
                 assert_eq!(*c, code, "{script}: {err}");
@@ -445,7 +445,8 @@ async fn container_escapes_are_stopped_and_reported() {
     assert!(materialized.join("trades.parquet").exists() && !materialized.join("evil.txt").exists());
     assert!(!out.exists(), "failed jobs write nothing");
     // and the provider still runs the next job
-    let ok = fetcher.run_container(&ticket, &image, sh("echo fine > /out/ok.txt"), None, &out, |_| {}).await.unwrap();
+    let ok =
+        fetcher.run_container(&ticket, &image, sh("echo fine > /out/ok.txt"), None, None, &out, |_| {}).await.unwrap();
     assert_eq!(ok.signed.result.rows, 1);
     assert_eq!(std::fs::read_to_string(out.join("ok.txt")).unwrap(), "fine\n");
     fetcher.shutdown().await;
@@ -560,16 +561,7 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
         max_price: Some(JOB_PRICE),
     };
     let got = fetcher
-        .run_paid_job(
-            &ticket,
-            sql(q, ResultFormat::Parquet),
-            None,
-            Some(key.address()),
-            &pay,
-            &out,
-            "r.parquet",
-            |_| {},
-        )
+        .run_paid_job(&ticket, sql(q, ResultFormat::Parquet), Some(key.address()), &pay, &out, "r.parquet", |_| {})
         .await
         .unwrap();
     let deal = got.deal.expect("a paid job names its deal");
@@ -577,12 +569,8 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     assert_eq!(got.signed.result.deal_id, deal.0, "the signed manifest names the deal");
     assert_eq!(read_result(&got.file, ResultFormat::Parquet).await, direct(&data, q).await);
     assert_eq!(buyer.balance(devnet.address(2)).await.unwrap(), before - U256::from(JOB_PRICE), "escrowed the price");
+    crate::common::wait_redeemed(&devnet, deal, U256::from(JOB_PRICE)).await;
     let c = devnet.contracts(0);
-    let t = std::time::Instant::now();
-    while c.deal_state(deal).await.unwrap().redeemed != U256::from(JOB_PRICE) {
-        assert!(t.elapsed() < Duration::from_secs(20), "the provider did not redeem the job's receipt");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let book = DealBook::load(&fdir).unwrap();
     assert_eq!(book.get(&deal).unwrap().paid, JOB_PRICE, "the buyer's book records what it signed");
     let terms = book.get(&deal).unwrap().terms().unwrap();
@@ -631,7 +619,7 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     let deals_before = DealBook::load(&fdir).unwrap().deals.len();
     pay.max_price = Some(JOB_PRICE - 1);
     let err = fetcher
-        .run_paid_job(&ticket, sql(q, ResultFormat::Csv), None, None, &pay, &out, "y.csv", |_| {})
+        .run_paid_job(&ticket, sql(q, ResultFormat::Csv), None, &pay, &out, "y.csv", |_| {})
         .await
         .unwrap_err()
         .to_string();
@@ -644,7 +632,6 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
         .run_paid_job(
             &ticket,
             sql("SELECT no_such_column FROM trades", ResultFormat::Csv),
-            None,
             None,
             &pay,
             &out,

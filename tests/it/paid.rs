@@ -20,7 +20,7 @@ use bdc_provider::{PaidConfig, PaidSetup, Provider, ProviderStore, PublishOption
 use iroh::endpoint::{Connection, ConnectionError};
 use iroh_blobs::{api::remote::GetProgressItem, protocol::GetRequest, store::mem::MemStore};
 
-use crate::common::random_file;
+use crate::common::{random_file, wait_redeemed};
 
 const VENDOR: usize = 1;
 const BUYER: usize = 2;
@@ -64,19 +64,6 @@ async fn setup(bytes: usize) -> Setup {
     Setup { devnet, provider, root: rec.root, offer, _tmp: tmp, dir }
 }
 
-async fn wait_redeemed(s: &Setup, deal: B256, amount: U256) {
-    let c = s.devnet.contracts(0);
-    let t = Instant::now();
-    loop {
-        let st = c.deal_state(deal).await.unwrap();
-        if st.redeemed == amount {
-            return;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "redeemed {} of {amount}", st.redeemed);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn full_paid_download_pays_exactly_the_bytes_delivered() {
     let s = setup(3 << 20).await;
@@ -93,7 +80,7 @@ async fn full_paid_download_pays_exactly_the_bytes_delivered() {
     let deal = r.deal.unwrap();
     assert_eq!(r.paid, r.fetch.fetched_bytes as u128 * PRICE, "paid for exactly the verified bytes");
     assert_eq!(r.fetch.fetched_bytes, s.offer.size, "a full download moves every blob once");
-    wait_redeemed(&s, deal, U256::from(r.paid)).await;
+    wait_redeemed(&s.devnet, deal, U256::from(r.paid)).await;
 
     // pending → withdrawn: provider + vendor royalty == the price of the bytes delivered
     s.devnet.advance_time(61).await.unwrap();
@@ -190,7 +177,7 @@ async fn a_buyer_that_stops_paying_gets_at_most_the_window() {
     assert!(got >= paid_bytes + WINDOW - (64 << 10), "the window was honoured: {got}");
     assert_eq!(close_code(&conn).await, codes::PAYMENT_TIMEOUT as u64);
     // what was receipted is redeemed
-    wait_redeemed(&s, deal.id, U256::from(paid_bytes as u128 * PRICE)).await;
+    wait_redeemed(&s.devnet, deal.id, U256::from(paid_bytes as u128 * PRICE)).await;
     s.provider.shutdown().await;
 }
 
