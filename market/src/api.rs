@@ -19,13 +19,15 @@ use axum::{
 };
 use bdc_contracts::listing::{ListingBody, SignedListing, SignedReport, listing_signer, market_domain};
 use bdc_core::manifest::DatasetManifest;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row;
 
 use crate::{
+    book::{BookEntry, Candidate, OfferBook},
     db::{Db, terms},
-    rank::{Matcher, OfferAttrs, Scored},
+    rank::{Matcher, Scored},
+    reputation::reputation,
 };
 
 /// Largest request body, bytes.
@@ -42,6 +44,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Newest chain head the indexer saw, and its cursor (for /status and /metrics).
     pub index: Arc<Mutex<(u64, u64)>>,
+    /// Offers and standings in memory, for matching.
+    pub book: Arc<OfferBook>,
 }
 
 /// An error answered to the client. 5xx carry no internal detail (it is logged).
@@ -232,6 +236,16 @@ async fn post_listing(
             .await?;
     }
     tx.commit().await?;
+    let entry = BookEntry::new(
+        l.region.clone(),
+        price_gib(ppb),
+        l.window as i64,
+        l.capacity_mibps as i64,
+        manifest.total_size() as i64,
+        l.issued_at as i64,
+        l.expires_at as i64,
+    );
+    st.book.upsert(&provider, &root, entry);
     Ok((StatusCode::CREATED, Json(json!({ "provider": provider, "root": root, "manifest_verified": verified }))))
 }
 
@@ -591,75 +605,6 @@ async fn get_dataset(State(st): State<AppState>, Path(root): Path<String>) -> Ap
 
 // ---- reputation, providers, deals ----
 
-/// A provider's record from on-chain outcomes only.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Reputation {
-    pub deals: u64,
-    /// Deals paid out to the provider (withdrawn).
-    pub completed: u64,
-    /// Deals refunded with nothing redeemed: the provider delivered nothing paid.
-    pub failed: u64,
-    /// Disputes resolved for the buyer.
-    pub disputes_lost: u64,
-    /// Bytes the provider was paid for (redeemed amount / price per byte, over all deals).
-    pub bytes_redeemed: u128,
-    /// `(completed + 1) / (completed + failed + 2 × disputes_lost + 2)`, in (0, 1); 0.5 with no
-    /// history.
-    pub score: f64,
-    /// Median throughput buyers measured, MiB/s (0 with no reports). Reports are signed by the
-    /// deal's buyer; each buyer counts once (its newest report), so no buyer outweighs another.
-    pub throughput_mibps: f64,
-    /// How many buyers' reports the median is over.
-    pub throughput_buyers: u64,
-}
-
-pub async fn reputation(db: &Db, provider: &str) -> ApiResult<Reputation> {
-    let rows = sqlx::query("SELECT state, redeemed, price_per_byte, buyer_won FROM deals WHERE provider = $1")
-        .bind(provider)
-        .fetch_all(&db.pool)
-        .await?;
-    let mut r = Reputation::default();
-    for row in rows {
-        let state: String = row.get(0);
-        let redeemed: u128 = row.get::<String, _>(1).parse().unwrap_or(0);
-        let ppb: u128 = row.get::<String, _>(2).parse().unwrap_or(0);
-        r.deals += 1;
-        // a job deal (price per byte 0) pays for a job, not for bytes
-        r.bytes_redeemed += redeemed.checked_div(ppb).unwrap_or(0);
-        match state.as_str() {
-            "completed" => r.completed += 1,
-            "refunded" if redeemed == 0 => r.failed += 1,
-            "resolved" if row.get::<i64, _>(3) == 1 => r.disputes_lost += 1,
-            _ => {}
-        }
-    }
-    r.score = (r.completed as f64 + 1.0) / (r.completed as f64 + r.failed as f64 + 2.0 * r.disputes_lost as f64 + 2.0);
-    let reports = sqlx::query(
-        "SELECT d.buyer, r.mibps FROM reports r JOIN deals d ON d.id = r.deal WHERE r.provider = $1 \
-         ORDER BY d.buyer, r.issued_at DESC",
-    )
-    .bind(provider)
-    .fetch_all(&db.pool)
-    .await?;
-    let mut per_buyer: Vec<f64> = Vec::new();
-    let mut last: Option<String> = None;
-    for row in reports {
-        let buyer: String = row.get(0);
-        if last.as_deref() != Some(buyer.as_str()) {
-            per_buyer.push(row.get(1));
-            last = Some(buyer);
-        }
-    }
-    if !per_buyer.is_empty() {
-        per_buyer.sort_by(f64::total_cmp);
-        let n = per_buyer.len();
-        r.throughput_mibps =
-            if n % 2 == 1 { per_buyer[n / 2] } else { (per_buyer[n / 2 - 1] + per_buyer[n / 2]) / 2.0 };
-        r.throughput_buyers = n as u64;
-    }
-    Ok(r)
-}
-
 pub async fn provider(db: &Db, id: &str) -> ApiResult<Value> {
     let p = format!("{:#x}", parse_addr("provider", id)?);
     let rep = reputation(db, &p).await?;
@@ -813,6 +758,7 @@ async fn post_report(
     if stored == 0 {
         return Err(ApiError::Conflict(format!("a newer report for deal {id} is already stored")));
     }
+    st.book.standings_changed();
     Ok((StatusCode::CREATED, Json(json!({ "deal": id, "provider": provider, "mibps": mibps }))))
 }
 
@@ -834,9 +780,6 @@ pub struct MatchRequest {
 /// Most offers one match considers.
 pub const MAX_MATCH_SCAN: usize = 10_000;
 
-/// An offer being ranked: provider, root, attributes.
-type Candidate = (String, String, OfferAttrs);
-
 /// Scores every offer (on all cores for a large scan: CEL is interpreted, and a whole-market
 /// match evaluates every expression on thousands of offers); the best `limit`, best first.
 fn score_all(
@@ -851,9 +794,9 @@ fn score_all(
     let score_chunk = |part: &[Candidate]| {
         let m = Matcher::new(require, rank)?;
         let mut out = Vec::new();
-        for (i, (p, r, a)) in part.iter().enumerate() {
-            if let Some((score, criteria)) = m.score(&format!("{p}/{r}"), a)? {
-                out.push((score, criteria, i));
+        for (i, c) in part.iter().enumerate() {
+            if let Some((score, values)) = m.values(|| format!("{}/{}", c.provider, c.root), &c.attrs)? {
+                out.push((score, values, i));
             }
         }
         Ok::<_, crate::rank::RankError>(out)
@@ -864,10 +807,15 @@ fn score_all(
     });
     let mut scored = Vec::new();
     for (n, part) in parts.into_iter().enumerate() {
-        scored.extend(part?.into_iter().map(|(score, criteria, i)| (score, criteria, n * chunk + i)));
+        scored.extend(part?.into_iter().map(|(score, values, i)| (score, values, n * chunk + i)));
+    }
+    if scored.len() > limit {
+        scored.select_nth_unstable_by(limit - 1, |a, b| b.0.total_cmp(&a.0));
+        scored.truncate(limit);
     }
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    scored.truncate(limit);
+    let m = Matcher::new(require, rank)?;
+    let scored = scored.into_iter().map(|(score, values, i)| (score, m.explain(&values), i));
     let mut offers: Vec<Option<Candidate>> = offers.into_iter().map(Some).collect();
     Ok(scored.into_iter().filter_map(|(score, criteria, i)| Some(((score, criteria), offers[i].take()?))).collect())
 }
@@ -883,43 +831,8 @@ async fn post_match(
     if !(1..=MAX_PAGE as usize).contains(&limit) {
         return Err(ApiError::BadRequest(format!("limit must be 1–{MAX_PAGE}")));
     }
-    // what scoring needs only; the winners' listings are read afterwards
-    let mut sql = String::from(
-        "SELECT l.provider, l.root, l.region, l.price_gib, l.window_bytes, l.capacity_mibps, m.size \
-         FROM listings l LEFT JOIN dataset_meta m ON m.root = l.root WHERE l.expires_at > $1",
-    );
     let root = req.root.as_deref().map(|r| parse_b256("root", r)).transpose()?.map(|r| format!("{r:#x}"));
-    if root.is_some() {
-        sql.push_str(" AND l.root = $2");
-    }
-    sql.push_str(&format!(" LIMIT {MAX_MATCH_SCAN}"));
-    let mut q = sqlx::query(&sql).bind(now() as i64);
-    if let Some(r) = &root {
-        q = q.bind(r.clone());
-    }
-    let rows = q.fetch_all(&st.db.pool).await?;
-    let mut reps: BTreeMap<String, Reputation> = BTreeMap::new();
-    let mut offers: Vec<(String, String, OfferAttrs)> = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let provider: String = r.get(0);
-        if !reps.contains_key(&provider) {
-            let rep = reputation(&st.db, &provider).await?;
-            reps.insert(provider.clone(), rep);
-        }
-        let rep = &reps[&provider];
-        let attrs = OfferAttrs {
-            price_gib: r.get(3),
-            capacity_mibps: r.get::<i64, _>(5) as f64,
-            reputation: rep.score,
-            deals_completed: rep.completed as i64,
-            region: r.get(2),
-            window_mib: r.get::<i64, _>(4) as f64 / (1 << 20) as f64,
-            size_gib: r.try_get::<i64, _>(6).unwrap_or(0) as f64 / (1u64 << 30) as f64,
-            throughput_mibps: rep.throughput_mibps,
-        };
-        offers.push((provider, r.get(1), attrs));
-    }
-    drop(rows);
+    let offers = st.book.candidates(&st.db, root.as_deref(), now() as i64, MAX_MATCH_SCAN).await?;
     let (require, rank) = (req.require.clone(), req.rank.clone());
     let ranked = tokio::task::spawn_blocking(move || score_all(offers, require.as_deref(), &rank, limit))
         .await
@@ -929,8 +842,8 @@ async fn post_match(
     let mut b = Binds::default();
     let keys: Vec<String> = ranked
         .iter()
-        .map(|(_, (p, r, _))| {
-            let (p, r) = (b.push(Bind::S(p.clone())), b.push(Bind::S(r.clone())));
+        .map(|(_, c)| {
+            let (p, r) = (b.push(Bind::S(c.provider.to_string())), b.push(Bind::S(c.root.to_string())));
             format!("(provider = {p} AND root = {r})")
         })
         .collect();
@@ -947,14 +860,16 @@ async fn post_match(
     }
     let ranked: Vec<Value> = ranked
         .into_iter()
-        .filter_map(|((score, criteria), (provider, root, attrs))| {
-            // a listing replaced since scoring is left out rather than shown with stale terms
-            let r = listings.get(&(provider, root))?;
+        .filter_map(|((score, criteria), c)| {
+            // a listing replaced since it was scored is left out rather than shown with stale terms
+            let r = listings
+                .get(&(c.provider.to_string(), c.root.to_string()))
+                .filter(|r| r.get::<i64, _>(7) == c.issued_at)?;
+            let attrs = c.attrs;
             Some(json!({
                 "provider": r.get::<String, _>(0), "root": r.get::<String, _>(1), "node_id": r.get::<String, _>(2),
                 "addrs": r.get::<String, _>(3).split(',').collect::<Vec<_>>(),
                 "price_per_byte": r.get::<String, _>(4), "window": r.get::<i64, _>(5),
-                "attributes": attrs, "criteria": criteria, "score": score,
                 "size": (attrs.size_gib * (1u64 << 30) as f64).round() as i64,
                 // the provider's signed listing, for buyers that check it rather than trust us
                 "listing": ListingBody {
@@ -969,6 +884,7 @@ async fn post_match(
                     issued_at: r.get::<i64, _>(7) as u64,
                     expires_at: r.get::<i64, _>(8) as u64,
                 },
+                "attributes": attrs, "criteria": criteria, "score": score,
                 "signature": r.get::<String, _>(9),
             }))
         })
@@ -1126,6 +1042,7 @@ pub fn router(st: AppState, limits: Limits) -> Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rank::OfferAttrs;
 
     fn offer(i: usize) -> Candidate {
         let attrs = OfferAttrs {
@@ -1138,7 +1055,7 @@ mod tests {
             size_gib: 1.0,
             throughput_mibps: 0.0,
         };
-        (format!("p{i}"), format!("r{i}"), attrs)
+        Candidate { provider: format!("p{i}").into(), root: format!("r{i}").into(), attrs, issued_at: 0 }
     }
 
     #[test]
@@ -1151,13 +1068,15 @@ mod tests {
         let require = Some("capacity_mibps >= 20.0");
         let got = score_all(offers.clone(), require, &rank, 25).unwrap();
         let m = Matcher::new(require, &rank).unwrap();
-        let mut want: Vec<(f64, String)> =
-            offers.iter().filter_map(|(p, r, a)| m.score(r, a).unwrap().map(|(s, _)| (s, p.clone()))).collect();
+        let mut want: Vec<(f64, String)> = offers
+            .iter()
+            .filter_map(|c| m.score(String::new, &c.attrs).unwrap().map(|(s, _)| (s, c.provider.to_string())))
+            .collect();
         want.sort_by(|a, b| b.0.total_cmp(&a.0));
         assert_eq!(got.len(), 25);
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.0.0, w.0, "same scores in the same order");
-            assert!(g.1.2.capacity_mibps >= 20.0, "require holds");
+            assert!(g.1.attrs.capacity_mibps >= 20.0, "require holds");
             assert_eq!(g.0.1.values().sum::<f64>(), g.0.0, "the score is the sum of the criteria");
         }
         let bad = BTreeMap::from([("x".to_string(), "region".to_string())]);

@@ -142,6 +142,7 @@ pub async fn run(listings: usize, database_url: Option<String>, events: usize, q
             registry: d.registry,
             metrics: Default::default(),
             index: Default::default(),
+            book: crate::book::OfferBook::new(),
         };
         let app = api::router(st, api::Limits::default());
         let mut rng = StdRng::seed_from_u64(11);

@@ -6,9 +6,11 @@
 
 pub mod api;
 pub mod bench;
+pub mod book;
 pub mod db;
 pub mod indexer;
 pub mod rank;
+pub mod reputation;
 pub mod web;
 
 use std::{
@@ -71,7 +73,9 @@ impl Market {
             registry: d.registry,
             metrics: Arc::default(),
             index: index.clone(),
+            book: book::OfferBook::new(),
         };
+        let book = st.book.clone();
         let listener =
             TcpListener::bind(cfg.bind).await.map_err(|source| MarketError::Bind { addr: cfg.bind, source })?;
         let addr = listener.local_addr().map_err(|source| MarketError::Bind { addr: cfg.bind, source })?;
@@ -86,7 +90,12 @@ impl Market {
             loop {
                 tokio::time::sleep(poll).await;
                 match indexer.step().await {
-                    Ok(s) => *index.lock().expect("index lock") = (s.head, s.cursor),
+                    Ok(s) => {
+                        if s.applied > 0 || s.rolled_back > 0 {
+                            book.standings_changed();
+                        }
+                        *index.lock().expect("index lock") = (s.head, s.cursor);
+                    }
                     Err(e) => tracing::warn!("indexer: {e}"),
                 }
             }

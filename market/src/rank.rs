@@ -52,6 +52,21 @@ pub struct OfferAttrs {
     pub throughput_mibps: f64,
 }
 
+/// Reads one attribute of an offer as a CEL value.
+type Getter = fn(&OfferAttrs) -> Value;
+
+/// The attributes expressions can use: the fields of [`OfferAttrs`], by name.
+pub const ATTRS: [(&str, Getter); 8] = [
+    ("price_gib", |o| o.price_gib.into()),
+    ("capacity_mibps", |o| o.capacity_mibps.into()),
+    ("reputation", |o| o.reputation.into()),
+    ("deals_completed", |o| o.deals_completed.into()),
+    ("region", |o| o.region.clone().into()),
+    ("window_mib", |o| o.window_mib.into()),
+    ("size_gib", |o| o.size_gib.into()),
+    ("throughput_mibps", |o| o.throughput_mibps.into()),
+];
+
 /// An offer's total score and each criterion's value.
 pub type Scored = (f64, BTreeMap<String, f64>);
 
@@ -59,6 +74,9 @@ pub type Scored = (f64, BTreeMap<String, f64>);
 pub struct Matcher {
     require: Option<Program>,
     criteria: Vec<(String, Program)>,
+    /// Which attributes (in [`ATTRS`] order) any expression names; only these are put in an
+    /// offer's scope (half the cost of scoring was filling a scope with unused ones)
+    used: [bool; ATTRS.len()],
     /// CEL's built-in functions, registered once; each offer gets a child scope of this with its
     /// attributes (building a default context per offer was most of the cost of a match)
     root: Context<'static>,
@@ -92,28 +110,37 @@ impl Matcher {
             return Err(RankError::TooMany);
         }
         let require = require.map(|r| compile("require", r)).transpose()?;
-        let criteria = rank
+        let criteria: Vec<(String, Program)> = rank
             .iter()
             .map(|(name, src)| Ok((name.clone(), compile(&format!("rank.{name}"), src)?)))
             .collect::<Result<_, RankError>>()?;
-        Ok(Self { require, criteria, root: Context::default() })
+        let mut used = [false; ATTRS.len()];
+        for p in require.iter().chain(criteria.iter().map(|(_, p)| p)) {
+            let refs = p.references();
+            for (u, (name, _)) in used.iter_mut().zip(ATTRS) {
+                *u |= refs.has_variable(name);
+            }
+        }
+        Ok(Self { require, criteria, used, root: Context::default() })
     }
 
     fn context<'a>(&'a self, o: &OfferAttrs) -> Context<'a> {
         let mut ctx = self.root.new_inner_scope();
-        ctx.add_variable_from_value("price_gib", o.price_gib);
-        ctx.add_variable_from_value("capacity_mibps", o.capacity_mibps);
-        ctx.add_variable_from_value("reputation", o.reputation);
-        ctx.add_variable_from_value("deals_completed", o.deals_completed);
-        ctx.add_variable_from_value("region", o.region.clone());
-        ctx.add_variable_from_value("window_mib", o.window_mib);
-        ctx.add_variable_from_value("size_gib", o.size_gib);
-        ctx.add_variable_from_value("throughput_mibps", o.throughput_mibps);
+        for ((name, get), _) in ATTRS.iter().zip(self.used).filter(|(_, used)| *used) {
+            ctx.add_variable_from_value(*name, get(o));
+        }
         ctx
     }
 
-    /// None if the offer fails `require`; else each criterion's value and their sum.
-    pub fn score(&self, id: &str, o: &OfferAttrs) -> Result<Option<Scored>, RankError> {
+    /// None if the offer fails `require`; else each criterion's value and their sum. `id` names
+    /// the offer in an error.
+    pub fn score(&self, id: impl Fn() -> String, o: &OfferAttrs) -> Result<Option<Scored>, RankError> {
+        Ok(self.values(id, o)?.map(|(total, values)| (total, self.explain(&values))))
+    }
+
+    /// [`Self::score`] without naming the criteria: their values in name order (what a scan keeps
+    /// per offer; [`Self::explain`] names the winners').
+    pub fn values(&self, id: impl Fn() -> String, o: &OfferAttrs) -> Result<Option<(f64, Vec<f64>)>, RankError> {
         let ctx = self.context(o);
         if let Some(req) = &self.require {
             match req.execute(&ctx) {
@@ -121,29 +148,34 @@ impl Matcher {
                 Ok(Value::Bool(false)) => return Ok(None),
                 Ok(v) => return Err(RankError::Type { what: "require".into(), want: "bool", got: format!("{v:?}") }),
                 Err(e) => {
-                    return Err(RankError::Eval { what: "require".into(), offer: id.into(), reason: e.to_string() });
+                    return Err(RankError::Eval { what: "require".into(), offer: id(), reason: e.to_string() });
                 }
             }
         }
-        let mut parts = BTreeMap::new();
+        let mut values = Vec::with_capacity(self.criteria.len());
         let mut total = 0.0;
         for (name, p) in &self.criteria {
-            let what = format!("rank.{name}");
+            let what = || format!("rank.{name}");
             let v = match p.execute(&ctx) {
                 Ok(Value::Float(f)) => f,
                 Ok(Value::Int(i)) => i as f64,
                 Ok(Value::UInt(u)) => u as f64,
                 Ok(Value::Bool(b)) => f64::from(u8::from(b)),
-                Ok(v) => return Err(RankError::Type { what, want: "number", got: format!("{v:?}") }),
-                Err(e) => return Err(RankError::Eval { what, offer: id.into(), reason: e.to_string() }),
+                Ok(v) => return Err(RankError::Type { what: what(), want: "number", got: format!("{v:?}") }),
+                Err(e) => return Err(RankError::Eval { what: what(), offer: id(), reason: e.to_string() }),
             };
             if !v.is_finite() {
-                return Err(RankError::Eval { what, offer: id.into(), reason: format!("not a finite number: {v}") });
+                return Err(RankError::Eval { what: what(), offer: id(), reason: format!("not a finite number: {v}") });
             }
             total += v;
-            parts.insert(name.clone(), v);
+            values.push(v);
         }
-        Ok(Some((total, parts)))
+        Ok(Some((total, values)))
+    }
+
+    /// Names the values [`Self::values`] gave.
+    pub fn explain(&self, values: &[f64]) -> BTreeMap<String, f64> {
+        self.criteria.iter().zip(values).map(|((name, _), v)| (name.clone(), *v)).collect()
     }
 }
 
@@ -171,11 +203,30 @@ mod tests {
             ("rep".into(), "reputation".into()),
         ]);
         let m = Matcher::new(Some("region == 'eu'"), &rank).unwrap();
-        let (total, parts) = m.score("a", &offer(1.5, "eu")).unwrap().unwrap();
+        let (total, parts) = m.score(|| "a".into(), &offer(1.5, "eu")).unwrap().unwrap();
         assert_eq!(parts["cheap"], -3.0);
         assert_eq!(parts["rep"], 0.5);
         assert_eq!(total, -2.5);
-        assert!(m.score("b", &offer(1.5, "us")).unwrap().is_none(), "require filters");
+        assert!(m.score(|| "b".into(), &offer(1.5, "us")).unwrap().is_none(), "require filters");
+    }
+
+    #[test]
+    fn every_attribute_is_visible_under_its_field_name() {
+        let o = OfferAttrs { deals_completed: 7, window_mib: 16.0, throughput_mibps: 42.5, ..offer(2.0, "asia") };
+        let fields = serde_json::to_value(&o).unwrap();
+        assert_eq!(fields.as_object().unwrap().len(), ATTRS.len(), "ATTRS lists every field");
+        for (name, _) in ATTRS {
+            let src =
+                if name == "region" { "region == 'asia' ? 1.0 : 0.0".to_string() } else { format!("{name} + 0.0") };
+            let want = match &fields[name] {
+                serde_json::Value::String(_) => 1.0,
+                v => v.as_f64().unwrap(),
+            };
+            let src = if name == "deals_completed" { "double(deals_completed)".to_string() } else { src };
+            let m = Matcher::new(None, &BTreeMap::from([("x".to_string(), src)])).unwrap();
+            let (total, _) = m.score(String::new, &o).unwrap().unwrap();
+            assert_eq!(total, want, "{name}");
+        }
     }
 
     #[test]
@@ -193,9 +244,9 @@ mod tests {
         assert!(Matcher::new(None, &rank).is_ok(), "many brackets side by side are not nesting");
         let rank = BTreeMap::from([("x".to_string(), "region".to_string())]);
         let m = Matcher::new(None, &rank).unwrap();
-        assert!(matches!(m.score("a", &offer(1.0, "eu")), Err(RankError::Type { .. })));
+        assert!(matches!(m.score(|| "a".into(), &offer(1.0, "eu")), Err(RankError::Type { .. })));
         let rank = BTreeMap::from([("x".to_string(), "no_such_attr * 2".to_string())]);
         let m = Matcher::new(None, &rank).unwrap();
-        assert!(matches!(m.score("a", &offer(1.0, "eu")), Err(RankError::Eval { .. })));
+        assert!(matches!(m.score(|| "a".into(), &offer(1.0, "eu")), Err(RankError::Eval { .. })));
     }
 }
