@@ -35,6 +35,8 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(60);
 /// What ranking needs of one listing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BookEntry {
+    provider: Arc<str>,
+    root: Arc<str>,
     pub region: String,
     pub price_gib: f64,
     pub window_bytes: i64,
@@ -57,7 +59,8 @@ impl BookEntry {
         issued_at: i64,
         expires_at: i64,
     ) -> Self {
-        Self { region, price_gib, window_bytes, capacity_mibps, size, issued_at, expires_at, seq: 0 }
+        let (provider, root) = (Arc::from(""), Arc::from(""));
+        Self { provider, root, region, price_gib, window_bytes, capacity_mibps, size, issued_at, expires_at, seq: 0 }
     }
 }
 
@@ -99,13 +102,7 @@ impl OfferBook {
     pub fn upsert(&self, provider: &str, root: &str, mut e: BookEntry) {
         let mut st = self.state.write().expect("book lock");
         e.seq = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
-        let slot = st.offers.entry(root.into()).or_default();
-        match slot.get(provider) {
-            Some(old) if old.issued_at > e.issued_at => {}
-            _ => {
-                slot.insert(provider.into(), e);
-            }
-        }
+        st.offers.put(provider, root, e);
     }
 
     /// Something a standing is computed from changed (indexed events, a throughput report).
@@ -124,30 +121,33 @@ impl OfferBook {
     ) -> Result<Vec<Candidate>, sqlx::Error> {
         self.refresh(db).await?;
         let st = self.state.read().expect("book lock");
-        let mut picked: Vec<(&Arc<str>, &Arc<str>, &BookEntry)> = Vec::new();
-        let datasets: Box<dyn Iterator<Item = (&Arc<str>, &HashMap<Arc<str>, BookEntry>)>> = match root {
-            Some(r) => Box::new(st.offers.get_key_value(r).into_iter()),
-            None => Box::new(st.offers.iter()),
+        let rows = &st.offers.rows;
+        // (issued_at, row): the selection below compares without chasing pointers
+        let mut live: Vec<(i64, usize)> = match root {
+            Some(r) => st
+                .offers
+                .at
+                .get(r)
+                .into_iter()
+                .flat_map(|m| m.values().copied())
+                .map(|i| (rows[i].issued_at, i))
+                .collect(),
+            None => rows.iter().enumerate().map(|(i, e)| (e.issued_at, i)).collect(),
         };
-        for (root, m) in datasets {
-            for (p, e) in m {
-                if e.expires_at > now {
-                    picked.push((p, root, e));
-                }
-            }
-        }
-        if picked.len() > cap {
-            picked.select_nth_unstable_by(cap - 1, |a, b| b.2.issued_at.cmp(&a.2.issued_at));
-            picked.truncate(cap);
+        live.retain(|&(_, i)| rows[i].expires_at > now);
+        if live.len() > cap {
+            live.select_nth_unstable_by(cap - 1, |a, b| b.0.cmp(&a.0));
+            live.truncate(cap);
         }
         let none = Standing::default();
-        Ok(picked
+        Ok(live
             .into_iter()
-            .map(|(p, r, e)| {
-                let s = st.standings.get(&**p).unwrap_or(&none);
+            .map(|(_, i)| {
+                let e = &rows[i];
+                let s = st.standings.get(&*e.provider).unwrap_or(&none);
                 Candidate {
-                    provider: p.clone(),
-                    root: r.clone(),
+                    provider: e.provider.clone(),
+                    root: e.root.clone(),
                     issued_at: e.issued_at,
                     attrs: OfferAttrs {
                         price_gib: e.price_gib,
@@ -209,23 +209,39 @@ impl OfferBook {
     /// newer entries upserted since.
     fn install(&self, since: u64, mut offers: Offers) {
         let mut st = self.state.write().expect("book lock");
-        for (root, m) in &st.offers {
-            for (p, e) in m {
-                if e.seq > since {
-                    let slot = offers.entry(root.clone()).or_default();
-                    if slot.get(p).is_none_or(|old| old.issued_at <= e.issued_at) {
-                        slot.insert(p.clone(), e.clone());
-                    }
-                }
-            }
+        for e in st.offers.rows.iter().filter(|e| e.seq > since) {
+            offers.put(&e.provider, &e.root, e.clone());
         }
         st.offers = offers;
         st.loaded_at = Some(Instant::now());
     }
 }
 
-/// root → provider → entry
-type Offers = HashMap<Arc<str>, HashMap<Arc<str>, BookEntry>>;
+/// The listings, in one flat table (a whole-market scan walks contiguous memory), indexed by
+/// root, then provider.
+#[derive(Default)]
+struct Offers {
+    rows: Vec<BookEntry>,
+    at: HashMap<Arc<str>, HashMap<Arc<str>, usize>>,
+}
+
+impl Offers {
+    /// Adds or replaces a provider's listing of `root`; an older listing never replaces a newer.
+    fn put(&mut self, provider: &str, root: &str, mut e: BookEntry) {
+        if let Some(&i) = self.at.get(root).and_then(|m| m.get(provider)) {
+            let old = &mut self.rows[i];
+            if old.issued_at <= e.issued_at {
+                (e.provider, e.root) = (old.provider.clone(), old.root.clone());
+                *old = e;
+            }
+            return;
+        }
+        (e.provider, e.root) = (provider.into(), root.into());
+        let (p, r) = (e.provider.clone(), e.root.clone());
+        self.rows.push(e);
+        self.at.entry(r).or_default().insert(p, self.rows.len() - 1);
+    }
+}
 
 async fn read_offers(db: &Db) -> Result<Offers, sqlx::Error> {
     let rows = sqlx::query(
@@ -234,7 +250,7 @@ async fn read_offers(db: &Db) -> Result<Offers, sqlx::Error> {
     )
     .fetch_all(&db.pool)
     .await?;
-    let mut offers = Offers::new();
+    let mut offers = Offers::default();
     for r in rows {
         let e = BookEntry::new(
             r.get(2),
@@ -245,7 +261,7 @@ async fn read_offers(db: &Db) -> Result<Offers, sqlx::Error> {
             r.get(7),
             r.get(8),
         );
-        offers.entry(r.get::<String, _>(1).into()).or_default().insert(r.get::<String, _>(0).into(), e);
+        offers.put(&r.get::<String, _>(0), &r.get::<String, _>(1), e);
     }
     Ok(offers)
 }
