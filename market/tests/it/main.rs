@@ -282,6 +282,18 @@ async fn suite(db_url: String) {
     assert!((offers[0]["score"].as_f64().unwrap() - sum).abs() < 1e-9);
     let only_us = json!({"require": "region == 'us'", "rank": {"r": "reputation"}});
     assert_eq!(env.post("/match", &only_us.to_string()).await.1["offers"].as_array().unwrap().len(), 2);
+    // a listing replaced after the offer book was loaded is matched on its new terms at once
+    let cheapest = json!({"root": format!("{root_btc:#x}"), "rank": {"cheap": "-1.0 * price_gib"}});
+    let top = |res: Value| res["offers"][0]["provider"].clone();
+    assert_eq!(top(env.post("/match", &cheapest.to_string()).await.1), format!("{:#x}", other.address()));
+    let dearer = sign(devnet, &other, listing(root_btc, &other, 5_000_000_000, "eu", t + 10), &m_btc);
+    assert_eq!(env.post("/listings", &serde_json::to_string(&dearer).unwrap()).await.0, 201);
+    let res = env.post("/match", &cheapest.to_string()).await.1;
+    assert_eq!(top(res.clone()), format!("{:#x}", provider.address()), "{res}");
+    assert_eq!(res["offers"][1]["price_per_byte"], "5000000000", "{res}");
+    assert_eq!(res["offers"][1]["listing"]["issued_at"], t + 10);
+    let us = env.post("/match", &only_us.to_string()).await.1;
+    assert_eq!(us["offers"].as_array().unwrap().len(), 1, "the relisted offer left region us: {us}");
     for (what, body) in [
         ("does not parse", json!({"rank": {"x": "price_gib +"}})),
         ("wrong type", json!({"require": "price_gib"})),
@@ -375,7 +387,7 @@ async fn suite(db_url: String) {
         assert!(doc["paths"].get(*path).is_some(), "{path} missing from openapi.json");
     }
     let metrics = env.http.get(format!("{}/metrics", env.base)).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("bdc_market_requests_total{route=\"/listings\",status=\"201\"} 4"), "{metrics}");
+    assert!(metrics.contains("bdc_market_requests_total{route=\"/listings\",status=\"201\"} 5"), "{metrics}");
     assert!(metrics.contains("bdc_market_listings 4"), "{metrics}");
 
     // reorg: a registration that the chain forgets disappears from the index
