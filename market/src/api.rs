@@ -814,8 +814,10 @@ fn score_all(
         scored.truncate(limit);
     }
     scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    let m = Matcher::new(require, rank)?;
-    let scored = scored.into_iter().map(|(score, values, i)| (score, m.explain(&values), i));
+    // a matcher's criteria are the rank map's entries in key order: name the winners' values
+    // from the map rather than compiling the expressions once more
+    let name = |values: Vec<f64>| rank.keys().cloned().zip(values).collect::<BTreeMap<_, _>>();
+    let scored = scored.into_iter().map(|(score, values, i)| (score, name(values), i));
     let mut offers: Vec<Option<Candidate>> = offers.into_iter().map(Some).collect();
     Ok(scored.into_iter().filter_map(|(score, criteria, i)| Some(((score, criteria), offers[i].take()?))).collect())
 }

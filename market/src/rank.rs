@@ -138,8 +138,8 @@ impl Matcher {
         Ok(self.values(id, o)?.map(|(total, values)| (total, self.explain(&values))))
     }
 
-    /// [`Self::score`] without naming the criteria: their values in name order (what a scan keeps
-    /// per offer; [`Self::explain`] names the winners').
+    /// [`Self::score`] without naming the criteria: their values in the rank map's key order
+    /// (what a scan keeps per offer; the winners' are named afterwards).
     pub fn values(&self, id: impl Fn() -> String, o: &OfferAttrs) -> Result<Option<(f64, Vec<f64>)>, RankError> {
         let ctx = self.context(o);
         if let Some(req) = &self.require {
@@ -173,8 +173,8 @@ impl Matcher {
         Ok(Some((total, values)))
     }
 
-    /// Names the values [`Self::values`] gave.
-    pub fn explain(&self, values: &[f64]) -> BTreeMap<String, f64> {
+    /// Names the values [`Self::values`] gave (the criteria are in the rank map's key order).
+    fn explain(&self, values: &[f64]) -> BTreeMap<String, f64> {
         self.criteria.iter().zip(values).map(|((name, _), v)| (name.clone(), *v)).collect()
     }
 }
