@@ -155,6 +155,7 @@ async fn bad_jobs_fail_with_reasons_and_the_provider_stays_healthy() {
     let mut jc = jobs_config(&key);
     jc.limits.memory_bytes = 256 << 20;
     jc.limits.wall_time = Duration::from_secs(4);
+    jc.max_result_bytes = 1 << 20;
     let (provider, ticket) = serve(tmp.path(), &data, jc).await;
     let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
     let out = tmp.path().join("out");
@@ -413,6 +414,7 @@ async fn container_escapes_are_stopped_and_reported() {
     jc.limits.memory_bytes = 64 << 20;
     jc.limits.pids = 32;
     jc.limits.wall_time = Duration::from_secs(4);
+    jc.max_result_bytes = 1 << 20;
     let (provider, ticket) = serve(tmp.path(), &data, jc).await;
     let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
     // a host service the job must not reach
@@ -428,6 +430,12 @@ async fn container_escapes_are_stopped_and_reported() {
         ("while true; do sleep 30 & done".to_string(), codes::PROGRAM_FAILED, "can't fork"),
         ("while true; do :; done".to_string(), codes::TIME_LIMIT, "wall-time"),
         ("a=0123456789abcdef; while true; do a=$a$a; done".to_string(), codes::MEMORY_LIMIT, "memory"),
+        // files each under the per-file limit, past /out's total; the program shrugs off ENOSPC
+        (
+            "for i in 1 2 3 4 5 6; do head -c 300000 /dev/zero > /out/f$i; done; exit 0".to_string(),
+            codes::RESULT_TOO_LARGE,
+            "filled /out",
+        ),
     ];
     let out = tmp.path().join("out");
     for (script, code, needle) in cases {

@@ -71,7 +71,8 @@ pub struct JobsConfig {
     pub concurrency: usize,
     /// Jobs waiting or running before new ones are refused as busy.
     pub max_queue: usize,
-    /// Largest result file kept, bytes.
+    /// Largest result, bytes: a SQL result file, or all a container writes to `/out` (a tmpfs
+    /// of this size, charged to the job's memory, bounds it while the job runs).
     pub max_result_bytes: u64,
     /// DataFusion threads in the worker.
     pub threads: usize,
@@ -510,7 +511,7 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
     let id = hex::encode(&job_id[..8]);
     let job_dir = shared.dir.join("run").join(&id);
     let _cleanup = RemoveOnDrop(job_dir.clone());
-    let (input, out, bundle) = job_dirs(&job_dir)?;
+    let JobDirs { input, out, bundle, out_mount } = job_dirs(&job_dir, shared.cfg.max_result_bytes)?;
     std::fs::write(input.join("query.sql"), query)
         .map_err(|e| internal(format!("cannot write {}: {e}", input.display())))?;
     let limits = &shared.cfg.limits;
@@ -551,6 +552,9 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
     let outcome = sandbox::run(&shared.cfg.runc, &bundle, &format!("bdc-job-{id}"), &limits)
         .await
         .map_err(|e| (codes::SANDBOX, e.to_string()))?;
+    if out_mount.is_full() {
+        return Err(out_full(shared.cfg.max_result_bytes));
+    }
     let report = worker_outcome(outcome, &limits)?;
     let path = out.join(&result_name);
     let bytes =
@@ -644,16 +648,33 @@ async fn materialize(shared: &Shared, root: Hash, ds: &JobDataset) -> Result<Pat
     Ok(dir)
 }
 
-/// `in/`, `out/` (owned by the job user) and `bundle/` under a job directory.
-fn job_dirs(job_dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf), Fail> {
+/// A job's directories: `in/`, `out/` and `bundle/`.
+struct JobDirs {
+    input: PathBuf,
+    out: PathBuf,
+    bundle: PathBuf,
+    /// The bounded tmpfs on `out/` (owned by the job user); unmounted before the directory
+    /// is removed, as it is dropped first.
+    out_mount: sandbox::BoundedDir,
+}
+
+/// Prepares a job's directories; `out/` holds at most `out_bytes`.
+fn job_dirs(job_dir: &Path, out_bytes: u64) -> Result<JobDirs, Fail> {
     let (input, out, bundle) = (job_dir.join("in"), job_dir.join("out"), job_dir.join("bundle"));
     let io = |e: std::io::Error| (codes::INTERNAL, format!("cannot prepare job directory {}: {e}", job_dir.display()));
     std::fs::create_dir_all(&input).map_err(io)?;
     std::fs::create_dir_all(&out).map_err(io)?;
-    std::os::unix::fs::chown(&out, Some(sandbox::JOB_UID), Some(sandbox::JOB_UID)).map_err(|e| {
-        (codes::SANDBOX, format!("cannot hand the output directory to the job user (runc jobs need root): {e}"))
-    })?;
-    Ok((input, out, bundle))
+    let out_mount =
+        sandbox::BoundedDir::mount(&out, out_bytes, sandbox::JOB_UID).map_err(|e| (codes::SANDBOX, e.to_string()))?;
+    Ok(JobDirs { input, out, bundle, out_mount })
+}
+
+/// The failure of a job that filled its `/out`, whatever it did next.
+fn out_full(limit: u64) -> Fail {
+    (
+        codes::RESULT_TOO_LARGE,
+        format!("the job filled /out: it holds at most {limit} bytes (or {} files)", sandbox::OUT_INODES),
+    )
 }
 
 /// The image of a container job: unpacked already, or read from the buyer now.
@@ -728,7 +749,7 @@ async fn run_container_job(
     let id = hex::encode(&job_id[..8]);
     let job_dir = shared.dir.join("run").join(&id);
     let _cleanup = RemoveOnDrop(job_dir.clone());
-    let (_, out, bundle) = job_dirs(&job_dir)?;
+    let JobDirs { out, bundle, out_mount, .. } = job_dirs(&job_dir, shared.cfg.max_result_bytes)?;
     let mut args = img.info.entrypoint.clone();
     args.extend(if cmd.is_empty() { img.info.cmd.clone() } else { cmd.clone() });
     if args.is_empty() {
@@ -750,6 +771,9 @@ async fn run_container_job(
     let outcome = sandbox::run(&shared.cfg.runc, &bundle, &format!("bdc-job-{id}"), &limits)
         .await
         .map_err(|e| (codes::SANDBOX, e.to_string()))?;
+    if out_mount.is_full() {
+        return Err(out_full(shared.cfg.max_result_bytes));
+    }
     let tail = |b: &[u8]| {
         let s = String::from_utf8_lossy(b);
         let lines: Vec<&str> = s.trim().lines().collect();

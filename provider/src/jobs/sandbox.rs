@@ -84,6 +84,8 @@ pub enum SandboxError {
     Bundle { path: PathBuf, source: std::io::Error },
     #[error("cannot start {runc}: {source} (install runc: `apt-get install runc`)")]
     Spawn { runc: String, source: std::io::Error },
+    #[error("cannot mount a size-bounded /out at {path} (runc jobs need root): {source}")]
+    Mount { path: PathBuf, source: std::io::Error },
     #[error("runc could not start the job: {0}")]
     Runc(String),
 }
@@ -251,6 +253,66 @@ pub async fn run(runc: &str, bundle: &Path, id: &str, limits: &Limits) -> Result
                 return Err(SandboxError::Runc(text.trim().to_string()));
             }
             Ok(Outcome::Exited { code, stdout, stderr })
+        }
+    }
+}
+
+/// A size-bounded tmpfs mounted over a job's output directory on the host, so the job cannot
+/// fill the provider's disk while it runs (a per-file `RLIMIT_FSIZE` bounds one file, not their
+/// sum). Its pages are charged to the memory cgroup of the job that writes them, so the job's
+/// memory limit bounds it too. Unmounted (lazily) on drop.
+#[derive(Debug)]
+pub struct BoundedDir {
+    path: PathBuf,
+}
+
+/// Files a bounded output directory may hold.
+pub const OUT_INODES: u32 = 16_384;
+
+impl BoundedDir {
+    /// Mounts a tmpfs of `bytes` bytes (and [`OUT_INODES`] files), owned by `uid`, at `path`.
+    /// Needs CAP_SYS_ADMIN, as runc itself does.
+    pub fn mount(path: &Path, bytes: u64, uid: u32) -> Result<Self, SandboxError> {
+        use std::{ffi::CString, os::unix::ffi::OsStrExt};
+        let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| SandboxError::Mount {
+            path: path.to_path_buf(),
+            source: std::io::ErrorKind::InvalidInput.into(),
+        })?;
+        let data = CString::new(format!("size={bytes},nr_inodes={OUT_INODES},mode=0755,uid={uid},gid={uid}"))
+            .expect("no NUL in mount options");
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        // SAFETY: every pointer is a valid NUL-terminated string that outlives the call
+        let rc =
+            unsafe { libc::mount(c"tmpfs".as_ptr(), cpath.as_ptr(), c"tmpfs".as_ptr(), flags, data.as_ptr().cast()) };
+        if rc != 0 {
+            return Err(SandboxError::Mount { path: path.to_path_buf(), source: std::io::Error::last_os_error() });
+        }
+        Ok(Self { path: path.to_path_buf() })
+    }
+
+    /// Whether the job used all of the space or all of the files: a program may ignore the
+    /// ENOSPC it got and exit 0, leaving a cut-off result behind.
+    pub fn is_full(&self) -> bool {
+        use std::{ffi::CString, os::unix::ffi::OsStrExt};
+        let Ok(cpath) = CString::new(self.path.as_os_str().as_bytes()) else { return true };
+        // SAFETY: statvfs is plain data, filled by the call
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: cpath is NUL-terminated and st is a valid out-pointer
+        if unsafe { libc::statvfs(cpath.as_ptr(), &mut st) } != 0 {
+            return true;
+        }
+        st.f_bavail == 0 || st.f_favail == 0
+    }
+}
+
+impl Drop for BoundedDir {
+    fn drop(&mut self) {
+        use std::{ffi::CString, os::unix::ffi::OsStrExt};
+        if let Ok(cpath) = CString::new(self.path.as_os_str().as_bytes()) {
+            // SAFETY: cpath is NUL-terminated; MNT_DETACH never blocks on busy files
+            if unsafe { libc::umount2(cpath.as_ptr(), libc::MNT_DETACH) } != 0 {
+                tracing::warn!(path = %self.path.display(), err = %std::io::Error::last_os_error(), "cannot unmount a job's /out");
+            }
         }
     }
 }
