@@ -3,6 +3,8 @@
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/bdc-target
 export CARGO_TERM_COLOR ?= never
 CARGO ?= cargo
+# the heavy optional parts `make test` still builds and tests: SQL jobs on Ballista
+TEST_FEATURES ?= --features ballista
 FORGE := $(CURDIR)/contracts/node_modules/@foundry-rs/forge-linux-amd64/bin/forge
 
 .PHONY: all build tools test fmt-check clippy layering unit demo bench contracts contracts-test gas devnet
@@ -29,13 +31,13 @@ fmt-check:
 	$(CARGO) fmt --all --check
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
 
 layering:
 	python3 scripts/check_layering.py
 
 unit:
-	BDC_REQUIRE_CHROMIUM=1 bash scripts/with_postgres.sh bash scripts/test_summary.sh $(CARGO) test --workspace --no-fail-fast
+	BDC_REQUIRE_CHROMIUM=1 bash scripts/with_postgres.sh bash scripts/test_summary.sh $(CARGO) test --workspace $(TEST_FEATURES) --no-fail-fast
 
 ## contracts: compile with forge (solc-js, offline) and refresh the committed artifacts
 contracts: tools

@@ -6,7 +6,7 @@
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::Context;
-use bdc_core::jobs::{JobSpec, ResultFormat};
+use bdc_core::jobs::{Engine, JobSpec, ResultFormat};
 use bdc_fetcher::{Fetcher, FetcherConfig};
 use bdc_provider::{JobsConfig, Provider, ProviderStore, PublishOptions, ServeConfig, publish};
 use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
@@ -72,7 +72,7 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
     let mut n = 0;
     let mut job = |sql: &str| {
         n += 1;
-        let spec = JobSpec::Sql { query: sql.to_string(), format: ResultFormat::Parquet };
+        let spec = JobSpec::Sql { query: sql.to_string(), format: ResultFormat::Parquet, engine: Engine::DataFusion };
         let (fetcher, ticket, out) = (&fetcher, &ticket, &out);
         async move {
             let t = Instant::now();

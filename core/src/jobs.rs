@@ -118,14 +118,46 @@ impl std::str::FromStr for ResultFormat {
     }
 }
 
+/// The engine a SQL job runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Engine {
+    /// DataFusion in the job's worker process.
+    #[default]
+    DataFusion,
+    /// Apache DataFusion Ballista: the provider's scheduler, or an in-process standalone
+    /// cluster inside the job's sandbox (providers built with the `ballista` feature).
+    Ballista,
+}
+
+impl Engine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DataFusion => "datafusion",
+            Self::Ballista => "ballista",
+        }
+    }
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "datafusion" => Ok(Self::DataFusion),
+            "ballista" => Ok(Self::Ballista),
+            other => Err(format!("unknown engine {other:?} (expected datafusion or ballista)")),
+        }
+    }
+}
+
 /// Largest command line of a container job (all arguments together).
 pub const MAX_COMMAND_BYTES: usize = 16 * 1024;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobSpec {
-    /// A read-only SQL query over the dataset's tabular files (tables named by file stem).
-    Sql { query: String, format: ResultFormat },
+    /// A read-only SQL query over the dataset's tabular files (tables named by file stem), run
+    /// on `engine` (the signed manifest's `engine` names it and its version).
+    Sql { query: String, format: ResultFormat, engine: Engine },
     /// A program in an OCI image, named by the SHA-256 of its archive (uploaded when the provider
     /// does not have it), with the dataset read-only at `/data`; what it writes to `/out` is the
     /// result (a collection). An empty `cmd` runs the image's own command.
@@ -347,7 +379,7 @@ mod tests {
         let req = JobRequest {
             version: JOBS_PROTOCOL_VERSION,
             dataset: Hash::new(b"x"),
-            spec: JobSpec::Sql { query: "SELECT 1".into(), format: ResultFormat::Csv },
+            spec: JobSpec::Sql { query: "SELECT 1".into(), format: ResultFormat::Csv, engine: Engine::DataFusion },
             payment: Some(JobPayment { deal_id: [7; 32], hello_sig: vec![1; 65] }),
         };
         let f = frame(&req);

@@ -128,6 +128,11 @@ pub fn check_result(req: &JobRequest, signed: &SignedJobResult, expect: Option<A
     if r.query != req.spec.describe() || r.kind != req.spec.kind() {
         return Err("manifest names another query than the one sent".into());
     }
+    if let JobSpec::Sql { engine, .. } = &req.spec
+        && r.engine.split(' ').next() != Some(engine.as_str())
+    {
+        return Err(format!("manifest says engine {:?}, the job asked for {}", r.engine, engine.as_str()));
+    }
     if r.format != req.spec.result_format() {
         return Err(format!("manifest says format {:?}, the job asked for {:?}", r.format, req.spec.result_format()));
     }
@@ -474,20 +479,22 @@ pub fn result_file_name(format: ResultFormat) -> String {
 }
 
 impl Fetcher {
-    /// Runs the same SQL job on the first `k` of `tickets` (providers of one dataset) at once and
-    /// accepts the result only when all `k` signed result roots agree; then fetches it from the
-    /// first. Only deterministic queries agree: see docs/PROTOCOL.md (ORDER BY over all output
-    /// columns, no `random()` or `now()`, same engine version).
+    /// Runs the same SQL job on the first `k` of `replicas` (providers of one dataset, each with
+    /// the address its result must be signed by, when the buyer knows it) at once and accepts the
+    /// result only when all `k` signed result roots agree; then fetches it from the first. Only
+    /// deterministic queries agree: see docs/PROTOCOL.md (ORDER BY over all output columns, no
+    /// `random()` or `now()`, same engine version).
     pub async fn run_replicated(
         &self,
-        tickets: &[BlobTicket],
+        replicas: &[(BlobTicket, Option<Address>)],
         k: usize,
         spec: JobSpec,
         out: &Path,
         name: &str,
         mut on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
-        let first = tickets.first().ok_or_else(|| FetchError::Local("no provider given".into()))?;
+        let tickets: Vec<&BlobTicket> = replicas.iter().map(|(t, _)| t).collect();
+        let first = *tickets.first().ok_or_else(|| FetchError::Local("no provider given".into()))?;
         if k == 0 || k > tickets.len() {
             return Err(
                 FetchError::Local(format!("--replicas {k} needs {k} providers, {} given", tickets.len())).into()
@@ -501,7 +508,7 @@ impl Fetcher {
             ))
             .into());
         }
-        let runs = tickets[..k].iter().map(|t| self.execute(t, spec.clone(), None, None, None, |_| {}));
+        let runs = replicas[..k].iter().map(|(t, signer)| self.execute(t, spec.clone(), None, *signer, None, |_| {}));
         let results = n0_future::join_all(runs).await;
         let mut done = Vec::with_capacity(k);
         for r in results {

@@ -6,12 +6,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use alloy::primitives::{Address, B256};
 use anyhow::Context;
 use bdc_core::{
-    jobs::{JobSpec, ResultFormat},
-    ticket::parse_ticket,
+    jobs::{Engine, JobSpec, ResultFormat, codes},
+    ticket::{BlobTicket, parse_ticket},
 };
-use bdc_fetcher::{FetchEvent, Fetcher, JobEvent};
+use bdc_fetcher::{FetchError, FetchEvent, Fetcher, JobError, JobEvent};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -21,9 +22,16 @@ use crate::progress::human;
 pub struct ComputeArgs {
     /// The dataset's ticket (from `bdc provider serve` / `bdc provider ticket`): names the
     /// provider that runs the job and the dataset it runs on. With --replicas k, give the tickets
-    /// of k providers of the same dataset.
+    /// of k providers of the same dataset. Or a dataset root (0x…) with --market: the market
+    /// ranks the providers that sell it, and the job goes to the best one that runs jobs (the
+    /// result must be signed by the listing's provider).
     #[arg(required = true, num_args = 1..)]
     pub tickets: Vec<String>,
+    /// A market (`bdc market serve`) that picks the providers of a dataset root.
+    #[arg(long, env = "BDC_MARKET")]
+    pub market: Option<String>,
+    #[command(flatten)]
+    pub matching: super::pick::MatchArgs,
     /// Run the SQL job on this many providers at once and accept the result only when their
     /// signed result roots agree (deterministic queries only: ORDER BY over all output columns).
     #[arg(long, default_value_t = 1)]
@@ -47,6 +55,10 @@ pub struct ComputeArgs {
     /// Result format: parquet or csv.
     #[arg(long)]
     pub format: Option<ResultFormat>,
+    /// The SQL engine: datafusion, or ballista (Apache DataFusion Ballista, on providers built
+    /// with it); the signed manifest names the engine that ran.
+    #[arg(long, default_value = "datafusion", conflicts_with = "image")]
+    pub engine: Engine,
     /// Accept only a result manifest signed by this Ethereum address.
     #[arg(long)]
     pub provider_address: Option<alloy::primitives::Address>,
@@ -98,11 +110,79 @@ impl ComputeArgs {
     }
 }
 
+/// A provider to run the job on, and the address its result must be signed by.
+#[derive(Debug, Clone)]
+struct Target {
+    ticket: BlobTicket,
+    signer: Option<Address>,
+    /// From a market: the line saying why it was picked.
+    picked: Option<String>,
+}
+
+/// The providers the job may go to, in order: the tickets given, or a market's ranked offers
+/// for a dataset root (one per provider).
+async fn targets(a: &ComputeArgs) -> anyhow::Result<Vec<Target>> {
+    let root = match a.tickets.as_slice() {
+        [one] => one.trim().parse::<B256>().ok(),
+        _ => None,
+    };
+    let Some(root) = root else {
+        return a
+            .tickets
+            .iter()
+            .map(|t| Ok(Target { ticket: parse_ticket(t)?, signer: a.provider_address, picked: None }))
+            .collect();
+    };
+    let market = a.market.as_deref().context("a dataset root needs --market URL (or BDC_MARKET) to find a provider")?;
+    anyhow::ensure!(
+        a.provider_address.is_none(),
+        "--provider-address is for tickets: with a market the result must be signed by the listing's provider"
+    );
+    let chain = a.chain.connect_readonly()?;
+    let offers = super::pick::offers(market, root, &a.matching, a.replicas.max(1) + 4, chain.deployment()).await?;
+    let n = offers.len();
+    let mut seen = std::collections::HashSet::new();
+    Ok(offers
+        .into_iter()
+        .filter(|o| seen.insert(o.provider))
+        .map(|o| Target { picked: Some(o.picked(n)), signer: Some(o.provider), ticket: o.ticket })
+        .collect())
+}
+
+/// Whether a job that ended so may go to the next provider: it could not reach this one, or
+/// this one does not run such jobs on this dataset. Both happen before any deal is opened.
+fn next_offer(e: &JobError) -> bool {
+    match e {
+        JobError::Fetch(FetchError::Connect { .. } | FetchError::Timeout { .. } | FetchError::NoAddress(_)) => true,
+        JobError::Failed { code, .. } => [codes::UNKNOWN_DATASET, codes::UNSUPPORTED_JOB].contains(code),
+        _ => false,
+    }
+}
+
+/// Runs `job` on the targets in turn while a provider cannot take it (see [`next_offer`]).
+async fn first_taker<T, F, Fut>(targets: &[Target], mut job: F) -> Result<T, JobError>
+where
+    F: FnMut(Target) -> Fut,
+    Fut: std::future::Future<Output = Result<T, JobError>>,
+{
+    for (i, t) in targets.iter().enumerate() {
+        if let Some(line) = &t.picked {
+            eprintln!("{line}");
+        }
+        match job(t.clone()).await {
+            Err(e) if i + 1 < targets.len() && next_offer(&e) => {
+                eprintln!("warning: {e}; trying the next offer");
+            }
+            r => return r,
+        }
+    }
+    Err(FetchError::Local("no provider to run the job on".into()).into())
+}
+
 pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
-    let tickets = a.tickets.iter().map(|t| parse_ticket(t)).collect::<Result<Vec<_>, _>>()?;
-    let ticket = tickets[0].clone();
+    let targets = targets(&a).await?;
     if let Some(image) = &a.image {
-        return run_container(&a, &ticket, image, dir, quiet).await;
+        return run_container(&a, &targets, image, dir, quiet).await;
     }
     let sql = a.sql.clone().context("--sql or --image is required")?;
     let format = match (&a.format, &a.out) {
@@ -128,14 +208,23 @@ pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> 
     let fetcher = Fetcher::open(cfg).await?;
     let pb = status_bar(quiet);
     let started = Instant::now();
-    let spec = JobSpec::Sql { query: sql, format };
+    let spec = JobSpec::Sql { query: sql, format, engine: a.engine };
     let res = if a.replicas > 1 {
-        fetcher.run_replicated(&tickets, a.replicas, spec, &out_dir, &name, |ev| show(&pb, &started, ev)).await
-    } else if let Some(pay) = &pay {
+        let replicas: Vec<_> = targets.iter().map(|t| (t.ticket.clone(), t.signer)).collect();
         let on = |ev| show(&pb, &started, ev);
-        fetcher.run_paid_job(&ticket, spec, a.provider_address, pay, &out_dir, &name, on).await
+        fetcher.run_replicated(&replicas, a.replicas, spec, &out_dir, &name, on).await
     } else {
-        fetcher.run_job(&ticket, spec, a.provider_address, &out_dir, &name, |ev| show(&pb, &started, ev)).await
+        first_taker(&targets, |t| {
+            let (fetcher, spec, pay, out_dir, name, pb) = (&fetcher, spec.clone(), &pay, &out_dir, &name, &pb);
+            async move {
+                let on = |ev| show(pb, &started, ev);
+                match pay {
+                    Some(pay) => fetcher.run_paid_job(&t.ticket, spec, t.signer, pay, out_dir, name, on).await,
+                    None => fetcher.run_job(&t.ticket, spec, t.signer, out_dir, name, on).await,
+                }
+            }
+        })
+        .await
     };
     pb.finish_and_clear();
     fetcher.shutdown().await;
@@ -175,7 +264,7 @@ pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> 
 
 async fn run_container(
     a: &ComputeArgs,
-    ticket: &bdc_core::ticket::BlobTicket,
+    targets: &[Target],
     image: &Path,
     dir: &Path,
     quiet: bool,
@@ -186,8 +275,14 @@ async fn run_container(
     let fetcher = Fetcher::open(cfg).await?;
     let pb = status_bar(quiet);
     let started = Instant::now();
-    let on = |ev| show(&pb, &started, ev);
-    let res = fetcher.run_container(ticket, image, a.cmd.clone(), a.provider_address, pay.as_ref(), &out, on).await;
+    let res = first_taker(targets, |t| {
+        let (fetcher, pay, out, pb) = (&fetcher, &pay, &out, &pb);
+        async move {
+            let on = |ev| show(pb, &started, ev);
+            fetcher.run_container(&t.ticket, image, a.cmd.clone(), t.signer, pay.as_ref(), out, on).await
+        }
+    })
+    .await;
     pb.finish_and_clear();
     fetcher.shutdown().await;
     let outcome = res?;
@@ -267,6 +362,12 @@ pub enum WorkerCmd {
         memory_pool: usize,
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// datafusion, or ballista (needs the `ballista` build feature).
+        #[arg(long, default_value = "datafusion")]
+        engine: Engine,
+        /// A remote Ballista scheduler, df://host:port (default: a standalone in-process one).
+        #[arg(long)]
+        scheduler: Option<String>,
     },
 }
 
@@ -274,14 +375,23 @@ pub enum WorkerCmd {
 /// `FAILURE_EXIT` with a JSON failure as the last stderr line.
 pub async fn worker(cmd: WorkerCmd) -> ! {
     use bdc_provider::jobs::worker::{FAILURE_EXIT, WorkerArgs, WorkerFailure, run_sql};
-    let WorkerCmd::Sql { data, query_file, out, format, memory_pool, threads } = cmd;
+    let WorkerCmd::Sql { data, query_file, out, format, memory_pool, threads, engine, scheduler } = cmd;
     let res = match std::fs::read_to_string(&query_file) {
         Err(e) => Err(WorkerFailure {
             code: bdc_core::jobs::codes::INTERNAL,
             reason: format!("cannot read {}: {e}", query_file.display()),
         }),
         Ok(query) => {
-            let args = WorkerArgs { data: &data, query: &query, out: &out, format, memory_pool, threads };
+            let args = WorkerArgs {
+                data: &data,
+                query: &query,
+                out: &out,
+                format,
+                memory_pool,
+                threads,
+                engine,
+                scheduler: scheduler.as_deref(),
+            };
             run_sql(&args).await
         }
     };

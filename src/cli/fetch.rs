@@ -10,14 +10,12 @@ use alloy::{primitives::B256, signers::local::PrivateKeySigner};
 use anyhow::Context;
 use bdc_contracts::{
     Deployment,
-    listing::{ListingBody, SignedReport, listing_signer, market_domain},
+    listing::{SignedReport, market_domain},
 };
 use bdc_core::ticket::parse_ticket;
 use bdc_fetcher::{FetchEvent, FetchOptions, Fetcher};
 use clap::Args;
-use iroh::EndpointAddr;
-use iroh_blobs::{BlobFormat, Hash, ticket::BlobTicket};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::progress::{bytes_bar, human};
 
@@ -31,13 +29,8 @@ pub struct FetchArgs {
     /// throughput report signed with the buyer's key after a paid download.
     #[arg(long, env = "BDC_MARKET")]
     pub market: Option<String>,
-    /// With a root: only offers for which this CEL expression is true (see POST /match).
-    #[arg(long)]
-    pub require: Option<String>,
-    /// With a root: a named CEL criterion, NAME=EXPR, repeatable; offers are ranked by the sum
-    /// (default: cheap=-1.0 * price_gib, reputation=reputation, speed=throughput_mibps / 100.0).
-    #[arg(long = "rank", value_name = "NAME=EXPR")]
-    pub rank: Vec<String>,
+    #[command(flatten)]
+    pub matching: super::pick::MatchArgs,
     /// Output directory; the dataset's files are written under it.
     #[arg(short, long)]
     pub out: PathBuf,
@@ -120,71 +113,20 @@ const DEPOSIT_SLACK: u64 = 1 << 20;
 /// provider), then buys from it.
 async fn run_from_market(a: FetchArgs, root: B256, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     let market = a.market.clone().context("a dataset root needs --market URL (or BDC_MARKET) to find a provider")?;
-    let mut rank = serde_json::Map::new();
-    if a.rank.is_empty() {
-        for (k, v) in
-            [("cheap", "-1.0 * price_gib"), ("reputation", "reputation"), ("speed", "throughput_mibps / 100.0")]
-        {
-            rank.insert(k.into(), v.into());
-        }
-    }
-    for r in &a.rank {
-        let (k, v) = r.split_once('=').with_context(|| format!("--rank {r:?}: expected NAME=EXPR"))?;
-        rank.insert(k.trim().into(), v.trim().into());
-    }
-    let body = json!({ "root": format!("{root:#x}"), "require": a.require, "rank": rank, "limit": 5 });
-    let url = format!("{}/match", market.trim_end_matches('/'));
-    let res = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the market at {url}"))?;
-    let status = res.status();
-    let answer: Value = res.json().await.with_context(|| format!("{url} answered {status} without JSON"))?;
-    anyhow::ensure!(status.is_success(), "the market refused the match ({status}): {}", answer["error"]);
-    let top = answer["offers"]
-        .as_array()
-        .and_then(|o| o.first())
-        .with_context(|| format!("the market has no current offer for {root:#x} that meets the requirements"))?;
-    let listing: ListingBody = serde_json::from_value(top["listing"].clone()).context("the market's offer")?;
     let chain = a.chain.connect_readonly()?;
     let d = chain.deployment();
-    let typed = listing.to_eip712().map_err(|e| anyhow::anyhow!("the market's offer: {e}"))?;
-    let sig = hex::decode(top["signature"].as_str().unwrap_or_default().trim_start_matches("0x"))
-        .context("the market's offer: signature")?;
-    let signer = listing_signer(&market_domain(d.chain_id, d.registry), &typed, &sig)
-        .map_err(|e| anyhow::anyhow!("the market's offer: {e}"))?;
-    anyhow::ensure!(
-        signer == typed.provider && typed.datasetRoot == root,
-        "the market's offer is not a listing of {root:#x} signed by its provider {:#x} (signed by {signer:#x})",
-        typed.provider
-    );
-    let mut addr = EndpointAddr::new(
-        iroh::EndpointId::from_bytes(&typed.providerNodeId.0).context("the listing's node id is not a valid key")?,
-    );
-    for s in &listing.addrs {
-        addr.addrs.insert(iroh::TransportAddr::Ip(s.parse().with_context(|| format!("listing address {s}"))?));
-    }
-    let ticket = BlobTicket::new(addr, Hash::from_bytes(root.0), BlobFormat::HashSeq);
+    let offers = super::pick::offers(&market, root, &a.matching, 5, d).await?;
+    let top = &offers[0];
     let offer = bdc_core::paid::Offer {
-        ticket: ticket.to_string(),
-        provider: typed.provider.into_array(),
-        price_per_byte: typed.pricePerByte.to::<u128>(),
-        window: listing.window,
-        size: top["size"].as_u64().unwrap_or(0) + DEPOSIT_SLACK,
+        ticket: top.ticket.to_string(),
+        provider: top.provider.into_array(),
+        price_per_byte: top.price_per_byte,
+        window: top.listing.window,
+        size: top.size + DEPOSIT_SLACK,
         chain_id: d.chain_id,
         escrow: d.escrow.into_array(),
     };
-    eprintln!(
-        "market picked provider {:#x} (score {:.3}: {}) of {} offer(s)",
-        typed.provider,
-        top["score"].as_f64().unwrap_or(0.0),
-        top["criteria"],
-        answer["offers"].as_array().map_or(0, Vec::len)
-    );
+    eprintln!("{}", top.picked(offers.len()));
     run_paid(a, offer, dir, quiet).await
 }
 

@@ -6,6 +6,7 @@ mod deals;
 mod devnet;
 mod fetch;
 mod market;
+mod pick;
 mod provider;
 
 use std::path::PathBuf;

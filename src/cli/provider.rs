@@ -19,7 +19,7 @@ pub enum ProviderCmd {
     /// Publish a file or a folder as a dataset; prints its root.
     Publish(PublishArgs),
     /// Serve datasets over iroh until SIGINT/SIGTERM; prints a ticket per free dataset.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the ticket of a published dataset (uses the address of the running `serve`).
     Ticket {
         /// Dataset root (hex or base32).
@@ -113,6 +113,11 @@ pub struct ServeArgs {
     /// results are signed with the keystore's key.
     #[arg(long)]
     pub jobs: bool,
+    /// Send Ballista SQL jobs (`bdc compute --engine ballista`) to this scheduler, df://host:port;
+    /// its executors must see this provider's `jobs/datasets/` at the same path. Default: each
+    /// Ballista job starts a standalone scheduler and executor inside its own sandbox.
+    #[arg(long, requires = "jobs")]
+    pub ballista_scheduler: Option<String>,
     /// Memory limit of one job's sandbox, MiB.
     #[arg(long, default_value_t = 1024)]
     pub job_memory_mib: u64,
@@ -135,7 +140,7 @@ pub struct ServeArgs {
 pub async fn run(cmd: ProviderCmd, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     match cmd {
         ProviderCmd::Publish(a) => publish_cmd(a, dir, quiet).await,
-        ProviderCmd::Serve(a) => serve_cmd(a, dir).await,
+        ProviderCmd::Serve(a) => serve_cmd(*a, dir).await,
         ProviderCmd::Ticket { root, json } => ticket_cmd(root, json, dir),
         ProviderCmd::List { json } => list_cmd(json, dir),
         ProviderCmd::Offer { root } => {
@@ -228,6 +233,7 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
         jc.limits.wall_time = std::time::Duration::from_secs(a.job_timeout_secs.max(1));
         jc.limits.cpu_seconds = (a.job_timeout_secs as f64 * a.job_cpus.max(0.01)).ceil() as u64 + 1;
         jc.job_price = a.job_price;
+        jc.ballista_scheduler = a.ballista_scheduler.clone();
         Some(jc)
     } else {
         None

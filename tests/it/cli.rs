@@ -358,7 +358,7 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
     // --pay needs an arbiter for the deal
     let no_arbiter = run(vec![ticket.clone(), "--pay".into()]).await.unwrap();
     assert!(String::from_utf8_lossy(&no_arbiter.stderr).contains("--arbiter"));
-    let ok = run(vec![ticket.clone(), "--pay".into(), "--arbiter".into(), arbiter]).await.unwrap();
+    let ok = run(vec![ticket.clone(), "--pay".into(), "--arbiter".into(), arbiter.clone()]).await.unwrap();
     let err = String::from_utf8_lossy(&ok.stderr);
     assert!(ok.status.success(), "{err}");
     assert_eq!(String::from_utf8(ok.stdout).unwrap(), "side,n\nbuy,500\nsell,500\n");
@@ -369,5 +369,49 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
         .and_then(|id| id.parse().ok())
         .unwrap_or_else(|| panic!("no job deal named in: {err}"));
     crate::common::wait_redeemed(&devnet, deal, U256::from(JOB_PRICE)).await;
+
+    // by root alone, through a market: it ranks the provider's signed listing, the buyer checks
+    // the listing, pays the job, and takes only a result signed by the listing's provider
+    let market = bdc_market::Market::spawn(
+        bdc_market::MarketConfig {
+            database_url: format!("sqlite://{}?mode=rwc", tmp.path().join("market.db").display()),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            poll: Duration::from_millis(100),
+            limits: bdc_market::Limits::default(),
+        },
+        devnet.contracts(0),
+    )
+    .await
+    .unwrap();
+    let ann = bdc_provider::Announce {
+        market: format!("http://{}", market.addr),
+        signer: devnet.signer(3),
+        region: "eu".into(),
+        capacity_mibps: 50,
+        ttl: Duration::from_secs(600),
+    };
+    // the market's indexer polls every 100 ms: retry while it has not seen the registration yet
+    let mut announced = Err("not tried".to_string());
+    for _ in 0..100 {
+        announced = bdc_provider::announce_once(&provider, &ann).await.map_err(|e| e.to_string());
+        match &announced {
+            Err(e) if e.contains("not registered") => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => break,
+        }
+    }
+    assert_eq!(announced, Ok(1));
+    let root = format!("{:#x}", B256::from(*rec.root.as_bytes()));
+    let no_market = run(vec![root.clone()]).await.unwrap();
+    assert_eq!(no_market.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_market.stderr).contains("needs --market"));
+    let by_root = run(vec![root, "--market".into(), ann.market.clone(), "--pay".into(), "--arbiter".into(), arbiter])
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&by_root.stderr);
+    assert!(by_root.status.success(), "{err}");
+    assert!(err.contains(&format!("market picked provider {:#x}", devnet.address(3))), "{err}");
+    assert!(err.to_lowercase().contains(&format!("signed by {:#x}", devnet.address(3))), "{err}");
+    assert_eq!(String::from_utf8(by_root.stdout).unwrap(), "side,n\nbuy,500\nsell,500\n");
+    market.shutdown();
     provider.shutdown().await;
 }

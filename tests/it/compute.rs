@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 use alloy::signers::local::PrivateKeySigner;
 use bdc_core::{
     BlobFormat,
-    jobs::{JobSpec, ResultFormat, codes},
+    jobs::{Engine, JobSpec, ResultFormat, codes},
     ticket::BlobTicket,
 };
 use bdc_fetcher::{Fetcher, FetcherConfig, JobError};
@@ -71,7 +71,7 @@ async fn read_result(file: &Path, format: ResultFormat) -> String {
 }
 
 fn sql(query: &str, format: ResultFormat) -> JobSpec {
-    JobSpec::Sql { query: query.into(), format }
+    JobSpec::Sql { query: query.into(), format, engine: Engine::DataFusion }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -142,6 +142,71 @@ async fn sql_job_result_equals_datafusion_direct_and_is_signed() {
     assert!(err.is_verification(), "{err}");
     assert!(!out.join("again.csv").exists(), "nothing unverified written");
     other.shutdown().await;
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}
+
+/// `--engine ballista`: a standalone Ballista scheduler and executor inside the job's sandbox
+/// (gRPC over the sandbox's own loopback) give the same answers as DataFusion direct, and the
+/// signed manifest names Ballista.
+#[cfg(feature = "ballista")]
+#[tokio::test(flavor = "multi_thread")]
+async fn ballista_job_result_equals_datafusion_direct() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let key = PrivateKeySigner::random();
+    let (provider, ticket) = serve(tmp.path(), &data, jobs_config(&key)).await;
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let out = tmp.path().join("out");
+    let queries = [
+        // (float sums are rounded: Ballista adds partial sums in another order)
+        "SELECT symbol, side, count(*) AS n, round(sum(qty), 6) AS volume FROM trades GROUP BY symbol, side \
+         ORDER BY symbol, side",
+        "SELECT t.symbol, s.base, max(t.price) AS high FROM trades t JOIN symbols s ON t.symbol = s.symbol \
+         GROUP BY t.symbol, s.base ORDER BY t.symbol",
+    ];
+    for (i, q) in queries.iter().enumerate() {
+        let spec = JobSpec::Sql { query: q.to_string(), format: ResultFormat::Parquet, engine: Engine::Ballista };
+        let got = fetcher
+            .run_job(&ticket, spec, Some(key.address()), &out, &format!("b{i}.parquet"), |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("ballista query {i} failed: {e}"));
+        assert!(got.signed.result.engine.starts_with("ballista 55."), "{}", got.signed.result.engine);
+        assert_eq!(read_result(&got.file, ResultFormat::Parquet).await, direct(&data, q).await, "query {i}");
+    }
+    // read-only holds on Ballista too
+    let spec = JobSpec::Sql {
+        query: "CREATE TABLE x AS SELECT 1".into(),
+        format: ResultFormat::Csv,
+        engine: Engine::Ballista,
+    };
+    match fetcher.run_job(&ticket, spec, None, &out, "x.csv", |_| {}).await.unwrap_err() {
+        JobError::Failed { code, .. } => assert_eq!(code, codes::QUERY_REFUSED),
+        other => panic!("expected a refused job, got {other}"),
+    }
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}
+
+/// A provider built without the `ballista` feature refuses Ballista jobs before running anything.
+#[cfg(not(feature = "ballista"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn ballista_jobs_are_refused_without_the_feature() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let key = PrivateKeySigner::random();
+    let (provider, ticket) = serve(tmp.path(), &data, jobs_config(&key)).await;
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let spec = JobSpec::Sql { query: "SELECT 1".into(), format: ResultFormat::Csv, engine: Engine::Ballista };
+    match fetcher.run_job(&ticket, spec, None, tmp.path(), "x.csv", |_| {}).await.unwrap_err() {
+        JobError::Failed { code, reason, .. } => {
+            assert_eq!(code, codes::UNSUPPORTED_JOB);
+            assert!(reason.contains("ballista"), "{reason}");
+        }
+        other => panic!("expected a refused job, got {other}"),
+    }
     fetcher.shutdown().await;
     provider.shutdown().await;
 }
@@ -243,7 +308,7 @@ impl iroh::protocol::ProtocolHandler for Liar {
 async fn tampered_or_foreign_manifests_are_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     let key = PrivateKeySigner::random();
-    let bends: [(Bend, &str); 4] = [
+    let bends: [(Bend, &str); 5] = [
         (|s, _| s.result.rows += 1, "altered"),
         (|s, _| s.result.result_root = bdc_core::Hash::new(b"other"), "altered"),
         (
@@ -259,6 +324,14 @@ async fn tampered_or_foreign_manifests_are_rejected() {
                 *s = bdc_contracts::jobs::sign_job_result(k, s.result.clone()).unwrap();
             },
             "another query",
+        ),
+        (
+            |s, k| {
+                // a DataFusion job answered as if Ballista ran it
+                s.result.engine = "ballista 55.0.0 (datafusion 55.2.0)".into();
+                *s = bdc_contracts::jobs::sign_job_result(k, s.result.clone()).unwrap();
+            },
+            "engine",
         ),
     ];
     let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
@@ -466,12 +539,13 @@ async fn replicas_accept_agreeing_results_and_refuse_disagreeing_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("kaiko");
     market_data(&data).await;
-    let (a, ta) = serve(&tmp.path().join("a"), &data, jobs_config(&PrivateKeySigner::random())).await;
-    let (b, tb) = serve(&tmp.path().join("b"), &data, jobs_config(&PrivateKeySigner::random())).await;
+    let (ka, kb) = (PrivateKeySigner::random(), PrivateKeySigner::random());
+    let (a, ta) = serve(&tmp.path().join("a"), &data, jobs_config(&ka)).await;
+    let (b, tb) = serve(&tmp.path().join("b"), &data, jobs_config(&kb)).await;
     assert_eq!(ta.hash(), tb.hash(), "same bytes, same root");
     let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
     let out = tmp.path().join("out");
-    let tickets = [ta, tb];
+    let tickets = [(ta.clone(), Some(ka.address())), (tb.clone(), Some(kb.address()))];
     let q = "SELECT symbol, side, count(*) AS n, sum(qty) AS volume FROM trades GROUP BY symbol, side \
              ORDER BY symbol, side, n, volume";
     for format in [ResultFormat::Parquet, ResultFormat::Csv] {
@@ -488,6 +562,10 @@ async fn replicas_accept_agreeing_results_and_refuse_disagreeing_ones() {
     assert!(!out.join("r.csv").exists());
     let err = fetcher.run_replicated(&tickets, 3, sql(q, ResultFormat::Csv), &out, "x.csv", |_| {}).await.unwrap_err();
     assert!(err.to_string().contains("needs 3 providers"), "{err}");
+    // each result must be signed by its provider's known address: swapped, both are refused
+    let swapped = [(ta, Some(kb.address())), (tb, Some(ka.address()))];
+    let err = fetcher.run_replicated(&swapped, 2, sql(q, ResultFormat::Csv), &out, "s.csv", |_| {}).await.unwrap_err();
+    assert!(matches!(&err, JobError::Rejected { reason, .. } if reason.contains("expected")), "{err}");
     fetcher.shutdown().await;
     a.shutdown().await;
     b.shutdown().await;

@@ -39,7 +39,7 @@ use bdc_contracts::{
 use bdc_core::{
     BlobFormat, Hash,
     jobs::{
-        JOBS_PROTOCOL_VERSION, JobPayment, JobRequest, JobResult, JobSpec, JobUpdate, MAX_COMMAND_BYTES,
+        Engine, JOBS_PROTOCOL_VERSION, JobPayment, JobRequest, JobResult, JobSpec, JobUpdate, MAX_COMMAND_BYTES,
         MAX_REQUEST_BYTES, MAX_SQL_BYTES, codes, decode, frame, table_kind,
     },
     paid::SignedReceipt,
@@ -85,6 +85,10 @@ pub struct JobsConfig {
     pub job_price: Option<u128>,
     /// How long a paid job's result waits for the buyer's receipt after `Done`.
     pub receipt_timeout: Duration,
+    /// Ballista jobs go to this scheduler (`df://host:port`), whose executors must see the
+    /// provider's `jobs/datasets/` at the same path; the worker then shares the host's network.
+    /// None: each Ballista job starts a standalone cluster inside its own sandbox.
+    pub ballista_scheduler: Option<String>,
 }
 
 impl JobsConfig {
@@ -101,6 +105,7 @@ impl JobsConfig {
             signer,
             job_price: None,
             receipt_timeout: Duration::from_secs(600),
+            ballista_scheduler: None,
         }
     }
 }
@@ -292,6 +297,15 @@ async fn accept_job(
             return Err((codes::MALFORMED_REQUEST, format!("command line exceeds {MAX_COMMAND_BYTES} bytes")));
         }
         _ => {}
+    }
+    if let JobSpec::Sql { engine: Engine::Ballista, .. } = &req.spec
+        && !cfg!(feature = "ballista")
+    {
+        return Err((
+            codes::UNSUPPORTED_JOB,
+            "this provider runs SQL on DataFusion only: it was built without Ballista (cargo feature `ballista`)"
+                .into(),
+        ));
     }
     let ds = shared
         .datasets
@@ -505,7 +519,7 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
     let internal = |e: String| (codes::INTERNAL, e);
     let started_ms = now_ms();
     let data = materialize(shared, req.dataset, ds).await.map_err(internal)?;
-    let JobSpec::Sql { query, format } = &req.spec else {
+    let JobSpec::Sql { query, format, engine } = &req.spec else {
         return Err(internal("not a SQL job".into()));
     };
     let id = hex::encode(&job_id[..8]);
@@ -518,12 +532,21 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
     let result_name = format!("result.{}", format.extension());
     // DataFusion's pool is the soft limit that fails a query cleanly; the cgroup is the hard one
     let pool = (limits.memory_bytes / 8 * 5).saturating_sub(16 << 20).max(16 << 20);
-    let args: Vec<String> = [
+    // a remote Ballista scheduler's executors read the dataset where the provider keeps it
+    // (a shared file system), so the worker sees it at the same path, and needs the network
+    let remote = shared.cfg.ballista_scheduler.as_deref().filter(|_| *engine == Engine::Ballista);
+    let data_at = match remote {
+        Some(_) => data.to_string_lossy().into_owned(),
+        None => "/data".to_string(),
+    };
+    let mut args: Vec<String> = [
         "/bdc",
         "worker",
         "sql",
+        "--engine",
+        engine.as_str(),
         "--data",
-        "/data",
+        &data_at,
         "--query-file",
         "/job/query.sql",
         "--out",
@@ -538,14 +561,27 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
     .iter()
     .map(|s| s.to_string())
     .collect();
+    if let Some(url) = remote {
+        args.extend(["--scheduler".to_string(), url.to_string()]);
+    }
     let env = ["PATH=/usr/bin:/bin", "HOME=/tmp", "TMPDIR=/tmp", "RUST_BACKTRACE=0"].map(String::from);
-    let binds = [
+    let mut binds = vec![
         sandbox::Bind { host: shared.cfg.worker_exe.clone(), container: "/bdc".into(), writable: false, exec: true },
-        sandbox::Bind { host: data, container: "/data".into(), writable: false, exec: false },
-        sandbox::Bind { host: input, container: "/job".into(), writable: false, exec: false },
+        sandbox::Bind { host: data, container: data_at, writable: false, exec: false },
+        sandbox::Bind { host: input.clone(), container: "/job".into(), writable: false, exec: false },
         sandbox::Bind { host: out.clone(), container: "/out".into(), writable: true, exec: false },
     ];
     let mut limits = limits.clone();
+    if *engine == Engine::Ballista {
+        // Ballista's scheduler and executor talk gRPC over `localhost`: name it (the root has no /etc)
+        let etc = input.join("etc");
+        let io = |e: std::io::Error| internal(format!("cannot write {}: {e}", etc.display()));
+        std::fs::create_dir_all(&etc).map_err(io)?;
+        std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n").map_err(io)?;
+        std::fs::write(etc.join("nsswitch.conf"), "hosts: files dns\n").map_err(io)?;
+        binds.push(sandbox::Bind { host: etc, container: "/etc".into(), writable: false, exec: false });
+        limits.host_network = remote.is_some();
+    }
     limits.file_bytes = Some(shared.cfg.max_result_bytes);
     sandbox::write_bundle(&bundle, None, &args, &env, "/", &binds, &limits)
         .map_err(|e| (codes::SANDBOX, e.to_string()))?;

@@ -35,6 +35,9 @@ pub struct Limits {
     pub tmp_bytes: u64,
     /// Largest file the job may write (RLIMIT_FSIZE; SIGXFSZ beyond it).
     pub file_bytes: Option<u64>,
+    /// Share the host's network namespace: only for a SQL worker that must reach the provider's
+    /// own Ballista scheduler. Everything else runs with no network at all.
+    pub host_network: bool,
 }
 
 impl Default for Limits {
@@ -47,6 +50,7 @@ impl Default for Limits {
             wall_time: Duration::from_secs(120),
             tmp_bytes: 64 << 20,
             file_bytes: None,
+            host_network: false,
         }
     }
 }
@@ -168,6 +172,12 @@ pub fn write_bundle(
     if let Some(n) = limits.file_bytes {
         rlimits.push(json!({"type": "RLIMIT_FSIZE", "hard": n, "soft": n}));
     }
+    let mut namespaces =
+        vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
+    if !limits.host_network {
+        // a fresh network namespace: loopback only
+        namespaces.push(json!({"type": "network"}));
+    }
     let period: u64 = 100_000;
     let quota = (limits.cpus.max(0.01) * period as f64) as i64;
     let config = json!({
@@ -192,7 +202,7 @@ pub fn write_bundle(
                 "pids": {"limit": limits.pids},
                 "devices": [{"allow": false, "access": "rwm"}]
             },
-            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "namespaces": namespaces,
             "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
                 "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
             "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]

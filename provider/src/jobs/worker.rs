@@ -9,12 +9,15 @@
 
 use std::{path::Path, sync::Arc};
 
-use bdc_core::jobs::{ResultFormat, codes, table_kind, table_names};
+use bdc_core::jobs::{Engine, ResultFormat, codes, table_kind, table_names};
 use datafusion::{
     arrow::{csv::Writer as CsvWriter, record_batch::RecordBatch},
     common::TableReference,
     error::DataFusionError,
-    execution::{memory_pool::FairSpillPool, runtime_env::RuntimeEnvBuilder},
+    execution::{
+        memory_pool::FairSpillPool,
+        runtime_env::{RuntimeEnv, RuntimeEnvBuilder},
+    },
     parquet::arrow::ArrowWriter,
     prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SQLOptions, SessionConfig, SessionContext},
 };
@@ -24,10 +27,18 @@ use serde::{Deserialize, Serialize};
 /// Exit status of a worker that reports a [`WorkerFailure`].
 pub const FAILURE_EXIT: i32 = 3;
 
-/// The engine named in result manifests.
-pub fn engine() -> String {
-    format!("datafusion {}", datafusion::DATAFUSION_VERSION)
+/// The engine named in result manifests: its name (what buyers check) and version.
+pub fn engine_name(engine: Engine) -> String {
+    match engine {
+        Engine::DataFusion => format!("datafusion {}", datafusion::DATAFUSION_VERSION),
+        Engine::Ballista => format!("ballista {} (datafusion {})", BALLISTA_VERSION, datafusion::DATAFUSION_VERSION),
+    }
 }
+
+#[cfg(feature = "ballista")]
+const BALLISTA_VERSION: &str = ballista_core::BALLISTA_VERSION;
+#[cfg(not(feature = "ballista"))]
+const BALLISTA_VERSION: &str = "(not built)";
 
 /// What the worker is asked to do.
 #[derive(Debug, Clone)]
@@ -40,6 +51,9 @@ pub struct WorkerArgs<'a> {
     /// DataFusion's memory pool, bytes.
     pub memory_pool: usize,
     pub threads: usize,
+    pub engine: Engine,
+    /// A remote Ballista scheduler (`df://host:port`); None: a standalone in-process cluster.
+    pub scheduler: Option<&'a str>,
 }
 
 /// A successful run.
@@ -81,14 +95,52 @@ fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// Registers the tables of `data` in a new session with the given memory pool and threads.
+/// Registers the tables of `data` in a new DataFusion session with the given memory pool and
+/// threads.
 pub async fn session(data: &Path, memory_pool: usize, threads: usize) -> Result<SessionContext, WorkerFailure> {
+    let (config, runtime) = session_parts(memory_pool, threads)?;
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    register_tables(&ctx, data).await?;
+    Ok(ctx)
+}
+
+fn session_parts(memory_pool: usize, threads: usize) -> Result<(SessionConfig, Arc<RuntimeEnv>), WorkerFailure> {
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_pool)))
         .build_arc()
         .map_err(|e| WorkerFailure::new(codes::INTERNAL, format!("cannot build the runtime: {e}")))?;
-    let config = SessionConfig::new().with_target_partitions(threads.max(1));
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    Ok((SessionConfig::new().with_target_partitions(threads.max(1)), runtime))
+}
+
+/// A Ballista session: planned here, run by the scheduler at `scheduler`, or by a standalone
+/// scheduler and executor started in this process (loopback gRPC) when there is none.
+#[cfg(feature = "ballista")]
+async fn ballista_session(
+    data: &Path,
+    memory_pool: usize,
+    threads: usize,
+    scheduler: Option<&str>,
+) -> Result<SessionContext, WorkerFailure> {
+    use ballista::prelude::{SessionConfigExt, SessionContextExt};
+    use datafusion::execution::SessionStateBuilder;
+    let (config, runtime) = session_parts(memory_pool, threads)?;
+    let config = config
+        .upgrade_for_ballista()
+        .with_target_partitions(threads.max(1))
+        .with_ballista_standalone_parallelism(threads.max(1));
+    let state =
+        SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
+    let ctx = match scheduler {
+        Some(url) => SessionContext::remote_with_state(url, state).await,
+        None => SessionContext::standalone_with_state(state).await,
+    }
+    .map_err(|e| WorkerFailure::new(codes::INTERNAL, format!("cannot start Ballista: {}", e.find_root())))?;
+    register_tables(&ctx, data).await?;
+    Ok(ctx)
+}
+
+/// Registers every tabular file under `data` as a table named by file stem.
+async fn register_tables(ctx: &SessionContext, data: &Path) -> Result<(), WorkerFailure> {
     let files = list_files(data)
         .map_err(|e| WorkerFailure::new(codes::INTERNAL, format!("cannot list the dataset files: {e}")))?;
     for (table, file) in table_names(&files) {
@@ -109,7 +161,7 @@ pub async fn session(data: &Path, memory_pool: usize, threads: usize) -> Result<
         };
         res.map_err(|e| WorkerFailure::new(codes::QUERY_FAILED, format!("cannot read {file} as table {table}: {e}")))?;
     }
-    Ok(ctx)
+    Ok(())
 }
 
 /// Maps a DataFusion error to a failure code: refused before running, out of memory, or failed.
@@ -128,7 +180,18 @@ fn classify(e: &DataFusionError, planning: bool) -> WorkerFailure {
 
 /// Plans and runs the query, writing the result file.
 pub async fn run_sql(args: &WorkerArgs<'_>) -> Result<WorkerReport, WorkerFailure> {
-    let ctx = session(args.data, args.memory_pool, args.threads).await?;
+    let ctx = match args.engine {
+        Engine::DataFusion => session(args.data, args.memory_pool, args.threads).await?,
+        #[cfg(feature = "ballista")]
+        Engine::Ballista => ballista_session(args.data, args.memory_pool, args.threads, args.scheduler).await?,
+        #[cfg(not(feature = "ballista"))]
+        Engine::Ballista => {
+            return Err(WorkerFailure::new(
+                codes::UNSUPPORTED_JOB,
+                "this worker was built without Ballista (cargo feature `ballista`)",
+            ));
+        }
+    };
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let df = ctx.sql_with_options(args.query, options).await.map_err(|e| classify(&e, true))?;
     let schema = Arc::new(df.schema().as_arrow().clone());
@@ -167,7 +230,7 @@ pub async fn run_sql(args: &WorkerArgs<'_>) -> Result<WorkerReport, WorkerFailur
             std::io::Write::flush(&mut inner).map_err(|e| write_err(e.to_string()))?;
         }
     }
-    Ok(WorkerReport { rows, engine: engine() })
+    Ok(WorkerReport { rows, engine: engine_name(args.engine) })
 }
 
 /// Writes `rows` synthetic trades (ts, symbol, price, qty, side) to one Parquet file at `path`,
