@@ -400,6 +400,14 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
         }
     }
     assert_eq!(announced, Ok(1));
+    // a cheaper seller that runs no jobs ranks first: the buyer passes over it
+    let mut other = ProviderStore::open(&tmp.path().join("p2")).await.unwrap();
+    publish(&mut other, &data, &PublishOptions::default(), |_| {}).await.unwrap();
+    let cheap = bdc_provider::PaidConfig { price_per_byte: 1, ..Default::default() };
+    let paid = bdc_provider::PaidSetup { cfg: cheap, chain: devnet.contracts(4), address: devnet.address(4) };
+    let no_jobs = Provider::spawn(other, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap();
+    let ann4 = bdc_provider::Announce { signer: devnet.signer(4), ..ann.clone() };
+    assert_eq!(bdc_provider::announce_once(&no_jobs, &ann4).await.map_err(|e| e.to_string()), Ok(1));
     let root = format!("{:#x}", B256::from(*rec.root.as_bytes()));
     let no_market = run(vec![root.clone()]).await.unwrap();
     assert_eq!(no_market.status.code(), Some(2));
@@ -409,9 +417,15 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
         .unwrap();
     let err = String::from_utf8_lossy(&by_root.stderr);
     assert!(by_root.status.success(), "{err}");
-    assert!(err.contains(&format!("market picked provider {:#x}", devnet.address(3))), "{err}");
+    let (first, second) = (
+        err.find(&format!("market picked provider {:#x}", devnet.address(4))),
+        err.find(&format!("market picked provider {:#x}", devnet.address(3))),
+    );
+    assert!(first.is_some() && first < second, "the cheaper offer first, then the next: {err}");
+    assert!(err.contains("trying the next offer"), "{err}");
     assert!(err.to_lowercase().contains(&format!("signed by {:#x}", devnet.address(3))), "{err}");
     assert_eq!(String::from_utf8(by_root.stdout).unwrap(), "side,n\nbuy,500\nsell,500\n");
     market.shutdown();
+    no_jobs.shutdown().await;
     provider.shutdown().await;
 }
