@@ -90,9 +90,12 @@ async fn sql_job_result_equals_datafusion_direct_and_is_signed() {
         "SELECT t.symbol, s.base, max(t.price) AS high, min(t.price) AS low \
          FROM trades t JOIN symbols s ON t.symbol = s.symbol GROUP BY t.symbol, s.base ORDER BY t.symbol",
         "SELECT ts, symbol, price, qty, side FROM trades WHERE price > 690 ORDER BY ts LIMIT 25",
+        // a conjunction over interleaved symbols: the worker's whole-batch AND (jobs/conjunction.rs)
+        "SELECT count(*) AS n, round(sum(qty), 6) AS volume FROM trades WHERE symbol = 'BTC-USD' AND price > 400 \
+         AND side = 'buy'",
     ];
     for (i, q) in queries.iter().enumerate() {
-        let format = if i % 2 == 0 { ResultFormat::Parquet } else { ResultFormat::Csv };
+        let format = if i == 1 { ResultFormat::Csv } else { ResultFormat::Parquet };
         let mut events = Vec::new();
         let name = format!("r{i}.{}", format.extension());
         let got = fetcher

@@ -13,6 +13,7 @@
 //! receipt, which it stores in that ledger for the redeemer. A job that fails gets no receipt;
 //! the buyer refunds the deal after expiry.
 
+mod conjunction;
 pub mod image;
 pub mod sandbox;
 pub mod worker;

@@ -15,6 +15,7 @@ use datafusion::{
     common::TableReference,
     error::DataFusionError,
     execution::{
+        SessionStateBuilder,
         memory_pool::FairSpillPool,
         runtime_env::{RuntimeEnv, RuntimeEnvBuilder},
     },
@@ -22,6 +23,8 @@ use datafusion::{
     prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SQLOptions, SessionConfig, SessionContext},
 };
 use futures_lite::StreamExt;
+
+use super::conjunction::WholeBatchConjunctions;
 use serde::{Deserialize, Serialize};
 
 /// Exit status of a worker that reports a [`WorkerFailure`].
@@ -99,7 +102,13 @@ fn list_files(dir: &Path) -> std::io::Result<Vec<String>> {
 /// threads.
 pub async fn session(data: &Path, memory_pool: usize, threads: usize) -> Result<SessionContext, WorkerFailure> {
     let (config, runtime) = session_parts(memory_pool, threads)?;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(WholeBatchConjunctions))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     register_tables(&ctx, data).await?;
     Ok(ctx)
 }
@@ -122,7 +131,6 @@ async fn ballista_session(
     scheduler: Option<&str>,
 ) -> Result<SessionContext, WorkerFailure> {
     use ballista::prelude::{SessionConfigExt, SessionContextExt};
-    use datafusion::execution::SessionStateBuilder;
     let (config, runtime) = session_parts(memory_pool, threads)?;
     let config = config
         .upgrade_for_ballista()
