@@ -185,7 +185,10 @@ mod tests {
 
     use super::*;
 
-    fn batch(a: impl Fn(i64) -> Option<i64>, rows: i64) -> RecordBatch {
+    /// Column `a`'s value at a row.
+    type Column = fn(i64) -> Option<i64>;
+
+    fn batch(a: Column, rows: i64) -> RecordBatch {
         let schema = Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("b", DataType::Int64, false)]);
         let a: Int64Array = (0..rows).map(a).collect();
         let b: Int64Array = (0..rows).map(|i| Some(i % 7)).collect();
@@ -219,13 +222,13 @@ mod tests {
     #[test]
     fn keeps_the_rows_and_keeps_them_alike() {
         let rows = 10_000;
-        let cases: [(&str, Box<dyn Fn(i64) -> Option<i64>>, i64); 4] = [
+        let cases: [(&str, Column, i64); 4] = [
             // every fifth row: the interleaved case, evaluated over whole batches
-            ("interleaved", Box::new(|i| Some(i % 5)), 1),
+            ("interleaved", |i| Some(i % 5), 1),
             // runs of 1000 rows: the clustered case, pre-selected
-            ("clustered", Box::new(|i| Some(i / 1000)), 1),
-            ("with nulls", Box::new(|i| if i % 3 == 0 { None } else { Some(i % 5) }), 1),
-            ("nothing kept", Box::new(|i| Some(i % 5)), 9),
+            ("clustered", |i| Some(i / 1000), 1),
+            ("with nulls", |i| if i % 3 == 0 { None } else { Some(i % 5) }, 1),
+            ("nothing kept", |i| Some(i % 5), 9),
         ];
         for (name, a, k) in cases {
             let b = batch(a, rows);
