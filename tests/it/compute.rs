@@ -49,6 +49,26 @@ async fn serve(tmp: &Path, data: &Path, jc: JobsConfig) -> (Provider, BlobTicket
     (provider, ticket)
 }
 
+/// A provider of the generated market data with jobs on (signing with `key`), and a buyer.
+struct Served {
+    tmp: tempfile::TempDir,
+    data: std::path::PathBuf,
+    key: PrivateKeySigner,
+    provider: Provider,
+    ticket: BlobTicket,
+    fetcher: Fetcher,
+}
+
+async fn served() -> Served {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let key = PrivateKeySigner::random();
+    let (provider, ticket) = serve(tmp.path(), &data, jobs_config(&key)).await;
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    Served { tmp, data, key, provider, ticket, fetcher }
+}
+
 /// The query run directly in DataFusion over the original files, pretty-printed.
 async fn direct(data: &Path, sql: &str) -> String {
     let ctx = SessionContext::new();
@@ -76,12 +96,7 @@ fn sql(query: &str, format: ResultFormat) -> JobSpec {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sql_job_result_equals_datafusion_direct_and_is_signed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("kaiko");
-    market_data(&data).await;
-    let key = PrivateKeySigner::random();
-    let (provider, ticket) = serve(tmp.path(), &data, jobs_config(&key)).await;
-    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let Served { tmp, data, key, provider, ticket, fetcher } = served().await;
     let out = tmp.path().join("out");
 
     let queries = [
@@ -155,12 +170,7 @@ async fn sql_job_result_equals_datafusion_direct_and_is_signed() {
 #[cfg(feature = "ballista")]
 #[tokio::test(flavor = "multi_thread")]
 async fn ballista_job_result_equals_datafusion_direct() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("kaiko");
-    market_data(&data).await;
-    let key = PrivateKeySigner::random();
-    let (provider, ticket) = serve(tmp.path(), &data, jobs_config(&key)).await;
-    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let Served { tmp, data, key, provider, ticket, fetcher } = served().await;
     let out = tmp.path().join("out");
     let queries = [
         // (float sums are rounded: Ballista adds partial sums in another order)
@@ -196,12 +206,7 @@ async fn ballista_job_result_equals_datafusion_direct() {
 #[cfg(not(feature = "ballista"))]
 #[tokio::test(flavor = "multi_thread")]
 async fn ballista_jobs_are_refused_without_the_feature() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("kaiko");
-    market_data(&data).await;
-    let key = PrivateKeySigner::random();
-    let (provider, ticket) = serve(tmp.path(), &data, jobs_config(&key)).await;
-    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let Served { tmp, provider, ticket, fetcher, .. } = served().await;
     let spec = JobSpec::Sql { query: "SELECT 1".into(), format: ResultFormat::Csv, engine: Engine::Ballista };
     match fetcher.run_job(&ticket, spec, None, tmp.path(), "x.csv", |_| {}).await.unwrap_err() {
         JobError::Failed { code, reason, .. } => {
