@@ -219,6 +219,29 @@ async fn ballista_jobs_are_refused_without_the_feature() {
     provider.shutdown().await;
 }
 
+/// A job's bounded `/out`, left mounted by a provider that stopped mid-job, is unmounted and
+/// removed when the provider starts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_job_mount_is_cleaned_at_start() {
+    let mounted = |p: &Path| {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        mounts.lines().any(|l| l.split(' ').nth(1) == p.to_str())
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let stale = tmp.path().join("p/jobs/run/stale/out");
+    std::fs::create_dir_all(&stale).unwrap();
+    // as a killed provider leaves it: mounted, never dropped
+    std::mem::forget(bdc_provider::jobs::sandbox::BoundedDir::mount(&stale, 1 << 20, 0).unwrap());
+    std::fs::write(stale.join("partial.parquet"), b"cut off").unwrap();
+    assert!(mounted(&stale));
+    let (provider, _) = serve(tmp.path(), &data, jobs_config(&PrivateKeySigner::random())).await;
+    assert!(!mounted(&stale), "the stale /out is unmounted");
+    assert!(!stale.parent().unwrap().exists(), "and the stale job directory removed");
+    provider.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_jobs_fail_with_reasons_and_the_provider_stays_healthy() {
     let tmp = tempfile::tempdir().unwrap();

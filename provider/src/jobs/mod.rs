@@ -168,6 +168,8 @@ impl JobsProtocol {
         std::fs::create_dir_all(dir.join("run"))?;
         // leftovers of jobs that were running when the provider stopped
         for e in std::fs::read_dir(dir.join("run"))?.flatten() {
+            // a job's bounded /out is still mounted if the provider stopped mid-job
+            let _ = sandbox::unmount(&e.path().join("out"));
             let _ = std::fs::remove_dir_all(e.path());
         }
         // earlier results stay fetchable

@@ -317,14 +317,22 @@ impl BoundedDir {
 
 impl Drop for BoundedDir {
     fn drop(&mut self) {
-        use std::{ffi::CString, os::unix::ffi::OsStrExt};
-        if let Ok(cpath) = CString::new(self.path.as_os_str().as_bytes()) {
-            // SAFETY: cpath is NUL-terminated; MNT_DETACH never blocks on busy files
-            if unsafe { libc::umount2(cpath.as_ptr(), libc::MNT_DETACH) } != 0 {
-                tracing::warn!(path = %self.path.display(), err = %std::io::Error::last_os_error(), "cannot unmount a job's /out");
-            }
+        if let Err(err) = unmount(&self.path) {
+            tracing::warn!(path = %self.path.display(), %err, "cannot unmount a job's /out");
         }
     }
+}
+
+/// Detaches the mount at `path` (a job's bounded `/out`, also one left behind by a provider
+/// that stopped mid-job).
+pub fn unmount(path: &Path) -> std::io::Result<()> {
+    use std::{ffi::CString, os::unix::ffi::OsStrExt};
+    let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    // SAFETY: cpath is NUL-terminated; MNT_DETACH never blocks on busy files
+    if unsafe { libc::umount2(cpath.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 async fn read_capped(r: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
