@@ -565,6 +565,61 @@ async fn container_escapes_are_stopped_and_reported() {
     provider.shutdown().await;
 }
 
+/// A buyer that goes away mid-job cancels it: the provider stops the container at once (not at
+/// the wall-time limit), and runs the next job.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_buyer_goes_away_is_stopped() {
+    // the job's process, by its command line (unique to this test)
+    let sleeping = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            c.windows(9).any(|w| w == b"sleep\x00417" || w == b"sleep 417")
+        })
+    };
+    let wait = |want: bool| async move {
+        for _ in 0..150 {
+            if sleeping() == want {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let image = tmp.path().join("busybox.oci.tar");
+    busybox_archive(&image);
+    let mut jc = jobs_config(&PrivateKeySigner::random());
+    jc.limits.wall_time = Duration::from_secs(120);
+    let (provider, ticket) = serve(tmp.path(), &data, jc).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let buyer = {
+        let (ticket, image, dir) = (ticket.clone(), image.clone(), tmp.path().to_path_buf());
+        tokio::spawn(async move {
+            let fetcher = Fetcher::open(FetcherConfig::test(dir.join("f1"))).await.unwrap();
+            let out = dir.join("o1");
+            let run = fetcher.run_container(&ticket, &image, sh("sleep 417"), None, None, &out, |_| {});
+            tokio::select! {
+                r = run => panic!("the job ended on its own: {r:?}"),
+                _ = stopped => {}
+            }
+            // the buyer gives up (Ctrl-C): its endpoint closes, and the connection with it
+            fetcher.shutdown().await;
+        })
+    };
+    assert!(wait(true).await, "the job started");
+    stop.send(()).unwrap();
+    buyer.await.unwrap();
+    assert!(wait(false).await, "the job's container was stopped after its buyer went away");
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f2"))).await.unwrap();
+    let out = tmp.path().join("o2");
+    let ok = fetcher.run_container(&ticket, &image, sh("echo next > /out/n.txt"), None, None, &out, |_| {}).await;
+    assert_eq!(ok.unwrap().signed.result.rows, 1, "the next job runs");
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_accept_agreeing_results_and_refuse_disagreeing_ones() {
     let tmp = tempfile::tempdir().unwrap();

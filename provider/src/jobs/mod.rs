@@ -218,8 +218,9 @@ impl ProtocolHandler for JobsProtocol {
                 Err(_) => break,
             };
             let shared = self.shared.clone();
+            let conn = conn.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve_job(shared, peer, send, recv).await {
+                if let Err(e) = serve_job(shared, peer, conn, send, recv).await {
                     tracing::warn!(%peer, "job stream: {e}");
                 }
             });
@@ -251,10 +252,20 @@ async fn read_request(recv: &mut RecvStream) -> Result<JobRequest, Fail> {
 async fn serve_job(
     shared: Arc<Shared>,
     peer: EndpointId,
+    conn: Connection,
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), String> {
-    let (update, paid) = match accept_job(&shared, peer, &mut send, &mut recv).await {
+    // a buyer that goes away cancels its job, queued or running: dropping the job stops its
+    // container (`sandbox::run`) and frees its queue slot and run permit
+    let accepted = tokio::select! {
+        r = accept_job(&shared, peer, &mut send, &mut recv) => r,
+        e = conn.closed() => {
+            tracing::info!(%peer, "buyer went away ({e}): job cancelled");
+            return Ok(());
+        }
+    };
+    let (update, paid) = match accepted {
         Ok(u) => u,
         Err((code, reason)) => (JobUpdate::Failed { code, reason }, None),
     };

@@ -234,6 +234,9 @@ pub async fn run(runc: &str, bundle: &Path, id: &str, limits: &Limits) -> Result
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| SandboxError::Spawn { runc: runc.to_string(), source })?;
+    // from here on the container exists: stop and delete it however this future ends, also
+    // when it is dropped mid-run (the buyer went away)
+    let mut container = ContainerGuard { runc: runc.to_string(), id: id.to_string(), armed: true };
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let read_out = tokio::spawn(async move { read_capped(&mut out).await });
@@ -245,6 +248,7 @@ pub async fn run(runc: &str, bundle: &Path, id: &str, limits: &Limits) -> Result
         let _ = child.wait().await;
     }
     delete(runc, id).await;
+    container.armed = false;
     let stdout = read_out.await.unwrap_or_default();
     let stderr = read_err.await.unwrap_or_default();
     if timed_out {
@@ -352,6 +356,29 @@ async fn read_capped(r: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Kills and deletes a container whose `run` future was dropped before it ended.
+struct ContainerGuard {
+    runc: String,
+    id: String,
+    armed: bool,
+}
+
+impl Drop for ContainerGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (runc, id) = (std::mem::take(&mut self.runc), std::mem::take(&mut self.id));
+        tracing::info!(id, "stopping an abandoned job container");
+        // a thread, not a task: it also runs when the drop comes from a runtime shutting down
+        std::thread::spawn(move || {
+            let quiet = || Stdio::null();
+            let _ = std::process::Command::new(&runc).args(["kill", "--all", &id, "KILL"]).stderr(quiet()).status();
+            let _ = std::process::Command::new(&runc).args(["delete", "--force", &id]).stderr(quiet()).status();
+        });
+    }
 }
 
 async fn kill(runc: &str, id: &str) {
