@@ -3,9 +3,10 @@
 //! The bundle's root file system is read-only and nearly empty: the host's `/usr` (and `/lib*`,
 //! `/bin` when they are not symlinks into it) bound read-only, so the worker binary's shared
 //! libraries resolve; the dataset bound read-only at `/data`, noexec; the job's output directory
-//! at `/out`, the only writable place besides a small `/tmp`. The process runs as `nobody` with no
-//! capabilities and no new privileges, in fresh pid, network (no interfaces), ipc, uts and mount
-//! namespaces, with memory, CPU quota, pids and CPU-time limits in the runtime spec, and the
+//! at `/out` (a size-bounded tmpfs, [`BoundedDir`]), the only writable place besides a small
+//! `/tmp`. The process runs as `nobody` with no capabilities and no new privileges, in fresh pid,
+//! network (loopback only; the one exception is a Ballista worker sent to the provider's own
+//! scheduler, [`Limits::host_network`]), ipc, uts and mount namespaces, with memory, CPU quota, pids and CPU-time limits in the runtime spec, and the
 //! caller kills it at the wall-time limit. Setting limits through the spec (not cgroup files)
 //! works on cgroup v1 and v2 hosts alike.
 

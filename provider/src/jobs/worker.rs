@@ -3,7 +3,8 @@
 //! It registers the dataset's tabular files (mounted read-only) as DataFusion tables named by
 //! file stem, plans the query with DDL, DML and statements refused (and no path-as-table: URL
 //! tables are not enabled), runs it under a DataFusion memory pool (a soft limit; the sandbox's
-//! cgroup is the hard one), and streams the batches into one Parquet or CSV file. It reports on
+//! cgroup is the hard one) on DataFusion, or on Ballista (`--engine ballista`, built with the
+//! `ballista` feature), and streams the batches into one Parquet or CSV file. It reports on
 //! stdout (`WorkerReport`, JSON) or, on failure, on the last stderr line (`WorkerFailure`, JSON)
 //! with exit status [`FAILURE_EXIT`].
 
@@ -23,9 +24,9 @@ use datafusion::{
     prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SQLOptions, SessionConfig, SessionContext},
 };
 use futures_lite::StreamExt;
+use serde::{Deserialize, Serialize};
 
 use super::conjunction::WholeBatchConjunctions;
-use serde::{Deserialize, Serialize};
 
 /// Exit status of a worker that reports a [`WorkerFailure`].
 pub const FAILURE_EXIT: i32 = 3;
