@@ -390,16 +390,7 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
         capacity_mibps: 50,
         ttl: Duration::from_secs(600),
     };
-    // the market's indexer polls every 100 ms: retry while it has not seen the registration yet
-    let mut announced = Err("not tried".to_string());
-    for _ in 0..100 {
-        announced = bdc_provider::announce_once(&provider, &ann).await.map_err(|e| e.to_string());
-        match &announced {
-            Err(e) if e.contains("not registered") => tokio::time::sleep(Duration::from_millis(100)).await,
-            _ => break,
-        }
-    }
-    assert_eq!(announced, Ok(1));
+    assert_eq!(crate::common::announce_when_indexed(&provider, &ann).await, Ok(1));
     // a cheaper seller that runs no jobs ranks first: the buyer passes over it
     let mut other = ProviderStore::open(&tmp.path().join("p2")).await.unwrap();
     publish(&mut other, &data, &PublishOptions::default(), |_| {}).await.unwrap();

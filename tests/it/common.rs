@@ -77,3 +77,20 @@ pub async fn wait_redeemed(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Announces the provider's listings, retrying while the market's indexer (polling every
+/// 100 ms) has not seen the dataset's registration yet: the number of listings stored.
+pub async fn announce_when_indexed(
+    provider: &bdc_provider::Provider,
+    ann: &bdc_provider::Announce,
+) -> Result<usize, String> {
+    let mut res = Err("not tried".to_string());
+    for _ in 0..100 {
+        res = bdc_provider::announce_once(provider, ann).await.map_err(|e| e.to_string());
+        match &res {
+            Err(e) if e.contains("not registered") => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            _ => break,
+        }
+    }
+    res
+}

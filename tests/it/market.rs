@@ -58,16 +58,7 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     let root = B256::from(*rec.root.as_bytes());
     devnet.contracts(1).register_dataset(root, 100, manifest_hash, 0).await.unwrap();
     let http = reqwest::Client::new();
-    // the market's indexer polls every 100 ms: retry while it has not seen the registration yet
-    let mut stored = Err("not tried".to_string());
-    for _ in 0..100 {
-        stored = bdc_provider::announce_once(&provider, &ann).await.map_err(|e| e.to_string());
-        match &stored {
-            Err(e) if e.contains("not registered") => tokio::time::sleep(Duration::from_millis(100)).await,
-            _ => break,
-        }
-    }
-    assert_eq!(stored, Ok(1));
+    assert_eq!(crate::common::announce_when_indexed(&provider, &ann).await, Ok(1));
     let d: serde_json::Value =
         http.get(format!("{}/datasets/{root:#x}", ann.market)).send().await.unwrap().json().await.unwrap();
     assert_eq!(d["name"], "kaiko BTC trades");

@@ -288,12 +288,8 @@ impl BoundedDir {
     /// Mounts a tmpfs of `bytes` bytes (and [`OUT_INODES`] files), owned by `uid`, at `path`.
     /// Needs CAP_SYS_ADMIN, as runc itself does.
     pub fn mount(path: &Path, bytes: u64, uid: u32) -> Result<Self, SandboxError> {
-        use std::{ffi::CString, os::unix::ffi::OsStrExt};
-        let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| SandboxError::Mount {
-            path: path.to_path_buf(),
-            source: std::io::ErrorKind::InvalidInput.into(),
-        })?;
-        let data = CString::new(format!("size={bytes},nr_inodes={OUT_INODES},mode=0755,uid={uid},gid={uid}"))
+        let cpath = c_path(path).map_err(|source| SandboxError::Mount { path: path.to_path_buf(), source })?;
+        let data = std::ffi::CString::new(format!("size={bytes},nr_inodes={OUT_INODES},mode=0755,uid={uid},gid={uid}"))
             .expect("no NUL in mount options");
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         // SAFETY: every pointer is a valid NUL-terminated string that outlives the call
@@ -308,8 +304,7 @@ impl BoundedDir {
     /// Whether the job used all of the space or all of the files: a program may ignore the
     /// ENOSPC it got and exit 0, leaving a cut-off result behind.
     pub fn is_full(&self) -> bool {
-        use std::{ffi::CString, os::unix::ffi::OsStrExt};
-        let Ok(cpath) = CString::new(self.path.as_os_str().as_bytes()) else { return true };
+        let Ok(cpath) = c_path(&self.path) else { return true };
         // SAFETY: statvfs is plain data, filled by the call
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: cpath is NUL-terminated and st is a valid out-pointer
@@ -328,11 +323,16 @@ impl Drop for BoundedDir {
     }
 }
 
+/// `path` for a libc call.
+fn c_path(path: &Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::ErrorKind::InvalidInput.into())
+}
+
 /// Detaches the mount at `path` (a job's bounded `/out`, also one left behind by a provider
 /// that stopped mid-job).
 pub fn unmount(path: &Path) -> std::io::Result<()> {
-    use std::{ffi::CString, os::unix::ffi::OsStrExt};
-    let cpath = CString::new(path.as_os_str().as_bytes()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
+    let cpath = c_path(path)?;
     // SAFETY: cpath is NUL-terminated; MNT_DETACH never blocks on busy files
     if unsafe { libc::umount2(cpath.as_ptr(), libc::MNT_DETACH) } != 0 {
         return Err(std::io::Error::last_os_error());
