@@ -106,8 +106,10 @@ async fn sql_job_result_equals_datafusion_direct_and_is_signed() {
          FROM trades t JOIN symbols s ON t.symbol = s.symbol GROUP BY t.symbol, s.base ORDER BY t.symbol",
         "SELECT ts, symbol, price, qty, side FROM trades WHERE price > 690 ORDER BY ts LIMIT 25",
         // a conjunction over interleaved symbols: the worker's whole-batch AND (jobs/conjunction.rs)
+        // and its literal comparisons (jobs/literal_cmp.rs)
         "SELECT count(*) AS n, round(sum(qty), 6) AS volume FROM trades WHERE symbol = 'BTC-USD' AND price > 400 \
          AND side = 'buy'",
+        "SELECT side, count(*) AS n FROM trades WHERE symbol <> 'ETH-USD' AND 250.5 >= price GROUP BY side ORDER BY side",
     ];
     for (i, q) in queries.iter().enumerate() {
         let format = if i == 1 { ResultFormat::Csv } else { ResultFormat::Parquet };

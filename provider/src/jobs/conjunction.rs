@@ -37,6 +37,8 @@ use datafusion::{
     },
 };
 
+use super::literal_cmp::fast_form;
+
 /// A mask keeping at most this share of rows may pre-select the next conjunct's input...
 const SPARSE: f64 = 0.2;
 /// ...when its selected rows come in runs of at least this many rows on average.
@@ -61,8 +63,9 @@ fn preselect(mask: &BooleanArray) -> bool {
     if kept == 0 || kept as f64 > SPARSE * mask.len() as f64 {
         return false;
     }
-    let runs = SlicesIterator::new(mask).count();
-    kept >= runs * LONG_RUN
+    // long enough on average means at most this many runs; stop counting past it
+    let most = kept / LONG_RUN;
+    SlicesIterator::new(mask).take(most + 1).count() <= most
 }
 
 impl PhysicalExpr for Conjunction {
@@ -141,7 +144,9 @@ impl Display for Conjunction {
 }
 
 /// Rewrites every `FilterExec` whose predicate is a conjunction to evaluate it as a
-/// [`Conjunction`]. Runs last, after the plan's other rules have placed and pushed the filters.
+/// [`Conjunction`], and each of its column-to-literal comparisons that has a fast form
+/// (`super::literal_cmp`) as that.
+/// Runs last, after the plan's other rules have placed and pushed the filters.
 #[derive(Debug, Default)]
 pub struct WholeBatchConjunctions;
 
@@ -151,12 +156,25 @@ impl PhysicalOptimizerRule for WholeBatchConjunctions {
             let Some(filter) = node.downcast_ref::<FilterExec>() else {
                 return Ok(Transformed::no(node));
             };
-            let conjuncts: Vec<_> = split_conjunction(filter.predicate()).into_iter().cloned().collect();
-            if conjuncts.len() < 2 {
-                return Ok(Transformed::no(node));
-            }
-            let rewritten =
-                FilterExecBuilder::from(filter).with_predicate(Arc::new(Conjunction::new(conjuncts))).build()?;
+            let schema = filter.input().schema();
+            let mut changed = false;
+            let mut conjuncts: Vec<_> = split_conjunction(filter.predicate())
+                .into_iter()
+                .map(|c| match fast_form(c, &schema) {
+                    Some(fast) => {
+                        changed = true;
+                        fast
+                    }
+                    None => Arc::clone(c),
+                })
+                .collect();
+            let predicate = match conjuncts.len() {
+                0 => return Ok(Transformed::no(node)),
+                1 if !changed => return Ok(Transformed::no(node)),
+                1 => conjuncts.remove(0),
+                _ => Arc::new(Conjunction::new(conjuncts)),
+            };
+            let rewritten = FilterExecBuilder::from(filter).with_predicate(predicate).build()?;
             Ok(Transformed::yes(Arc::new(rewritten) as Arc<dyn ExecutionPlan>))
         })
         .data()

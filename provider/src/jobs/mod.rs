@@ -15,6 +15,7 @@
 
 mod conjunction;
 pub mod image;
+mod literal_cmp;
 pub mod sandbox;
 pub mod worker;
 
