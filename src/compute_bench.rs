@@ -87,16 +87,29 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
         starts.push(job("SELECT 1").await?.0);
     }
     let start = crate::bench::median(starts.into_iter());
+    // each round pairs the query's job with a `SELECT 1` job run right before or after it (the
+    // order alternates), so the start subtracted is the one the machine gave that round
     let mut compute = Vec::new();
+    let mut paired = Vec::new();
     let mut moved = 0;
     for (_, q) in QUERIES {
-        let mut xs = Vec::new();
-        for _ in 0..rounds {
-            let (secs, bytes) = job(q).await?;
+        let (mut xs, mut nets) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (secs, bytes, one) = if round % 2 == 0 {
+                let one = job("SELECT 1").await?.0;
+                let (secs, bytes) = job(q).await?;
+                (secs, bytes, one)
+            } else {
+                let (secs, bytes) = job(q).await?;
+                (secs, bytes, job("SELECT 1").await?.0)
+            };
             xs.push(secs);
+            nets.push(secs - one);
             moved = moved.max(bytes);
         }
         compute.push(crate::bench::median(xs.into_iter()));
+        let (lo, hi) = nets.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| (l.min(*x), h.max(*x)));
+        paired.push((crate::bench::median(nets.into_iter()), lo, hi));
     }
     fetcher.shutdown().await;
     provider.shutdown().await;
@@ -115,16 +128,23 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
     );
     println!();
     println!(
-        "| query | bdc compute (ms) | minus start (ms) | DataFusion direct (ms) | DuckDB (ms) | (bdc − start) / DuckDB |"
+        "minus start: the median over rounds of (query job − that round's `SELECT 1` job), and the rounds' range; \
+         below zero when the query takes less than the start's spread"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!();
+    println!(
+        "| query | bdc compute (ms) | minus start (ms) | rounds (ms) | DataFusion direct (ms) | DuckDB (ms) | (bdc − start) / DuckDB |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     for (i, (name, _)) in QUERIES.iter().enumerate() {
         let d = duck.1.get(*name).copied().unwrap_or(f64::NAN);
-        let net = (compute[i] - start).max(0.0);
+        let (net, lo, hi) = paired[i];
         println!(
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2}× |",
+            "| {name} | {:.0} | {:.1} | {:.0} to {:.0} | {:.1} | {:.1} | {:.2}× |",
             compute[i] * 1e3,
             net * 1e3,
+            lo * 1e3,
+            hi * 1e3,
             direct[i] * 1e3,
             d * 1e3,
             net / d
