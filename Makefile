@@ -72,4 +72,4 @@ bench: tools
 	bash scripts/with_postgres.sh "$(CARGO_TARGET_DIR)/release/bdc" bench market --listings $${BENCH_LISTINGS:-100000}
 	bash scripts/ensure_sandbox.sh
 	python3 -c "import duckdb" 2>/dev/null || python3 -m pip install --quiet duckdb==2.0.1
-	"$(CARGO_TARGET_DIR)/release/bdc" bench compute --rows $${BENCH_ROWS:-20000000}
+	"$(CARGO_TARGET_DIR)/release/bdc" bench compute --rows $${BENCH_ROWS:-20000000} --rounds 5
