@@ -68,13 +68,32 @@ fn bitmap<T>(values: &[T], test: impl Fn(&T) -> bool) -> BooleanBuffer {
     BooleanBuffer::new(Buffer::from_vec(words), 0, values.len())
 }
 
+/// The column side of a comparison, compared and hashed as the expression it holds (a derive
+/// cannot compare a bare `Arc<dyn PhysicalExpr>`).
+#[derive(Debug, Clone)]
+struct ColumnExpr(Arc<dyn PhysicalExpr>);
+
+impl PartialEq for ColumnExpr {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_ref() == other.0.as_ref()
+    }
+}
+
+impl Eq for ColumnExpr {}
+
+impl Hash for ColumnExpr {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
+
 /// Views hold strings of up to this many bytes inline.
 const INLINE: usize = 12;
 
 /// `column = literal`, or `column <> literal` when `negated`, for a `Utf8View` column.
-#[derive(Debug, Clone, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ViewEqLiteral {
-    column: Arc<dyn PhysicalExpr>,
+    column: ColumnExpr,
     literal: String,
     negated: bool,
 }
@@ -98,7 +117,7 @@ impl ViewEqLiteral {
             ScalarValue::Utf8View(Some(s)) => s.clone(),
             _ => return None,
         };
-        Some(Self { column: Arc::clone(column), literal, negated })
+        Some(Self { column: ColumnExpr(Arc::clone(column)), literal, negated })
     }
 }
 
@@ -108,13 +127,13 @@ impl PhysicalExpr for ViewEqLiteral {
     }
 
     fn nullable(&self, input_schema: &Schema) -> Result<bool> {
-        self.column.nullable(input_schema)
+        self.column.0.nullable(input_schema)
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        let array = column_array(&self.column, batch)?;
+        let array = column_array(&self.column.0, batch)?;
         let Some(strings) = array.as_string_view_opt() else {
-            return datafusion::common::internal_err!("{} is {}, not Utf8View", self.column, array.data_type());
+            return datafusion::common::internal_err!("{} is {}, not Utf8View", self.column.0, array.data_type());
         };
         let views = strings.views();
         let bytes = self.literal.as_bytes();
@@ -139,31 +158,20 @@ impl PhysicalExpr for ViewEqLiteral {
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        vec![&self.column]
+        vec![&self.column.0]
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn PhysicalExpr>>) -> Result<Arc<dyn PhysicalExpr>> {
-        Ok(Arc::new(Self { column: one_child(children)?, literal: self.literal.clone(), negated: self.negated }))
+        Ok(Arc::new(Self {
+            column: ColumnExpr(one_child(children)?),
+            literal: self.literal.clone(),
+            negated: self.negated,
+        }))
     }
 
     fn fmt_sql(&self, f: &mut Formatter<'_>) -> std::fmt::Result {
-        self.column.fmt_sql(f)?;
+        self.column.0.fmt_sql(f)?;
         write!(f, " {} {}", self.op(), ScalarValue::Utf8View(Some(self.literal.clone())))
-    }
-}
-
-// by hand: a derive cannot compare the `Arc<dyn PhysicalExpr>` field
-impl PartialEq for ViewEqLiteral {
-    fn eq(&self, other: &Self) -> bool {
-        self.column.as_ref() == other.column.as_ref() && self.literal == other.literal && self.negated == other.negated
-    }
-}
-
-impl Hash for ViewEqLiteral {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.column.hash(state);
-        self.literal.hash(state);
-        self.negated.hash(state);
     }
 }
 
@@ -175,7 +183,7 @@ impl ViewEqLiteral {
 
 impl Display for ViewEqLiteral {
     fn fmt(&self, f: &mut Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} {}", self.column, self.op(), ScalarValue::Utf8View(Some(self.literal.clone())))
+        write!(f, "{} {} {}", self.column.0, self.op(), ScalarValue::Utf8View(Some(self.literal.clone())))
     }
 }
 
@@ -277,28 +285,14 @@ fn key32(x: f32) -> i64 {
 
 /// `column <op> literal` for a `Float64` or `Float32` column and a literal that is neither zero
 /// nor NaN.
-#[derive(Debug, Clone, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FloatCmpLiteral {
-    column: Arc<dyn PhysicalExpr>,
+    column: ColumnExpr,
     cmp: Cmp,
     /// The literal's key ([`key64`] or [`key32`] by the column's type).
     key: i64,
     /// The literal as written back in plans.
     literal: ScalarValue,
-}
-
-impl PartialEq for FloatCmpLiteral {
-    fn eq(&self, other: &Self) -> bool {
-        self.column.as_ref() == other.column.as_ref() && self.cmp == other.cmp && self.literal == other.literal
-    }
-}
-
-impl Hash for FloatCmpLiteral {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.column.hash(state);
-        self.cmp.hash(state);
-        self.literal.hash(state);
-    }
 }
 
 impl FloatCmpLiteral {
@@ -314,7 +308,7 @@ impl FloatCmpLiteral {
             (DataType::Float32, ScalarValue::Float32(Some(v))) if *v != 0.0 && !v.is_nan() => key32(*v),
             _ => return None,
         };
-        Some(Self { column: Arc::clone(column), cmp, key, literal: literal.clone() })
+        Some(Self { column: ColumnExpr(Arc::clone(column)), cmp, key, literal: literal.clone() })
     }
 }
 
@@ -324,11 +318,11 @@ impl PhysicalExpr for FloatCmpLiteral {
     }
 
     fn nullable(&self, input_schema: &Schema) -> Result<bool> {
-        self.column.nullable(input_schema)
+        self.column.0.nullable(input_schema)
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> Result<ColumnarValue> {
-        let array = column_array(&self.column, batch)?;
+        let array = column_array(&self.column.0, batch)?;
         let (bits, nulls) = match array.data_type() {
             DataType::Float64 => {
                 let v = array.as_primitive::<Float64Type>();
@@ -338,28 +332,28 @@ impl PhysicalExpr for FloatCmpLiteral {
                 let v = array.as_primitive::<Float32Type>();
                 (self.cmp.bitmap(v.values(), key32, self.key), v.nulls())
             }
-            other => return datafusion::common::internal_err!("{} is {other}, not a float", self.column),
+            other => return datafusion::common::internal_err!("{} is {other}, not a float", self.column.0),
         };
         Ok(ColumnarValue::Array(Arc::new(BooleanArray::new(bits, nulls.cloned()))))
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
-        vec![&self.column]
+        vec![&self.column.0]
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn PhysicalExpr>>) -> Result<Arc<dyn PhysicalExpr>> {
-        Ok(Arc::new(Self { column: one_child(children)?, ..(*self).clone() }))
+        Ok(Arc::new(Self { column: ColumnExpr(one_child(children)?), ..(*self).clone() }))
     }
 
     fn fmt_sql(&self, f: &mut Formatter<'_>) -> std::fmt::Result {
-        self.column.fmt_sql(f)?;
+        self.column.0.fmt_sql(f)?;
         write!(f, " {} {}", self.cmp.sql(), self.literal)
     }
 }
 
 impl Display for FloatCmpLiteral {
     fn fmt(&self, f: &mut Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} {}", self.column, self.cmp.sql(), self.literal)
+        write!(f, "{} {} {}", self.column.0, self.cmp.sql(), self.literal)
     }
 }
 
