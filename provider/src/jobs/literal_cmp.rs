@@ -46,7 +46,9 @@ pub fn fast_form(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<Arc<dy
 }
 
 /// `test` of every value, as a bitmap. Whole words of 64 values at a time, with no bounds
-/// checks or iterator state in the loop, so the compiler vectorizes the tests.
+/// checks or iterator state in the loop, so the compiler vectorizes the tests (Arrow's
+/// `BooleanBuffer::collect_bool` with an indexing closure did not: the string comparison
+/// through it still took 9.5% of filter+sum in the profile).
 fn bitmap<T>(values: &[T], test: impl Fn(&T) -> bool) -> BooleanBuffer {
     let mut words = Vec::with_capacity(values.len().div_ceil(64));
     let mut chunks = values.chunks_exact(64);
