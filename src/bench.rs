@@ -292,15 +292,20 @@ async fn paid_fetch(
     use bdc_provider::{PaidConfig, PaidSetup};
     let devnet = Devnet::spawn_with(DevnetConfig::default()).await?;
     devnet.contracts(1).register_dataset(B256::from(*root.as_bytes()), 1_000, B256::ZERO, 0).await?;
-    let cfg =
-        PaidConfig { price_per_byte: 1_000, window: settings.window, redeem_every: 256 << 20, ..Default::default() };
+    let cfg = PaidConfig {
+        price_per_byte: 1_000,
+        window: settings.window,
+        redeem_every: 256 << 20,
+        arbiters: vec![devnet.address(0)],
+        ..Default::default()
+    };
     let setup = PaidSetup { cfg, chain: devnet.contracts(3), address: devnet.address(3) };
     let store = ProviderStore::open(provider_dir).await?;
     let provider = Provider::spawn(store, ServeConfig { paid: Some(setup), ..ServeConfig::test() }).await?;
     let offer = provider.offer(root)?;
     let fetcher = Fetcher::open(FetcherConfig::test(buyer_dir.join("fetcher"))).await?;
     let wallet = bdc_fetcher::Wallet { chain: devnet.contracts(2), signer: devnet.signer(2) };
-    let mut pay = bdc_fetcher::PaidOptions::new(devnet.address(0));
+    let mut pay = bdc_fetcher::PaidOptions::new(vec![devnet.address(0)]);
     pay.receipt_every = settings.receipt_every;
     let out = buyer_dir.join("out");
     let t = Instant::now();

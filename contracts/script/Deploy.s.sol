@@ -16,7 +16,8 @@ interface VmScript {
 /// @notice Deploys token, registry and escrow.
 /// `forge script script/Deploy.s.sol --rpc-url $RPC --private-key $KEY --broadcast`
 /// Settings (environment): BDC_FAUCET (bool, default false), BDC_INITIAL_HOLDER + BDC_INITIAL_SUPPLY,
-/// BDC_DISPUTE_BOND (base units, default 10 BDC), BDC_DISPUTE_WINDOW (seconds, default 1 day).
+/// BDC_DISPUTE_BOND (base units, default 10 BDC), BDC_DISPUTE_WINDOW (seconds, default 1 day),
+/// BDC_ARBITRATION_PERIOD (seconds an arbiter has to rule, default 3 days).
 contract Deploy {
     VmScript internal constant vm = VmScript(address(uint160(uint256(keccak256("hevm cheat code")))));
 
@@ -27,11 +28,13 @@ contract Deploy {
         uint256 bond = vm.envOr("BDC_DISPUTE_BOND", uint256(10 ether));
         uint256 window = vm.envOr("BDC_DISPUTE_WINDOW", uint256(1 days));
         require(window <= type(uint64).max, "BDC_DISPUTE_WINDOW too large");
+        uint256 ruling = vm.envOr("BDC_ARBITRATION_PERIOD", uint256(3 days));
+        require(ruling <= type(uint64).max, "BDC_ARBITRATION_PERIOD too large");
         vm.startBroadcast();
         token = new BDCToken(holder, supply, faucet);
         registry = new DatasetRegistry();
         // forge-lint: disable-next-line(unsafe-typecast)
-        escrow = new TransferEscrow(token, registry, bond, uint64(window));
+        escrow = new TransferEscrow(token, registry, bond, uint64(window), uint64(ruling));
         vm.stopBroadcast();
     }
 }

@@ -11,11 +11,14 @@ import {DatasetRegistry} from "./DatasetRegistry.sol";
 
 /// @title Verifiable-transfer escrow
 /// @notice A buyer escrows up to `maxAmount` BDC for a dataset served by a provider. As the buyer
-/// verifies data it signs cumulative EIP-712 receipts `Receipt{dealId, cumulativeAmount}`; anyone
-/// (usually the provider) redeems the newest one, moving `cumulative - redeemed` into the deal's
-/// pending pot. After the deal's dispute window the pot is withdrawable: the vendor's royalty to
-/// the vendor, the rest to the provider. Inside the window the buyer may dispute (with a bond),
-/// which freezes the pot until the deal's arbiter splits it. After expiry the unredeemed escrow
+/// verifies data it signs cumulative EIP-712 receipts `Receipt{dealId, cumulativeAmount}`; the
+/// provider redeems the newest one, moving `cumulative - redeemed` into the deal's pending pot.
+/// After the deal's dispute window the pot is withdrawable: the vendor's royalty to the vendor,
+/// the rest to the provider. Inside the window the buyer may dispute (with a bond and a hash of
+/// its evidence), which freezes the pot until the deal's arbiter splits it, or, if the arbiter
+/// has not ruled within `arbitrationPeriod`, until anyone settles it by the default rule: the
+/// receipts the buyer signed stand (the pot goes to provider and vendor) and the bond goes to
+/// the provider, as when an arbiter rules for the provider. After expiry the unredeemed escrow
 /// returns to the buyer.
 /// @dev Gas: a deal's terms are not stored. The deal id is the hash of its terms, every call
 /// passes the terms as calldata (they are in the `DealOpened` event), and one storage slot holds
@@ -67,6 +70,8 @@ contract TransferEscrow is EIP712, ReentrancyGuardTransient {
     uint256 public immutable disputeBond;
     /// @notice Dispute window given to every deal opened here, seconds.
     uint64 public immutable disputeWindow;
+    /// @notice How long an arbiter has to rule on a dispute, seconds; then the default applies.
+    uint64 public immutable arbitrationPeriod;
 
     /// @notice The next deal's nonce (deals opened so far + 1).
     uint64 public dealCount;
@@ -79,8 +84,16 @@ contract TransferEscrow is EIP712, ReentrancyGuardTransient {
     event Redeemed(bytes32 indexed dealId, uint256 amount, uint256 cumulativeAmount, uint40 releaseAt);
     event Withdrawn(bytes32 indexed dealId, uint256 toProvider, uint256 toVendor);
     event Refunded(bytes32 indexed dealId, uint256 amount);
-    event Disputed(bytes32 indexed dealId, uint256 frozen, uint256 bond);
-    event Resolved(bytes32 indexed dealId, uint256 toBuyer, uint256 toProvider, uint256 toVendor, bool buyerWins);
+    /// @notice `evidence` is the hash the buyer commits to (the root of a bdc blob holding its
+    /// evidence); `ruleBy` is the arbiter's deadline.
+    event Disputed(bytes32 indexed dealId, uint256 frozen, uint256 bond, bytes32 evidence, uint40 ruleBy);
+    /// @notice `byDefault`: nobody ruled before the deadline and the default rule applied.
+    event Resolved(
+        bytes32 indexed dealId, uint256 toBuyer, uint256 toProvider, uint256 toVendor, bool buyerWins, bool byDefault
+    );
+    /// @notice A deal in a `redeemBatch` that could not be redeemed: `reason` is the selector of
+    /// the error `redeem` would have reverted with.
+    event RedeemFailed(bytes32 indexed dealId, bytes4 reason);
 
     error ZeroAddress();
     error ZeroAmount();
@@ -99,16 +112,29 @@ contract TransferEscrow is EIP712, ReentrancyGuardTransient {
     error DisputeWindowOver(bytes32 dealId, uint40 releaseAt);
     error OnlyBuyer(bytes32 dealId);
     error OnlyArbiter(bytes32 dealId);
+    error OnlyProvider(bytes32 dealId);
     error SplitTooLarge(uint256 toBuyer, uint256 pending);
+    error RulingPeriodOver(bytes32 dealId, uint40 ruleBy);
+    error RulingPeriodNotOver(bytes32 dealId, uint40 ruleBy);
+    error LengthMismatch();
+    error BadArbitrationPeriod(uint64 arbitrationPeriod);
 
-    constructor(IERC20 token_, DatasetRegistry registry_, uint256 disputeBond_, uint64 disputeWindow_)
-        EIP712("BDC TransferEscrow", "1")
-    {
-        if (address(token_) == address(0) || address(registry_) == address(0)) revert ZeroAddress();
+    constructor(
+        IERC20 token_,
+        DatasetRegistry registry_,
+        uint256 disputeBond_,
+        uint64 disputeWindow_,
+        uint64 arbitrationPeriod_
+    ) EIP712("BDC TransferEscrow", "1") {
+        if (address(token_) == address(0) || address(registry_) == address(0)) {
+            revert ZeroAddress();
+        }
+        if (arbitrationPeriod_ == 0 || arbitrationPeriod_ > 365 days) revert BadArbitrationPeriod(arbitrationPeriod_);
         token = token_;
         registry = registry_;
         disputeBond = disputeBond_;
         disputeWindow = disputeWindow_;
+        arbitrationPeriod = arbitrationPeriod_;
         // nonces start at 1 so the counter's slot is never written from zero (saves 17k gas on
         // the first deal)
         dealCount = 1;
@@ -179,29 +205,89 @@ contract TransferEscrow is EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- receipts
 
-    /// @notice Redeems the buyer's receipt for `cumulativeAmount` (capped at `maxAmount`): the
-    /// increase over what was already redeemed becomes pending. A receipt that is not newer than
-    /// what was redeemed is a no-op (returns 0), so racing submitters do not revert.
+    /// @notice The provider redeems the buyer's receipt for `cumulativeAmount` (capped at
+    /// `maxAmount`): the increase over what was already redeemed becomes pending. A receipt that
+    /// is not newer than what was redeemed is a no-op (returns 0). Only the provider may redeem:
+    /// each redeem restarts the dispute window, so a buyer redeeming 1 wei of its own would hold
+    /// the provider's pot open to disputes for as long as it liked.
     function redeem(Terms calldata t, uint256 cumulativeAmount, bytes calldata buyerSig)
         external
         returns (uint256 amount)
     {
         bytes32 dealId = keccak256(abi.encode(t));
         State memory s = deals[dealId];
-        if (s.flags & OPEN == 0) revert UnknownDeal(dealId);
-        if (s.flags & REFUNDED != 0) revert AlreadyRefunded(dealId);
-        if (s.flags & DISPUTED != 0) revert DealDisputed(dealId);
-        if (block.timestamp >= t.expiry) revert DealExpired(dealId);
+        bytes4 err = _unredeemable(t, s);
+        if (err != 0) _revertDeal(err, dealId);
         address signer = ECDSA.recover(receiptDigest(dealId, cumulativeAmount), buyerSig);
         if (signer != t.buyer) revert BadSigner(dealId, signer);
+        return _credit(t, dealId, s, cumulativeAmount);
+    }
+
+    /// @notice Redeems many receipts in one transaction (a provider with many deals expiring
+    /// together must not send one transaction per deal). A receipt that cannot be redeemed does
+    /// not revert the batch: it emits `RedeemFailed` and its entry of `reasons` holds the selector
+    /// of the error `redeem` would revert with (0 for the redeemed ones), so a provider can
+    /// simulate the batch with `eth_call` and send only what will redeem. Returns the total added
+    /// to the pending pots.
+    function redeemBatch(Terms[] calldata ts, uint256[] calldata amounts, bytes[] calldata sigs)
+        external
+        returns (uint256 total, bytes4[] memory reasons)
+    {
+        if (ts.length != amounts.length || ts.length != sigs.length) revert LengthMismatch();
+        reasons = new bytes4[](ts.length);
+        for (uint256 i = 0; i < ts.length; ++i) {
+            Terms calldata t = ts[i];
+            bytes32 dealId = keccak256(abi.encode(t));
+            State memory s = deals[dealId];
+            bytes4 err = _unredeemable(t, s);
+            if (err == 0) {
+                (address signer, ECDSA.RecoverError e,) = ECDSA.tryRecover(receiptDigest(dealId, amounts[i]), sigs[i]);
+                if (e != ECDSA.RecoverError.NoError || signer != t.buyer) err = BadSigner.selector;
+            }
+            if (err != 0) {
+                reasons[i] = err;
+                emit RedeemFailed(dealId, err);
+                continue;
+            }
+            total += _credit(t, dealId, s, amounts[i]);
+        }
+    }
+
+    /// @dev The selector of the error a redeem of this deal fails with before its signature is
+    /// checked, or 0. A disputed deal still takes redeems (they join the frozen pot, which the
+    /// ruling splits): else a buyer could dispute right after the first redeem and strand every
+    /// later receipt until the deal expired and it refunded them.
+    function _unredeemable(Terms calldata t, State memory s) internal view returns (bytes4) {
+        if (s.flags & OPEN == 0) return UnknownDeal.selector;
+        if (msg.sender != t.provider) return OnlyProvider.selector;
+        if (s.flags & REFUNDED != 0) return AlreadyRefunded.selector;
+        if (block.timestamp >= t.expiry) return DealExpired.selector;
+        return 0;
+    }
+
+    /// @dev Reverts with `err(dealId)`: every error `_unredeemable` returns takes the deal id alone.
+    function _revertDeal(bytes4 err, bytes32 dealId) internal pure {
+        assembly ("memory-safe") {
+            let p := mload(0x40)
+            mstore(p, err)
+            mstore(add(p, 4), dealId)
+            revert(p, 36)
+        }
+    }
+
+    function _credit(Terms calldata t, bytes32 dealId, State memory s, uint256 cumulativeAmount)
+        internal
+        returns (uint256 amount)
+    {
         uint256 capped = cumulativeAmount < t.maxAmount ? cumulativeAmount : t.maxAmount;
         if (capped <= s.redeemed) return 0;
         amount = capped - s.redeemed;
         // capped <= t.maxAmount, a uint96; releaseAt fits uint40 for the next 30,000 years
         // forge-lint: disable-next-line(unsafe-typecast)
         s.redeemed = uint96(capped);
+        // while disputed, releaseAt is the arbiter's deadline and stays so
         // forge-lint: disable-next-line(unsafe-typecast)
-        s.releaseAt = uint40(block.timestamp + t.disputeWindow);
+        if (s.flags & DISPUTED == 0) s.releaseAt = uint40(block.timestamp + t.disputeWindow);
         deals[dealId] = s;
         emit Redeemed(dealId, amount, capped, s.releaseAt);
     }
@@ -240,8 +326,10 @@ contract TransferEscrow is EIP712, ReentrancyGuardTransient {
 
     // ---------------------------------------------------------------- disputes
 
-    /// @notice The buyer freezes the pending pot inside the dispute window, posting `disputeBond`.
-    function dispute(Terms calldata t) external {
+    /// @notice The buyer freezes the pending pot inside the dispute window, posting `disputeBond`
+    /// and committing to `evidence` (the root of a bdc blob holding it). The arbiter has
+    /// `arbitrationPeriod` to rule; after that anyone may `settleDispute`.
+    function dispute(Terms calldata t, bytes32 evidence) external {
         bytes32 dealId = keccak256(abi.encode(t));
         State memory s = deals[dealId];
         if (s.flags & OPEN == 0) revert UnknownDeal(dealId);
@@ -251,9 +339,12 @@ contract TransferEscrow is EIP712, ReentrancyGuardTransient {
         if (pending == 0) revert NothingPending(dealId);
         if (block.timestamp >= s.releaseAt) revert DisputeWindowOver(dealId, s.releaseAt);
         s.flags |= DISPUTED;
+        // while disputed, releaseAt holds the arbiter's deadline
+        // forge-lint: disable-next-line(unsafe-typecast)
+        s.releaseAt = uint40(block.timestamp + arbitrationPeriod);
         deals[dealId] = s;
         if (disputeBond > 0) token.safeTransferFrom(msg.sender, address(this), disputeBond);
-        emit Disputed(dealId, pending, disputeBond);
+        emit Disputed(dealId, pending, disputeBond, evidence, s.releaseAt);
     }
 
     /// @notice The deal's arbiter splits the frozen pot: `toBuyer` back to the buyer, the rest to
@@ -264,15 +355,35 @@ contract TransferEscrow is EIP712, ReentrancyGuardTransient {
         if (s.flags & OPEN == 0) revert UnknownDeal(dealId);
         if (msg.sender != t.arbiter) revert OnlyArbiter(dealId);
         if (s.flags & DISPUTED == 0) revert NotDisputed(dealId);
+        if (block.timestamp >= s.releaseAt) revert RulingPeriodOver(dealId, s.releaseAt);
         uint256 pending = s.redeemed - s.paidOut;
         if (toBuyer > pending) revert SplitTooLarge(toBuyer, pending);
+        _settle(t, dealId, s, toBuyer, buyerWins, false);
+    }
+
+    /// @notice After the arbiter's deadline passed without a ruling, anyone applies the default:
+    /// the pot goes to provider and vendor as the buyer's receipts said, the bond to the provider
+    /// (the same rule as a ruling for the provider).
+    function settleDispute(Terms calldata t) external nonReentrant {
+        bytes32 dealId = keccak256(abi.encode(t));
+        State memory s = deals[dealId];
+        if (s.flags & OPEN == 0) revert UnknownDeal(dealId);
+        if (s.flags & DISPUTED == 0) revert NotDisputed(dealId);
+        if (block.timestamp < s.releaseAt) revert RulingPeriodNotOver(dealId, s.releaseAt);
+        _settle(t, dealId, s, 0, false, true);
+    }
+
+    function _settle(Terms calldata t, bytes32 dealId, State memory s, uint256 toBuyer, bool buyerWins, bool byDefault)
+        internal
+    {
+        uint256 pending = s.redeemed - s.paidOut;
         s.paidOut = s.redeemed;
         s.flags &= ~DISPUTED;
         deals[dealId] = s;
         if (toBuyer > 0) token.safeTransfer(t.buyer, toBuyer);
         (uint256 toProvider, uint256 toVendor) = _split(t, pending - toBuyer);
         if (disputeBond > 0) token.safeTransfer(buyerWins ? t.buyer : t.provider, disputeBond);
-        emit Resolved(dealId, toBuyer, toProvider, toVendor, buyerWins);
+        emit Resolved(dealId, toBuyer, toProvider, toVendor, buyerWins, byDefault);
     }
 
     // ---------------------------------------------------------------- views

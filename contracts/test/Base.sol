@@ -30,6 +30,8 @@ abstract contract Base {
     uint256 internal constant ARBITER_PK = 0xA4B;
     uint256 internal constant BOND = 10 ether;
     uint64 internal constant DISPUTE_WINDOW = 1 days;
+    uint64 internal constant ARBITRATION_PERIOD = 3 days;
+    bytes32 internal constant EVIDENCE = keccak256("evidence blob root");
     bytes32 internal constant ROOT = keccak256("kaiko-trades-2026");
     bytes32 internal constant NODE_ID = keccak256("stimergy-node");
 
@@ -50,7 +52,7 @@ abstract contract Base {
         arbiter = vm.addr(ARBITER_PK);
         token = new BDCToken(address(this), 0, true);
         registry = new DatasetRegistry();
-        escrow = new TransferEscrow(token, registry, BOND, DISPUTE_WINDOW);
+        escrow = new TransferEscrow(token, registry, BOND, DISPUTE_WINDOW, ARBITRATION_PERIOD);
         vm.prank(vendor);
         registry.register(ROOT, 1_000, keccak256("manifest"), 1 ether);
         token.faucet(buyer, 1_000_000 ether);

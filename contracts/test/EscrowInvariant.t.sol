@@ -112,18 +112,20 @@ contract Handler {
         i %= terms.length;
         TransferEscrow.Terms memory t = terms[i];
         Model storage m = models[i];
-        if (m.refunded || m.disputed || block.timestamp >= t.expiry) return;
+        if (m.refunded || block.timestamp >= t.expiry) return;
         amount = amount % (uint256(t.maxAmount) * 2 + 1);
         bytes32 id = keccak256(abi.encode(t));
         uint256 pk = _pkOf(t.buyer);
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(pk, escrow.receiptDigest(id, amount));
+        vm.prank(t.provider);
         uint256 got = escrow.redeem(t, amount, abi.encodePacked(r, s, v));
         uint256 capped = amount < t.maxAmount ? amount : t.maxAmount;
         uint256 want = capped > m.redeemed ? capped - m.redeemed : 0;
         require(got == want, "redeem delta");
         if (want > 0) {
             m.redeemed = capped;
-            m.releaseAt = block.timestamp + t.disputeWindow;
+            // while disputed, releaseAt is the arbiter's deadline
+            if (!m.disputed) m.releaseAt = block.timestamp + t.disputeWindow;
         }
     }
 
@@ -161,8 +163,9 @@ contract Handler {
         if (m.disputed || m.redeemed == m.paidOut || block.timestamp >= m.releaseAt) return;
         if (expected[t.buyer] < bond) return;
         vm.prank(t.buyer);
-        escrow.dispute(t);
+        escrow.dispute(t, bytes32(i));
         m.disputed = true;
+        m.releaseAt = block.timestamp + escrow.arbitrationPeriod();
         expected[t.buyer] -= bond;
     }
 
@@ -171,7 +174,7 @@ contract Handler {
         i %= terms.length;
         TransferEscrow.Terms memory t = terms[i];
         Model storage m = models[i];
-        if (!m.disputed) return;
+        if (!m.disputed || block.timestamp >= m.releaseAt) return;
         uint256 pending = m.redeemed - m.paidOut;
         toBuyer = toBuyer % (pending + 1);
         vm.prank(arbiter);
@@ -182,6 +185,22 @@ contract Handler {
         expected[vendor] += royalty;
         expected[provider] += rest - royalty;
         expected[buyerWins ? t.buyer : provider] += bond;
+        m.paidOut = m.redeemed;
+        m.disputed = false;
+    }
+
+    /// Nobody ruled in time: the default (receipts stand, bond to the provider).
+    function settle(uint256 i) external {
+        if (terms.length == 0) return;
+        i %= terms.length;
+        TransferEscrow.Terms memory t = terms[i];
+        Model storage m = models[i];
+        if (!m.disputed || block.timestamp < m.releaseAt) return;
+        uint256 pending = m.redeemed - m.paidOut;
+        escrow.settleDispute(t);
+        uint256 royalty = pending * royaltyBps / 10_000;
+        expected[vendor] += royalty;
+        expected[provider] += pending - royalty + bond;
         m.paidOut = m.redeemed;
         m.disputed = false;
     }

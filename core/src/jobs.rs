@@ -209,6 +209,8 @@ pub struct JobRequest {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobPayment {
     pub deal_id: [u8; 32],
+    /// `abi.encode(Terms)` of the job deal (checked against `deal_id` before the chain is asked).
+    pub terms: Vec<u8>,
     pub hello_sig: Vec<u8>,
 }
 
@@ -271,6 +273,8 @@ pub enum JobUpdate {
         provider: [u8; 20],
         chain_id: u64,
         escrow: [u8; 20],
+        /// The arbiters the provider accepts on the job deal.
+        arbiters: Vec<[u8; 20]>,
     },
     /// The buyer's receipt for a paid job is stored (final update).
     Receipted {
@@ -380,7 +384,7 @@ mod tests {
             version: JOBS_PROTOCOL_VERSION,
             dataset: Hash::new(b"x"),
             spec: JobSpec::Sql { query: "SELECT 1".into(), format: ResultFormat::Csv, engine: Engine::DataFusion },
-            payment: Some(JobPayment { deal_id: [7; 32], hello_sig: vec![1; 65] }),
+            payment: Some(JobPayment { deal_id: [7; 32], terms: vec![2; 416], hello_sig: vec![1; 65] }),
         };
         let f = frame(&req);
         assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);

@@ -9,7 +9,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Version carried in every [`Hello`].
-pub const PAID_PROTOCOL_VERSION: u8 = 1;
+/// Version 2: the Hello carries the deal's terms.
+pub const PAID_PROTOCOL_VERSION: u8 = 2;
 
 /// Largest encoded message (length prefix excluded). Hello and receipts are ~140 bytes.
 pub const MAX_MESSAGE_BYTES: usize = 1024;
@@ -33,6 +34,12 @@ pub mod codes {
     /// The buyer stopped paying: no receipt within the stall timeout while the window was full.
     pub const PAYMENT_TIMEOUT: u32 = 20;
     pub const INTERNAL: u32 = 21;
+    /// The deal names an arbiter this provider does not accept (its offer lists those it does).
+    pub const ARBITER_NOT_ACCEPTED: u32 = 22;
+    /// The deal's vendor or royalty is not what this provider sells the dataset on.
+    pub const TERMS_NOT_ACCEPTED: u32 = 23;
+    /// The deal expires within the provider's safety margin: bytes sent now could not be redeemed.
+    pub const DEAL_EXPIRING: u32 = 24;
 
     /// A short name for a code, for error messages.
     pub fn name(code: u64) -> &'static str {
@@ -50,6 +57,9 @@ pub mod codes {
             RECEIPT_ABOVE_MAX => "receipt above the deal's maximum",
             PAYMENT_TIMEOUT => "payment timeout: no receipt while the window was full",
             INTERNAL => "provider internal error",
+            ARBITER_NOT_ACCEPTED => "the deal's arbiter is not one this provider accepts",
+            TERMS_NOT_ACCEPTED => "the deal's vendor or royalty is not what this provider sells on",
+            DEAL_EXPIRING => "the deal expires within the provider's safety margin",
             _ => "unknown code",
         }
     }
@@ -57,10 +67,14 @@ pub mod codes {
 
 /// First message: binds this connection (the buyer's EndpointId) to a deal, signed by the deal's
 /// buyer with its Ethereum key (EIP-712 `Hello{dealId, buyerNodeId}` under the escrow domain).
+/// It carries the deal's terms (`abi.encode(Terms)`, 416 bytes): the provider checks that they
+/// hash to `deal_id` and that the signature is the terms' buyer's before it asks the chain
+/// anything, and then reads only the deal's one state slot (no log scan for a stranger).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub version: u8,
     pub deal_id: [u8; 32],
+    pub terms: Vec<u8>,
     pub buyer_node: [u8; 32],
     pub sig: Vec<u8>,
 }
@@ -121,7 +135,14 @@ pub struct Offer {
     pub size: u64,
     pub chain_id: u64,
     pub escrow: [u8; 20],
+    /// The arbiters this provider accepts on a deal; a deal naming another is refused.
+    pub arbiters: Vec<[u8; 20]>,
+    /// Seconds before a deal's expiry from which the provider admits no Hello and sends nothing.
+    pub expiry_margin: u64,
 }
+
+/// The provider's default expiry margin, seconds (`PaidConfig::expiry_margin`).
+pub const DEFAULT_EXPIRY_MARGIN_SECS: u64 = 300;
 
 #[derive(Debug, thiserror::Error)]
 #[error("malformed offer: {0}")]
@@ -199,6 +220,8 @@ mod tests {
             size: 1000,
             chain_id: 31337,
             escrow: [2; 20],
+            arbiters: vec![[3; 20]],
+            expiry_margin: 300,
         };
         let s = o.to_string();
         assert!(s.starts_with("bdcoffer"));

@@ -81,11 +81,20 @@ pub enum JobError {
 #[derive(Debug, Clone)]
 pub struct JobPay {
     pub wallet: Wallet,
-    /// Settles disputes on the deal.
-    pub arbiter: Address,
+    /// The arbiters this buyer trusts: the job deal names the first the provider accepts.
+    pub arbiters: Vec<Address>,
     pub deal_duration: Duration,
     /// Refuse a provider asking more than this per job, token base units.
     pub max_price: Option<u128>,
+}
+
+/// A provider's `PaymentRequired` answer.
+struct Quote<'a> {
+    price: u128,
+    provider: [u8; 20],
+    chain_id: u64,
+    escrow: [u8; 20],
+    arbiters: &'a [[u8; 20]],
 }
 
 /// A paid job's stream between `Done` and the receipt.
@@ -255,11 +264,9 @@ impl Fetcher {
         &self,
         ticket: &BlobTicket,
         pay: &JobPay,
-        price: u128,
-        provider: [u8; 20],
-        chain_id: u64,
-        escrow: [u8; 20],
+        quote: Quote<'_>,
     ) -> Result<(JobPayment, B256), JobError> {
+        let Quote { price, provider, chain_id, escrow, arbiters } = quote;
         let node = ticket.addr().id;
         let chain = &pay.wallet.chain;
         let d = chain.deployment();
@@ -281,6 +288,7 @@ impl Fetcher {
             ))
             .into());
         }
+        let arbiter = crate::paid::choose_arbiter(&pay.arbiters, arbiters).map_err(FetchError::from)?;
         let now = chain.chain_time().await.map_err(|e| FetchError::from(PaidError::from(e)))?;
         let req = OpenDeal {
             provider: Address::from(provider),
@@ -290,7 +298,7 @@ impl Fetcher {
             max_amount: U256::from(price),
             window: 0,
             expiry: now + pay.deal_duration.as_secs(),
-            arbiter: pay.arbiter,
+            arbiter,
         };
         let signer = &pay.wallet.signer;
         let deal = chain.open_deal(signer.address(), &req).await.map_err(|e| FetchError::from(PaidError::from(e)))?;
@@ -307,7 +315,9 @@ impl Fetcher {
         let me = B256::from(*self.endpoint().id().as_bytes());
         let hello = sign_hello_sync(signer, &chain.domain(), deal.id, me)
             .map_err(|e| FetchError::Local(format!("cannot sign the job request: {e}")))?;
-        Ok((JobPayment { deal_id: deal.id.0, hello_sig: hello.as_bytes().to_vec() }, deal.id))
+        let payment =
+            JobPayment { deal_id: deal.id.0, terms: deal.terms.abi_encode(), hello_sig: hello.as_bytes().to_vec() };
+        Ok((payment, deal.id))
     }
 
     /// Signs and sends the receipt for a fetched, verified paid job; the amount receipted.
@@ -401,7 +411,7 @@ impl Fetcher {
                         conn.close(0u32.into(), b"done");
                         return Err(JobError::Failed { provider, code, name: codes::name(code), reason });
                     }
-                    Some(JobUpdate::PaymentRequired { price: p, provider: addr, chain_id, escrow }) => {
+                    Some(JobUpdate::PaymentRequired { price: p, provider: addr, chain_id, escrow, arbiters }) => {
                         conn.close(0u32.into(), b"done");
                         if paying {
                             return Err(protocol("asked for payment again after the job deal was sent".into()));
@@ -417,7 +427,14 @@ impl Fetcher {
                             });
                         };
                         on(JobEvent::Paying { price: p });
-                        payment = Some(self.open_job_deal(ticket, pay, p, addr, chain_id, escrow).await?);
+                        payment = Some(
+                            self.open_job_deal(
+                                ticket,
+                                pay,
+                                Quote { price: p, provider: addr, chain_id, escrow, arbiters: &arbiters },
+                            )
+                            .await?,
+                        );
                         price = p;
                         continue 'ask;
                     }

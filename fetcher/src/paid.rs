@@ -51,8 +51,9 @@ pub struct PaidOptions {
     pub receipt_every: u64,
     /// A new deal expires this long after it opens.
     pub deal_duration: Duration,
-    /// Who settles disputes on new deals.
-    pub arbiter: Address,
+    /// The arbiters this buyer trusts, in order of preference: a new deal names the first of
+    /// them that the provider's offer accepts (none in common: no deal).
+    pub arbiters: Vec<Address>,
     /// Escrow for a new deal (default: the offer's full price).
     pub deposit: Option<u128>,
     /// How long to wait for the provider to confirm the final receipt.
@@ -60,12 +61,12 @@ pub struct PaidOptions {
 }
 
 impl PaidOptions {
-    pub fn new(arbiter: Address) -> Self {
+    pub fn new(arbiters: Vec<Address>) -> Self {
         Self {
             max_price_per_byte: None,
             receipt_every: 1 << 20,
             deal_duration: Duration::from_secs(24 * 3600),
-            arbiter,
+            arbiters,
             deposit: None,
             close_timeout: Duration::from_secs(10),
         }
@@ -86,6 +87,14 @@ pub enum PaidError {
         "receipt interval {every} bytes does not fit the provider's window of {window} bytes (needs interval + 16 KiB ≤ window)"
     )]
     WindowTooSmall { every: u64, window: u64 },
+    #[error(
+        "the provider accepts the arbiters [{}], none of those you trust ([{}])",
+        fmt_addrs(accepted),
+        fmt_addrs(trusted)
+    )]
+    ArbiterNotAccepted { trusted: Vec<Address>, accepted: Vec<Address> },
+    #[error("a deal of {duration} s would expire inside the provider's {margin} s expiry margin almost at once")]
+    DealTooShort { duration: u64, margin: u64 },
     #[error(transparent)]
     Chain(#[from] ChainError),
     #[error("deal book {path}: {reason}")]
@@ -94,6 +103,22 @@ pub enum PaidError {
     Sign(String),
     #[error("cannot send to the provider: {0}")]
     Stream(String),
+}
+
+fn fmt_addrs(a: &[Address]) -> String {
+    a.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The arbiter of a new deal: the first arbiter the buyer trusts that the provider accepts. A
+/// provider refuses deals naming an arbiter it does not accept, and a buyer must not take the
+/// provider's word for who is fair (a provider may list itself).
+pub fn choose_arbiter(trusted: &[Address], accepted: &[[u8; 20]]) -> Result<Address, PaidError> {
+    let accepted: Vec<Address> = accepted.iter().map(|a| Address::from(*a)).collect();
+    trusted
+        .iter()
+        .find(|a| accepted.contains(a))
+        .copied()
+        .ok_or_else(|| PaidError::ArbiterNotAccepted { trusted: trusted.to_vec(), accepted })
 }
 
 /// A deal as the buyer records it.
@@ -210,6 +235,7 @@ impl PaidSession {
         let hello = PaidMessage::Hello(Hello {
             version: PAID_PROTOCOL_VERSION,
             deal_id: self.deal.id.0,
+            terms: self.deal.terms.abi_encode(),
             buyer_node: me.0,
             sig: sig.as_bytes().to_vec(),
         });
@@ -385,6 +411,12 @@ impl Fetcher {
         {
             return Err(PaidError::PriceTooHigh { offered: offer.price_per_byte, max }.into());
         }
+        let arbiter = choose_arbiter(&pay.arbiters, &offer.arbiters)?;
+        if pay.deal_duration.as_secs() <= offer.expiry_margin + 60 {
+            return Err(
+                PaidError::DealTooShort { duration: pay.deal_duration.as_secs(), margin: offer.expiry_margin }.into()
+            );
+        }
         if pay.receipt_every + bdc_core::protocol::CHUNK_GROUP_BYTES > offer.window {
             return Err(PaidError::WindowTooSmall { every: pay.receipt_every, window: offer.window }.into());
         }
@@ -408,7 +440,12 @@ impl Fetcher {
             book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).cloned().collect();
         for cand in candidates {
             let Ok(t) = cand.terms() else { continue };
-            if t.providerNodeId != node || t.provider != Address::from(offer.provider) || t.expiry <= now + 120 {
+            if t.providerNodeId != node
+                || t.provider != Address::from(offer.provider)
+                || t.expiry <= now + offer.expiry_margin + 120
+                || !offer.arbiters.contains(&t.arbiter.into_array())
+                || !pay.arbiters.contains(&t.arbiter)
+            {
                 continue;
             }
             let st = chain.deal_state(cand.id).await.map_err(PaidError::from)?;
@@ -429,7 +466,7 @@ impl Fetcher {
                     max_amount: U256::from(max_amount),
                     window: offer.window,
                     expiry: now + pay.deal_duration.as_secs(),
-                    arbiter: pay.arbiter,
+                    arbiter,
                 };
                 let deal = chain.open_deal(signer.address(), &req).await.map_err(PaidError::from)?;
                 tracing::info!(deal = %deal.id, max_amount, "deal opened");

@@ -138,6 +138,10 @@ async fn post_listing(
     for a in &l.addrs {
         a.parse::<SocketAddr>().map_err(|_| ApiError::BadRequest(format!("addrs: {a:?} is not ip:port")))?;
     }
+    if l.arbiters.is_empty() || l.arbiters.len() > 8 {
+        return Err(ApiError::BadRequest("arbiters must list 1–8 addresses the provider accepts".into()));
+    }
+    let arbiters: Vec<String> = typed.arbiters.iter().map(|a| format!("{a:#x}")).collect();
     if l.region.len() > 32 || l.region.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-')) {
         return Err(ApiError::BadRequest("region must be up to 32 characters of [A-Za-z0-9-]".into()));
     }
@@ -177,8 +181,10 @@ async fn post_listing(
     }
     sqlx::query(
         "INSERT INTO listings (provider, root, node_id, addrs, region, price_per_byte, price_gib, window_bytes, \
-         capacity_mibps, issued_at, expires_at, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+         capacity_mibps, issued_at, expires_at, signature, arbiters) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
          ON CONFLICT (provider, root) DO UPDATE SET node_id = excluded.node_id, addrs = excluded.addrs, \
+         arbiters = excluded.arbiters, \
          region = excluded.region, price_per_byte = excluded.price_per_byte, price_gib = excluded.price_gib, \
          window_bytes = excluded.window_bytes, capacity_mibps = excluded.capacity_mibps, \
          issued_at = excluded.issued_at, expires_at = excluded.expires_at, signature = excluded.signature",
@@ -195,6 +201,7 @@ async fn post_listing(
     .bind(l.issued_at as i64)
     .bind(l.expires_at as i64)
     .bind(&sl.signature)
+    .bind(arbiters.join(","))
     .execute(&mut *tx)
     .await?;
     let files: Vec<Value> = manifest
@@ -563,8 +570,8 @@ pub async fn dataset(db: &Db, root: &str) -> ApiResult<Value> {
         return Err(ApiError::NotFound(format!("no dataset {root}")));
     };
     let offers = sqlx::query(
-        "SELECT provider, node_id, addrs, region, price_per_byte, price_gib, window_bytes, capacity_mibps, expires_at \
-         FROM listings WHERE root = $1 AND expires_at > $2 ORDER BY price_gib",
+        "SELECT provider, node_id, addrs, region, price_per_byte, price_gib, window_bytes, capacity_mibps, expires_at, \
+         arbiters FROM listings WHERE root = $1 AND expires_at > $2 ORDER BY price_gib",
     )
     .bind(&root)
     .bind(now() as i64)
@@ -578,6 +585,7 @@ pub async fn dataset(db: &Db, root: &str) -> ApiResult<Value> {
                 "addrs": r.get::<String, _>(2).split(',').collect::<Vec<_>>(), "region": r.get::<String, _>(3),
                 "price_per_byte": r.get::<String, _>(4), "price_gib": r.get::<f64, _>(5),
                 "window": r.get::<i64, _>(6), "capacity_mibps": r.get::<i64, _>(7), "expires_at": r.get::<i64, _>(8),
+                "arbiters": split_tags(&r.get::<String, _>(9)),
             })
         })
         .collect();
@@ -853,7 +861,7 @@ async fn post_match(
     if !keys.is_empty() {
         let sql = format!(
             "SELECT provider, root, node_id, addrs, price_per_byte, window_bytes, capacity_mibps, issued_at, \
-             expires_at, signature FROM listings WHERE {}",
+             expires_at, signature, arbiters FROM listings WHERE {}",
             keys.join(" OR ")
         );
         for r in b.apply(sqlx::query(&sql)).fetch_all(&st.db.pool).await? {
@@ -883,6 +891,7 @@ async fn post_match(
                     addrs: r.get::<String, _>(3).split(',').map(str::to_string).collect(),
                     region: attrs.region.clone(),
                     capacity_mibps: r.get::<i64, _>(6) as u64,
+                    arbiters: split_tags(&r.get::<String, _>(10)),
                     issued_at: r.get::<i64, _>(7) as u64,
                     expires_at: r.get::<i64, _>(8) as u64,
                 },

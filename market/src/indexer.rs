@@ -349,20 +349,29 @@ async fn apply(tx: &mut Transaction<'_, Any>, block: u64, idx: u64, ev: &ChainEv
             .await?;
             sqlx::query("UPDATE deals SET redeemed = $2 WHERE id = $1").bind(hex32(id)).bind(cumulative.clone())
         }
-        ChainEvent::Withdrawn { id } => {
-            sqlx::query("UPDATE deals SET state = 'completed' WHERE id = $1 AND state <> 'refunded'").bind(hex32(id))
-        }
-        ChainEvent::Refunded { id, amount } => {
-            sqlx::query("UPDATE deals SET refunded = $2, state = 'refunded' WHERE id = $1")
-                .bind(hex32(id))
-                .bind(amount.clone())
-        }
-        ChainEvent::Disputed { id } => sqlx::query("UPDATE deals SET state = 'disputed' WHERE id = $1").bind(hex32(id)),
-        ChainEvent::Resolved { id, buyer_wins } => {
-            sqlx::query("UPDATE deals SET state = 'resolved', buyer_won = $2 WHERE id = $1")
-                .bind(hex32(id))
-                .bind(*buyer_wins as i64)
-        }
+        // A deal's outcome only moves forward: a payout makes it completed (also after a refund
+        // of the unspent deposit, which every buyer does), a refund of a deal that never paid
+        // out makes it refunded, and a dispute the buyer won stays on the record whatever follows.
+        ChainEvent::Withdrawn { id } => sqlx::query(
+            "UPDATE deals SET state = 'completed' WHERE id = $1 AND NOT (state = 'resolved' AND buyer_won = 1)",
+        )
+        .bind(hex32(id)),
+        ChainEvent::Refunded { id, amount } => sqlx::query(
+            "UPDATE deals SET refunded = $2, state = CASE WHEN state = 'open' THEN 'refunded' ELSE state END \
+             WHERE id = $1",
+        )
+        .bind(hex32(id))
+        .bind(amount.clone()),
+        ChainEvent::Disputed { id } => sqlx::query(
+            "UPDATE deals SET state = CASE WHEN state = 'resolved' AND buyer_won = 1 THEN state ELSE 'disputed' END \
+             WHERE id = $1",
+        )
+        .bind(hex32(id)),
+        ChainEvent::Resolved { id, buyer_wins } => sqlx::query(
+            "UPDATE deals SET state = 'resolved', buyer_won = CASE WHEN buyer_won = 1 THEN 1 ELSE $2 END WHERE id = $1",
+        )
+        .bind(hex32(id))
+        .bind(*buyer_wins as i64),
     };
     q.execute(&mut **tx).await?;
     Ok(())

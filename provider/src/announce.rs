@@ -70,6 +70,7 @@ impl Provider {
                 addrs: addrs.clone(),
                 region: a.region.clone(),
                 capacity_mibps: a.capacity_mibps,
+                arbiters: paid.cfg.arbiters.iter().map(|x| format!("{x:#x}")).collect(),
                 issued_at: issued,
                 expires_at: issued + a.ttl.as_secs().max(60),
             };

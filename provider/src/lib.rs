@@ -7,6 +7,7 @@
 //!   and selling datasets on `bdc/paid/1` ([`paid`]: receipt gate, ledger, redeemer).
 //! - [`jobs`]: compute next to the data on `bdc/jobs/1` (SQL on DataFusion in a runc sandbox).
 
+pub mod access;
 pub mod announce;
 pub mod catalog;
 pub mod jobs;

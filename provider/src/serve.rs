@@ -1,8 +1,10 @@
 //! Serving: an iroh endpoint with a router for bdc's protocols.
 //!
 //! Free datasets are served on `/iroh-bytes/4` (the plain iroh-blobs protocol). Every GET is
-//! authorized: its hash must be the root of a free dataset or a blob inside one. `get_many` and
-//! `push` are disabled, so the per-hash check cannot be bypassed and nobody writes to the store.
+//! authorized by [`crate::access`]: its hash must be the root of a free dataset or a blob inside
+//! one, and it may ask for children only through a collection root. Observe requests are held
+//! to the same set. `get_many` and `push` are disabled, so the per-hash check cannot be bypassed
+//! and nobody writes to the store.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -22,11 +24,12 @@ use iroh::{EndpointAddr, protocol::Router};
 use iroh_blobs::{
     BlobsProtocol,
     hashseq::HashSeq,
-    provider::events::{AbortReason, EventMask, EventSender, ProviderMessage, RequestMode, ThrottleMode},
+    provider::events::{AbortReason, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode, ThrottleMode},
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    access::FreeSet,
     jobs::{JobsConfig, JobsProtocol},
     paid::{PaidConfig, PaidProtocol, ledger::Ledger},
     store::{ProviderStore, StoreError},
@@ -120,9 +123,16 @@ impl Provider {
         for rec in store.catalog.iter() {
             contents.insert(rec.root, dataset_contents(&store, rec.root, rec.format).await?);
         }
-        let free: HashSet<Hash> =
-            store.catalog.iter().filter(|r| r.free).flat_map(|r| contents[&r.root].0.iter().copied()).collect();
+        let mut free = FreeSet::default();
+        for r in store.catalog.iter().filter(|r| r.free) {
+            match r.format {
+                BlobFormat::HashSeq => free.add_collection(r.root, contents[&r.root].0.iter().copied()),
+                BlobFormat::Raw => free.add_blob(r.root),
+            }
+        }
         let free = Arc::new(RwLock::new(free));
+        let collections: Arc<HashSet<Hash>> =
+            Arc::new(store.catalog.iter().filter(|r| r.format == BlobFormat::HashSeq).map(|r| r.root).collect());
         let mut alpns = vec![FREE_ALPN.to_vec()];
         if cfg.paid.is_some() {
             alpns.push(PAID_ALPN.to_vec());
@@ -138,6 +148,7 @@ impl Provider {
         if let Some(p) = &cfg.paid {
             let ledger = Arc::new(Ledger::open(&store.dir.join("ledger.redb"))?);
             let datasets = contents.iter().map(|(k, (v, _))| (*k, v.clone())).collect();
+            let vendors = manifest_vendors(&store).await?;
             let handler = PaidProtocol::new(
                 store.store.clone().into(),
                 ledger,
@@ -145,8 +156,9 @@ impl Provider {
                 p.address,
                 endpoint.id(),
                 p.cfg.clone(),
-                datasets,
-            );
+                crate::paid::Datasets { contents: datasets, collections: collections.clone(), vendors },
+            )
+            .await;
             job_payments = Some(handler.job_payments());
             router = router.accept(PAID_ALPN, handler);
         }
@@ -213,6 +225,8 @@ impl Provider {
             size,
             chain_id: d.chain_id,
             escrow: d.escrow.into_array(),
+            arbiters: paid.cfg.arbiters.iter().map(|a| a.into_array()).collect(),
+            expiry_margin: paid.cfg.expiry_margin.as_secs(),
         })
     }
 
@@ -251,11 +265,33 @@ async fn dataset_contents(
     Ok((Arc::new(hashes.into_iter().collect()), size))
 }
 
-/// The event handler of the free protocol: authorize GETs by hash, optionally cap the rate.
-fn free_events(free: Arc<RwLock<HashSet<Hash>>>, max_rate: Option<u64>) -> EventSender {
+/// The vendor each sold collection's `bdc.json` names (a deal must pay that vendor).
+async fn manifest_vendors(store: &ProviderStore) -> Result<HashMap<Hash, Option<Address>>, ServeError> {
+    let mut out = HashMap::new();
+    for rec in store.catalog.iter().filter(|r| !r.free) {
+        let broken = |reason: String| ServeError::BrokenDataset { root: rec.root, reason };
+        let Some(h) = store.manifest_hash(rec.root).await? else {
+            out.insert(rec.root, None);
+            continue;
+        };
+        let bytes = store.store.blobs().get_bytes(h).await.map_err(|e| broken(e.to_string()))?;
+        let m = bdc_core::manifest::DatasetManifest::from_bytes(&bytes).map_err(|e| broken(e.to_string()))?;
+        let vendor = match m.vendor.as_deref() {
+            None => None,
+            Some(v) => Some(v.parse::<Address>().map_err(|e| broken(format!("manifest vendor {v:?}: {e}")))?),
+        };
+        out.insert(rec.root, vendor);
+    }
+    Ok(out)
+}
+
+/// The event handler of the free protocol: authorize GETs and Observes by hash (children only
+/// through a collection root), optionally cap the rate.
+fn free_events(free: Arc<RwLock<FreeSet>>, max_rate: Option<u64>) -> EventSender {
     let mask = EventMask {
         get: RequestMode::Intercept,
         get_many: RequestMode::Disabled,
+        observe: ObserveMode::Intercept,
         throttle: if max_rate.is_some() { ThrottleMode::Intercept } else { ThrottleMode::None },
         ..EventMask::DEFAULT
     };
@@ -265,12 +301,16 @@ fn free_events(free: Arc<RwLock<HashSet<Hash>>>, max_rate: Option<u64>) -> Event
             match msg {
                 ProviderMessage::GetRequestReceived(msg) => {
                     let hash = msg.request.hash;
-                    let ok = free.read().expect("free set lock").contains(&hash);
+                    let ok = free.read().expect("free set lock").allows(&msg.request);
                     if !ok {
-                        tracing::warn!(%hash, conn = msg.connection_id, "refused GET: not a free dataset");
+                        tracing::warn!(%hash, conn = msg.connection_id, "refused GET: not a free blob, or children of a non-collection");
                     }
                     let res = if ok { Ok(()) } else { Err(AbortReason::Permission) };
                     msg.tx.send(res).await.ok();
+                }
+                ProviderMessage::ObserveRequestReceived(msg) => {
+                    let ok = free.read().expect("free set lock").contains(&msg.request.hash);
+                    msg.tx.send(if ok { Ok(()) } else { Err(AbortReason::Permission) }).await.ok();
                 }
                 ProviderMessage::Throttle(msg) => {
                     if let Some(rate) = max_rate {

@@ -103,7 +103,7 @@ impl ComputeArgs {
         let (chain, signer) = self.chain.connect()?;
         Ok(Some(bdc_fetcher::jobs::JobPay {
             wallet: bdc_fetcher::Wallet { chain, signer },
-            arbiter,
+            arbiters: vec![arbiter],
             deal_duration: Duration::from_secs(self.deal_secs),
             max_price: self.max_price,
         }))

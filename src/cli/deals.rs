@@ -17,8 +17,20 @@ pub enum DealCmd {
         #[command(flatten)]
         chain: ChainArgs,
     },
-    /// As the buyer, inside the dispute window: freeze the redeemed-but-pending pot (posts a bond).
+    /// As the buyer, inside the dispute window: freeze the redeemed-but-pending pot (posts a
+    /// bond). The arbiter has the escrow's arbitration period to rule; after it, `bdc deal
+    /// settle` applies the default (the signed receipts stand, the bond goes to the provider).
     Dispute {
+        id: B256,
+        /// A file with the buyer's evidence: its BLAKE3 hash (its root as a raw bdc blob, so
+        /// the arbiter can fetch it verified once it is published) is committed on chain.
+        #[arg(long, value_name = "PATH")]
+        evidence: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        chain: ChainArgs,
+    },
+    /// After the arbiter's deadline passed without a ruling: apply the default (anyone may call).
+    Settle {
         id: B256,
         #[command(flatten)]
         chain: ChainArgs,
@@ -50,11 +62,25 @@ pub async fn deal(cmd: DealCmd, dir: &Path) -> anyhow::Result<()> {
             let amount = c.refund(&t).await?;
             println!("refunded {} to {}", format_bdc(amount), t.buyer);
         }
-        DealCmd::Dispute { id, chain } => {
+        DealCmd::Dispute { id, evidence, chain } => {
             let (c, signer) = chain.connect()?;
             let t = terms_of(id, dir, &c).await?;
-            c.dispute(signer.address(), &t).await?;
-            println!("deal {id} disputed; the arbiter {} decides", t.arbiter);
+            let evidence = match &evidence {
+                Some(p) => {
+                    let bytes = std::fs::read(p).with_context(|| format!("cannot read evidence {}", p.display()))?;
+                    B256::from(*bdc_core::Hash::new(&bytes).as_bytes())
+                }
+                None => B256::ZERO,
+            };
+            c.dispute(signer.address(), &t, evidence).await?;
+            let rule_by = c.deal_state(id).await?.release_at;
+            println!("deal {id} disputed (evidence {evidence}); the arbiter {} rules by {rule_by}", t.arbiter);
+        }
+        DealCmd::Settle { id, chain } => {
+            let (c, _) = chain.connect()?;
+            let t = terms_of(id, dir, &c).await?;
+            c.settle_dispute(&t).await?;
+            println!("deal {id} settled by default: the receipts stand, the bond went to the provider {}", t.provider);
         }
         DealCmd::Withdraw { id, chain } => {
             let (c, _) = chain.connect()?;
@@ -88,6 +114,7 @@ pub async fn deals(dir: &Path, chain: ChainArgs, json: bool) -> anyhow::Result<(
             None => None,
         };
         let redeemed = state.map(|s| s.redeemed);
+        let rule_by = state.filter(|s| s.disputed).map(|s| format!(" (the arbiter rules by {})", s.release_at));
         let status = match state {
             None => "unknown (no chain given)",
             Some(s) if s.disputed => "disputed",
@@ -106,10 +133,11 @@ pub async fn deals(dir: &Path, chain: ChainArgs, json: bool) -> anyhow::Result<(
             "verified_bytes": d.verified,
             "expiry": t.expiry,
             "status": status,
+            "rule_by": state.filter(|s| s.disputed).map(|s| s.release_at),
         }));
         if !json {
             println!(
-                "{}  {}  escrowed {}  signed {}  redeemed {}  verified {} B  expiry {}  {}",
+                "{}  {}  escrowed {}  signed {}  redeemed {}  verified {} B  expiry {}  {}{}",
                 d.id,
                 d.root.fmt_short(),
                 format_bdc(max),
@@ -117,7 +145,8 @@ pub async fn deals(dir: &Path, chain: ChainArgs, json: bool) -> anyhow::Result<(
                 redeemed.map(format_bdc).unwrap_or_else(|| "?".into()),
                 d.verified,
                 t.expiry,
-                status
+                status,
+                rule_by.unwrap_or_default()
             );
         }
     }

@@ -62,7 +62,7 @@ pub struct FetchArgs {
     #[arg(long, default_value_t = 86_400)]
     pub deal_secs: u64,
     /// Address that settles disputes on a new deal (required with --pay; there is no default
-    /// arbiter).
+    /// arbiter). It must be one the provider's offer accepts, or the deal is not opened.
     #[arg(long)]
     pub arbiter: Option<alloy::primitives::Address>,
     #[command(flatten)]
@@ -125,6 +125,9 @@ async fn run_from_market(a: FetchArgs, root: B256, dir: &Path, quiet: bool) -> a
         size: top.size + DEPOSIT_SLACK,
         chain_id: d.chain_id,
         escrow: d.escrow.into_array(),
+        arbiters: top.arbiters.iter().map(|a| a.into_array()).collect(),
+        // listings do not carry the margin: assume the default
+        expiry_margin: bdc_core::paid::DEFAULT_EXPIRY_MARGIN_SECS,
     };
     eprintln!("{}", top.picked(offers.len()));
     run_paid(a, offer, dir, quiet).await
@@ -165,7 +168,7 @@ async fn run_paid(a: FetchArgs, offer: bdc_core::paid::Offer, dir: &Path, quiet:
     let arbiter = a.arbiter.context("--arbiter is required to open a paid deal (who settles disputes)")?;
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     let fetcher = Fetcher::open(cfg).await?;
-    let mut pay = bdc_fetcher::PaidOptions::new(arbiter);
+    let mut pay = bdc_fetcher::PaidOptions::new(vec![arbiter]);
     pay.max_price_per_byte = a.max_price_per_gib.map(bdc_core::paid::price_per_byte);
     pay.receipt_every = a.receipt_every;
     pay.deposit = a.deposit;

@@ -38,6 +38,8 @@ pub struct MarketOffer {
     pub price_per_byte: u128,
     /// The dataset's size as the market knows it.
     pub size: u64,
+    /// The arbiters the provider's signed listing accepts.
+    pub arbiters: Vec<Address>,
     pub score: f64,
     pub criteria: Value,
 }
@@ -122,6 +124,7 @@ fn checked(o: &Value, root: B256, domain: &alloy::sol_types::Eip712Domain) -> an
         provider: typed.provider,
         price_per_byte: typed.pricePerByte.to::<u128>(),
         size: o["size"].as_u64().unwrap_or(0),
+        arbiters: typed.arbiters.clone(),
         score: o["score"].as_f64().unwrap_or(0.0),
         criteria: o["criteria"].clone(),
         listing,

@@ -96,6 +96,14 @@ pub struct ServeArgs {
     /// Seconds a full window waits for a receipt before the connection is closed.
     #[arg(long, default_value_t = 30)]
     pub stall_timeout: u64,
+    /// An arbiter this provider accepts on its deals (repeatable; at least one with --sell).
+    /// Offers and listings name them; a deal naming another arbiter is refused.
+    #[arg(long = "arbiter", value_name = "ADDRESS")]
+    pub arbiters: Vec<alloy::primitives::Address>,
+    /// Refuse deals whose royalty is above this (basis points). Default: the royalty each
+    /// dataset was registered with when this provider first saw it (a later raise is refused).
+    #[arg(long)]
+    pub max_royalty_bps: Option<u16>,
     /// Announce the sold datasets to this market (signed listings, refreshed before they expire).
     #[arg(long, requires = "sell")]
     pub market: Option<String>,
@@ -204,8 +212,13 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
             redeem_every: a.redeem_every,
             stall_timeout: std::time::Duration::from_secs(a.stall_timeout),
             max_rate: a.max_rate,
+            arbiters: a.arbiters.clone(),
+            max_royalty_bps: a.max_royalty_bps,
             ..Default::default()
         };
+        if cfg.arbiters.is_empty() {
+            anyhow::bail!("--sell needs at least one --arbiter ADDRESS: the arbiters you accept on your deals");
+        }
         if cfg.price_per_byte == 0 {
             anyhow::bail!(
                 "--price-per-gib {} is below one base unit per byte (minimum {})",

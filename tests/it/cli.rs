@@ -322,7 +322,7 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
     let mut jobs = bdc_provider::JobsConfig::new(env!("CARGO_BIN_EXE_bdc").into(), devnet.signer(3));
     jobs.job_price = Some(JOB_PRICE);
     let paid = bdc_provider::PaidSetup {
-        cfg: bdc_provider::PaidConfig::default(),
+        cfg: bdc_provider::PaidConfig { arbiters: vec![devnet.address(0)], ..Default::default() },
         chain: devnet.contracts(3),
         address: devnet.address(3),
     };
@@ -394,7 +394,7 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
     // a cheaper seller that runs no jobs ranks first: the buyer passes over it
     let mut other = ProviderStore::open(&tmp.path().join("p2")).await.unwrap();
     publish(&mut other, &data, &PublishOptions::default(), |_| {}).await.unwrap();
-    let cheap = bdc_provider::PaidConfig { price_per_byte: 1, ..Default::default() };
+    let cheap = bdc_provider::PaidConfig { price_per_byte: 1, arbiters: vec![devnet.address(0)], ..Default::default() };
     let paid = bdc_provider::PaidSetup { cfg: cheap, chain: devnet.contracts(4), address: devnet.address(4) };
     let no_jobs = Provider::spawn(other, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap();
     let ann4 = bdc_provider::Announce { signer: devnet.signer(4), ..ann.clone() };

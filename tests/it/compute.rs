@@ -4,7 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
-use alloy::signers::local::PrivateKeySigner;
+use alloy::{signers::local::PrivateKeySigner, sol_types::SolValue};
 use bdc_core::{
     BlobFormat,
     jobs::{Engine, JobSpec, ResultFormat, codes},
@@ -706,7 +706,11 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     let key = devnet.signer(3);
     let mut jc = jobs_config(&key);
     jc.job_price = Some(JOB_PRICE);
-    let paid = PaidSetup { cfg: PaidConfig::default(), chain: devnet.contracts(3), address: devnet.address(3) };
+    let paid = PaidSetup {
+        cfg: PaidConfig { arbiters: vec![devnet.address(0)], ..Default::default() },
+        chain: devnet.contracts(3),
+        address: devnet.address(3),
+    };
     let provider =
         Provider::spawn(store, ServeConfig { paid: Some(paid), jobs: Some(jc), ..ServeConfig::test() }).await.unwrap();
     let ticket = provider.ticket(rec.root).unwrap();
@@ -730,7 +734,7 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     let before = buyer.balance(devnet.address(2)).await.unwrap();
     let mut pay = JobPay {
         wallet: Wallet { chain: buyer.clone(), signer: devnet.signer(2) },
-        arbiter: devnet.address(0),
+        arbiters: vec![devnet.address(0)],
         deal_duration: Duration::from_secs(3_600),
         max_price: Some(JOB_PRICE),
     };
@@ -753,9 +757,10 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     // a deal pays for one job; a deal of another dataset or a transfer deal pays for none; a
     // request not signed by the deal's buyer is refused
     let me = B256::from(*fetcher.endpoint().id().as_bytes());
-    let hello = |id: B256, who: usize| {
+    let hello = |terms: &bdc_contracts::client::Terms, who: usize| {
+        let id = alloy::primitives::keccak256(terms.abi_encode());
         let sig = sign_hello_sync(&devnet.signer(who), &buyer.domain(), id, me).unwrap();
-        JobPayment { deal_id: id.0, hello_sig: sig.as_bytes().to_vec() }
+        JobPayment { deal_id: id.0, terms: terms.abi_encode(), hello_sig: sig.as_bytes().to_vec() }
     };
     let open = |root: B256, ppb: u128, window: u64| OpenDeal {
         provider: devnet.address(3),
@@ -772,12 +777,16 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     devnet.contracts(1).register_dataset(other_root, 0, B256::ZERO, 0).await.unwrap();
     let elsewhere = buyer.open_deal(devnet.address(2), &open(other_root, 0, 0)).await.unwrap();
     let fresh = buyer.open_deal(devnet.address(2), &open(root, 0, 0)).await.unwrap();
+    let never_opened = bdc_contracts::client::Terms { nonce: 999, ..fresh.terms.clone() };
+    let mut lying = hello(&fresh.terms, 2);
+    lying.deal_id = deal.0;
     for (what, payment, want) in [
-        ("used deal", hello(deal, 2), "already used"),
-        ("transfer deal", hello(transfer.id, 2), "transfer deal"),
-        ("another dataset", hello(elsewhere.id, 2), "is for dataset"),
-        ("not the buyer", hello(fresh.id, 4), "not signed by"),
-        ("unknown deal", hello(B256::repeat_byte(9), 2), "not on chain"),
+        ("used deal", hello(&terms, 2), "already used"),
+        ("transfer deal", hello(&transfer.terms, 2), "transfer deal"),
+        ("another dataset", hello(&elsewhere.terms, 2), "is for dataset"),
+        ("not the buyer", hello(&fresh.terms, 4), "not signed by"),
+        ("unknown deal", hello(&never_opened, 2), "not on chain"),
+        ("terms of another deal", lying, "not to deal"),
     ] {
         match raw_job(&fetcher, &ticket, sql(q, ResultFormat::Csv), Some(payment)).await {
             JobUpdate::Failed { code, reason } => {

@@ -22,7 +22,11 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     let rec = publish(&mut store, &dir.join("ds"), &opts, |_| {}).await.unwrap();
     store.shutdown().await;
 
-    let setup = PaidSetup { cfg: PaidConfig::default(), chain: devnet.contracts(3), address: devnet.address(3) };
+    let setup = PaidSetup {
+        cfg: PaidConfig { arbiters: vec![devnet.address(0)], ..Default::default() },
+        chain: devnet.contracts(3),
+        address: devnet.address(3),
+    };
     let store = ProviderStore::open(&dir.join("provider")).await.unwrap();
     let provider = Provider::spawn(store, ServeConfig { paid: Some(setup), ..ServeConfig::test() }).await.unwrap();
     let market = Market::spawn(

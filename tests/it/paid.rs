@@ -2,7 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use alloy::primitives::{B256, U256};
+use alloy::{
+    primitives::{B256, U256},
+    sol_types::SolValue,
+};
 use bdc_contracts::{
     Devnet, DevnetConfig,
     client::OpenDeal,
@@ -15,7 +18,7 @@ use bdc_core::{
     protocol::PAID_ALPN,
     ticket::parse_ticket,
 };
-use bdc_fetcher::{FetchOptions, Fetcher, FetcherConfig, PaidOptions, Wallet};
+use bdc_fetcher::{FetchError, FetchOptions, Fetcher, FetcherConfig, PaidError, PaidOptions, Wallet};
 use bdc_provider::{PaidConfig, PaidSetup, Provider, ProviderStore, PublishOptions, ServeConfig, publish};
 use iroh::endpoint::{Connection, ConnectionError};
 use iroh_blobs::{api::remote::GetProgressItem, protocol::GetRequest, store::mem::MemStore};
@@ -26,6 +29,7 @@ const VENDOR: usize = 1;
 const BUYER: usize = 2;
 const PROVIDER: usize = 3;
 const ARBITER: usize = 0;
+const SQUATTER: usize = 4;
 const PRICE: u128 = 1_000_000; // base units per byte
 const WINDOW: u64 = 256 << 10;
 
@@ -34,21 +38,39 @@ struct Setup {
     provider: Provider,
     root: Hash,
     offer: Offer,
+    /// A blob of the sold dataset whose 32 bytes are the hash of `other.bin` (another dataset).
+    index: Hash,
+    /// A free raw blob whose 32 bytes are the hash of the sold `trades.bin`.
+    free_index: Hash,
+    /// A collection whose manifest names VENDOR, registered first by SQUATTER.
+    squatted: Hash,
     _tmp: tempfile::TempDir,
     dir: std::path::PathBuf,
 }
 
 async fn setup(bytes: usize) -> Setup {
+    setup_with(bytes, |_| {}).await
+}
+
+async fn setup_with(bytes: usize, tune: impl FnOnce(&mut PaidConfig)) -> Setup {
     let devnet = Devnet::spawn_with(DevnetConfig { dispute_window: 60, ..Default::default() }).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
-    random_file(&dir.join("ds/trades.bin"), bytes, 21);
-    random_file(&dir.join("other.bin"), 40_000, 22);
+    let trades = random_file(&dir.join("ds/trades.bin"), bytes, 21);
+    let other = random_file(&dir.join("other.bin"), 40_000, 22);
+    std::fs::write(dir.join("ds/index.bin"), blake3::hash(&other).as_bytes()).unwrap();
+    std::fs::write(dir.join("free.bin"), blake3::hash(&trades).as_bytes()).unwrap();
+    random_file(&dir.join("vendored/data.bin"), 20_000, 23);
     let mut store = ProviderStore::open(&dir.join("provider")).await.unwrap();
     let rec = publish(&mut store, &dir.join("ds"), &PublishOptions::default(), |_| {}).await.unwrap();
     publish(&mut store, &dir.join("other.bin"), &PublishOptions::default(), |_| {}).await.unwrap();
+    let free = PublishOptions { free: true, raw: true, ..Default::default() };
+    let free_index = publish(&mut store, &dir.join("free.bin"), &free, |_| {}).await.unwrap().root;
+    let vendored = PublishOptions { vendor: Some(format!("{:#x}", devnet.address(VENDOR))), ..Default::default() };
+    let squatted = publish(&mut store, &dir.join("vendored"), &vendored, |_| {}).await.unwrap().root;
     devnet.contracts(VENDOR).register_dataset(B256::from(*rec.root.as_bytes()), 1_000, B256::ZERO, 0).await.unwrap();
-    let cfg = PaidConfig {
+    devnet.contracts(SQUATTER).register_dataset(B256::from(*squatted.as_bytes()), 10_000, B256::ZERO, 0).await.unwrap();
+    let mut cfg = PaidConfig {
         price_per_byte: PRICE,
         window: WINDOW,
         stall_timeout: Duration::from_secs(2),
@@ -57,11 +79,15 @@ async fn setup(bytes: usize) -> Setup {
         hello_timeout: Duration::from_secs(5),
         max_rate: None,
         chain_refresh: Duration::from_millis(300),
+        arbiters: vec![devnet.address(ARBITER)],
+        max_royalty_bps: None,
     };
+    tune(&mut cfg);
     let paid = PaidSetup { cfg, chain: devnet.contracts(PROVIDER), address: devnet.address(PROVIDER) };
     let provider = Provider::spawn(store, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap();
     let offer = provider.offer(rec.root).unwrap();
-    Setup { devnet, provider, root: rec.root, offer, _tmp: tmp, dir }
+    let index = Hash::new(blake3::hash(&other).as_bytes());
+    Setup { devnet, provider, root: rec.root, offer, index, free_index, squatted, _tmp: tmp, dir }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -70,7 +96,7 @@ async fn full_paid_download_pays_exactly_the_bytes_delivered() {
     let buyer = s.devnet.contracts(BUYER);
     let start = buyer.balance(s.devnet.address(BUYER)).await.unwrap();
     let fetcher = Fetcher::open(FetcherConfig::test(s.dir.join("buyer"))).await.unwrap();
-    let mut pay = PaidOptions::new(s.devnet.address(ARBITER));
+    let mut pay = PaidOptions::new(vec![s.devnet.address(ARBITER)]);
     pay.receipt_every = 64 << 10;
     pay.deal_duration = Duration::from_secs(3_600);
     let out = s.dir.join("out");
@@ -103,6 +129,14 @@ async fn full_paid_download_pays_exactly_the_bytes_delivered() {
 
 /// A raw buyer: opens a deal, dials bdc/paid/1 and sends a valid Hello; the test drives the rest.
 async fn raw_buyer(s: &Setup) -> (Connection, iroh::endpoint::SendStream, bdc_contracts::Deal, iroh::Endpoint) {
+    raw_buyer_with(s, |_| {}).await
+}
+
+/// [`raw_buyer`] with the deal's terms changed by `tune` before it opens.
+async fn raw_buyer_with(
+    s: &Setup,
+    tune: impl FnOnce(&mut OpenDeal),
+) -> (Connection, iroh::endpoint::SendStream, bdc_contracts::Deal, iroh::Endpoint) {
     let ep = bind_endpoint(&NetConfig::test(), iroh::SecretKey::generate(), vec![]).await.unwrap();
     let buyer = s.devnet.contracts(BUYER);
     let now = buyer.chain_time().await.unwrap();
@@ -116,6 +150,8 @@ async fn raw_buyer(s: &Setup) -> (Connection, iroh::endpoint::SendStream, bdc_co
         expiry: now + 3_600,
         arbiter: s.devnet.address(ARBITER),
     };
+    let mut req = req;
+    tune(&mut req);
     let deal = buyer.open_deal(s.devnet.address(BUYER), &req).await.unwrap();
     let conn = ep.connect(s.provider.addr(), PAID_ALPN).await.unwrap();
     let me = B256::from(*ep.id().as_bytes());
@@ -123,6 +159,7 @@ async fn raw_buyer(s: &Setup) -> (Connection, iroh::endpoint::SendStream, bdc_co
     let hello = PaidMessage::Hello(Hello {
         version: PAID_PROTOCOL_VERSION,
         deal_id: deal.id.0,
+        terms: deal.terms.abi_encode(),
         buyer_node: me.0,
         sig: sig.as_bytes().to_vec(),
     });
@@ -238,6 +275,8 @@ fn spawn_seller(
             "--bind",
             "127.0.0.1:0",
             "--sell",
+            "--arbiter",
+            "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266",
             "--window",
             "262144",
             "--redeem-every",
@@ -304,7 +343,7 @@ async fn a_provider_killed_mid_transfer_redeems_what_it_stored_and_the_buyer_res
     let (mut seller, offer) = spawn_seller(&node, &deployment, &keystore, &pw);
     let buyer_dir = dir.join("buyer");
     let wallet = Wallet { chain: devnet.contracts(BUYER), signer: devnet.signer(BUYER) };
-    let mut pay = PaidOptions::new(devnet.address(ARBITER));
+    let mut pay = PaidOptions::new(vec![devnet.address(ARBITER)]);
     pay.receipt_every = 64 << 10;
     pay.deal_duration = Duration::from_secs(3_600);
     let fetcher = Fetcher::open(FetcherConfig::test(buyer_dir.clone())).await.unwrap();
@@ -418,7 +457,197 @@ async fn a_connection_is_closed_when_its_deal_expires() {
     let (conn, _send, _deal, _ep) = raw_buyer(&s).await;
     // admitted: nothing closes it while the deal is open
     assert!(tokio::time::timeout(Duration::from_secs(1), conn.closed()).await.is_err());
-    s.devnet.advance_time(3_601).await.unwrap();
-    assert_eq!(close_code(&conn).await, codes::DEAL_NOT_OPEN as u64);
+    // the deal enters the provider's 60 s safety margin before it expires: bytes sent then
+    // might not be redeemed in time
+    s.devnet.advance_time(3_545).await.unwrap();
+    assert_eq!(close_code(&conn).await, codes::DEAL_EXPIRING as u64);
+    s.provider.shutdown().await;
+}
+
+/// Signs a receipt, then sends it in a form the escrow refuses (high s, v in {0, 1}).
+fn malleated_receipt(s: &Setup, deal: B256, amount: u128) -> Vec<u8> {
+    let sig =
+        sign_receipt_sync(&s.devnet.signer(BUYER), &s.devnet.contracts(0).domain(), deal, U256::from(amount)).unwrap();
+    let bad = bdc_contracts::receipt::malleate(&sig).to_vec();
+    PaidMessage::Receipt(SignedReceipt { deal_id: deal.0, cumulative: amount, sig: bad }).frame()
+}
+
+/// Fetches `req` on a raw paid connection, paying for every 64 KiB; the bytes verified.
+async fn fetch_paying(
+    conn: &Connection,
+    send: &mut iroh::endpoint::SendStream,
+    req: GetRequest,
+    pay: impl Fn(u64) -> Vec<u8>,
+) -> Result<u64, String> {
+    let store = MemStore::new();
+    let mut stream = store.remote().execute_get(conn.clone(), req).stream();
+    let mut paid = 0;
+    let mut got = 0;
+    while let Some(item) = futures_lite::StreamExt::next(&mut stream).await {
+        match item {
+            GetProgressItem::Progress(n) => {
+                got = n;
+                if n >= paid + (64 << 10) {
+                    paid = n;
+                    send.write_all(&pay(n)).await.map_err(|e| e.to_string())?;
+                }
+            }
+            GetProgressItem::Done(_) => break,
+            GetProgressItem::Error(e) => return Err(format!("{e:?}")),
+        }
+    }
+    send.write_all(&pay(got)).await.map_err(|e| e.to_string())?;
+    Ok(got)
+}
+
+/// A buyer signing receipts in the forms alloy accepts but the escrow reverts on would be
+/// served everything and never pay. The provider stores the canonical form, which redeems.
+#[tokio::test(flavor = "multi_thread")]
+async fn malleated_receipts_are_stored_in_the_form_the_escrow_redeems() {
+    let s = setup(1 << 20).await;
+    let (conn, mut send, deal, _ep) = raw_buyer(&s).await;
+    let req = GetRequest::all(s.root);
+    let got = fetch_paying(&conn, &mut send, req, |n| malleated_receipt(&s, deal.id, n as u128 * PRICE)).await.unwrap();
+    assert_eq!(got, s.offer.size);
+    send.finish().unwrap();
+    assert_eq!(close_code(&conn).await, codes::DONE as u64);
+    wait_redeemed(&s.devnet, deal.id, U256::from(got as u128 * PRICE)).await;
+    s.provider.shutdown().await;
+}
+
+/// A buyer naming itself arbiter could dispute and rule in its own favour after downloading.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deal_naming_an_arbiter_the_provider_does_not_accept_is_refused() {
+    let s = setup(200_000).await;
+    let buyer = s.devnet.address(BUYER);
+    assert_eq!(s.offer.arbiters, vec![s.devnet.address(ARBITER).into_array()], "the offer names the arbiters");
+    let (conn, mut send, _deal, _ep) = raw_buyer_with(&s, |r| r.arbiter = buyer).await;
+    let got = fetch_paying(&conn, &mut send, GetRequest::all(s.root), |_| Vec::new()).await;
+    assert!(got.is_err(), "no data under a self-arbitrated deal");
+    assert_eq!(close_code(&conn).await, codes::ARBITER_NOT_ACCEPTED as u64);
+    // the fetcher does not even open such a deal
+    let fetcher = Fetcher::open(FetcherConfig::test(s.dir.join("buyer"))).await.unwrap();
+    let wallet = Wallet { chain: s.devnet.contracts(BUYER), signer: s.devnet.signer(BUYER) };
+    let pay = PaidOptions::new(vec![buyer]);
+    let err = fetcher
+        .fetch_paid(&s.offer, &wallet, &s.dir.join("out"), &FetchOptions::default(), &pay, |_| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::Paid(PaidError::ArbiterNotAccepted { .. })), "{err}");
+    assert!(bdc_fetcher::DealBook::load(&s.dir.join("buyer")).unwrap().deals.is_empty());
+    fetcher.shutdown().await;
+    s.provider.shutdown().await;
+}
+
+/// The deal copies vendor and royalty from the registry when it opens: a vendor raising its
+/// royalty under a provider, or a squatter who registered the root first, must get no deal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_raised_royalty_or_a_squatted_root_gets_no_deal() {
+    let s = setup(200_000).await;
+    let root = B256::from(*s.root.as_bytes());
+    let vendor = s.devnet.contracts(VENDOR);
+    vendor.registry().update(root, 10_000, B256::ZERO, 0).send().await.unwrap().get_receipt().await.unwrap();
+    let (conn, _send, deal, _ep) = raw_buyer(&s).await;
+    assert_eq!(deal.terms.royaltyBps, 10_000, "the deal copied the raised royalty");
+    assert_eq!(close_code(&conn).await, codes::TERMS_NOT_ACCEPTED as u64);
+    // back at the royalty the provider started selling at: accepted again
+    vendor.registry().update(root, 1_000, B256::ZERO, 0).send().await.unwrap().get_receipt().await.unwrap();
+    let (conn, mut send, _deal, _ep) = raw_buyer(&s).await;
+    let small = GetRequest::blob_ranges(s.index, iroh_blobs::protocol::ChunkRanges::all());
+    assert_eq!(fetch_paying(&conn, &mut send, small, |_| Vec::new()).await, Ok(32), "admitted");
+    // the squatted root: its manifest names VENDOR, the registry SQUATTER
+    let squatted = B256::from(*s.squatted.as_bytes());
+    let (conn, _send, deal, _ep) = raw_buyer_with(&s, |r| r.dataset_root = squatted).await;
+    assert_eq!(deal.terms.vendor, s.devnet.address(SQUATTER));
+    assert_eq!(close_code(&conn).await, codes::TERMS_NOT_ACCEPTED as u64);
+    s.provider.shutdown().await;
+}
+
+/// iroh-blobs serves the children of any blob read as a hash sequence: a blob whose bytes are
+/// hashes would index the whole store.
+#[tokio::test(flavor = "multi_thread")]
+async fn children_of_a_plain_blob_are_refused_on_both_protocols() {
+    let s = setup(200_000).await;
+    let store = MemStore::new();
+    let other = Hash::from_bytes(*blake3::hash(&std::fs::read(s.dir.join("other.bin")).unwrap()).as_bytes());
+    // paid: a blob of the deal's dataset read as a hash sequence names another dataset
+    let (conn, _send, _deal, _ep) = raw_buyer(&s).await;
+    let err = store.remote().execute_get(conn.clone(), GetRequest::all(s.index)).await.unwrap_err();
+    assert_eq!(err.iroh_error_code(), Some(iroh_blobs::protocol::ERR_PERMISSION), "{err:?}");
+    assert!(!store.blobs().has(other).await.unwrap(), "nothing of the other dataset arrived");
+    // free: a free blob read as a hash sequence names the sold file
+    let ep = bind_endpoint(&NetConfig::test(), iroh::SecretKey::generate(), vec![]).await.unwrap();
+    let free = ep.connect(s.provider.addr(), bdc_core::protocol::FREE_ALPN).await.unwrap();
+    let err = store.remote().execute_get(free.clone(), GetRequest::all(s.free_index)).await.unwrap_err();
+    assert_eq!(err.iroh_error_code(), Some(iroh_blobs::protocol::ERR_PERMISSION), "{err:?}");
+    let trades = Hash::from_bytes(*blake3::hash(&std::fs::read(s.dir.join("ds/trades.bin")).unwrap()).as_bytes());
+    assert!(!store.blobs().has(trades).await.unwrap(), "nothing of the sold file arrived");
+    // the free blob alone is served as before
+    store.remote().execute_get(free, GetRequest::blob(s.free_index)).await.unwrap();
+    assert!(store.blobs().has(s.free_index).await.unwrap());
+    s.provider.shutdown().await;
+}
+
+/// Bytes sent after a deal expires can never be redeemed; a provider that admits Hellos until
+/// the last second and notices expiry late gives them away.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_hello_inside_the_expiry_margin_and_no_byte_after_it() {
+    let s = setup(1 << 20).await;
+    // 30 s left, inside the 60 s margin: refused
+    let (conn, _send, _deal, _ep) = raw_buyer_with(&s, |r| r.expiry -= 3_600 - 30).await;
+    assert_eq!(close_code(&conn).await, codes::DEAL_EXPIRING as u64);
+    // admitted with about 5 s to spare (a small GET is served); once they pass, not one group
+    // goes out
+    let (conn, mut send, _deal, _ep) = raw_buyer_with(&s, |r| r.expiry -= 3_600 - 65).await;
+    let small = GetRequest::blob_ranges(s.index, iroh_blobs::protocol::ChunkRanges::all());
+    assert_eq!(fetch_paying(&conn, &mut send, small, |_| Vec::new()).await, Ok(32), "admitted");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let got = fetch_paying(&conn, &mut send, GetRequest::all(s.root), |_| Vec::new()).await;
+    assert!(got.is_err(), "nothing is served inside the margin");
+    assert_eq!(close_code(&conn).await, codes::DEAL_EXPIRING as u64);
+    s.provider.shutdown().await;
+}
+
+/// With 2 s blocks and many deals entering the margin together, one transaction per deal would
+/// redeem the last ones after they expire. Receipts of every deal are redeemed in time.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_deals_expiring_together_are_all_redeemed_with_2s_blocks() {
+    const DEALS: usize = 12;
+    let s = setup_with(1 << 20, |c| {
+        c.expiry_margin = Duration::from_secs(12);
+        c.redeem_every = 1 << 40; // nothing is redeemed before the margin
+    })
+    .await;
+    let start = s.devnet.contracts(0).chain_time().await.unwrap();
+    let mut open = Vec::new();
+    for _ in 0..DEALS {
+        let (conn, mut send, deal, ep) = raw_buyer_with(&s, |r| r.expiry = start + 45).await;
+        let req = GetRequest::blob_ranges(s.index, iroh_blobs::protocol::ChunkRanges::all());
+        let got =
+            fetch_paying(&conn, &mut send, req, |n| receipt(&s, BUYER, deal.id, n as u128 * PRICE)).await.unwrap();
+        assert!(got > 0);
+        open.push((conn, send, deal, ep, got));
+    }
+    let rpc = s.devnet.contracts(0);
+    let _: () =
+        alloy::providers::Provider::raw_request(rpc.provider(), "evm_setIntervalMining".into(), (2,)).await.unwrap();
+    // every connection is closed at the margin, and every receipt redeemed before expiry
+    for (conn, _, _, _, _) in &open {
+        let code = match tokio::time::timeout(Duration::from_secs(60), conn.closed()).await.expect("closed") {
+            ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
+            other => panic!("unexpected close: {other}"),
+        };
+        assert_eq!(code, codes::DEAL_EXPIRING as u64);
+    }
+    loop {
+        if rpc.chain_time().await.unwrap() > start + 46 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for (_, _, deal, _, got) in &open {
+        let st = rpc.deal_state(deal.id).await.unwrap();
+        assert_eq!(st.redeemed, U256::from(*got as u128 * PRICE), "deal {} lost its receipts", deal.id);
+    }
     s.provider.shutdown().await;
 }

@@ -71,10 +71,33 @@ pub struct OpenDeal {
     pub arbiter: Address,
 }
 
+/// Why a call reverted: one of the contracts' custom errors, decoded from the revert data, so
+/// a caller matches on the error's type (`Revert::Escrow(TransferEscrowErrors::DealExpired(_))`),
+/// never on its text.
+#[derive(Debug)]
+pub enum Revert {
+    Escrow(TransferEscrowErrors),
+    Registry(DatasetRegistryErrors),
+    Token(BDCTokenErrors),
+    /// Revert data that is none of the contracts' custom errors (a require string, a panic).
+    Other(String),
+}
+
+impl std::fmt::Display for Revert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Revert::Escrow(e) => write!(f, "{e:?}"),
+            Revert::Registry(e) => write!(f, "{e:?}"),
+            Revert::Token(e) => write!(f, "{e:?}"),
+            Revert::Other(s) => f.write_str(s),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    #[error("{call} reverted: {reason}")]
-    Reverted { call: &'static str, reason: String },
+    #[error("{call} reverted: {error}")]
+    Reverted { call: &'static str, error: Revert },
     #[error("{call} failed: {reason}")]
     Rpc { call: &'static str, reason: String },
     #[error("{call}: transaction {tx} failed on chain")]
@@ -83,21 +106,68 @@ pub enum ChainError {
     MissingEvent { call: &'static str, tx: B256, event: &'static str },
 }
 
-/// Decodes a contract error into the name and arguments of the custom error, when it is one.
+/// Why one deal of a `redeemBatch` was not redeemed (the error `redeem` would have reverted with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedeemFailure {
+    UnknownDeal,
+    OnlyProvider,
+    AlreadyRefunded,
+    Disputed,
+    Expired,
+    BadSigner,
+    Other([u8; 4]),
+}
+
+impl RedeemFailure {
+    fn from_selector(sel: [u8; 4]) -> Self {
+        use TransferEscrow::{AlreadyRefunded, BadSigner, DealDisputed, DealExpired, OnlyProvider, UnknownDeal};
+        use alloy::sol_types::SolError;
+        match sel {
+            s if s == UnknownDeal::SELECTOR => Self::UnknownDeal,
+            s if s == OnlyProvider::SELECTOR => Self::OnlyProvider,
+            s if s == AlreadyRefunded::SELECTOR => Self::AlreadyRefunded,
+            s if s == DealDisputed::SELECTOR => Self::Disputed,
+            s if s == DealExpired::SELECTOR => Self::Expired,
+            s if s == BadSigner::SELECTOR => Self::BadSigner,
+            s => Self::Other(s),
+        }
+    }
+
+    /// The receipt can never be redeemed on this deal (as opposed to: not now, or not by this
+    /// sender: `OnlyProvider` means the wallet sending is not the deal's provider, which an
+    /// operator can fix).
+    pub fn is_final(&self) -> bool {
+        matches!(self, Self::UnknownDeal | Self::AlreadyRefunded | Self::Expired | Self::BadSigner)
+    }
+}
+
+impl ChainError {
+    /// The escrow's custom error, if the call reverted with one.
+    pub fn escrow_error(&self) -> Option<&TransferEscrowErrors> {
+        match self {
+            ChainError::Reverted { error: Revert::Escrow(e), .. } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes a contract error into the contracts' custom error types, when it is one.
 fn decode(call: &'static str, e: ContractError) -> ChainError {
-    fn named<I: SolInterface + std::fmt::Debug>(e: &ContractError) -> Option<String> {
-        e.as_decoded_interface_error::<I>().map(|err| format!("{err:?}"))
+    fn typed<I: SolInterface>(e: &ContractError) -> Option<I> {
+        e.as_decoded_interface_error::<I>()
     }
-    if let Some(reason) = named::<TransferEscrowErrors>(&e)
-        .or_else(|| named::<DatasetRegistryErrors>(&e))
-        .or_else(|| named::<BDCTokenErrors>(&e))
-    {
-        return ChainError::Reverted { call, reason };
-    }
-    if e.as_revert_data().is_some() {
-        return ChainError::Reverted { call, reason: e.to_string() };
-    }
-    ChainError::Rpc { call, reason: e.to_string() }
+    let error = if let Some(x) = typed::<TransferEscrowErrors>(&e) {
+        Revert::Escrow(x)
+    } else if let Some(x) = typed::<DatasetRegistryErrors>(&e) {
+        Revert::Registry(x)
+    } else if let Some(x) = typed::<BDCTokenErrors>(&e) {
+        Revert::Token(x)
+    } else if e.as_revert_data().is_some() {
+        Revert::Other(e.to_string())
+    } else {
+        return ChainError::Rpc { call, reason: e.to_string() };
+    };
+    ChainError::Reverted { call, error }
 }
 
 /// Sends a prepared call, waits for the receipt, and checks it succeeded.
@@ -222,15 +292,57 @@ impl<P: Provider + Clone> Contracts<P> {
         Ok(event::<TransferEscrow::Refunded>("refund", &receipt)?.amount)
     }
 
-    /// The buyer disputes (approving the bond first if needed).
-    pub async fn dispute(&self, from: Address, terms: &Terms) -> Result<(), ChainError> {
+    /// What `redeemBatch` would do now, without sending it (an `eth_call`): for each entry,
+    /// None if it would redeem, else the error it would fail with.
+    pub async fn simulate_redeem_batch(
+        &self,
+        batch: &[(Terms, U256, Bytes)],
+    ) -> Result<Vec<Option<RedeemFailure>>, ChainError> {
+        let ts = batch.iter().map(|b| b.0.clone()).collect();
+        let amounts = batch.iter().map(|b| b.1).collect();
+        let sigs = batch.iter().map(|b| b.2.clone()).collect();
+        let r = self.escrow().redeemBatch(ts, amounts, sigs).call().await.map_err(|e| decode("redeemBatch", e))?;
+        Ok(r.reasons.iter().map(|sel| (sel.0 != [0; 4]).then(|| RedeemFailure::from_selector(sel.0))).collect())
+    }
+
+    /// Redeems many receipts in one transaction. Returns the total added to the pending pots
+    /// and, for each deal that could not be redeemed, the escrow error it failed with.
+    pub async fn redeem_batch(
+        &self,
+        batch: &[(Terms, U256, Bytes)],
+    ) -> Result<(U256, Vec<(B256, RedeemFailure)>), ChainError> {
+        let ts = batch.iter().map(|b| b.0.clone()).collect();
+        let amounts = batch.iter().map(|b| b.1).collect();
+        let sigs = batch.iter().map(|b| b.2.clone()).collect();
+        let receipt = send!("redeemBatch", self.escrow().redeemBatch(ts, amounts, sigs));
+        let mut added = U256::ZERO;
+        let mut failed = Vec::new();
+        for l in receipt.inner.logs() {
+            if let Ok(e) = TransferEscrow::Redeemed::decode_log(&l.inner) {
+                added += e.data.amount;
+            } else if let Ok(e) = TransferEscrow::RedeemFailed::decode_log(&l.inner) {
+                failed.push((e.data.dealId, RedeemFailure::from_selector(e.data.reason.0)));
+            }
+        }
+        Ok((added, failed))
+    }
+
+    /// The buyer disputes (approving the bond first if needed), committing to `evidence` (the
+    /// root of a bdc blob holding it, or zero).
+    pub async fn dispute(&self, from: Address, terms: &Terms, evidence: B256) -> Result<(), ChainError> {
         let bond = self.escrow().disputeBond().call().await.map_err(|e| decode("disputeBond", e))?;
         let allowance =
             self.token().allowance(from, self.deployment.escrow).call().await.map_err(|e| decode("allowance", e))?;
         if allowance < bond {
             send!("approve", self.token().approve(self.deployment.escrow, bond));
         }
-        send!("dispute", self.escrow().dispute(terms.clone()));
+        send!("dispute", self.escrow().dispute(terms.clone(), evidence));
+        Ok(())
+    }
+
+    /// After the arbiter's deadline: applies the default ruling (anyone may call it).
+    pub async fn settle_dispute(&self, terms: &Terms) -> Result<(), ChainError> {
+        send!("settleDispute", self.escrow().settleDispute(terms.clone()));
         Ok(())
     }
 
@@ -238,6 +350,12 @@ impl<P: Provider + Clone> Contracts<P> {
     pub async fn resolve(&self, terms: &Terms, to_buyer: U256, buyer_wins: bool) -> Result<(), ChainError> {
         send!("resolve", self.escrow().resolve(terms.clone(), to_buyer, buyer_wins));
         Ok(())
+    }
+
+    /// The registry's vendor and royalty (bps) of `root`, None if it is not registered.
+    pub async fn registered(&self, root: B256) -> Result<Option<(Address, u16)>, ChainError> {
+        let d = self.registry().get(root).call().await.map_err(|e| decode("get", e))?;
+        Ok((d.vendor != Address::ZERO).then_some((d.vendor, d.royaltyBps)))
     }
 
     pub async fn deal_state(&self, id: B256) -> Result<DealState, ChainError> {

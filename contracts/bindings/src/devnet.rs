@@ -31,6 +31,8 @@ pub struct DevnetConfig {
     pub dispute_bond: U256,
     /// Seconds redeemed funds wait before withdrawal (short on a devnet).
     pub dispute_window: u64,
+    /// Seconds an arbiter has to rule on a dispute before anyone may settle it by default.
+    pub arbitration_period: u64,
     /// Mine a block every N seconds instead of on every transaction.
     pub block_time: Option<u64>,
     /// Fixed port (0 = any free port).
@@ -44,6 +46,7 @@ impl Default for DevnetConfig {
             faucet_amount: BDC * U256::from(1_000_000u64),
             dispute_bond: BDC * U256::from(10u64),
             dispute_window: 60,
+            arbitration_period: 300,
             block_time: None,
             port: 0,
         }
@@ -119,6 +122,7 @@ impl Devnet {
             *registry.address(),
             cfg.dispute_bond,
             cfg.dispute_window,
+            cfg.arbitration_period,
         )
         .await
         .map_err(|e| DevnetError::Deploy { contract: "TransferEscrow", reason: e.to_string() })?;

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 sol! {
     /// A provider's offer of one dataset. `addrs` are the node's direct socket addresses,
-    /// comma separated; `issuedAt`/`expiresAt` are unix seconds.
+    /// comma separated; `arbiters` the arbiters the provider accepts on a deal;
+    /// `issuedAt`/`expiresAt` are unix seconds.
     #[derive(Debug, PartialEq, Eq)]
     struct Listing {
         bytes32 datasetRoot;
@@ -25,6 +26,7 @@ sol! {
         string addrs;
         string region;
         uint64 capacityMiBps;
+        address[] arbiters;
         uint64 issuedAt;
         uint64 expiresAt;
     }
@@ -72,6 +74,10 @@ pub struct ListingBody {
     pub addrs: Vec<String>,
     pub region: String,
     pub capacity_mibps: u64,
+    /// The arbiters the provider accepts on a deal (0x addresses); a deal naming another is
+    /// refused.
+    #[serde(default)]
+    pub arbiters: Vec<String>,
     pub issued_at: u64,
     pub expires_at: u64,
 }
@@ -92,6 +98,11 @@ impl ListingBody {
             addrs: self.addrs.join(","),
             region: self.region.clone(),
             capacityMiBps: self.capacity_mibps,
+            arbiters: self
+                .arbiters
+                .iter()
+                .map(|a| a.parse::<Address>().map_err(|_| format!("arbiter {a:?} is not a 0x address")))
+                .collect::<Result<_, _>>()?,
             issuedAt: self.issued_at,
             expiresAt: self.expires_at,
         })

@@ -5,6 +5,11 @@
 //! and contract in the domain and the deal id in the struct mean a receipt cannot be replayed on
 //! another chain, another escrow, or another deal. Everything here is offline: a provider checks
 //! receipts without asking the chain.
+//!
+//! Signature forms: alloy recovers from `v ∈ {0, 1, 27, 28, 35…}` and from high-`s` signatures,
+//! but the escrow (OpenZeppelin `ECDSA`) accepts only 65 bytes with `v ∈ {27, 28}` and low `s`.
+//! [`recover_canonical`] recovers the signer *and* returns the one form the contract accepts
+//! for the same signature; a provider stores and redeems that form, never the bytes it was sent.
 
 use alloy::{
     primitives::{Address, B256, Signature, U256},
@@ -108,16 +113,49 @@ pub fn sign_hello_sync(
 
 /// Returns the address that signed `hello`.
 pub fn hello_signer(domain: &Eip712Domain, hello: &Hello, sig: &[u8]) -> Result<Address, ReceiptError> {
-    let sig = Signature::try_from(sig).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-    sig.recover_address_from_prehash(&hello.eip712_signing_hash(domain))
-        .map_err(|e| ReceiptError::Malformed(e.to_string()))
+    recover_canonical(&hello.eip712_signing_hash(domain), sig).map(|(a, _)| a)
 }
 
 /// Returns the address that signed `receipt`.
 pub fn receipt_signer(domain: &Eip712Domain, receipt: &Receipt, sig: &[u8]) -> Result<Address, ReceiptError> {
-    let sig = Signature::try_from(sig).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
-    sig.recover_address_from_prehash(&receipt_digest(domain, receipt))
-        .map_err(|e| ReceiptError::Malformed(e.to_string()))
+    recover_canonical(&receipt_digest(domain, receipt), sig).map(|(a, _)| a)
+}
+
+/// Recovers the signer of `digest` from a 65-byte `r || s || v` signature and returns it with
+/// the signature's canonical form: low `s` and `v ∈ {27, 28}`, the only form OpenZeppelin's
+/// `ECDSA.recover` accepts. The canonical form recovers the same address, so storing it instead
+/// of what a peer sent turns a malleated signature into a redeemable one.
+pub fn recover_canonical(digest: &B256, sig: &[u8]) -> Result<(Address, [u8; 65]), ReceiptError> {
+    if sig.len() != 65 {
+        return Err(ReceiptError::Malformed(format!("a signature is 65 bytes, not {}", sig.len())));
+    }
+    if !matches!(sig[64], 0 | 1 | 27 | 28) {
+        return Err(ReceiptError::Malformed(format!("signature v = {} (expected 27 or 28)", sig[64])));
+    }
+    let parsed = Signature::try_from(sig).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    let canonical = parsed.normalized_s();
+    let signer = canonical.recover_address_from_prehash(digest).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    Ok((signer, canonical.as_bytes()))
+}
+
+/// [`recover_canonical`] for a receipt.
+pub fn receipt_signer_canonical(
+    domain: &Eip712Domain,
+    receipt: &Receipt,
+    sig: &[u8],
+) -> Result<(Address, [u8; 65]), ReceiptError> {
+    recover_canonical(&receipt_digest(domain, receipt), sig)
+}
+
+/// The same signature in the two forms the escrow rejects but alloy accepts: `v ∈ {0, 1}` and
+/// high `s` (with the parity flipped). For tests that play a hostile buyer.
+pub fn malleate(sig: &Signature) -> [u8; 65] {
+    const N: U256 = alloy::primitives::uint!(0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141_U256);
+    let mut out = [0u8; 65];
+    out[..32].copy_from_slice(&sig.r().to_be_bytes::<32>());
+    out[32..64].copy_from_slice(&(N - sig.s()).to_be_bytes::<32>());
+    out[64] = u8::from(!sig.v());
+    out
 }
 
 #[cfg(test)]
@@ -143,5 +181,30 @@ mod tests {
         let other = escrow_domain(31337, Address::repeat_byte(0xE6));
         assert!(verify_receipt(&other, &r, &sig.as_bytes(), buyer.address()).is_err());
         assert!(matches!(verify_receipt(&d, &r, &[1, 2, 3], buyer.address()), Err(ReceiptError::Malformed(_))));
+    }
+
+    #[test]
+    fn malleated_signatures_recover_the_buyer_in_canonical_form() {
+        let buyer = PrivateKeySigner::random();
+        let d = escrow_domain(31337, Address::repeat_byte(0xE5));
+        let deal = B256::repeat_byte(1);
+        let r = Receipt { dealId: deal, cumulativeAmount: U256::from(7) };
+        let sig = sign_receipt_sync(&buyer, &d, deal, U256::from(7)).unwrap();
+        let good = sig.as_bytes();
+        let bad = malleate(&sig);
+        assert_ne!(bad, good);
+        // high s, v in {0, 1}: what the escrow's ECDSA.recover rejects
+        assert!(U256::from_be_slice(&bad[32..64]) > U256::from_be_slice(&good[32..64]));
+        assert!(bad[64] < 2);
+        let (who, canonical) = receipt_signer_canonical(&d, &r, &bad).unwrap();
+        assert_eq!(who, buyer.address());
+        assert_eq!(canonical, good, "the canonical form is the low-s, v=27/28 signature");
+        let (_, again) = receipt_signer_canonical(&d, &r, &good).unwrap();
+        assert_eq!(again, good);
+        // other lengths and v values are refused, not guessed at
+        let mut v37 = good;
+        v37[64] = 37;
+        assert!(matches!(receipt_signer_canonical(&d, &r, &v37), Err(ReceiptError::Malformed(_))));
+        assert!(matches!(receipt_signer_canonical(&d, &r, &good[..64]), Err(ReceiptError::Malformed(_))));
     }
 }

@@ -37,6 +37,9 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
+/// The arbiter every test listing names.
+const ARBITER_ADDR: &str = "0x00000000000000000000000000000000000000a1";
+
 fn listing(root: B256, provider: &PrivateKeySigner, price_per_byte: u128, region: &str, issued_at: u64) -> ListingBody {
     ListingBody {
         dataset_root: format!("{root:#x}"),
@@ -47,6 +50,7 @@ fn listing(root: B256, provider: &PrivateKeySigner, price_per_byte: u128, region
         addrs: vec!["127.0.0.1:4433".into()],
         region: region.into(),
         capacity_mibps: 200,
+        arbiters: vec![ARBITER_ADDR.into()],
         issued_at,
         expires_at: issued_at + 3600,
     }
@@ -241,6 +245,15 @@ async fn suite(db_url: String) {
             },
             400,
         ),
+        (
+            "no arbiter",
+            {
+                let mut l = listing(root_btc, &provider, 1, "eu", t + 20);
+                l.arbiters.clear();
+                serde_json::to_string(&sign(devnet, &provider, l, &m_btc)).unwrap()
+            },
+            400,
+        ),
         ("oversized body", format!("{{\"pad\": \"{}\"}}", "x".repeat(200_000)), 413),
     ];
     for (what, body, want) in cases {
@@ -419,7 +432,39 @@ async fn suite(db_url: String) {
     env.synced().await;
     let d = env.get(&format!("/deals/{:#x}", deal.id)).await.1;
     assert_eq!(d["redemptions"].as_array().unwrap().len(), 2, "{d}");
-    assert_eq!(env.get(&format!("/datasets/{root_btc:#x}")).await.1["offers"].as_array().unwrap().len(), 2);
+    let offers = env.get(&format!("/datasets/{root_btc:#x}")).await.1["offers"].clone();
+    assert_eq!(offers.as_array().unwrap().len(), 2);
+    assert_eq!(offers[0]["arbiters"], json!([ARBITER_ADDR]), "listings carry the arbiters the provider accepts");
+
+    // outcomes from real escrow events: a buyer reclaiming its deposit slack after a completed
+    // deal leaves it completed; a withdraw after a lost dispute leaves the loss on the record
+    let devnet = &env.devnet;
+    let (buyer, p) = (devnet.contracts(BUYER), devnet.contracts(PROVIDER));
+    let second = buyer
+        .open_deal(devnet.address(BUYER), &OpenDeal { expiry: devnet.now().await.unwrap() + 3600, ..req.clone() })
+        .await
+        .unwrap();
+    let redeem = |d: &bdc_contracts::Deal, amount: u64| {
+        let sig = sign_receipt_sync(&devnet.signer(BUYER), &p.domain(), d.id, U256::from(amount)).unwrap();
+        let (p, terms) = (p.clone(), d.terms.clone());
+        async move { p.redeem(&terms, U256::from(amount), sig.as_bytes().into()).await.unwrap() }
+    };
+    redeem(&second, 1_000).await;
+    buyer.dispute(devnet.address(BUYER), &second.terms, B256::repeat_byte(0xee)).await.unwrap();
+    devnet.contracts(0).resolve(&second.terms, U256::from(1_000), true).await.unwrap();
+    redeem(&second, 3_000).await;
+    devnet.advance_time(61).await.unwrap();
+    p.withdraw(&deal.terms).await.unwrap();
+    p.withdraw(&second.terms).await.unwrap();
+    devnet.advance_time(3_600).await.unwrap();
+    assert_eq!(buyer.refund(&deal.terms).await.unwrap(), U256::from(5_000_000u64));
+    buyer.refund(&second.terms).await.unwrap();
+    env.synced().await;
+    assert_eq!(env.get(&format!("/deals/{:#x}", deal.id)).await.1["state"], "completed", "the refund of the slack");
+    let pr = env.get(&format!("/providers/{:#x}", provider.address())).await.1;
+    assert_eq!(pr["reputation"]["completed"], 1, "{pr}");
+    assert_eq!(pr["reputation"]["disputes_lost"], 1, "{pr}");
+    assert_eq!(pr["reputation"]["failed"], 0, "{pr}");
     env.market.shutdown();
 }
 

@@ -20,7 +20,7 @@ pub mod sandbox;
 pub mod worker;
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{
         Arc, RwLock,
@@ -36,7 +36,7 @@ use alloy::{
 };
 use bdc_contracts::{
     Deal,
-    receipt::{Hello as HelloStruct, Receipt, hello_signer, receipt_signer},
+    receipt::{Receipt, receipt_signer_canonical},
 };
 use bdc_core::{
     BlobFormat, Hash,
@@ -139,7 +139,7 @@ struct Shared {
     store: FsStore,
     dir: PathBuf,
     datasets: HashMap<Hash, JobDataset>,
-    free: Arc<RwLock<HashSet<Hash>>>,
+    free: Arc<RwLock<crate::access::FreeSet>>,
     permits: Semaphore,
     waiting: AtomicUsize,
     /// Held while a dataset is exported or an image unpacked.
@@ -162,7 +162,7 @@ impl JobsProtocol {
         store: FsStore,
         data_dir: &Path,
         datasets: HashMap<Hash, JobDataset>,
-        free: Arc<RwLock<HashSet<Hash>>>,
+        free: Arc<RwLock<crate::access::FreeSet>>,
         pay: Option<JobPayments>,
     ) -> std::io::Result<Self> {
         let dir = data_dir.join("jobs");
@@ -181,11 +181,13 @@ impl JobsProtocol {
                 results.push(t);
             }
             for t in results {
-                let hashes = match t.format {
-                    BlobFormat::HashSeq => collection_hashes(&store, t.hash).await.unwrap_or_default(),
-                    BlobFormat::Raw => vec![t.hash],
-                };
-                free.write().expect("free set lock").extend(hashes);
+                match t.format {
+                    BlobFormat::HashSeq => {
+                        let hashes = collection_hashes(&store, t.hash).await.unwrap_or_default();
+                        free.write().expect("free set lock").add_collection(t.hash, hashes);
+                    }
+                    BlobFormat::Raw => free.write().expect("free set lock").add_blob(t.hash),
+                }
             }
         }
         let runc_version = match tokio::process::Command::new(&cfg.runc).arg("--version").output().await {
@@ -340,9 +342,10 @@ async fn accept_job(
             let d = pay.chain.deployment();
             let quote = JobUpdate::PaymentRequired {
                 price,
-                provider: pay.me.into_array(),
+                provider: pay.me().into_array(),
                 chain_id: d.chain_id,
                 escrow: d.escrow.into_array(),
+                arbiters: pay.arbiters.iter().map(|a| a.into_array()).collect(),
             };
             return Ok((quote, None));
         };
@@ -387,7 +390,8 @@ async fn accept_job(
     Ok((JobUpdate::Done(Box::new(signed)), paid))
 }
 
-/// Checks a job deal against the chain and claims it (one job per deal, recorded in the ledger).
+/// Checks a job deal (the same checks as a transfer deal's Hello, see
+/// `crate::paid::admission`) and claims it: one job per deal, recorded in the ledger.
 async fn admit_job_deal(
     pay: &JobPayments,
     price: u128,
@@ -395,37 +399,16 @@ async fn admit_job_deal(
     dataset: Hash,
     p: &JobPayment,
 ) -> Result<Deal, Fail> {
-    let bad = |r: String| (codes::BAD_DEAL, r);
-    let internal = |e: String| (codes::INTERNAL, e);
-    let id = B256::from(p.deal_id);
-    let deal = pay
-        .chain
-        .find_deal(id)
-        .await
-        .map_err(|e| internal(format!("cannot read deal {id}: {e}")))?
-        .ok_or_else(|| bad(format!("deal {id} is not on chain")))?;
-    let t = &deal.terms;
-    if t.provider != pay.me || t.providerNodeId.0 != *pay.node.as_bytes() {
-        return Err(bad(format!("deal {id} is with provider {:#x}, not this one", t.provider)));
-    }
-    if t.datasetRoot.0 != *dataset.as_bytes() {
-        return Err(bad(format!("deal {id} is for dataset {}, not {dataset}", Hash::from_bytes(t.datasetRoot.0))));
-    }
-    if t.pricePerByte != 0 || t.window != 0 {
-        return Err(bad(format!("deal {id} is a transfer deal; a job deal has price per byte 0 and window 0")));
-    }
-    if t.maxAmount.to::<u128>() < price {
-        return Err(bad(format!("deal {id} escrows {}, a job here costs {price}", t.maxAmount)));
-    }
-    let hello = HelloStruct { dealId: id, buyerNodeId: B256::from(*peer.as_bytes()) };
-    match hello_signer(&pay.chain.domain(), &hello, &p.hello_sig) {
-        Ok(a) if a == t.buyer => {}
-        _ => return Err(bad(format!("the request is not signed by deal {id}'s buyer {:#x}", t.buyer))),
-    }
-    let state = pay.chain.deal_state(id).await.map_err(|e| internal(e.to_string()))?;
-    let now = pay.chain.chain_time().await.map_err(|e| internal(e.to_string()))?;
-    if !state.exists || state.refunded || state.disputed || now + JOB_DEAL_MARGIN_SECS >= t.expiry {
-        return Err(bad(format!("deal {id} is not open (refunded, disputed, or expiring within a minute)")));
+    let deal = pay.admit(p, peer, price, dataset).await.map_err(|e| match e {
+        crate::paid::admission::AdmitError::Chain(_) | crate::paid::admission::AdmitError::Ledger(_) => {
+            (codes::INTERNAL, e.to_string())
+        }
+        _ => (codes::BAD_DEAL, e.to_string()),
+    })?;
+    let (id, t) = (deal.id, &deal.terms);
+    let now = pay.chain.chain_time().await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
+    if now + JOB_DEAL_MARGIN_SECS >= t.expiry {
+        return Err((codes::BAD_DEAL, format!("deal {id} expires within a minute; a job needs longer")));
     }
     let mut fresh = false;
     pay.ledger
@@ -437,9 +420,9 @@ async fn admit_job_deal(
                 e.reserved = 1;
             }
         })
-        .map_err(|e| internal(e.to_string()))?;
+        .map_err(|e| (codes::INTERNAL, e.to_string()))?;
     if !fresh {
-        return Err(bad(format!("deal {id} was already used for a job")));
+        return Err((codes::BAD_DEAL, format!("deal {id} was already used for a job")));
     }
     Ok(deal)
 }
@@ -474,15 +457,16 @@ async fn take_receipt(shared: &Shared, deal: &Deal, price: u128, recv: &mut Recv
         return Err(bad(format!("receipt for {}: the job costs {price}", r.cumulative)));
     }
     let receipt = Receipt { dealId: deal.id, cumulativeAmount: U256::from(r.cumulative) };
-    match receipt_signer(&pay.chain.domain(), &receipt, &r.sig) {
-        Ok(a) if a == deal.terms.buyer => {}
+    // stored in the one form the escrow accepts
+    let sig = match receipt_signer_canonical(&pay.chain.domain(), &receipt, &r.sig) {
+        Ok((a, canonical)) if a == deal.terms.buyer => canonical.to_vec(),
         _ => return Err(bad("receipt not signed by the deal's buyer".into())),
-    }
+    };
     pay.ledger
         .update(&deal.id, |e| {
             if r.cumulative > e.amount {
                 e.amount = r.cumulative;
-                e.sig = r.sig.clone();
+                e.sig = sig.clone();
             }
         })
         .map_err(|e| (codes::INTERNAL, e.to_string()))?;
@@ -624,7 +608,7 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
         .with_named_tag(tag.as_bytes())
         .await
         .map_err(|e| internal(format!("cannot store the result: {e}")))?;
-    shared.free.write().expect("free set lock").insert(content.hash);
+    shared.free.write().expect("free set lock").add_blob(content.hash);
     Ok(manifest(req, job_id, report.engine, content.hash, report.rows, bytes, started_ms))
 }
 
@@ -867,7 +851,7 @@ async fn run_container_job(
         .await
         .map_err(|e| internal(format!("cannot tag the result: {e}")))?;
     let contents = collection_hashes(&shared.store, root).await.map_err(internal)?;
-    shared.free.write().expect("free set lock").extend(contents);
+    shared.free.write().expect("free set lock").add_collection(root, contents);
     let engine = format!("{} image {}", shared.runc_version, img.info.manifest_digest);
     Ok(manifest(req, job_id, engine, root, files.len() as u64, bytes, started_ms))
 }

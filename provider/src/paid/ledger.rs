@@ -9,6 +9,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const DEALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("deals-v1");
+/// Per sold root: the vendor and royalty ceiling the provider pinned (`admission::SaleTerms`),
+/// kept across restarts so a vendor cannot raise the royalty and wait for one.
+const SALES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sales-v1");
 
 /// What the provider knows about one deal.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,8 +55,39 @@ impl Ledger {
         let db = Database::create(path).map_err(err)?;
         let tx = db.begin_write().map_err(err)?;
         tx.open_table(DEALS).map_err(err)?;
+        tx.open_table(SALES).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(Self { db })
+    }
+
+    /// The sale terms pinned for `root`: (vendor address, royalty ceiling in bps).
+    pub fn pinned_sale(&self, root: &[u8; 32]) -> Result<Option<([u8; 20], u16)>, LedgerError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(SALES).map_err(err)?;
+        let v = t.get(root.as_slice()).map_err(err)?;
+        v.map(|v| postcard::from_bytes(v.value()).map_err(err)).transpose()
+    }
+
+    /// Pins the sale terms of `root`, unless some are pinned already; returns the pinned ones.
+    pub fn pin_sale(&self, root: &[u8; 32], terms: ([u8; 20], u16)) -> Result<([u8; 20], u16), LedgerError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let pinned = {
+            let mut t = tx.open_table(SALES).map_err(err)?;
+            let existing: Option<([u8; 20], u16)> = match t.get(root.as_slice()).map_err(err)? {
+                Some(v) => Some(postcard::from_bytes(v.value()).map_err(err)?),
+                None => None,
+            };
+            match existing {
+                Some(p) => p,
+                None => {
+                    let bytes = postcard::to_stdvec(&terms).map_err(err)?;
+                    t.insert(root.as_slice(), bytes.as_slice()).map_err(err)?;
+                    terms
+                }
+            }
+        };
+        tx.commit().map_err(err)?;
+        Ok(pinned)
     }
 
     pub fn get(&self, deal: &B256) -> Result<Option<LedgerEntry>, LedgerError> {
@@ -115,5 +149,20 @@ mod tests {
         let e = l.get(&id).unwrap().unwrap();
         assert_eq!((e.amount, e.sig.as_slice()), (42, &[1u8, 2][..]));
         assert_eq!(l.all().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_first_pinned_sale_terms_stay_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ledger.redb");
+        {
+            let l = Ledger::open(&p).unwrap();
+            assert_eq!(l.pin_sale(&[1; 32], ([7; 20], 1_000)).unwrap(), ([7; 20], 1_000));
+        }
+        let l = Ledger::open(&p).unwrap();
+        // a later, higher royalty does not replace what was pinned
+        assert_eq!(l.pin_sale(&[1; 32], ([7; 20], 10_000)).unwrap(), ([7; 20], 1_000));
+        assert_eq!(l.pinned_sale(&[1; 32]).unwrap(), Some(([7; 20], 1_000)));
+        assert_eq!(l.pinned_sale(&[2; 32]).unwrap(), None);
     }
 }

@@ -3,18 +3,23 @@
 //! One connection per (buyer, provider, deal). [`PaidProtocol::accept`] runs two things side by
 //! side on each connection:
 //! - iroh-blobs' stream handler, answering GETs on bi streams, with an event handler that
-//!   authorizes each GET (the hash must belong to the deal's dataset and the Hello must have been
-//!   accepted). Each bi stream's send side is wrapped in a [`GatedWriter`]: a 16 KiB group goes
+//!   authorizes each GET (the hash must belong to the deal's dataset, children only through its
+//!   collection root, see [`crate::access`], and the Hello must have been accepted) and each
+//!   Observe the same way. Each bi stream's send side is wrapped in a [`GatedWriter`]: a 16 KiB group goes
 //!   onto the wire only if afterwards `sent − receipted ≤ window` (bytes); otherwise the write
 //!   waits for a receipt, up to the stall timeout, then the connection is closed with
 //!   `PAYMENT_TIMEOUT`. The check is a mutex section in the writer itself: an open window costs
 //!   no task hop or message per group.
-//! - the control loop reading the buyer's uni stream: `Hello` (checked against the chain), then
-//!   cumulative receipts, each verified offline, stored durably in the [`ledger`] and only then
+//! - the control loop reading the buyer's uni stream: `Hello` (checked by [`admission`]: offline
+//!   first, then one read of the deal's state), then cumulative receipts, each verified offline,
+//!   stored durably in the [`ledger`] in the one signature form the escrow accepts, and only then
 //!   counted by the gate.
 //!
-//! The [`redeemer`] submits stored receipts on chain.
+//! Expiry: no Hello is admitted, and no group is sent, within `expiry_margin` of the deal's
+//! expiry (bytes sent later could not be redeemed). The [`redeemer`] submits stored receipts on
+//! chain, many deals per transaction.
 
+pub mod admission;
 pub mod ledger;
 mod redeemer;
 
@@ -31,7 +36,7 @@ use alloy::{
 };
 use bdc_contracts::{
     Contracts, Deal,
-    receipt::{Hello as HelloStruct, Receipt, hello_signer, receipt_signer},
+    receipt::{Receipt, receipt_signer_canonical},
 };
 use bdc_core::{
     Hash,
@@ -46,12 +51,15 @@ use iroh_blobs::{
     api::Store,
     provider::{
         StreamPair,
-        events::{AbortReason, EventMask, EventSender, ProviderMessage, RequestMode},
+        events::{AbortReason, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode},
     },
 };
 use tokio::sync::{Notify, mpsc, watch};
 
-use self::ledger::{Ledger, LedgerError};
+use self::{
+    admission::{Admission, AdmitError, DealKind},
+    ledger::{Ledger, LedgerError},
+};
 
 /// Terms a provider sells on.
 #[derive(Debug, Clone)]
@@ -64,7 +72,9 @@ pub struct PaidConfig {
     pub stall_timeout: Duration,
     /// Redeem on chain each time this many more bytes are receipted.
     pub redeem_every: u64,
-    /// Redeem deals that expire within this margin.
+    /// Safety margin before a deal's expiry: no Hello is admitted and no byte is sent inside
+    /// it, and deals with unredeemed receipts are redeemed when they enter it. It must cover a
+    /// redeem transaction's inclusion time (a few blocks).
     pub expiry_margin: Duration,
     /// How long a new connection may take to send its Hello.
     pub hello_timeout: Duration,
@@ -73,6 +83,12 @@ pub struct PaidConfig {
     /// How often an active connection re-reads its deal from the chain (closing it with
     /// `DEAL_NOT_OPEN` once the deal is disputed, refunded or expired).
     pub chain_refresh: Duration,
+    /// The arbiters this provider accepts; a deal naming another is refused. Offers and
+    /// listings name them. Empty: no deal is accepted.
+    pub arbiters: Vec<Address>,
+    /// Highest royalty (basis points) a deal may carry; None: the royalty registered when the
+    /// provider first saw the dataset registered (so a later raise is refused).
+    pub max_royalty_bps: Option<u16>,
 }
 
 impl Default for PaidConfig {
@@ -82,10 +98,12 @@ impl Default for PaidConfig {
             window: 4 << 20,
             stall_timeout: Duration::from_secs(30),
             redeem_every: 256 << 20,
-            expiry_margin: Duration::from_secs(300),
+            expiry_margin: Duration::from_secs(bdc_core::paid::DEFAULT_EXPIRY_MARGIN_SECS),
             hello_timeout: Duration::from_secs(10),
             max_rate: None,
             chain_refresh: Duration::from_secs(10),
+            arbiters: Vec::new(),
+            max_royalty_bps: None,
         }
     }
 }
@@ -103,6 +121,10 @@ struct DealGate {
     price: u128,
     window: u64,
     allowed: Arc<HashSet<Hash>>,
+    /// The deal's dataset root is a collection (children may be asked for through it).
+    collection: bool,
+    /// Local time at which the deal enters the expiry margin: no group is sent after it.
+    stop_at: tokio::time::Instant,
     state: Mutex<GateState>,
     notify: Notify,
 }
@@ -132,15 +154,24 @@ struct ConnEntry {
     ready: watch::Receiver<Ready>,
 }
 
+/// What a provider sells: per root, every blob hash of the dataset; which roots are
+/// collections; and the vendor each collection's manifest names.
+#[derive(Debug, Default)]
+pub struct Datasets {
+    pub contents: HashMap<Hash, Arc<HashSet<Hash>>>,
+    pub collections: Arc<HashSet<Hash>>,
+    pub vendors: HashMap<Hash, Option<Address>>,
+}
+
 #[derive(Debug)]
 struct Shared {
     store: Store,
     ledger: Arc<Ledger>,
     chain: Contracts<DynProvider>,
-    me: Address,
-    node: EndpointId,
     cfg: PaidConfig,
+    admission: Arc<Admission>,
     datasets: HashMap<Hash, Arc<HashSet<Hash>>>,
+    collections: Arc<HashSet<Hash>>,
     conns: Mutex<HashMap<u64, ConnEntry>>,
     deals: Mutex<HashMap<B256, Arc<DealGate>>>,
     redeem_tx: mpsc::UnboundedSender<B256>,
@@ -154,15 +185,16 @@ pub struct PaidProtocol {
 }
 
 impl PaidProtocol {
-    /// Starts the handler and its redeemer. `datasets` maps each served root to all its hashes.
-    pub fn new(
+    /// Starts the handler and its redeemer, and pins the sale terms of every sold dataset
+    /// already registered.
+    pub async fn new(
         store: Store,
         ledger: Arc<Ledger>,
         chain: Contracts<DynProvider>,
         me: Address,
         node: EndpointId,
         cfg: PaidConfig,
-        datasets: HashMap<Hash, Arc<HashSet<Hash>>>,
+        datasets: Datasets,
     ) -> Self {
         let (redeem_tx, redeem_rx) = mpsc::unbounded_channel();
         tokio::spawn(redeemer::run(
@@ -170,16 +202,37 @@ impl PaidProtocol {
             chain.clone(),
             redeem_rx,
             cfg.expiry_margin,
-            Duration::from_secs(5),
+            Duration::from_secs(2),
         ));
+        let admission = Arc::new(Admission {
+            chain: chain.clone(),
+            me,
+            node,
+            arbiters: cfg.arbiters.clone(),
+            margin: cfg.expiry_margin,
+            max_royalty_bps: cfg.max_royalty_bps,
+            manifest_vendors: datasets.vendors,
+            pinned: Mutex::new(HashMap::new()),
+            ledger: ledger.clone(),
+        });
+        // the sold datasets (free ones have no manifest vendor entry)
+        for root in admission.manifest_vendors.keys() {
+            match admission.sale_terms(*root).await {
+                Ok(t) => tracing::info!(%root, vendor = %t.vendor, max_royalty_bps = t.max_royalty_bps, "selling"),
+                Err(e) => tracing::warn!(%root, "not sold until this is fixed: {e}"),
+            }
+        }
+        if cfg.arbiters.is_empty() {
+            tracing::warn!("no arbiter accepted: every deal will be refused (configure the arbiters you trust)");
+        }
         let shared = Arc::new(Shared {
             store,
             ledger,
             chain,
-            me,
-            node,
             cfg,
-            datasets,
+            admission,
+            datasets: datasets.contents,
+            collections: datasets.collections,
             conns: Mutex::new(HashMap::new()),
             deals: Mutex::new(HashMap::new()),
             redeem_tx,
@@ -197,8 +250,8 @@ impl PaidProtocol {
             ledger: s.ledger.clone(),
             redeem_tx: s.redeem_tx.clone(),
             chain: s.chain.clone(),
-            me: s.me,
-            node: s.node,
+            admission: s.admission.clone(),
+            arbiters: s.cfg.arbiters.clone(),
         }
     }
 }
@@ -210,8 +263,29 @@ pub(crate) struct JobPayments {
     pub ledger: Arc<Ledger>,
     pub redeem_tx: mpsc::UnboundedSender<B256>,
     pub chain: Contracts<DynProvider>,
-    pub me: Address,
-    pub node: EndpointId,
+    pub admission: Arc<Admission>,
+    pub arbiters: Vec<Address>,
+}
+
+impl JobPayments {
+    /// The provider's payment address.
+    pub fn me(&self) -> Address {
+        self.admission.me
+    }
+
+    /// Checks a job deal for one job at `price` on `dataset`.
+    pub async fn admit(
+        &self,
+        payment: &bdc_core::jobs::JobPayment,
+        peer: EndpointId,
+        price: u128,
+        dataset: Hash,
+    ) -> Result<Deal, AdmitError> {
+        let id = B256::from(payment.deal_id);
+        let kind = DealKind::Job { price, dataset };
+        let ok = self.admission.admit(id, &payment.terms, peer, &payment.hello_sig, kind, |r| *r == dataset).await?;
+        Ok(ok.deal)
+    }
 }
 
 impl ProtocolHandler for PaidProtocol {
@@ -320,49 +394,41 @@ async fn read_message(recv: &mut RecvStream) -> Result<Option<PaidMessage>, u32>
     PaidMessage::decode(&body).map(Some).map_err(|_| codes::MALFORMED_MESSAGE)
 }
 
-/// Checks a Hello against the chain and returns the deal's gate.
+/// Checks a Hello (see [`admission`]) and returns the deal's gate.
 async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Arc<DealGate>, u32> {
     if hello.version != PAID_PROTOCOL_VERSION {
         return Err(codes::UNSUPPORTED_VERSION);
     }
     let id = B256::from(hello.deal_id);
-    let existing = shared.deals.lock().expect("deals lock").get(&id).cloned();
-    let deal = match &existing {
-        Some(g) => g.deal.clone(),
-        None => match shared.chain.find_deal(id).await {
-            Ok(Some(d)) => d,
-            Ok(None) => return Err(codes::UNKNOWN_DEAL),
-            Err(e) => {
-                tracing::error!(deal = %id, "cannot read the deal from the chain: {e}");
-                return Err(codes::INTERNAL);
+    let peer = conn.remote_id();
+    if hello.buyer_node != *peer.as_bytes() {
+        return Err(codes::BAD_HELLO_SIGNATURE);
+    }
+    let kind = DealKind::Transfer { min_price: shared.cfg.price_per_byte };
+    let admitted = shared
+        .admission
+        .admit(id, &hello.terms, peer, &hello.sig, kind, |r| shared.datasets.contains_key(r))
+        .await
+        .map_err(|e| {
+            match &e {
+                AdmitError::Chain(_) | AdmitError::Ledger(_) => {
+                    tracing::error!(deal = %id, %peer, "cannot check the deal: {e}")
+                }
+                _ => tracing::warn!(deal = %id, %peer, "refused the deal: {e}"),
             }
-        },
-    };
-    let t = &deal.terms;
-    let root = Hash::from_bytes(t.datasetRoot.0);
-    let Some(allowed) = shared.datasets.get(&root).cloned() else {
-        return Err(codes::NOT_THIS_PROVIDER);
-    };
-    if t.provider != shared.me || t.providerNodeId.0 != *shared.node.as_bytes() {
-        return Err(codes::NOT_THIS_PROVIDER);
-    }
-    if t.pricePerByte < shared.cfg.price_per_byte || t.pricePerByte == 0 {
-        return Err(codes::NOT_THIS_PROVIDER);
-    }
-    let domain = shared.chain.domain();
-    let h = HelloStruct { dealId: id, buyerNodeId: B256::from(hello.buyer_node) };
-    match hello_signer(&domain, &h, &hello.sig) {
-        Ok(a) if a == t.buyer && hello.buyer_node == *conn.remote_id().as_bytes() => {}
-        _ => return Err(codes::BAD_HELLO_SIGNATURE),
-    }
-    let state = shared.chain.deal_state(id).await.map_err(|_| codes::INTERNAL)?;
-    let now = shared.chain.chain_time().await.map_err(|_| codes::INTERNAL)?;
-    if !state.exists || state.refunded || state.disputed || now >= t.expiry {
-        return Err(codes::DEAL_NOT_OPEN);
-    }
-    if let Some(g) = existing {
+            e.paid_code()
+        })?;
+    let deal = admitted.deal;
+    if let Some(g) = shared.deals.lock().expect("deals lock").get(&id).cloned() {
         return Ok(g);
     }
+    let t = &deal.terms;
+    let root = Hash::from_bytes(t.datasetRoot.0);
+    let allowed = shared.datasets.get(&root).cloned().ok_or(codes::NOT_THIS_PROVIDER)?;
+    // the chain clock says how long until the margin; the gate counts it on the local clock
+    // (and the deal watcher re-checks against the chain)
+    let until_margin = t.expiry.saturating_sub(shared.cfg.expiry_margin.as_secs()).saturating_sub(admitted.now);
+    let stop_at = tokio::time::Instant::now() + Duration::from_secs(until_margin.min(u32::MAX as u64));
     // first connection for this deal in this process: start from the ledger
     let entry = shared.ledger.get(&id).map_err(|_| codes::INTERNAL)?.unwrap_or_default();
     let price: u128 = t.pricePerByte;
@@ -372,6 +438,8 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Arc<
         price,
         window: t.window.min(shared.cfg.window),
         allowed,
+        collection: shared.collections.contains(&root),
+        stop_at,
         state: Mutex::new(GateState {
             sent: receipted_bytes,
             receipted_bytes,
@@ -411,13 +479,14 @@ fn check_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt, newest: u1
         return Err(codes::RECEIPT_FOR_OTHER_DEAL);
     }
     let receipt = Receipt { dealId: id, cumulativeAmount: alloy::primitives::U256::from(r.cumulative) };
-    match receipt_signer(&shared.chain.domain(), &receipt, &r.sig) {
-        Ok(a) if a == t.buyer => {}
+    // the escrow accepts one form of each signature: store that one, never the bytes sent
+    let sig = match receipt_signer_canonical(&shared.chain.domain(), &receipt, &r.sig) {
+        Ok((a, canonical)) if a == t.buyer => canonical.to_vec(),
         _ => {
             tracing::warn!(deal = %id, "receipt not signed by the buyer");
             return Err(codes::BAD_RECEIPT_SIGNATURE);
         }
-    }
+    };
     if r.cumulative > t.maxAmount.to::<u128>() {
         return Err(codes::RECEIPT_ABOVE_MAX);
     }
@@ -432,7 +501,7 @@ fn check_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt, newest: u1
     if r.cumulative <= s.receipted_amount.max(newest) {
         return Ok(None);
     }
-    Ok(Some(Pending { amount: r.cumulative, bytes, sig: r.sig.clone() }))
+    Ok(Some(Pending { amount: r.cumulative, bytes, sig }))
 }
 
 /// Stores the newest verified receipt of a connection durably, then lets the gate count it.
@@ -492,24 +561,46 @@ async fn store_receipts(
     }
 }
 
-/// Event handler: authorize GETs by deal dataset (the receipt gate is in [`GatedWriter`]).
+/// Event handler: authorize GETs and Observes by the deal's dataset, children only through its
+/// collection root (the receipt gate is in [`GatedWriter`]).
 fn gate_events(shared: Arc<Shared>) -> EventSender {
-    let mask = EventMask { get: RequestMode::Intercept, get_many: RequestMode::Disabled, ..EventMask::DEFAULT };
+    let mask = EventMask {
+        get: RequestMode::Intercept,
+        get_many: RequestMode::Disabled,
+        observe: ObserveMode::Intercept,
+        ..EventMask::DEFAULT
+    };
     let (tx, mut rx) = EventSender::channel(256, mask);
     tokio::spawn(async move {
         while let Some(msg) = rx.recv().await {
-            if let ProviderMessage::GetRequestReceived(msg) = msg {
-                let shared = shared.clone();
-                tokio::spawn(async move {
-                    let ok = match ready_gate(&shared, msg.connection_id).await {
-                        Some(g) => g.allowed.contains(&msg.request.hash),
-                        None => false,
-                    };
-                    if !ok {
-                        tracing::warn!(hash = %msg.request.hash, "refused paid GET: not in the deal's dataset");
-                    }
-                    msg.tx.send(if ok { Ok(()) } else { Err(AbortReason::Permission) }).await.ok();
-                });
+            match msg {
+                ProviderMessage::GetRequestReceived(msg) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let ok = match ready_gate(&shared, msg.connection_id).await {
+                            Some(g) => crate::access::get_allowed(
+                                &msg.request,
+                                |h| g.allowed.contains(h),
+                                |h| g.collection && h.as_bytes() == &g.deal.terms.datasetRoot.0,
+                            ),
+                            None => false,
+                        };
+                        if !ok {
+                            tracing::warn!(hash = %msg.request.hash, "refused paid GET: not in the deal's dataset, or children of a non-collection");
+                        }
+                        msg.tx.send(if ok { Ok(()) } else { Err(AbortReason::Permission) }).await.ok();
+                    });
+                }
+                ProviderMessage::ObserveRequestReceived(msg) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let ok = ready_gate(&shared, msg.connection_id)
+                            .await
+                            .is_some_and(|g| g.allowed.contains(&msg.request.hash));
+                        msg.tx.send(if ok { Ok(()) } else { Err(AbortReason::Permission) }).await.ok();
+                    });
+                }
+                _ => {}
             }
         }
     });
@@ -594,12 +685,17 @@ async fn watch_deal(shared: Arc<Shared>, conn: Connection, conn_id: u64) {
                 continue;
             }
         };
-        if state.disputed || state.refunded || now >= gate.deal.terms.expiry {
-            tracing::warn!(deal = %id, disputed = state.disputed, refunded = state.refunded, "deal no longer open: closing");
-            conn.close(VarInt::from_u32(codes::DEAL_NOT_OPEN), codes::name(codes::DEAL_NOT_OPEN as u64).as_bytes());
-            let _ = shared.redeem_tx.send(id);
-            return;
-        }
+        let code = if state.disputed || state.refunded {
+            codes::DEAL_NOT_OPEN
+        } else if now.saturating_add(shared.cfg.expiry_margin.as_secs()) >= gate.deal.terms.expiry {
+            codes::DEAL_EXPIRING
+        } else {
+            continue;
+        };
+        tracing::warn!(deal = %id, disputed = state.disputed, refunded = state.refunded, code, "deal no longer open: closing");
+        conn.close(VarInt::from_u32(code), codes::name(code as u64).as_bytes());
+        let _ = shared.redeem_tx.send(id);
+        return;
     }
 }
 
@@ -621,6 +717,16 @@ async fn admit_group(shared: &Shared, conn_id: u64, gate: &DealGate, size: u64) 
     let id = gate.deal.id;
     let deadline = tokio::time::Instant::now() + shared.cfg.stall_timeout;
     loop {
+        // also after waiting for a receipt: no group goes out inside the expiry margin
+        if tokio::time::Instant::now() >= gate.stop_at {
+            tracing::warn!(deal = %id, "deal entered its expiry margin: sending stops");
+            if let Some(c) = shared.conns.lock().expect("conns lock").get(&conn_id) {
+                c.conn
+                    .close(VarInt::from_u32(codes::DEAL_EXPIRING), codes::name(codes::DEAL_EXPIRING as u64).as_bytes());
+            }
+            let _ = shared.redeem_tx.send(id);
+            return Err("deal expiring");
+        }
         let notified = gate.notify.notified();
         let reserve = {
             let mut s = gate.state.lock().expect("gate lock");
@@ -649,7 +755,10 @@ async fn admit_group(shared: &Shared, conn_id: u64, gate: &DealGate, size: u64) 
             s.reserved = s.reserved.max(r);
             continue;
         }
-        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+        if tokio::time::timeout_at(deadline.min(gate.stop_at), notified).await.is_err() {
+            if tokio::time::Instant::now() >= gate.stop_at {
+                continue;
+            }
             tracing::warn!(deal = %id, "buyer stopped paying: closing after the stall timeout");
             if let Some(c) = shared.conns.lock().expect("conns lock").get(&conn_id) {
                 c.conn.close(

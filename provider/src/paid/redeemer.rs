@@ -1,17 +1,32 @@
 //! The redeemer: submits the newest receipt of each deal on chain — every `redeem_every` bytes,
-//! when a deal's connection ends, ahead of expiry, and for everything left unredeemed at start.
+//! when a deal's connection ends, when a deal enters its expiry margin, and for everything left
+//! unredeemed at start.
+//!
+//! Deals due together go into one `redeemBatch` transaction, soonest expiry first, so many deals
+//! expiring together cost one block, not one block each. The batch is simulated first
+//! (`eth_call`, no gas): a deal the escrow reports it can never redeem (expired, refunded,
+//! unknown, bad signature: a typed [`RedeemFailure`]) is marked lost, one it cannot redeem now is
+//! left for the next sweep, and only what will redeem is sent — a batch in which nothing would
+//! redeem sends no transaction.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use alloy::{
     primitives::{B256, Bytes, U256},
     providers::DynProvider,
     sol_types::SolValue,
 };
-use bdc_contracts::{ChainError, Contracts, client::Terms};
+use bdc_contracts::{
+    Contracts,
+    client::{RedeemFailure, Terms},
+    receipt::{Receipt, receipt_signer_canonical},
+};
 use tokio::sync::mpsc;
 
-use super::ledger::Ledger;
+use super::ledger::{Ledger, LedgerEntry};
+
+/// Most deals in one transaction (a redeem costs ~40k gas; this stays far below a block).
+const MAX_BATCH: usize = 100;
 
 /// Runs until `rx` closes. `sweep_every` is the period of the expiry check.
 pub(crate) async fn run(
@@ -28,7 +43,14 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             id = rx.recv() => match id {
-                Some(id) => redeem(&ledger, &chain, id).await,
+                Some(id) => {
+                    // take every request queued meanwhile into the same transaction
+                    let mut due = BTreeSet::from([id]);
+                    while let Ok(more) = rx.try_recv() {
+                        due.insert(more);
+                    }
+                    redeem(&ledger, &chain, due.into_iter().collect()).await;
+                }
                 None => break,
             },
             _ = tick.tick() => sweep(&ledger, &chain, Some(expiry_margin)).await,
@@ -36,6 +58,10 @@ pub(crate) async fn run(
     }
     // final flush on shutdown
     sweep(&ledger, &chain, None).await;
+}
+
+fn redeemable(e: &LedgerEntry) -> bool {
+    !e.lost && e.amount > e.redeemed && !e.terms_abi.is_empty()
 }
 
 /// Redeems deals with unredeemed receipts; with a margin, only those expiring within it.
@@ -51,51 +77,102 @@ async fn sweep(ledger: &Ledger, chain: &Contracts<DynProvider>, margin: Option<D
         Some(_) => chain.chain_time().await.unwrap_or(0),
         None => 0,
     };
-    for (id, e) in entries {
-        if e.lost || e.amount <= e.redeemed {
-            continue;
-        }
-        if let Some(m) = margin
-            && e.expiry > now + m.as_secs()
-        {
-            continue;
-        }
-        redeem(ledger, chain, id).await;
+    let due: Vec<B256> = entries
+        .into_iter()
+        .filter(|(_, e)| redeemable(e) && margin.is_none_or(|m| e.expiry <= now + m.as_secs()))
+        .map(|(id, _)| id)
+        .collect();
+    if !due.is_empty() {
+        redeem(ledger, chain, due).await;
     }
 }
 
-async fn redeem(ledger: &Ledger, chain: &Contracts<DynProvider>, id: B256) {
-    let e = match ledger.get(&id) {
-        Ok(Some(e)) => e,
-        Ok(None) => return,
-        Err(e) => {
-            tracing::error!(deal = %id, "redeemer cannot read the ledger: {e}");
-            return;
+/// Redeems the newest receipts of `ids` in as few transactions as possible.
+async fn redeem(ledger: &Ledger, chain: &Contracts<DynProvider>, ids: Vec<B256>) {
+    let mut batch: Vec<(B256, LedgerEntry, Terms)> = Vec::new();
+    for id in ids {
+        let e = match ledger.get(&id) {
+            Ok(Some(e)) if redeemable(&e) => e,
+            Ok(_) => continue,
+            Err(err) => {
+                tracing::error!(deal = %id, "redeemer cannot read the ledger: {err}");
+                continue;
+            }
+        };
+        match Terms::abi_decode(&e.terms_abi) {
+            Ok(t) => batch.push((id, e, t)),
+            Err(err) => tracing::error!(deal = %id, "ledger holds undecodable terms: {err}"),
         }
-    };
-    if e.lost || e.amount <= e.redeemed {
-        return;
     }
-    let terms = match Terms::abi_decode(&e.terms_abi) {
-        Ok(t) => t,
-        Err(err) => {
-            tracing::error!(deal = %id, "ledger holds undecodable terms: {err}");
-            return;
-        }
-    };
-    match chain.redeem(&terms, U256::from(e.amount), Bytes::from(e.sig.clone())).await {
-        Ok(delta) => {
-            tracing::info!(deal = %id, cumulative = e.amount, %delta, "redeemed");
-            if let Err(err) = ledger.update(&id, |x| x.redeemed = x.redeemed.max(e.amount)) {
-                tracing::error!(deal = %id, "redeemed on chain but cannot record it: {err}");
+    batch.sort_by_key(|(_, e, _)| e.expiry);
+    let domain = chain.domain();
+    for chunk in batch.chunks(MAX_BATCH) {
+        let calls: Vec<(Terms, U256, Bytes)> = chunk
+            .iter()
+            .map(|(id, e, t)| {
+                // a ledger written before signatures were stored canonically: the escrow takes
+                // only the canonical form of the same signature
+                let receipt = Receipt { dealId: *id, cumulativeAmount: U256::from(e.amount) };
+                let sig = match receipt_signer_canonical(&domain, &receipt, &e.sig) {
+                    Ok((_, canonical)) => canonical.to_vec(),
+                    Err(_) => e.sig.clone(),
+                };
+                (t.clone(), U256::from(e.amount), Bytes::from(sig))
+            })
+            .collect();
+        let verdicts = match chain.simulate_redeem_batch(&calls).await {
+            Ok(v) => v,
+            Err(err) => {
+                tracing::warn!(deals = chunk.len(), "cannot simulate the redeem, will retry: {err}");
+                continue;
+            }
+        };
+        let mut send = Vec::new();
+        let mut sent = Vec::new();
+        for (((id, e, _), call), verdict) in chunk.iter().zip(calls).zip(verdicts) {
+            match verdict {
+                None => {
+                    send.push(call);
+                    sent.push((*id, e.amount));
+                }
+                Some(why) => record_failure(ledger, *id, e.amount, why),
             }
         }
-        Err(ChainError::Reverted { reason, .. })
-            if ["DealExpired", "AlreadyRefunded", "UnknownDeal"].iter().any(|r| reason.contains(r)) =>
-        {
-            tracing::error!(deal = %id, amount = e.amount, "receipt can no longer be redeemed: {reason}");
-            let _ = ledger.update(&id, |x| x.lost = true);
+        if send.is_empty() {
+            continue;
         }
-        Err(err) => tracing::warn!(deal = %id, "redeem failed, will retry: {err}"),
+        let failed = match chain.redeem_batch(&send).await {
+            Ok((added, failed)) => {
+                tracing::info!(deals = chunk.len(), %added, failed = failed.len(), "redeemed");
+                failed
+            }
+            Err(err) => {
+                tracing::warn!(deals = chunk.len(), "redeem failed, will retry: {err}");
+                continue;
+            }
+        };
+        for (id, amount) in sent {
+            match failed.iter().find(|(f, _)| *f == id) {
+                // the chain moved between the simulation and the block
+                Some((_, why)) => record_failure(ledger, id, amount, *why),
+                None => {
+                    if let Err(err) = ledger.update(&id, |x| x.redeemed = x.redeemed.max(amount)) {
+                        tracing::error!(deal = %id, "redeemed on chain but cannot record it: {err}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A deal the escrow would not redeem: lost for good, or left for the next sweep.
+fn record_failure(ledger: &Ledger, id: B256, amount: u128, why: RedeemFailure) {
+    if why.is_final() {
+        tracing::error!(deal = %id, amount, ?why, "receipt can no longer be redeemed");
+        if let Err(err) = ledger.update(&id, |x| x.lost = true) {
+            tracing::error!(deal = %id, "cannot record the loss: {err}");
+        }
+    } else {
+        tracing::warn!(deal = %id, ?why, "the escrow refuses this redeem now; will retry");
     }
 }

@@ -7,10 +7,10 @@ use alloy::{
 };
 use bdc_contracts::{
     ChainError, Devnet, DevnetConfig,
-    bindings::TransferEscrow,
-    client::OpenDeal,
+    bindings::TransferEscrow::{self, TransferEscrowErrors},
+    client::{OpenDeal, RedeemFailure, Revert},
     devnet::BDC,
-    receipt::{Receipt, receipt_digest, sign_receipt},
+    receipt::{Receipt, malleate, receipt_digest, recover_canonical, sign_receipt},
 };
 
 const VENDOR: usize = 1;
@@ -74,7 +74,10 @@ async fn deal_lifecycle_pays_exactly_what_was_receipted() {
 
     // too early to withdraw; then after the dispute window it splits 10% to the vendor
     let err = p.withdraw(&deal.terms).await.unwrap_err();
-    assert!(matches!(&err, ChainError::Reverted { reason, .. } if reason.contains("NotReleasable")), "{err}");
+    assert!(
+        matches!(&err, ChainError::Reverted { error: Revert::Escrow(TransferEscrowErrors::NotReleasable(_)), .. }),
+        "{err}"
+    );
     d.advance_time(61).await.unwrap();
     assert_eq!(p.withdraw(&deal.terms).await.unwrap(), (bdc(36), bdc(4)));
     assert_eq!(p.balance(d.address(PROVIDER)).await.unwrap(), bdc(1_000_000) + bdc(36));
@@ -82,7 +85,10 @@ async fn deal_lifecycle_pays_exactly_what_was_receipted() {
 
     // refund after expiry returns the rest; the buyer paid exactly 40
     let err = p.refund(&deal.terms).await.unwrap_err();
-    assert!(matches!(&err, ChainError::Reverted { reason, .. } if reason.contains("DealNotExpired")), "{err}");
+    assert!(
+        matches!(&err, ChainError::Reverted { error: Revert::Escrow(TransferEscrowErrors::DealNotExpired(_)), .. }),
+        "{err}"
+    );
     d.advance_time(3_600).await.unwrap();
     assert_eq!(d.contracts(BUYER).refund(&deal.terms).await.unwrap(), bdc(60));
     assert_eq!(p.balance(d.address(BUYER)).await.unwrap(), start - bdc(40));
@@ -116,16 +122,25 @@ async fn forged_and_replayed_receipts_are_rejected_with_decoded_errors() {
     // signed by the provider itself
     let forged = sign_receipt(&d.signer(PROVIDER), &domain, a.id, bdc(5)).await.unwrap();
     let err = p.redeem(&a.terms, bdc(5), forged.as_bytes().into()).await.unwrap_err();
-    assert!(matches!(&err, ChainError::Reverted { reason, .. } if reason.contains("BadSigner")), "{err}");
+    assert!(
+        matches!(&err, ChainError::Reverted { error: Revert::Escrow(TransferEscrowErrors::BadSigner(_)), .. }),
+        "{err}"
+    );
     // a valid receipt for deal a presented for deal b
     let for_a = sign_receipt(&d.signer(BUYER), &domain, a.id, bdc(5)).await.unwrap();
     let err = p.redeem(&b.terms, bdc(5), for_a.as_bytes().into()).await.unwrap_err();
-    assert!(matches!(&err, ChainError::Reverted { reason, .. } if reason.contains("BadSigner")), "{err}");
+    assert!(
+        matches!(&err, ChainError::Reverted { error: Revert::Escrow(TransferEscrowErrors::BadSigner(_)), .. }),
+        "{err}"
+    );
     // a receipt for another chain id
     let other_chain = bdc_contracts::escrow_domain(1, d.deployment.escrow);
     let wrong = sign_receipt(&d.signer(BUYER), &other_chain, a.id, bdc(5)).await.unwrap();
     let err = p.redeem(&a.terms, bdc(5), wrong.as_bytes().into()).await.unwrap_err();
-    assert!(matches!(&err, ChainError::Reverted { reason, .. } if reason.contains("BadSigner")), "{err}");
+    assert!(
+        matches!(&err, ChainError::Reverted { error: Revert::Escrow(TransferEscrowErrors::BadSigner(_)), .. }),
+        "{err}"
+    );
     assert_eq!(p.deal_state(a.id).await.unwrap().redeemed, U256::ZERO);
 }
 
@@ -138,14 +153,101 @@ async fn dispute_freezes_until_the_arbiter_resolves() {
     let p = d.contracts(PROVIDER);
     let sig = sign_receipt(&d.signer(BUYER), &p.domain(), deal.id, bdc(8)).await.unwrap();
     p.redeem(&deal.terms, bdc(8), sig.as_bytes().into()).await.unwrap();
-    d.contracts(BUYER).dispute(d.address(BUYER), &deal.terms).await.unwrap();
+    d.contracts(BUYER).dispute(d.address(BUYER), &deal.terms, B256::repeat_byte(0xEE)).await.unwrap();
     assert!(p.deal_state(deal.id).await.unwrap().disputed);
     d.advance_time(120).await.unwrap();
     let err = p.withdraw(&deal.terms).await.unwrap_err();
-    assert!(matches!(&err, ChainError::Reverted { reason, .. } if reason.contains("DealDisputed")), "{err}");
+    assert!(
+        matches!(&err, ChainError::Reverted { error: Revert::Escrow(TransferEscrowErrors::DealDisputed(_)), .. }),
+        "{err}"
+    );
     let before = p.balance(d.address(BUYER)).await.unwrap();
     d.contracts(ARBITER).resolve(&deal.terms, bdc(3), true).await.unwrap();
     // buyer gets 3 back plus its 10 BDC bond; provider 5
     assert_eq!(p.balance(d.address(BUYER)).await.unwrap(), before + bdc(13));
     assert_eq!(p.balance(d.address(PROVIDER)).await.unwrap(), bdc(1_000_000) + bdc(5));
+}
+
+/// The premise of the provider's canonical-signature rule: the escrow refuses the malleated
+/// forms alloy accepts, and takes their canonical form.
+#[tokio::test(flavor = "multi_thread")]
+async fn escrow_refuses_malleated_receipts_and_takes_their_canonical_form() {
+    let d = Devnet::spawn().await.unwrap();
+    let root = keccak256("m");
+    d.contracts(VENDOR).register_dataset(root, 0, B256::ZERO, 0).await.unwrap();
+    let deal = open(&d, root, bdc(10), 3_600).await;
+    let p = d.contracts(PROVIDER);
+    let sig = sign_receipt(&d.signer(BUYER), &p.domain(), deal.id, bdc(5)).await.unwrap();
+    let bad = malleate(&sig);
+    let err = p.redeem(&deal.terms, bdc(5), bad.to_vec().into()).await.unwrap_err();
+    assert!(matches!(&err, ChainError::Reverted { .. }), "{err}");
+    let digest = receipt_digest(&p.domain(), &Receipt { dealId: deal.id, cumulativeAmount: bdc(5) });
+    let (who, canonical) = recover_canonical(&digest, &bad).unwrap();
+    assert_eq!(who, d.address(BUYER));
+    assert_eq!(p.redeem(&deal.terms, bdc(5), canonical.to_vec().into()).await.unwrap(), bdc(5));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buyer_cannot_redeem_to_restart_the_dispute_window() {
+    let d = Devnet::spawn().await.unwrap();
+    let root = keccak256("w");
+    d.contracts(VENDOR).register_dataset(root, 0, B256::ZERO, 0).await.unwrap();
+    let deal = open(&d, root, bdc(10), 3_600).await;
+    let buyer = d.contracts(BUYER);
+    let sig = sign_receipt(&d.signer(BUYER), &buyer.domain(), deal.id, U256::from(1)).await.unwrap();
+    let err = buyer.redeem(&deal.terms, U256::from(1), sig.as_bytes().into()).await.unwrap_err();
+    assert!(
+        matches!(err.escrow_error(), Some(TransferEscrowErrors::OnlyProvider(_))),
+        "a buyer's 1-wei redeem must revert: {err}"
+    );
+}
+
+/// Many deals in one transaction; the ones that cannot be redeemed are reported by type.
+#[tokio::test(flavor = "multi_thread")]
+async fn redeem_batch_redeems_the_good_and_reports_the_rest() {
+    let d = Devnet::spawn().await.unwrap();
+    let root = keccak256("b");
+    d.contracts(VENDOR).register_dataset(root, 0, B256::ZERO, 0).await.unwrap();
+    let p = d.contracts(PROVIDER);
+    let good = open(&d, root, bdc(10), 3_600).await;
+    let soon = open(&d, root, bdc(10), 30).await;
+    let forged = open(&d, root, bdc(10), 3_600).await;
+    let sig = |id, n| {
+        let s = bdc_contracts::receipt::sign_receipt_sync(&d.signer(BUYER), &p.domain(), id, bdc(n)).unwrap();
+        alloy::primitives::Bytes::from(s.as_bytes().to_vec())
+    };
+    let bad = bdc_contracts::receipt::sign_receipt_sync(&d.signer(PROVIDER), &p.domain(), forged.id, bdc(3)).unwrap();
+    let batch = vec![
+        (good.terms.clone(), bdc(4), sig(good.id, 4)),
+        (soon.terms.clone(), bdc(5), sig(soon.id, 5)),
+        (forged.terms.clone(), bdc(3), alloy::primitives::Bytes::from(bad.as_bytes().to_vec())),
+    ];
+    d.advance_time(31).await.unwrap();
+    let (added, failed) = p.redeem_batch(&batch).await.unwrap();
+    assert_eq!(added, bdc(4));
+    assert_eq!(failed, vec![(soon.id, RedeemFailure::Expired), (forged.id, RedeemFailure::BadSigner)]);
+    assert!(failed.iter().all(|(_, f)| f.is_final()));
+    assert_eq!(p.deal_state(good.id).await.unwrap().redeemed, bdc(4));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unruled_dispute_is_settled_by_default_after_the_deadline() {
+    let d = Devnet::spawn_with(DevnetConfig { arbitration_period: 120, ..Default::default() }).await.unwrap();
+    let root = keccak256("s");
+    d.contracts(VENDOR).register_dataset(root, 0, B256::ZERO, 0).await.unwrap();
+    let deal = open(&d, root, bdc(10), 3_600).await;
+    let p = d.contracts(PROVIDER);
+    let sig = sign_receipt(&d.signer(BUYER), &p.domain(), deal.id, bdc(8)).await.unwrap();
+    p.redeem(&deal.terms, bdc(8), sig.as_bytes().into()).await.unwrap();
+    d.contracts(BUYER).dispute(d.address(BUYER), &deal.terms, B256::repeat_byte(1)).await.unwrap();
+    let err = p.settle_dispute(&deal.terms).await.unwrap_err();
+    assert!(matches!(err.escrow_error(), Some(TransferEscrowErrors::RulingPeriodNotOver(_))), "{err}");
+    d.advance_time(121).await.unwrap();
+    let err = d.contracts(ARBITER).resolve(&deal.terms, bdc(8), true).await.unwrap_err();
+    assert!(matches!(err.escrow_error(), Some(TransferEscrowErrors::RulingPeriodOver(_))), "{err}");
+    let before = p.balance(d.address(PROVIDER)).await.unwrap();
+    d.contracts(0).settle_dispute(&deal.terms).await.unwrap();
+    // receipts stand (8) and the buyer's bond (10) goes to the provider
+    assert_eq!(p.balance(d.address(PROVIDER)).await.unwrap(), before + bdc(18));
+    assert!(!p.deal_state(deal.id).await.unwrap().disputed);
 }
