@@ -72,7 +72,8 @@ step "3. balances before"
 "$BDC" balance "$VENDOR" "$PROVIDER" "$BUYER"
 
 step "4. Stimergy sells it: 1000 BDC/GiB, 1 MiB window, redeem every 1 MiB"
-"$BDC" --data-dir "$WORK/stimergy" provider serve --bind 127.0.0.1:0 --sell --arbiter "$ARBITER" \
+# a 10 s expiry margin: the demo's deal lives only 40 s (the default margin is 300 s)
+"$BDC" --data-dir "$WORK/stimergy" provider serve --bind 127.0.0.1:0 --sell --arbiter "$ARBITER" --expiry-margin 10 \
   --price-per-gib 1000000000000000000000 --window 1048576 --redeem-every 1048576 \
   --keystore "$WORK/keys/provider.json" "${JOBS[@]}" > "$WORK/serve.out" 2> "$WORK/serve.err" &
 PIDS+=($!)

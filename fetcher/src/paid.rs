@@ -93,7 +93,7 @@ pub enum PaidError {
         fmt_addrs(trusted)
     )]
     ArbiterNotAccepted { trusted: Vec<Address>, accepted: Vec<Address> },
-    #[error("a deal of {duration} s would expire inside the provider's {margin} s expiry margin almost at once")]
+    #[error("a deal of {duration} s would start inside the provider's {margin} s expiry margin: no byte would be sent")]
     DealTooShort { duration: u64, margin: u64 },
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -412,7 +412,7 @@ impl Fetcher {
             return Err(PaidError::PriceTooHigh { offered: offer.price_per_byte, max }.into());
         }
         let arbiter = choose_arbiter(&pay.arbiters, &offer.arbiters)?;
-        if pay.deal_duration.as_secs() <= offer.expiry_margin + 60 {
+        if pay.deal_duration.as_secs() <= offer.expiry_margin {
             return Err(
                 PaidError::DealTooShort { duration: pay.deal_duration.as_secs(), margin: offer.expiry_margin }.into()
             );

@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Redeem on chain every this many receipted bytes.
     #[arg(long, default_value_t = 256 << 20)]
     pub redeem_every: u64,
+    /// Seconds before a deal's expiry from which no buyer is admitted and nothing is sent
+    /// (bytes sent later might not be redeemed in time); deals are redeemed when they enter it.
+    #[arg(long, default_value_t = bdc_core::paid::DEFAULT_EXPIRY_MARGIN_SECS, value_name = "SECS")]
+    pub expiry_margin: u64,
     /// Seconds a full window waits for a receipt before the connection is closed.
     #[arg(long, default_value_t = 30)]
     pub stall_timeout: u64,
@@ -214,6 +218,7 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
             max_rate: a.max_rate,
             arbiters: a.arbiters.clone(),
             max_royalty_bps: a.max_royalty_bps,
+            expiry_margin: std::time::Duration::from_secs(a.expiry_margin),
             ..Default::default()
         };
         if cfg.arbiters.is_empty() {

@@ -399,15 +399,15 @@ async fn admit_job_deal(
     dataset: Hash,
     p: &JobPayment,
 ) -> Result<Deal, Fail> {
-    let deal = pay.admit(p, peer, price, dataset).await.map_err(|e| match e {
+    let admitted = pay.admit(p, peer, price, dataset).await.map_err(|e| match e {
         crate::paid::admission::AdmitError::Chain(_) | crate::paid::admission::AdmitError::Ledger(_) => {
             (codes::INTERNAL, e.to_string())
         }
         _ => (codes::BAD_DEAL, e.to_string()),
     })?;
+    let deal = admitted.deal;
     let (id, t) = (deal.id, &deal.terms);
-    let now = pay.chain.chain_time().await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
-    if now + JOB_DEAL_MARGIN_SECS >= t.expiry {
+    if admitted.now + JOB_DEAL_MARGIN_SECS >= t.expiry {
         return Err((codes::BAD_DEAL, format!("deal {id} expires within a minute; a job needs longer")));
     }
     let mut fresh = false;

@@ -176,7 +176,7 @@ pub(crate) struct Admission {
 
 /// A deal that passed, with the chain time it was checked at.
 #[derive(Debug)]
-pub(crate) struct Admitted {
+pub struct Admitted {
     pub deal: Deal,
     pub now: u64,
 }

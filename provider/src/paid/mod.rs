@@ -280,11 +280,10 @@ impl JobPayments {
         peer: EndpointId,
         price: u128,
         dataset: Hash,
-    ) -> Result<Deal, AdmitError> {
+    ) -> Result<admission::Admitted, AdmitError> {
         let id = B256::from(payment.deal_id);
         let kind = DealKind::Job { price, dataset };
-        let ok = self.admission.admit(id, &payment.terms, peer, &payment.hello_sig, kind, |r| *r == dataset).await?;
-        Ok(ok.deal)
+        self.admission.admit(id, &payment.terms, peer, &payment.hello_sig, kind, |r| *r == dataset).await
     }
 }
 
