@@ -6,10 +6,14 @@
 //! bytes happen to be 32-byte hashes (a job result a buyer wrote, a file of a sold dataset)
 //! index the whole store. So a request may ask for children only when its hash is a
 //! collection root the requester may read; every other request must be for the blob alone.
+//!
+//! Job results are not public: each is readable only by the node that submitted the job (the
+//! free protocol learns each connection's EndpointId from its `connected` event).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use bdc_core::Hash;
+use iroh::EndpointId;
 use iroh_blobs::protocol::{ChunkRangesSeq, GetRequest};
 
 /// Whether `ranges` asks for nothing beyond the first blob (the requested hash itself).
@@ -23,11 +27,12 @@ pub fn get_allowed(req: &GetRequest, readable: impl Fn(&Hash) -> bool, collectio
     readable(&req.hash) && (blob_only(&req.ranges) || collection(&req.hash))
 }
 
-/// What the free protocol serves to anyone: the blobs of free datasets and of free job results,
-/// and which of them are collection roots.
+/// What the free protocol serves: to anyone, the blobs of free datasets; to the job's buyer
+/// only, the blobs of its job results; and which of them are collection roots.
 #[derive(Debug, Default)]
 pub struct FreeSet {
     hashes: HashSet<Hash>,
+    owned: HashMap<Hash, HashSet<EndpointId>>,
     collections: HashSet<Hash>,
 }
 
@@ -44,12 +49,26 @@ impl FreeSet {
         self.collections.insert(root);
     }
 
-    pub fn contains(&self, hash: &Hash) -> bool {
-        self.hashes.contains(hash)
+    /// A blob only `owner` may read (a job result).
+    pub fn add_owned_blob(&mut self, hash: Hash, owner: EndpointId) {
+        self.owned.entry(hash).or_default().insert(owner);
     }
 
-    pub fn allows(&self, req: &GetRequest) -> bool {
-        get_allowed(req, |h| self.hashes.contains(h), |h| self.collections.contains(h))
+    /// A collection only `owner` may read.
+    pub fn add_owned_collection(&mut self, root: Hash, hashes: impl IntoIterator<Item = Hash>, owner: EndpointId) {
+        for h in std::iter::once(root).chain(hashes) {
+            self.add_owned_blob(h, owner);
+        }
+        self.collections.insert(root);
+    }
+
+    /// Whether `peer` (None: unknown) may read `hash`.
+    pub fn readable(&self, hash: &Hash, peer: Option<&EndpointId>) -> bool {
+        self.hashes.contains(hash) || peer.is_some_and(|p| self.owned.get(hash).is_some_and(|o| o.contains(p)))
+    }
+
+    pub fn allows(&self, req: &GetRequest, peer: Option<&EndpointId>) -> bool {
+        get_allowed(req, |h| self.readable(h, peer), |h| self.collections.contains(h))
     }
 }
 
@@ -65,16 +84,30 @@ mod tests {
         free.add_blob(blob);
         free.add_collection(root, [child]);
         // the blob alone, whole or in part: fine
-        assert!(free.allows(&GetRequest::blob(blob)));
-        assert!(free.allows(&GetRequest::blob_ranges(blob, ChunkRanges::chunks(0..4))));
+        assert!(free.allows(&GetRequest::blob(blob), None));
+        assert!(free.allows(&GetRequest::blob_ranges(blob, ChunkRanges::chunks(0..4)), None));
         // a raw blob read as a hash sequence: refused, whatever children it would name
-        assert!(!free.allows(&GetRequest::all(blob)));
-        assert!(!free.allows(&GetRequest::builder().child(0, ChunkRanges::all()).build(blob)));
+        assert!(!free.allows(&GetRequest::all(blob), None));
+        assert!(!free.allows(&GetRequest::builder().child(0, ChunkRanges::all()).build(blob), None));
         // a collection root with all its children: fine; a child read as a hash sequence: refused
-        assert!(free.allows(&GetRequest::all(root)));
-        assert!(free.allows(&GetRequest::blob(child)));
-        assert!(!free.allows(&GetRequest::all(child)));
+        assert!(free.allows(&GetRequest::all(root), None));
+        assert!(free.allows(&GetRequest::blob(child), None));
+        assert!(!free.allows(&GetRequest::all(child), None));
         // unknown hashes: refused in every form
-        assert!(!free.allows(&GetRequest::blob(Hash::new(b"d"))));
+        assert!(!free.allows(&GetRequest::blob(Hash::new(b"d")), None));
+    }
+
+    #[test]
+    fn a_job_result_is_readable_by_its_buyer_only() {
+        let (buyer, stranger) = (iroh::SecretKey::generate().public(), iroh::SecretKey::generate().public());
+        let (root, child) = (Hash::new(b"r"), Hash::new(b"c"));
+        let mut free = FreeSet::default();
+        free.add_owned_collection(root, [child], buyer);
+        assert!(free.allows(&GetRequest::all(root), Some(&buyer)));
+        assert!(free.allows(&GetRequest::blob(child), Some(&buyer)));
+        for who in [Some(&stranger), None] {
+            assert!(!free.allows(&GetRequest::all(root), who));
+            assert!(!free.allows(&GetRequest::blob(child), who));
+        }
     }
 }

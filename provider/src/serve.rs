@@ -20,11 +20,13 @@ use bdc_core::{
     protocol::FREE_ALPN,
     ticket::BlobTicket,
 };
-use iroh::{EndpointAddr, protocol::Router};
+use iroh::{EndpointAddr, EndpointId, protocol::Router};
 use iroh_blobs::{
     BlobsProtocol,
     hashseq::HashSeq,
-    provider::events::{AbortReason, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode, ThrottleMode},
+    provider::events::{
+        AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode, ThrottleMode,
+    },
 };
 use serde::{Deserialize, Serialize};
 
@@ -289,6 +291,8 @@ async fn manifest_vendors(store: &ProviderStore) -> Result<HashMap<Hash, Option<
 /// through a collection root), optionally cap the rate.
 fn free_events(free: Arc<RwLock<FreeSet>>, max_rate: Option<u64>) -> EventSender {
     let mask = EventMask {
+        // intercepted (not notified) so a connection's peer is known before its first request
+        connected: ConnectMode::Intercept,
         get: RequestMode::Intercept,
         get_many: RequestMode::Disabled,
         observe: ObserveMode::Intercept,
@@ -297,11 +301,23 @@ fn free_events(free: Arc<RwLock<FreeSet>>, max_rate: Option<u64>) -> EventSender
     };
     let (tx, mut rx) = EventSender::channel(64, mask);
     tokio::spawn(async move {
+        // each connection's peer: job results are readable by their buyer only
+        let mut peers: HashMap<u64, EndpointId> = HashMap::new();
         while let Some(msg) = rx.recv().await {
             match msg {
+                ProviderMessage::ClientConnected(msg) => {
+                    if let Some(id) = msg.endpoint_id {
+                        peers.insert(msg.connection_id, id);
+                    }
+                    msg.tx.send(Ok(())).await.ok();
+                }
+                ProviderMessage::ConnectionClosed(msg) => {
+                    peers.remove(&msg.connection_id);
+                }
                 ProviderMessage::GetRequestReceived(msg) => {
                     let hash = msg.request.hash;
-                    let ok = free.read().expect("free set lock").allows(&msg.request);
+                    let peer = peers.get(&msg.connection_id);
+                    let ok = free.read().expect("free set lock").allows(&msg.request, peer);
                     if !ok {
                         tracing::warn!(%hash, conn = msg.connection_id, "refused GET: not a free blob, or children of a non-collection");
                     }
@@ -309,7 +325,8 @@ fn free_events(free: Arc<RwLock<FreeSet>>, max_rate: Option<u64>) -> EventSender
                     msg.tx.send(res).await.ok();
                 }
                 ProviderMessage::ObserveRequestReceived(msg) => {
-                    let ok = free.read().expect("free set lock").contains(&msg.request.hash);
+                    let peer = peers.get(&msg.connection_id);
+                    let ok = free.read().expect("free set lock").readable(&msg.request.hash, peer);
                     msg.tx.send(if ok { Ok(()) } else { Err(AbortReason::Permission) }).await.ok();
                 }
                 ProviderMessage::Throttle(msg) => {

@@ -111,6 +111,7 @@ async fn sql_job_result_equals_datafusion_direct_and_is_signed() {
          AND side = 'buy'",
         "SELECT side, count(*) AS n FROM trades WHERE symbol <> 'ETH-USD' AND 250.5 >= price GROUP BY side ORDER BY side",
     ];
+    let mut last_root = None;
     for (i, q) in queries.iter().enumerate() {
         let format = if i == 1 { ResultFormat::Csv } else { ResultFormat::Parquet };
         let mut events = Vec::new();
@@ -137,7 +138,19 @@ async fn sql_job_result_equals_datafusion_direct_and_is_signed() {
         }
         let rows = want.lines().count() as u64 - 4; // header, separators and frame lines
         assert_eq!(r.rows, rows, "query {i}");
+        last_root = Some(r.result_root);
     }
+
+    // a result is its buyer's: a stranger who learns the hash gets nothing on the free protocol
+    let root = last_root.unwrap();
+    let stranger = bdc_core::net::bind_endpoint(&bdc_core::net::NetConfig::test(), iroh::SecretKey::generate(), vec![])
+        .await
+        .unwrap();
+    let conn = stranger.connect(ticket.addr().clone(), bdc_core::protocol::FREE_ALPN).await.unwrap();
+    let store = iroh_blobs::store::mem::MemStore::new();
+    let err = store.remote().execute_get(conn, iroh_blobs::protocol::GetRequest::blob(root)).await.unwrap_err();
+    assert_eq!(err.iroh_error_code(), Some(iroh_blobs::protocol::ERR_PERMISSION), "{err:?}");
+    assert!(!store.blobs().has(root).await.unwrap());
 
     // the provider's stored copy of a result is altered: a buyer fetching it rejects the bytes
     let q = "SELECT * FROM trades ORDER BY ts";
@@ -153,8 +166,11 @@ async fn sql_job_result_equals_datafusion_direct_and_is_signed() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
     std::fs::write(&stored[0], &bytes).unwrap();
-    // (a second buyer fetches the signed root as `run_job` does after checking the manifest;
-    // re-running the job would re-import the same bytes and heal the copy)
+    // (the buyer, from a second data dir with the same node key so the provider serves it the
+    // result, fetches the signed root as `run_job` does after checking the manifest; re-running
+    // the job would re-import the same bytes and heal the copy)
+    std::fs::create_dir_all(tmp.path().join("f2")).unwrap();
+    std::fs::copy(fetcher.data_dir().join("node.key"), tmp.path().join("f2/node.key")).unwrap();
     let other = Fetcher::open(FetcherConfig::test(tmp.path().join("f2"))).await.unwrap();
     let root = BlobTicket::new(provider.addr(), big.signed.result.result_root, BlobFormat::Raw);
     let opts = bdc_fetcher::FetchOptions { raw_name: Some("again.csv".into()) };

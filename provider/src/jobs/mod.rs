@@ -173,7 +173,8 @@ impl JobsProtocol {
             let _ = sandbox::unmount(&e.path().join("out"));
             let _ = std::fs::remove_dir_all(e.path());
         }
-        // earlier results stay fetchable
+        // earlier results stay fetchable by their buyers (the tag names the owner; a result
+        // tagged without one is served to nobody)
         if let Ok(mut tags) = store.tags().list_prefix(RESULT_TAG_PREFIX).await {
             use futures_lite::StreamExt;
             let mut results = Vec::new();
@@ -181,12 +182,13 @@ impl JobsProtocol {
                 results.push(t);
             }
             for t in results {
+                let Some(owner) = result_owner(t.name.as_ref()) else { continue };
                 match t.format {
                     BlobFormat::HashSeq => {
                         let hashes = collection_hashes(&store, t.hash).await.unwrap_or_default();
-                        free.write().expect("free set lock").add_collection(t.hash, hashes);
+                        free.write().expect("free set lock").add_owned_collection(t.hash, hashes, owner);
                     }
-                    BlobFormat::Raw => free.write().expect("free set lock").add_blob(t.hash),
+                    BlobFormat::Raw => free.write().expect("free set lock").add_owned_blob(t.hash, owner),
                 }
             }
         }
@@ -375,8 +377,8 @@ async fn accept_job(
     send_update(send, &JobUpdate::Running).await.map_err(|e| (codes::INTERNAL, e))?;
     let started = Instant::now();
     let res = match &image {
-        Some(img) => run_container_job(shared, &req, ds, job_id, img).await,
-        None => run_job(shared, &req, ds, job_id).await,
+        Some(img) => run_container_job(shared, &req, ds, job_id, peer, img).await,
+        None => run_job(shared, &req, ds, job_id, peer).await,
     };
     let ms = started.elapsed().as_millis() as u64;
     match &res {
@@ -425,6 +427,19 @@ async fn admit_job_deal(
         return Err((codes::BAD_DEAL, format!("deal {id} was already used for a job")));
     }
     Ok(deal)
+}
+
+/// The store tag of a job's result: `bdc-job/<job id>/<buyer's EndpointId>`, hex. The result is
+/// served to that buyer only, also after a restart.
+fn result_tag(job_id: [u8; 32], owner: EndpointId) -> String {
+    format!("{RESULT_TAG_PREFIX}{}/{}", hex::encode(job_id), hex::encode(owner.as_bytes()))
+}
+
+/// The buyer a result tag names.
+fn result_owner(tag: &[u8]) -> Option<EndpointId> {
+    let owner = std::str::from_utf8(tag).ok()?.strip_prefix(RESULT_TAG_PREFIX)?.split('/').nth(1)?;
+    let bytes: [u8; 32] = hex::decode(owner).ok()?.try_into().ok()?;
+    EndpointId::from_bytes(&bytes).ok()
 }
 
 /// A job deal must stay open at least this long after the job is admitted.
@@ -514,7 +529,13 @@ fn now_ms() -> u64 {
 }
 
 /// Runs one job in a fresh bundle; the unsigned result.
-async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8; 32]) -> Result<JobResult, Fail> {
+async fn run_job(
+    shared: &Shared,
+    req: &JobRequest,
+    ds: &JobDataset,
+    job_id: [u8; 32],
+    owner: EndpointId,
+) -> Result<JobResult, Fail> {
     let internal = |e: String| (codes::INTERNAL, e);
     let started_ms = now_ms();
     let data = materialize(shared, req.dataset, ds).await.map_err(internal)?;
@@ -600,7 +621,7 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
             format!("result of {bytes} bytes exceeds {}", shared.cfg.max_result_bytes),
         ));
     }
-    let tag = format!("{RESULT_TAG_PREFIX}{}", hex::encode(job_id));
+    let tag = result_tag(job_id, owner);
     let content = shared
         .store
         .blobs()
@@ -608,7 +629,7 @@ async fn run_job(shared: &Shared, req: &JobRequest, ds: &JobDataset, job_id: [u8
         .with_named_tag(tag.as_bytes())
         .await
         .map_err(|e| internal(format!("cannot store the result: {e}")))?;
-    shared.free.write().expect("free set lock").add_blob(content.hash);
+    shared.free.write().expect("free set lock").add_owned_blob(content.hash, owner);
     Ok(manifest(req, job_id, report.engine, content.hash, report.rows, bytes, started_ms))
 }
 
@@ -773,6 +794,7 @@ async fn run_container_job(
     req: &JobRequest,
     ds: &JobDataset,
     job_id: [u8; 32],
+    owner: EndpointId,
     img: &image::Image,
 ) -> Result<JobResult, Fail> {
     let internal = |e: String| (codes::INTERNAL, e);
@@ -843,7 +865,7 @@ async fn run_container_job(
     let collection: Collection = tags.iter().map(|(n, t)| (n.clone(), t.hash())).collect();
     let ctag = collection.store(&shared.store).await.map_err(|e| internal(format!("cannot store the result: {e}")))?;
     let root = ctag.hash();
-    let tag = format!("{RESULT_TAG_PREFIX}{}", hex::encode(job_id));
+    let tag = result_tag(job_id, owner);
     shared
         .store
         .tags()
@@ -851,7 +873,7 @@ async fn run_container_job(
         .await
         .map_err(|e| internal(format!("cannot tag the result: {e}")))?;
     let contents = collection_hashes(&shared.store, root).await.map_err(internal)?;
-    shared.free.write().expect("free set lock").add_collection(root, contents);
+    shared.free.write().expect("free set lock").add_owned_collection(root, contents, owner);
     let engine = format!("{} image {}", shared.runc_version, img.info.manifest_digest);
     Ok(manifest(req, job_id, engine, root, files.len() as u64, bytes, started_ms))
 }
