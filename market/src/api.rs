@@ -147,7 +147,7 @@ async fn post_listing(
     }
     let ppb: u128 = l.price_per_byte.parse().map_err(|_| ApiError::BadRequest("price_per_byte too large".into()))?;
     let root = format!("{:#x}", typed.datasetRoot);
-    let Some(reg) = sqlx::query("SELECT manifest_hash FROM datasets WHERE root = $1")
+    let Some(reg) = sqlx::query("SELECT manifest_hash, vendor FROM datasets WHERE root = $1")
         .bind(&root)
         .fetch_optional(&st.db.pool)
         .await?
@@ -157,6 +157,16 @@ async fn post_listing(
     let manifest: DatasetManifest = DatasetManifest::from_bytes(sl.manifest.as_bytes())
         .map_err(|e| ApiError::BadRequest(format!("manifest: {e}")))?;
     let registered: String = reg.get(0);
+    // the root commits to its manifest, and the manifest to its vendor: a registry entry by
+    // anyone else is a squatter's, and no listing of it is taken
+    let registered_vendor: String = reg.get(1);
+    if let Some(v) = &manifest.vendor
+        && !v.eq_ignore_ascii_case(&registered_vendor)
+    {
+        return Err(ApiError::Unprocessable(format!(
+            "dataset {root} is registered by {registered_vendor}, but its manifest names vendor {v}"
+        )));
+    }
     let zero = format!("{:#x}", B256::ZERO);
     let manifest_hash = format!("0x{}", blake3::hash(sl.manifest.as_bytes()).to_hex());
     let verified = registered != zero;

@@ -254,6 +254,16 @@ async fn suite(db_url: String) {
             },
             400,
         ),
+        (
+            "squatted: the manifest names another vendor than the registry",
+            {
+                let mut m: Value = serde_json::from_str(&m_eth).unwrap();
+                m["vendor"] = json!(format!("{:#x}", devnet.address(BUYER)));
+                let l = listing(root_eth, &provider, 1, "eu", t + 20);
+                serde_json::to_string(&sign(devnet, &provider, l, &m.to_string())).unwrap()
+            },
+            422,
+        ),
         ("oversized body", format!("{{\"pad\": \"{}\"}}", "x".repeat(200_000)), 413),
     ];
     for (what, body, want) in cases {
