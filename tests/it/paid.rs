@@ -582,6 +582,18 @@ async fn children_of_a_plain_blob_are_refused_on_both_protocols() {
     assert_eq!(err.iroh_error_code(), Some(iroh_blobs::protocol::ERR_PERMISSION), "{err:?}");
     let trades = Hash::from_bytes(*blake3::hash(&std::fs::read(s.dir.join("ds/trades.bin")).unwrap()).as_bytes());
     assert!(!store.blobs().has(trades).await.unwrap(), "nothing of the sold file arrived");
+    // Observe tells which ranges of a hash the provider holds: only for what the peer may read
+    let observe = |h: Hash| {
+        let stream = store.remote().observe(free.clone(), iroh_blobs::protocol::ObserveRequest::new(h));
+        async move {
+            let mut stream = std::pin::pin!(stream);
+            tokio::time::timeout(Duration::from_secs(10), futures_lite::StreamExt::next(&mut stream))
+                .await
+                .expect("an answer")
+        }
+    };
+    assert!(matches!(observe(trades).await, Some(Err(_)) | None), "a sold blob is not observable for free");
+    assert!(matches!(observe(s.free_index).await, Some(Ok(_))), "a free blob is");
     // the free blob alone is served as before
     store.remote().execute_get(free, GetRequest::blob(s.free_index)).await.unwrap();
     assert!(store.blobs().has(s.free_index).await.unwrap());
