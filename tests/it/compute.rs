@@ -793,6 +793,10 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     devnet.contracts(1).register_dataset(other_root, 0, B256::ZERO, 0).await.unwrap();
     let elsewhere = buyer.open_deal(devnet.address(2), &open(other_root, 0, 0)).await.unwrap();
     let fresh = buyer.open_deal(devnet.address(2), &open(root, 0, 0)).await.unwrap();
+    // a deal that would expire before the job's receipt (queue + run + receipt wait) could
+    // not be redeemed: refused before the job runs
+    let now = buyer.chain_time().await.unwrap();
+    let short = buyer.open_deal(devnet.address(2), &OpenDeal { expiry: now + 500, ..open(root, 0, 0) }).await.unwrap();
     let never_opened = bdc_contracts::client::Terms { nonce: 999, ..fresh.terms.clone() };
     let mut lying = hello(&fresh.terms, 2);
     lying.deal_id = deal.0;
@@ -803,6 +807,7 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
         ("not the buyer", hello(&fresh.terms, 4), "not signed by"),
         ("unknown deal", hello(&never_opened, 2), "not on chain"),
         ("terms of another deal", lying, "not to deal"),
+        ("too short for queue, run and receipt", hello(&short.terms, 2), "expires too soon"),
     ] {
         match raw_job(&fetcher, &ticket, sql(q, ResultFormat::Csv), Some(payment)).await {
             JobUpdate::Failed { code, reason } => {

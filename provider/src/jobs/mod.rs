@@ -351,7 +351,7 @@ async fn accept_job(
             };
             return Ok((quote, None));
         };
-        let deal = admit_job_deal(pay, price, peer, req.dataset, p).await?;
+        let deal = admit_job_deal(pay, price, peer, req.dataset, p, job_needs(shared)).await?;
         tracing::info!(deal = %deal.id, %peer, price, "job deal admitted");
         paid = Some((deal, price));
     }
@@ -400,6 +400,7 @@ async fn admit_job_deal(
     peer: EndpointId,
     dataset: Hash,
     p: &JobPayment,
+    needs: Duration,
 ) -> Result<Deal, Fail> {
     let admitted = pay.admit(p, peer, price, dataset).await.map_err(|e| match e {
         crate::paid::admission::AdmitError::Chain(_) | crate::paid::admission::AdmitError::Ledger(_) => {
@@ -409,8 +410,17 @@ async fn admit_job_deal(
     })?;
     let deal = admitted.deal;
     let (id, t) = (deal.id, &deal.terms);
-    if admitted.now + JOB_DEAL_MARGIN_SECS >= t.expiry {
-        return Err((codes::BAD_DEAL, format!("deal {id} expires within a minute; a job needs longer")));
+    // the receipt comes after the queue, the run and the buyer's fetch: it must still be
+    // redeemable then (the redeemer also needs the expiry margin admission checked)
+    if admitted.now + needs.as_secs() >= t.expiry {
+        return Err((
+            codes::BAD_DEAL,
+            format!(
+                "deal {id} expires too soon: in {} s, and the queue, run and receipt may take {} s",
+                t.expiry.saturating_sub(admitted.now),
+                needs.as_secs()
+            ),
+        ));
     }
     let mut fresh = false;
     pay.ledger
@@ -444,6 +454,14 @@ fn result_owner(tag: &[u8]) -> Option<EndpointId> {
 
 /// A job deal must stay open at least this long after the job is admitted.
 const JOB_DEAL_MARGIN_SECS: u64 = 60;
+
+/// How long a job admitted now may take until its receipt is stored: the jobs ahead of it and
+/// its own run (each up to the wall-time limit), the receipt wait, and a minute to spare.
+fn job_needs(shared: &Shared) -> Duration {
+    let slots = shared.cfg.concurrency.max(1);
+    let runs = (shared.waiting.load(Ordering::SeqCst) / slots + 1) as u32;
+    shared.cfg.limits.wall_time * runs + shared.cfg.receipt_timeout + Duration::from_secs(JOB_DEAL_MARGIN_SECS)
+}
 
 /// Reads the buyer's receipt for a finished paid job, checks it, stores it and hands the deal
 /// to the redeemer; the amount receipted.
