@@ -192,8 +192,14 @@ impl Admission {
         Ok(terms)
     }
 
-    /// The dataset's sale terms, pinned (durably) on first sight of its registration.
+    /// The dataset's sale terms, pinned (durably) on first sight of its registration; an
+    /// operator's `max_royalty_bps` replaces the pinned ceiling.
     pub async fn sale_terms(&self, root: Hash) -> Result<SaleTerms, AdmitError> {
+        let pinned = self.pinned_terms(root).await?;
+        Ok(SaleTerms { max_royalty_bps: self.max_royalty_bps.unwrap_or(pinned.max_royalty_bps), ..pinned })
+    }
+
+    async fn pinned_terms(&self, root: Hash) -> Result<SaleTerms, AdmitError> {
         if let Some(t) = self.pinned.lock().expect("pinned lock").get(&root) {
             return Ok(*t);
         }
@@ -208,8 +214,8 @@ impl Admission {
         {
             return Err(AdmitError::Squatted { root, registered: vendor, manifest: *manifest });
         }
-        let max = self.max_royalty_bps.unwrap_or(royalty);
-        let (vendor, max) = self.ledger.pin_sale(root.as_bytes(), (vendor.into_array(), max))?;
+        // the pin is the royalty registered now; an operator's cap applies on top (sale_terms)
+        let (vendor, max) = self.ledger.pin_sale(root.as_bytes(), (vendor.into_array(), royalty))?;
         let t = SaleTerms { vendor: Address::from(vendor), max_royalty_bps: max };
         Ok(*self.pinned.lock().expect("pinned lock").entry(root).or_insert(t))
     }
