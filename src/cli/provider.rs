@@ -145,6 +145,19 @@ pub struct ServeArgs {
     /// The runc binary.
     #[arg(long, default_value = "runc")]
     pub runc: String,
+    /// Largest container image archive a buyer may upload, MiB.
+    #[arg(long, default_value_t = 512)]
+    pub max_image_mib: u64,
+    /// Most one image may unpack to, MiB (decompression bombs stop here).
+    #[arg(long, default_value_t = 2048)]
+    pub max_unpacked_image_mib: u64,
+    /// Disk for unpacked images and uploads in flight, MiB; the least recently used idle
+    /// images are evicted to stay under it.
+    #[arg(long, default_value_t = 8192)]
+    pub image_disk_budget_mib: u64,
+    /// Image uploads received at once (more are refused as busy).
+    #[arg(long, default_value_t = 2)]
+    pub max_image_uploads: usize,
     #[command(flatten)]
     pub chain: super::chain::ChainArgs,
 }
@@ -252,6 +265,10 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
         jc.limits.cpu_seconds = (a.job_timeout_secs as f64 * a.job_cpus.max(0.01)).ceil() as u64 + 1;
         jc.job_price = a.job_price;
         jc.ballista_scheduler = a.ballista_scheduler.clone();
+        jc.max_image_bytes = a.max_image_mib << 20;
+        jc.images.unpack.max_unpacked_bytes = a.max_unpacked_image_mib << 20;
+        jc.images.disk_budget = a.image_disk_budget_mib << 20;
+        jc.images.max_uploads = a.max_image_uploads.max(1);
         Some(jc)
     } else {
         None

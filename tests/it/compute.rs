@@ -411,6 +411,11 @@ async fn tampered_or_foreign_manifests_are_rejected() {
 /// /bin/busybox and its applets as symlinks, `Cmd ["sh"]`. Built here so the test needs no
 /// registry and no podman.
 fn busybox_archive(path: &Path) {
+    busybox_archive_with(path, &[]);
+}
+
+/// [`busybox_archive`] with extra files (path, bytes, mode) in its layer.
+fn busybox_archive_with(path: &Path, extra: &[(&str, &[u8], u32)]) {
     use sha2::Digest;
     let hex = |b: &[u8]| hex::encode(sha2::Sha256::digest(b));
     let mut layer = tar::Builder::new(Vec::new());
@@ -428,12 +433,34 @@ fn busybox_archive(path: &Path) {
     h.set_mode(0o755);
     h.set_size(bb.len() as u64);
     layer.append_data(&mut h, "bin/busybox", bb.as_slice()).unwrap();
-    for applet in ["sh", "cat", "echo", "id", "ls", "wc", "nc", "wget", "sleep", "ln", "head", "sha256sum", "mkdir"] {
+    for applet in [
+        "sh",
+        "cat",
+        "echo",
+        "id",
+        "ls",
+        "wc",
+        "nc",
+        "wget",
+        "sleep",
+        "ln",
+        "head",
+        "sha256sum",
+        "mkdir",
+        "unshare",
+        "stat",
+    ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
         h.set_size(0);
         h.set_mode(0o777);
         layer.append_link(&mut h, format!("bin/{applet}"), "busybox").unwrap();
+    }
+    for (name, bytes, mode) in extra {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(*mode);
+        h.set_size(bytes.len() as u64);
+        layer.append_data(&mut h, name, *bytes).unwrap();
     }
     let tar_bytes = layer.into_inner().unwrap();
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -579,6 +606,81 @@ async fn container_escapes_are_stopped_and_reported() {
         fetcher.run_container(&ticket, &image, sh("echo fine > /out/ok.txt"), None, None, &out, |_| {}).await.unwrap();
     assert_eq!(ok.signed.result.rows, 1);
     assert_eq!(std::fs::read_to_string(out.join("ok.txt")).unwrap(), "fine\n");
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}
+
+/// A static probe that makes the system calls a container must not (each with arguments that
+/// would succeed, or fail otherwise than EPERM, without the seccomp filter) and prints
+/// `name=errno` per call, 0 for success.
+const SYSCALL_PROBE_C: &str = r#"
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void try(const char *name, long rc) { printf("%s=%d\n", name, rc < 0 ? errno : 0); }
+int main(void) {
+    char params[120];
+    memset(params, 0, sizeof params);
+    try("io_uring_setup", syscall(SYS_io_uring_setup, 4, params));
+    try("keyctl", syscall(SYS_keyctl, 0 /* KEYCTL_GET_KEYRING_ID */, -3 /* session */, 1));
+    try("add_key", syscall(SYS_add_key, "user", "bdc", "x", 1, -3));
+    try("unshare_user", syscall(SYS_unshare, 0x10000000 /* CLONE_NEWUSER */));
+    try("unshare_net", syscall(SYS_unshare, 0x40000000 /* CLONE_NEWNET */));
+    try("ptrace", syscall(SYS_ptrace, 0 /* PTRACE_TRACEME */, 0, 0, 0));
+    try("userfaultfd", syscall(SYS_userfaultfd, 0));
+    try("bpf", syscall(SYS_bpf, 0, params, 48));
+    try("perf_event_open", syscall(SYS_perf_event_open, params, 0, -1, -1, 0));
+    try("mount", syscall(SYS_mount, "none", "/tmp", "tmpfs", 0, 0));
+    try("getpid", syscall(SYS_getpid));
+    return 0;
+}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn container_jobs_cannot_make_dangerous_system_calls() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("probe.c");
+    std::fs::write(&src, SYSCALL_PROBE_C).unwrap();
+    let probe = tmp.path().join("probe");
+    let cc = std::process::Command::new("gcc").arg("-static").arg("-O1").arg("-o").arg(&probe).arg(&src).output();
+    let cc = cc.expect("gcc (on every machine of this kind)");
+    assert!(cc.status.success(), "gcc: {}", String::from_utf8_lossy(&cc.stderr));
+    let probe = std::fs::read(&probe).unwrap();
+    let data = tmp.path().join("kaiko");
+    market_data(&data).await;
+    let image = tmp.path().join("probe.oci.tar");
+    // a setuid copy of busybox too: unpacking drops the bit
+    let bb = std::fs::read("/bin/busybox").unwrap();
+    busybox_archive_with(&image, &[("bin/probe", &probe, 0o755), ("bin/suid-busybox", &bb, 0o4755)]);
+    let key = PrivateKeySigner::random();
+    let (provider, ticket) = serve(tmp.path(), &data, jobs_config(&key)).await;
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let out = tmp.path().join("out");
+    let script = "probe > /out/probe.txt; unshare -Ur id > /out/unshare.txt 2>&1; \
+                  stat -c %a /bin/suid-busybox > /out/mode.txt; exit 0";
+    fetcher.run_container(&ticket, &image, sh(script), None, None, &out, |_| {}).await.unwrap();
+    let got = std::fs::read_to_string(out.join("probe.txt")).unwrap();
+    let results: std::collections::HashMap<&str, &str> = got.lines().filter_map(|l| l.split_once('=')).collect();
+    for call in [
+        "io_uring_setup",
+        "keyctl",
+        "add_key",
+        "unshare_user",
+        "unshare_net",
+        "ptrace",
+        "userfaultfd",
+        "bpf",
+        "perf_event_open",
+        "mount",
+    ] {
+        assert_eq!(results.get(call), Some(&"1"), "{call} must fail with EPERM: {got}");
+    }
+    assert_eq!(results.get("getpid"), Some(&"0"), "an allowed call works: {got}");
+    let unshare = std::fs::read_to_string(out.join("unshare.txt")).unwrap();
+    assert!(unshare.contains("Operation not permitted"), "unshare -Ur: {unshare}");
+    assert_eq!(std::fs::read_to_string(out.join("mode.txt")).unwrap().trim(), "755", "setuid bit survived unpack");
     fetcher.shutdown().await;
     provider.shutdown().await;
 }

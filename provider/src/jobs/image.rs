@@ -2,17 +2,31 @@
 //! of an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`).
 //!
 //! An archive is unpacked once into `<dir>/<archive sha256>/rootfs`, keyed by the SHA-256 of the
-//! archive file itself (what the buyer names and uploads). Every blob read is checked against its
-//! digest; layers (tar, tar+gzip) are applied in order with OCI whiteouts (`.wh.<name>` removes,
-//! `.wh..wh..opq` empties a directory); entries that would land outside the root are refused.
+//! archive file itself (what the buyer names and uploads). The archive and its layers are a
+//! stranger's files, applied as root, so:
+//! - of the outer archive only regular files named `index.json`, `oci-layout` and
+//!   `blobs/sha256/<hex>` are read (a symlink there is refused, everything else skipped), into
+//!   files this code names, never more bytes than the archive holds;
+//! - every blob read is checked against its digest, and JSON documents are size-capped;
+//! - layers (tar, tar+gzip) are applied in order with OCI whiteouts (`.wh.<name>` removes,
+//!   `.wh..wh..opq` hides the lower layers' entries of a directory) through [`super::rootfs`]:
+//!   nothing is written, linked or removed outside the root or through a symlink;
+//! - all layers together may decompress to at most [`UnpackLimits::max_unpacked_bytes`] and hold
+//!   at most [`UnpackLimits::max_entries`] entries (gzip bombs stop there);
+//! - setuid and setgid bits are dropped, devices and FIFOs skipped, owners not kept (everything
+//!   belongs to root; the job runs as nobody on a read-only root).
 
 use std::{
+    collections::HashSet,
+    ffi::OsString,
     fs::File,
     io::{BufReader, Read},
-    path::{Component, Path, PathBuf},
+    path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
+
+use super::rootfs::{self, Root, RootError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -20,11 +34,48 @@ pub enum ImageError {
     Bad(String),
     #[error("image archive I/O at {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// An entry of the outer archive that must be a regular file is a link, device or FIFO.
+    #[error("image archive: {entry} is not a regular file")]
+    NotRegular { entry: String },
+    #[error("image archive holds {entry} twice")]
+    Duplicate { entry: String },
+    /// The layers decompress to more than the limit (a decompression bomb, or just too big).
+    #[error("image unpacks to more than {limit} bytes, this provider's limit")]
+    TooLarge { limit: u64 },
+    #[error("image layers hold more than {limit} entries, this provider's limit")]
+    TooManyEntries { limit: u64 },
+    #[error("layer {digest}: {source}")]
+    Layer {
+        digest: String,
+        #[source]
+        source: Box<ImageError>,
+    },
+    /// An entry that would be written outside the root or through a symlink.
+    #[error("entry refused: {0}")]
+    Entry(#[from] RootError),
 }
 
 fn bad(s: impl Into<String>) -> ImageError {
     ImageError::Bad(s.into())
 }
+
+/// Bounds on what one image may unpack to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Bytes all layers may decompress to, and file bytes they may write.
+    pub max_unpacked_bytes: u64,
+    /// Entries in all layers.
+    pub max_entries: u64,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        Self { max_unpacked_bytes: 2 << 30, max_entries: 200_000 }
+    }
+}
+
+/// Largest JSON document (index, manifest, config) read from an archive.
+const MAX_JSON_BYTES: u64 = 4 << 20;
 
 /// What a job needs from an image's config.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -35,6 +86,9 @@ pub struct ImageInfo {
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub workdir: String,
+    /// Disk the unpacked root takes, bytes (for the provider's image disk budget).
+    #[serde(default)]
+    pub unpacked_bytes: u64,
 }
 
 pub use bdc_core::jobs::file_sha256;
@@ -53,8 +107,17 @@ pub fn cached(dir: &Path, archive_sha256: &[u8; 32]) -> Option<Image> {
     Some(Image { rootfs: d.join("rootfs"), info })
 }
 
+/// The mount points the sandbox needs; each made a real directory (a symlink or file the image
+/// put there is replaced), `/tmp` writable by anyone.
+const MOUNT_POINTS: [&str; 6] = ["proc", "dev", "sys", "tmp", "data", "out"];
+
 /// Unpacks `archive` (whose SHA-256 is `archive_sha256`) under `dir`, once.
-pub fn unpack(dir: &Path, archive: &Path, archive_sha256: &[u8; 32]) -> Result<Image, ImageError> {
+pub fn unpack(
+    dir: &Path,
+    archive: &Path,
+    archive_sha256: &[u8; 32],
+    limits: &UnpackLimits,
+) -> Result<Image, ImageError> {
     if let Some(i) = cached(dir, archive_sha256) {
         return Ok(i);
     }
@@ -69,23 +132,77 @@ pub fn unpack(dir: &Path, archive: &Path, archive_sha256: &[u8; 32]) -> Result<I
     let rootfs = tmp.join("rootfs");
     std::fs::create_dir_all(&layout).map_err(io(&layout))?;
     std::fs::create_dir_all(&rootfs).map_err(io(&rootfs))?;
-    let mut ar = tar::Archive::new(File::open(archive).map_err(io(archive))?);
-    ar.unpack(&layout).map_err(|e| bad(format!("not a readable tar: {e}")))?;
-    let info = apply_layout(&layout, &rootfs)?;
-    let _ = std::fs::remove_dir_all(&layout);
-    // mount points the sandbox needs, and a /tmp anyone may write
-    for d in ["proc", "dev", "sys", "tmp", "data", "out"] {
-        let p = rootfs.join(d);
-        if std::fs::symlink_metadata(&p).is_err() {
-            std::fs::create_dir_all(&p).map_err(io(&p))?;
+    let result = (|| {
+        extract_layout(archive, &layout)?;
+        let root = Root::open(&rootfs)?;
+        let mut info = apply_layout(&layout, &root, limits)?;
+        let _ = std::fs::remove_dir_all(&layout);
+        for d in MOUNT_POINTS {
+            let mode = if d == "tmp" { 0o1777 } else { 0o755 };
+            root.mkdir(&[OsString::from(d)], mode)?;
         }
-    }
-    std::fs::set_permissions(rootfs.join("tmp"), std::os::unix::fs::PermissionsExt::from_mode(0o1777))
-        .map_err(io(&rootfs))?;
+        info.unpacked_bytes = root.usage();
+        Ok(info)
+    })();
+    let info = match result {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
     std::fs::write(tmp.join("image.json"), serde_json::to_vec_pretty(&info).expect("json")).map_err(io(&tmp))?;
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
     Ok(Image { rootfs: final_dir.join("rootfs"), info })
+}
+
+/// Copies the layout files of the outer archive into `layout`: regular files only, never more
+/// bytes in all than the archive itself holds (a sparse entry cannot inflate).
+fn extract_layout(archive: &Path, layout: &Path) -> Result<(), ImageError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io { path, source }
+    };
+    let file = File::open(archive).map_err(io(archive))?;
+    let mut budget = file.metadata().map_err(io(archive))?.len();
+    std::fs::create_dir_all(layout.join("blobs/sha256")).map_err(io(layout))?;
+    let mut ar = tar::Archive::new(BufReader::new(file));
+    let unreadable = |e: std::io::Error| bad(format!("not a readable tar: {e}"));
+    for entry in ar.entries().map_err(unreadable)? {
+        let mut entry = entry.map_err(unreadable)?;
+        let path = entry.path().map_err(unreadable)?.into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        let Ok(comps) = rootfs::clean(&path) else { continue };
+        let comps: Vec<&str> = comps.iter().filter_map(|c| c.to_str()).collect();
+        let name = match comps.as_slice() {
+            ["index.json"] | ["oci-layout"] => comps[0].to_string(),
+            ["blobs", "sha256", hex] if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                format!("blobs/sha256/{}", hex.to_ascii_lowercase())
+            }
+            _ => continue,
+        };
+        if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+            return Err(ImageError::NotRegular { entry: name });
+        }
+        let target = layout.join(&name);
+        let mut out = match File::create_new(&target) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(ImageError::Duplicate { entry: name });
+            }
+            Err(e) => return Err(ImageError::Io { path: target, source: e }),
+        };
+        let n = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out).map_err(unreadable)?;
+        if n > budget {
+            return Err(bad(format!("{name} holds more bytes than the archive itself")));
+        }
+        budget -= n;
+    }
+    Ok(())
 }
 
 /// Reads a blob of the layout, checking it against its digest.
@@ -94,7 +211,7 @@ fn blob(layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(bad(format!("malformed digest {digest:?}")));
     }
-    let path = layout.join("blobs/sha256").join(hex);
+    let path = layout.join("blobs/sha256").join(hex.to_ascii_lowercase());
     let got = file_sha256(&path).map_err(|e| bad(format!("blob {digest} missing: {e}")))?;
     if hex::encode(got) != hex.to_lowercase() {
         return Err(bad(format!("blob {digest} does not match its digest")));
@@ -102,23 +219,54 @@ fn blob(layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
     Ok(path)
 }
 
+fn read_json(path: &Path, what: &str) -> Result<serde_json::Value, ImageError> {
+    let len = std::fs::metadata(path).map_err(|e| bad(format!("no {what}: {e}")))?.len();
+    if len > MAX_JSON_BYTES {
+        return Err(bad(format!("{what} is {len} bytes, over the {MAX_JSON_BYTES}-byte limit")));
+    }
+    let bytes = std::fs::read(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
+    serde_json::from_slice(&bytes).map_err(|e| bad(format!("{what} is not JSON: {e}")))
+}
+
 fn json_blob(layout: &Path, digest: &str) -> Result<serde_json::Value, ImageError> {
-    let p = blob(layout, digest)?;
-    let bytes = std::fs::read(&p).map_err(|source| ImageError::Io { path: p, source })?;
-    serde_json::from_slice(&bytes).map_err(|e| bad(format!("blob {digest} is not JSON: {e}")))
+    read_json(&blob(layout, digest)?, &format!("blob {digest}"))
 }
 
 fn strings(v: &serde_json::Value) -> Vec<String> {
     v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
-fn apply_layout(layout: &Path, rootfs: &Path) -> Result<ImageInfo, ImageError> {
-    let index_path = layout.join("index.json");
-    let index: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&index_path).map_err(|e| bad(format!("no index.json (not an OCI archive?): {e}")))?,
-    )
-    .map_err(|e| bad(format!("index.json: {e}")))?;
+/// What all layers of one image have used of the limits so far.
+struct Budget {
+    limits: UnpackLimits,
+    read: u64,
+    written: u64,
+    entries: u64,
+}
+
+/// A reader charging every decompressed byte to the budget.
+struct Counted<'a, R> {
+    inner: R,
+    budget: &'a std::cell::Cell<u64>,
+    limit: u64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let total = self.budget.get() + n as u64;
+        self.budget.set(total);
+        if total > self.limit {
+            return Err(std::io::Error::other("image unpack budget exceeded"));
+        }
+        Ok(n)
+    }
+}
+
+fn apply_layout(layout: &Path, root: &Root, limits: &UnpackLimits) -> Result<ImageInfo, ImageError> {
+    let index = read_json(&layout.join("index.json"), "index.json (not an OCI archive?)")?;
     let mut desc = index["manifests"].get(0).cloned().ok_or_else(|| bad("index.json lists no manifest"))?;
+    let mut budget = Budget { limits: *limits, read: 0, written: 0, entries: 0 };
     // an image index may wrap the manifest (multi-platform): take the first linux/amd64 or the first
     for _ in 0..4 {
         let digest = desc["digest"].as_str().ok_or_else(|| bad("manifest descriptor without digest"))?.to_string();
@@ -146,7 +294,8 @@ fn apply_layout(layout: &Path, rootfs: &Path) -> Result<ImageInfo, ImageError> {
             } else {
                 return Err(bad(format!("layer {d}: media type {media:?} is not supported (tar or tar+gzip)")));
             };
-            apply_layer(reader, rootfs).map_err(|e| bad(format!("layer {d}: {e}")))?;
+            apply_layer(reader, root, &mut budget)
+                .map_err(|e| ImageError::Layer { digest: d.to_string(), source: Box::new(e) })?;
         }
         let c = &config["config"];
         return Ok(ImageInfo {
@@ -155,53 +304,92 @@ fn apply_layout(layout: &Path, rootfs: &Path) -> Result<ImageInfo, ImageError> {
             entrypoint: strings(&c["Entrypoint"]),
             cmd: strings(&c["Cmd"]),
             workdir: c["WorkingDir"].as_str().unwrap_or("").to_string(),
+            unpacked_bytes: 0,
         });
     }
     Err(bad("image indexes nested too deep"))
 }
 
-/// Applies one layer tar on top of `rootfs`.
-fn apply_layer(reader: impl Read, rootfs: &Path) -> std::io::Result<()> {
-    let mut ar = tar::Archive::new(reader);
-    ar.set_preserve_permissions(true);
-    ar.set_overwrite(true);
-    for entry in ar.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.into_owned();
-        if path.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(std::io::Error::other(format!("entry {} escapes the root", path.display())));
+/// Applies one layer tar on top of the root.
+fn apply_layer(reader: impl Read, root: &Root, budget: &mut Budget) -> Result<(), ImageError> {
+    let read = std::cell::Cell::new(budget.read);
+    let limit = budget.limits.max_unpacked_bytes;
+    let mut ar = tar::Archive::new(Counted { inner: reader, budget: &read, limit });
+    let result = apply_entries(&mut ar, root, budget);
+    budget.read = read.get();
+    // the tar reader wraps the reader's error: the count tells whether it was the budget
+    if read.get() > limit {
+        return Err(ImageError::TooLarge { limit });
+    }
+    result
+}
+
+fn apply_entries<R: Read>(ar: &mut tar::Archive<R>, root: &Root, budget: &mut Budget) -> Result<(), ImageError> {
+    let broken = |e: std::io::Error| bad(format!("unreadable tar: {e}"));
+    // entries this layer wrote: an opaque whiteout hides the lower layers' entries, not these
+    let mut written: HashSet<Vec<OsString>> = HashSet::new();
+    let mut opaque: Vec<Vec<OsString>> = Vec::new();
+    for entry in ar.entries().map_err(broken)? {
+        let mut entry = entry.map_err(broken)?;
+        budget.entries += 1;
+        if budget.entries > budget.limits.max_entries {
+            return Err(ImageError::TooManyEntries { limit: budget.limits.max_entries });
         }
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let comps = rootfs::clean(&entry.path().map_err(broken)?)?;
+        let Some(name) = comps.last().map(|n| n.to_string_lossy().into_owned()) else { continue };
         if let Some(target) = name.strip_prefix(".wh.") {
-            let parent = rootfs.join(path.parent().unwrap_or(Path::new("")));
+            let parent = comps[..comps.len() - 1].to_vec();
             if target == ".wh..opq" {
-                if let Ok(rd) = std::fs::read_dir(&parent) {
-                    for e in rd.flatten() {
-                        let p = e.path();
-                        let _ = if p.is_dir() && !p.is_symlink() {
-                            std::fs::remove_dir_all(&p)
-                        } else {
-                            std::fs::remove_file(&p)
-                        };
-                    }
-                }
+                opaque.push(parent);
+            } else if target.is_empty() || target == "." || target == ".." {
+                return Err(RootError::Escapes { path: entry.path().map_err(broken)?.display().to_string() }.into());
             } else {
-                let p = parent.join(target);
-                let _ =
-                    if p.is_dir() && !p.is_symlink() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                let mut p = parent;
+                p.push(OsString::from(target));
+                root.remove(&p)?;
             }
             continue;
         }
-        // unpack_in refuses paths that resolve outside rootfs (through `..` or symlinks)
-        if !entry.unpack_in(rootfs)? {
-            return Err(std::io::Error::other(format!("entry {} escapes the root", path.display())));
+        let header = entry.header();
+        // setuid and setgid never survive; the sticky bit may
+        let mode = header.mode().unwrap_or(0o644) & 0o1777;
+        let kind = header.entry_type();
+        match kind {
+            tar::EntryType::Directory => root.mkdir(&comps, mode)?,
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut f = root.create_file(&comps, mode)?;
+                let left = budget.limits.max_unpacked_bytes.saturating_sub(budget.written);
+                let n = std::io::copy(&mut (&mut entry).take(left + 1), &mut f).map_err(broken)?;
+                budget.written += n;
+                if n > left {
+                    return Err(ImageError::TooLarge { limit: budget.limits.max_unpacked_bytes });
+                }
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name().map_err(broken)?.ok_or_else(|| bad("symlink without target"))?;
+                root.symlink(&comps, &target)?;
+            }
+            tar::EntryType::Link => {
+                let target = entry.link_name().map_err(broken)?.ok_or_else(|| bad("hard link without target"))?;
+                root.hardlink(&comps, &rootfs::clean(&target)?)?;
+            }
+            // devices and FIFOs have no place in a job's root (its /dev is the sandbox's own)
+            _ => continue,
         }
+        written.insert(comps);
+    }
+    for dir in opaque {
+        root.empty_dir(&dir, |name| {
+            let mut p = dir.clone();
+            p.push(name.to_os_string());
+            written.contains(&p)
+        })?;
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
@@ -210,15 +398,19 @@ mod tests {
         hex::encode(Sha256::digest(b))
     }
 
-    enum E<'a> {
+    pub(crate) enum E<'a> {
         Dir(&'a str),
         File(&'a str, &'a [u8]),
         Link(&'a str, &'a str),
         /// A path written raw into the header, bypassing the builder's checks.
         Raw(&'a str, &'a [u8]),
+        HardLink(&'a str, &'a str),
+        /// An empty file with this mode.
+        Mode(&'a str, u32),
+        Fifo(&'a str),
     }
 
-    fn layer(entries: &[E]) -> Vec<u8> {
+    pub(crate) fn layer(entries: &[E]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for e in entries {
             let mut h = tar::Header::new_gnu();
@@ -239,6 +431,22 @@ mod tests {
                     h.set_size(0);
                     b.append_link(&mut h, p, t).unwrap();
                 }
+                E::HardLink(p, t) => {
+                    h.set_entry_type(tar::EntryType::Link);
+                    h.set_size(0);
+                    b.append_link(&mut h, p, t).unwrap();
+                }
+                E::Mode(p, m) => {
+                    h.set_mode(*m);
+                    h.set_size(0);
+                    b.append_data(&mut h, p, std::io::empty()).unwrap();
+                }
+                E::Fifo(p) => {
+                    h.set_entry_type(tar::EntryType::Fifo);
+                    h.set_mode(0o644);
+                    h.set_size(0);
+                    b.append_data(&mut h, p, std::io::empty()).unwrap();
+                }
                 E::Raw(p, d) => {
                     h.as_gnu_mut().unwrap().name[..p.len()].copy_from_slice(p.as_bytes());
                     h.set_mode(0o644);
@@ -253,11 +461,16 @@ mod tests {
 
     /// An OCI archive with these (uncompressed) layers; `corrupt` alters the last layer's bytes
     /// after its digest was taken.
-    fn archive(dir: &Path, layers: &[Vec<u8>], corrupt: bool) -> (PathBuf, [u8; 32]) {
+    pub(crate) fn archive(dir: &Path, layers: &[Vec<u8>], corrupt: bool) -> (PathBuf, [u8; 32]) {
+        let layers: Vec<_> = layers.iter().map(|l| (l.clone(), "application/vnd.oci.image.layer.v1.tar")).collect();
+        archive_of(dir, &layers, corrupt)
+    }
+
+    fn archive_of(dir: &Path, layers: &[(Vec<u8>, &str)], corrupt: bool) -> (PathBuf, [u8; 32]) {
         let config = serde_json::to_vec(&serde_json::json!({"config": {"Cmd": ["sh"], "Env": ["A=1"]}})).unwrap();
         let descs: Vec<_> = layers
             .iter()
-            .map(|l| serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{}", sha(l)), "size": l.len()}))
+            .map(|(l, media)| serde_json::json!({"mediaType": media, "digest": format!("sha256:{}", sha(l)), "size": l.len()}))
             .collect();
         let manifest = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,
@@ -279,7 +492,7 @@ mod tests {
         put("index.json", &index);
         put(&format!("blobs/sha256/{}", sha(&config)), &config);
         put(&format!("blobs/sha256/{}", sha(&manifest)), &manifest);
-        for (i, l) in layers.iter().enumerate() {
+        for (i, (l, _)) in layers.iter().enumerate() {
             let mut bytes = l.clone();
             if corrupt && i == layers.len() - 1 {
                 let n = bytes.len();
@@ -299,7 +512,7 @@ mod tests {
         let l1 = layer(&[E::Dir("a/"), E::File("a/x", b"x"), E::File("a/y", b"y"), E::Dir("b/"), E::File("b/z", b"z")]);
         let l2 = layer(&[E::File("a/.wh.x", b""), E::File("b/.wh..wh..opq", b""), E::File("b/new", b"n")]);
         let (path, digest) = archive(tmp.path(), &[l1, l2], false);
-        let img = unpack(&tmp.path().join("images"), &path, &digest).unwrap();
+        let img = unpack(&tmp.path().join("images"), &path, &digest, &UnpackLimits::default()).unwrap();
         let r = &img.rootfs;
         assert!(!r.join("a/x").exists() && r.join("a/y").exists());
         assert!(!r.join("b/z").exists() && r.join("b/new").exists());
@@ -317,16 +530,184 @@ mod tests {
         ] {
             let tmp = tempfile::tempdir().unwrap();
             let (path, digest) = archive(tmp.path(), &[l], false);
-            let err = unpack(&tmp.path().join("images"), &path, &digest).unwrap_err();
+            let err = unpack(&tmp.path().join("images"), &path, &digest, &UnpackLimits::default()).unwrap_err();
             assert!(err.to_string().contains("layer"), "{name}: {err}");
             assert!(!tmp.path().join("images/evil").exists() && !Path::new("/tmp/bdc-image-test-evil").exists());
         }
         let tmp = tempfile::tempdir().unwrap();
         let (path, digest) = archive(tmp.path(), &[layer(&[E::File("f", b"data")])], true);
-        let err = unpack(&tmp.path().join("images"), &path, &digest).unwrap_err();
+        let err = unpack(&tmp.path().join("images"), &path, &digest, &UnpackLimits::default()).unwrap_err();
         assert!(err.to_string().contains("does not match its digest"), "{err}");
         std::fs::write(tmp.path().join("junk.tar"), b"not a tar at all").unwrap();
-        let err = unpack(&tmp.path().join("images"), &tmp.path().join("junk.tar"), &[0; 32]).unwrap_err();
+        let err = unpack(&tmp.path().join("images"), &tmp.path().join("junk.tar"), &[0; 32], &UnpackLimits::default())
+            .unwrap_err();
         assert!(err.to_string().contains("image archive"), "{err}");
+    }
+
+    fn unpack_default(tmp: &Path, layers: &[Vec<u8>]) -> Result<Image, ImageError> {
+        let (path, digest) = archive(tmp, layers, false);
+        unpack(&tmp.join("images"), &path, &digest, &UnpackLimits::default())
+    }
+
+    /// A host directory outside the image, with a file in it, that no layer may touch.
+    fn victim(tmp: &Path) -> PathBuf {
+        let outside = tmp.join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("victim"), b"ledger").unwrap();
+        outside
+    }
+
+    #[test]
+    fn whiteouts_never_remove_outside_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = victim(tmp.path());
+        let abs = outside.to_str().unwrap().to_string();
+        // through a symlink an earlier layer planted, by an absolute path, and as an opaque dir
+        let l1 = layer(&[E::Link("l", &abs), E::Dir("keep/"), E::File("keep/a", b"a")]);
+        let wh_abs = format!("{abs}/.wh.victim");
+        let l2 = layer(&[
+            E::File("l/.wh.victim", b""),
+            E::Raw(&wh_abs, b""),
+            E::File("l/.wh..wh..opq", b""),
+            E::File("keep/.wh..wh..opq", b""),
+            E::File("keep/b", b"b"),
+        ]);
+        let img = unpack_default(tmp.path(), &[l1, l2]).unwrap();
+        assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"ledger", "a host file was removed");
+        // the opaque whiteout hid the lower layer's entry and kept this layer's own
+        assert!(!img.rootfs.join("keep/a").exists() && img.rootfs.join("keep/b").exists());
+        // the absolute path landed inside the root (there was nothing to remove there)
+        assert!(std::fs::symlink_metadata(img.rootfs.join("l")).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn links_and_files_never_write_through_a_symlink() {
+        for (name, l) in [
+            ("hard link through a symlink", layer(&[E::Link("l", "/"), E::HardLink("h", "l/etc/passwd")])),
+            ("file through a nested symlink", layer(&[E::Dir("a/"), E::Link("a/b", "/tmp"), E::File("a/b/c", b"x")])),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let err = unpack_default(tmp.path(), &[l]).unwrap_err();
+            assert!(
+                matches!(&err, ImageError::Layer { source, .. } if matches!(**source, ImageError::Entry(RootError::NotADirectory { .. }))),
+                "{name}: {err}"
+            );
+            assert!(
+                !tmp.path().join("images").read_dir().unwrap().flatten().any(|e| e.path().join("image.json").exists())
+            );
+        }
+    }
+
+    #[test]
+    fn setuid_bits_do_not_survive_and_devices_are_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let l = layer(&[E::Mode("bin/su", 0o4755), E::Mode("bin/sg", 0o2755), E::Mode("tmpdir", 0o1777), E::Fifo("f")]);
+        let img = unpack_default(tmp.path(), &[l]).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(img.rootfs.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!((mode("bin/su"), mode("bin/sg"), mode("tmpdir")), (0o755, 0o755, 0o1777));
+        assert!(!img.rootfs.join("f").exists());
+        assert!(img.info.unpacked_bytes > 0);
+    }
+
+    #[test]
+    fn mount_points_are_real_directories_whatever_the_image_put_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = victim(tmp.path());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let abs = outside.to_str().unwrap().to_string();
+        let l = layer(&[E::Link("tmp", &abs), E::Link("out", &abs), E::File("data", b"not a dir")]);
+        let img = unpack_default(tmp.path(), &[l]).unwrap();
+        for d in ["tmp", "out", "data"] {
+            assert!(std::fs::symlink_metadata(img.rootfs.join(d)).unwrap().is_dir(), "{d}");
+        }
+        assert_eq!(std::fs::metadata(img.rootfs.join("tmp")).unwrap().permissions().mode() & 0o7777, 0o1777);
+        assert_eq!(std::fs::metadata(&outside).unwrap().permissions().mode() & 0o777, 0o700, "host dir chmodded");
+    }
+
+    #[test]
+    fn gzip_bombs_and_entry_floods_stop_at_the_limits() {
+        let tmp = tempfile::tempdir().unwrap();
+        // 64 MiB of zeros in one file, about 64 KiB gzipped
+        let zeros = vec![0u8; 64 << 20];
+        let tar = layer(&[E::File("zeros", &zeros)]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        let gz = gz.finish().unwrap();
+        assert!(gz.len() < 1 << 20);
+        let (path, digest) = archive_of(tmp.path(), &[(gz, "application/vnd.oci.image.layer.v1.tar+gzip")], false);
+        let limits = UnpackLimits { max_unpacked_bytes: 16 << 20, max_entries: 1000 };
+        let err = unpack(&tmp.path().join("images"), &path, &digest, &limits).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::Layer { source, .. } if matches!(**source, ImageError::TooLarge { limit } if limit == 16 << 20)),
+            "{err}"
+        );
+        let used: u64 = walk_size(&tmp.path().join("images"));
+        assert!(used < 20 << 20, "{used} bytes left on disk");
+        let names: Vec<String> = (0..50).map(|i| format!("f{i}")).collect();
+        let many = layer(&names.iter().map(|n| E::File(n, b"")).collect::<Vec<_>>());
+        let (path, digest) = archive(tmp.path(), &[many], false);
+        let limits = UnpackLimits { max_unpacked_bytes: 16 << 20, max_entries: 10 };
+        let err = unpack(&tmp.path().join("images"), &path, &digest, &limits).unwrap_err();
+        assert!(
+            matches!(&err, ImageError::Layer { source, .. } if matches!(**source, ImageError::TooManyEntries { limit: 10 })),
+            "{err}"
+        );
+    }
+
+    fn walk_size(p: &Path) -> u64 {
+        let Ok(m) = std::fs::symlink_metadata(p) else { return 0 };
+        if m.is_dir() { std::fs::read_dir(p).unwrap().flatten().map(|e| walk_size(&e.path())).sum() } else { m.len() }
+    }
+
+    #[test]
+    fn links_in_the_outer_archive_are_refused() {
+        for target in ["index.json", "blobs/sha256/0000000000000000000000000000000000000000000000000000000000000000"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().join("evil.tar");
+            let mut ar = tar::Builder::new(File::create(&path).unwrap());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            ar.append_link(&mut h, target, "/dev/zero").unwrap();
+            ar.finish().unwrap();
+            drop(ar);
+            let digest = file_sha256(&path).unwrap();
+            let err = unpack(&tmp.path().join("images"), &path, &digest, &UnpackLimits::default()).unwrap_err();
+            assert!(matches!(&err, ImageError::NotRegular { entry } if entry == target), "{target}: {err}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64),
+            ..Default::default()
+        })]
+        /// A stranger's layer — random bytes, or a valid layer with bytes changed, cut or added —
+        /// unpacks or fails with an error; it never panics and never writes outside the root.
+        #[test]
+        fn arbitrary_layers_never_panic_or_escape(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            edits in proptest::collection::vec((0usize..8192, proptest::prelude::any::<u8>()), 1..12),
+            cut in 512usize..8192,
+        ) {
+            let tmp = tempfile::tempdir().unwrap();
+            let outside = victim(tmp.path());
+            let abs = outside.to_str().unwrap().to_string();
+            let wh = format!("{abs}/.wh.victim");
+            let mut valid = layer(&[E::Dir("a/"), E::File("a/x", b"hello"), E::Link("l", &abs), E::Raw(&wh, b""),
+                E::HardLink("a/h", "a/x"), E::File("l/.wh.victim", b"")]);
+            for (i, b) in edits {
+                let n = valid.len();
+                valid[i % n] = b;
+            }
+            valid.truncate(cut);
+            for l in [junk, valid] {
+                let _ = unpack_default(tmp.path(), &[l]);
+                proptest::prop_assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"ledger".to_vec());
+                proptest::prop_assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+            }
+        }
     }
 }

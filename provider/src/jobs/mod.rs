@@ -15,7 +15,9 @@
 
 mod conjunction;
 pub mod image;
+pub mod images;
 mod literal_cmp;
+mod rootfs;
 pub mod sandbox;
 pub mod worker;
 
@@ -80,6 +82,10 @@ pub struct JobsConfig {
     pub threads: usize,
     /// Largest container image archive accepted from a buyer, bytes.
     pub max_image_bytes: u64,
+    /// Disk budget, concurrent uploads and unpack limits of buyers' images.
+    pub images: images::ImagesConfig,
+    /// How long one image upload may take.
+    pub image_upload_timeout: Duration,
     /// Signs result manifests.
     pub signer: PrivateKeySigner,
     /// Price of one job on a sold dataset, token base units (needs `ServeConfig::paid`, whose
@@ -104,6 +110,8 @@ impl JobsConfig {
             max_result_bytes: 1 << 30,
             threads: 2,
             max_image_bytes: 512 << 20,
+            images: images::ImagesConfig::default(),
+            image_upload_timeout: Duration::from_secs(600),
             signer,
             job_price: None,
             receipt_timeout: Duration::from_secs(600),
@@ -142,8 +150,10 @@ struct Shared {
     free: Arc<RwLock<crate::access::FreeSet>>,
     permits: Semaphore,
     waiting: AtomicUsize,
-    /// Held while a dataset is exported or an image unpacked.
+    /// Held while a dataset is exported.
     materialize: Mutex<()>,
+    /// Unpacked images under their disk budget.
+    images: Arc<images::Images>,
     /// `runc --version`'s first line, named in container results.
     runc_version: String,
     /// Chain, ledger and redeemer for job deals, when the provider sells.
@@ -197,6 +207,8 @@ impl JobsProtocol {
             Err(_) => "runc (not found)".to_string(),
         };
         let permits = Semaphore::new(cfg.concurrency.max(1));
+        let images = images::Images::open(dir.join("images"), cfg.images.clone())?;
+        tracing::info!(bytes = images.used(), budget = cfg.images.disk_budget, "unpacked images on disk");
         Ok(Self {
             shared: Arc::new(Shared {
                 cfg,
@@ -207,6 +219,7 @@ impl JobsProtocol {
                 permits,
                 waiting: AtomicUsize::new(0),
                 materialize: Mutex::new(()),
+                images,
                 runc_version,
                 pay,
             }),
@@ -330,6 +343,12 @@ async fn accept_job(
         .datasets
         .get(&req.dataset)
         .ok_or_else(|| (codes::UNKNOWN_DATASET, format!("dataset {} is not served here", req.dataset)))?;
+    // a full queue refuses before anything is paid for or uploaded
+    let ahead = shared.waiting.fetch_add(1, Ordering::SeqCst);
+    let _slot = Slot(&shared.waiting);
+    if ahead >= shared.cfg.max_queue {
+        return Err((codes::BUSY, format!("{ahead} jobs are queued or running; try again later")));
+    }
     let mut paid = None;
     if ds.free {
         req.payment = None;
@@ -365,11 +384,6 @@ async fn accept_job(
         }
         JobSpec::Sql { .. } => None,
     };
-    let ahead = shared.waiting.fetch_add(1, Ordering::SeqCst);
-    let _slot = Slot(&shared.waiting);
-    if ahead >= shared.cfg.max_queue {
-        return Err((codes::BUSY, format!("{ahead} jobs are queued or running; try again later")));
-    }
     let job_id: [u8; 32] = rand::random();
     let running = ahead.saturating_sub(shared.cfg.concurrency.max(1) - 1) as u32;
     send_update(send, &JobUpdate::Queued { job_id, ahead: running }).await.map_err(|e| (codes::INTERNAL, e))?;
@@ -377,7 +391,7 @@ async fn accept_job(
     send_update(send, &JobUpdate::Running).await.map_err(|e| (codes::INTERNAL, e))?;
     let started = Instant::now();
     let res = match &image {
-        Some(img) => run_container_job(shared, &req, ds, job_id, peer, img).await,
+        Some(img) => run_container_job(shared, &req, ds, job_id, peer, &img.image).await,
         None => run_job(shared, &req, ds, job_id, peer).await,
     };
     let ms = started.elapsed().as_millis() as u64;
@@ -459,7 +473,8 @@ const JOB_DEAL_MARGIN_SECS: u64 = 60;
 /// its own run (each up to the wall-time limit), the receipt wait, and a minute to spare.
 fn job_needs(shared: &Shared) -> Duration {
     let slots = shared.cfg.concurrency.max(1);
-    let runs = (shared.waiting.load(Ordering::SeqCst) / slots + 1) as u32;
+    // `waiting` counts this job already (its queue slot is taken before admission)
+    let runs = (shared.waiting.load(Ordering::SeqCst).saturating_sub(1) / slots + 1) as u32;
     shared.cfg.limits.wall_time * runs + shared.cfg.receipt_timeout + Duration::from_secs(JOB_DEAL_MARGIN_SECS)
 }
 
@@ -751,16 +766,16 @@ fn out_full(limit: u64) -> Fail {
     )
 }
 
-/// The image of a container job: unpacked already, or read from the buyer now.
+/// The image of a container job: unpacked already, or read from the buyer now (within the
+/// upload limits, the time limit and the image disk budget), leased to the job.
 async fn receive_image(
     shared: &Arc<Shared>,
     send: &mut SendStream,
     recv: &mut RecvStream,
     sha: &[u8; 32],
     size: u64,
-) -> Result<image::Image, Fail> {
-    let dir = shared.dir.join("images");
-    if let Some(img) = image::cached(&dir, sha) {
+) -> Result<images::Lease, Fail> {
+    if let Some(img) = shared.images.get(sha) {
         return Ok(img);
     }
     if size > shared.cfg.max_image_bytes {
@@ -769,11 +784,17 @@ async fn receive_image(
             format!("image archive of {size} bytes exceeds this provider's {}-byte limit", shared.cfg.max_image_bytes),
         ));
     }
+    let intake = |e: images::IntakeError| match e {
+        images::IntakeError::UploadsBusy(_) | images::IntakeError::NoRoom { .. } => (codes::BUSY, e.to_string()),
+        images::IntakeError::Image(_) => (codes::SANDBOX, e.to_string()),
+        images::IntakeError::Task(_) => (codes::INTERNAL, e.to_string()),
+    };
+    let reservation = shared.images.reserve(size).map_err(intake)?;
     send_update(send, &JobUpdate::SendImage).await.map_err(|e| (codes::INTERNAL, e))?;
-    std::fs::create_dir_all(&dir).map_err(|e| (codes::INTERNAL, format!("cannot create {}: {e}", dir.display())))?;
+    let dir = shared.images.dir().to_path_buf();
     let upload = dir.join(format!(".upload-{}", hex::encode(rand::random::<[u8; 8]>())));
     let _cleanup = RemoveOnDrop(upload.clone());
-    {
+    let receive = async {
         use tokio::io::AsyncWriteExt;
         let mut f = tokio::fs::File::create(&upload).await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
         let mut left = size;
@@ -786,24 +807,24 @@ async fn receive_image(
             f.write_all(&buf[..n]).await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
             left -= n as u64;
         }
-        f.flush().await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
+        f.flush().await.map_err(|e| (codes::INTERNAL, e.to_string()))
+    };
+    let limit = shared.cfg.image_upload_timeout;
+    tokio::time::timeout(limit, receive).await.map_err(|_| {
+        (codes::MALFORMED_REQUEST, format!("image upload of {size} bytes took longer than {} s", limit.as_secs()))
+    })??;
+    let upload2 = upload.clone();
+    let got = tokio::task::spawn_blocking(move || image::file_sha256(&upload2))
+        .await
+        .map_err(|e| (codes::INTERNAL, e.to_string()))?
+        .map_err(|e| (codes::INTERNAL, e.to_string()))?;
+    if got != *sha {
+        return Err((
+            codes::MALFORMED_REQUEST,
+            format!("uploaded image has sha256 {}, the request named {}", hex::encode(got), hex::encode(sha)),
+        ));
     }
-    let (dir2, upload2, sha2) = (dir.clone(), upload.clone(), *sha);
-    // one unpack at a time: two buyers sending the same new image must not unpack it over each
-    // other (or over a running job's root); the second finds it cached
-    let _guard = shared.materialize.lock().await;
-    tokio::task::spawn_blocking(move || {
-        let got = image::file_sha256(&upload2).map_err(|e| (codes::INTERNAL, e.to_string()))?;
-        if got != sha2 {
-            return Err((
-                codes::MALFORMED_REQUEST,
-                format!("uploaded image has sha256 {}, the request named {}", hex::encode(got), hex::encode(sha2)),
-            ));
-        }
-        image::unpack(&dir2, &upload2, &sha2).map_err(|e| (codes::SANDBOX, e.to_string()))
-    })
-    .await
-    .map_err(|e| (codes::INTERNAL, e.to_string()))?
+    shared.images.unpack(*sha, upload.clone(), reservation).await.map_err(intake)
 }
 
 /// Runs a container job; its result is the collection of the files it wrote to `/out`.
