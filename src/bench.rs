@@ -70,6 +70,14 @@ pub enum BenchCmd {
         /// Requests per measured operation.
         #[arg(long, default_value_t = 500)]
         queries: usize,
+        /// Instead of timing requests in process: fill a SQLite market with the listings and
+        /// serve its real HTTP stack on this address for --hold seconds, for an outside load
+        /// tool (`make reliability` points wrk at it).
+        #[arg(long)]
+        serve: Option<std::net::SocketAddr>,
+        /// How long --serve serves, seconds.
+        #[arg(long, default_value_t = 120)]
+        hold: u64,
     },
 }
 
@@ -93,7 +101,10 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             println!("{}", out.display());
             Ok(())
         }
-        BenchCmd::Market { listings, database_url, events, queries } => {
+        BenchCmd::Market { listings, serve: Some(addr), hold, .. } => {
+            bdc_market::bench::serve(listings.max(1), addr, std::time::Duration::from_secs(hold)).await
+        }
+        BenchCmd::Market { listings, database_url, events, queries, serve: None, .. } => {
             bdc_market::bench::run(listings.max(1), database_url, events, queries.max(1)).await
         }
     }

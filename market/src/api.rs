@@ -46,6 +46,8 @@ pub struct AppState {
     pub index: Arc<Mutex<(u64, u64)>>,
     /// Offers and standings in memory, for matching.
     pub book: Arc<OfferBook>,
+    /// Per-signer listing rates.
+    pub intake: Arc<crate::intake::Gate>,
 }
 
 /// An error answered to the client. 5xx carry no internal detail (it is logged).
@@ -56,6 +58,8 @@ pub enum ApiError {
     NotFound(String),
     Conflict(String),
     Unprocessable(String),
+    /// A rate or capacity bound; retry later.
+    TooMany(String),
     Internal(String),
 }
 
@@ -67,6 +71,7 @@ impl IntoResponse for ApiError {
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Self::Conflict(m) => (StatusCode::CONFLICT, m),
             Self::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            Self::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, m),
             Self::Internal(m) => {
                 tracing::error!("internal error: {m}");
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_string())
@@ -176,12 +181,17 @@ async fn post_listing(
         )));
     }
     let provider = format!("{:#x}", typed.provider);
+    st.intake.take(&provider).map_err(|wait| {
+        ApiError::TooMany(format!("{provider} lists too often: retry in {} ms", wait.as_millis().max(1)))
+    })?;
+    let standing = st.book.provider_has_standing(&st.db, &provider).await?;
     let mut tx = st.db.pool.begin().await?;
-    if let Some(prev) = sqlx::query("SELECT issued_at FROM listings WHERE provider = $1 AND root = $2")
+    let prev = sqlx::query("SELECT issued_at FROM listings WHERE provider = $1 AND root = $2")
         .bind(&provider)
         .bind(&root)
         .fetch_optional(&mut *tx)
-        .await?
+        .await?;
+    if let Some(prev) = &prev
         && prev.get::<i64, _>(0) as u64 >= l.issued_at
     {
         return Err(ApiError::Conflict(format!(
@@ -189,6 +199,30 @@ async fn post_listing(
             prev.get::<i64, _>(0)
         )));
     }
+    let mut displaced = None;
+    if prev.is_none() {
+        displaced = make_room(&mut tx, &st, &provider, &root, standing, t as i64).await?;
+    }
+    // the dataset's description is pinned by the first manifest listed for it (or by the
+    // registered hash): another provider's listing cannot rewrite it, the vendor's own can
+    let pinned: Option<String> = sqlx::query("SELECT manifest_hash FROM dataset_meta WHERE root = $1")
+        .bind(&root)
+        .fetch_optional(&mut *tx)
+        .await?
+        .and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten())
+        .filter(|h| !h.is_empty());
+    let by_vendor = provider.eq_ignore_ascii_case(&registered_vendor);
+    let write_meta = match &pinned {
+        None => true,
+        Some(h) if *h == manifest_hash => false,
+        Some(_) if verified || by_vendor => true,
+        Some(h) => {
+            return Err(ApiError::Unprocessable(format!(
+                "dataset {root} is described by manifest {h} (from an earlier listing; no hash is registered on \
+                 chain): list it with that manifest, or have the registered vendor {registered_vendor} list it"
+            )));
+        }
+    };
     sqlx::query(
         "INSERT INTO listings (provider, root, node_id, addrs, region, price_per_byte, price_gib, window_bytes, \
          capacity_mibps, issued_at, expires_at, signature, arbiters) \
@@ -214,43 +248,46 @@ async fn post_listing(
     .bind(arbiters.join(","))
     .execute(&mut *tx)
     .await?;
-    let files: Vec<Value> = manifest
-        .files
-        .iter()
-        .map(|f| json!({"name": f.name, "size": f.size, "media_type": f.media_type, "columns": f.columns}))
-        .collect();
-    sqlx::query(
-        "INSERT INTO dataset_meta (root, name, description, tags, size, files, manifest_verified) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (root) DO UPDATE SET name = excluded.name, \
-         description = excluded.description, tags = excluded.tags, size = excluded.size, files = excluded.files, \
-         manifest_verified = excluded.manifest_verified",
-    )
-    .bind(&root)
-    .bind(&manifest.name)
-    .bind(&manifest.description)
-    .bind(manifest.tags.iter().map(|t| t.to_lowercase()).collect::<Vec<_>>().join(","))
-    .bind(manifest.total_size() as i64)
-    .bind(Value::Array(files).to_string())
-    .bind(verified as i64)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("DELETE FROM terms WHERE root = $1").bind(&root).execute(&mut *tx).await?;
-    let mut text = format!("{} {} {}", manifest.name, manifest.description, manifest.tags.join(" "));
-    for f in &manifest.files {
-        text.push(' ');
-        text.push_str(&f.name);
-        for c in &f.columns {
+    if write_meta {
+        let files: Vec<Value> = manifest
+            .files
+            .iter()
+            .map(|f| json!({"name": f.name, "size": f.size, "media_type": f.media_type, "columns": f.columns}))
+            .collect();
+        sqlx::query(
+            "INSERT INTO dataset_meta (root, name, description, tags, size, files, manifest_verified, manifest_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (root) DO UPDATE SET name = excluded.name, \
+             description = excluded.description, tags = excluded.tags, size = excluded.size, files = excluded.files, \
+             manifest_verified = excluded.manifest_verified, manifest_hash = excluded.manifest_hash",
+        )
+        .bind(&root)
+        .bind(&manifest.name)
+        .bind(&manifest.description)
+        .bind(manifest.tags.iter().map(|t| t.to_lowercase()).collect::<Vec<_>>().join(","))
+        .bind(manifest.total_size() as i64)
+        .bind(Value::Array(files).to_string())
+        .bind(verified as i64)
+        .bind(&manifest_hash)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM terms WHERE root = $1").bind(&root).execute(&mut *tx).await?;
+        let mut text = format!("{} {} {}", manifest.name, manifest.description, manifest.tags.join(" "));
+        for f in &manifest.files {
             text.push(' ');
-            text.push_str(&c.name);
+            text.push_str(&f.name);
+            for c in &f.columns {
+                text.push(' ');
+                text.push_str(&c.name);
+            }
         }
-    }
-    for term in terms(&text) {
-        sqlx::query("INSERT INTO terms (term, root, name) VALUES ($1, $2, $3) ON CONFLICT (term, root) DO NOTHING")
-            .bind(term)
-            .bind(&root)
-            .bind(&manifest.name)
-            .execute(&mut *tx)
-            .await?;
+        for term in terms(&text) {
+            sqlx::query("INSERT INTO terms (term, root, name) VALUES ($1, $2, $3) ON CONFLICT (term, root) DO NOTHING")
+                .bind(term)
+                .bind(&root)
+                .bind(&manifest.name)
+                .execute(&mut *tx)
+                .await?;
+        }
     }
     tx.commit().await?;
     let entry = BookEntry::new(
@@ -262,8 +299,66 @@ async fn post_listing(
         l.issued_at as i64,
         l.expires_at as i64,
     );
+    if let Some(old) = displaced {
+        st.book.remove(&old, &root);
+    }
     st.book.upsert(&provider, &root, entry);
     Ok((StatusCode::CREATED, Json(json!({ "provider": provider, "root": root, "manifest_verified": verified }))))
+}
+
+/// Room for a new provider's listing of `root` (see [`crate::intake`]): expired listings of the
+/// root go first; a full root takes a provider with standing in place of the oldest listing by a
+/// provider without (named in the answer, for the book), and refuses one without.
+async fn make_room(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    st: &AppState,
+    provider: &str,
+    root: &str,
+    standing: bool,
+    now: i64,
+) -> ApiResult<Option<String>> {
+    let crate::intake::IntakeLimits { per_root, per_provider, .. } = st.intake.limits;
+    let mine: i64 = sqlx::query("SELECT COUNT(*) FROM listings WHERE provider = $1")
+        .bind(provider)
+        .fetch_one(&mut **tx)
+        .await?
+        .get(0);
+    if mine >= per_provider {
+        return Err(ApiError::TooMany(format!("{provider} already has {mine} listings, the most one provider may")));
+    }
+    sqlx::query("DELETE FROM listings WHERE root = $1 AND expires_at <= $2")
+        .bind(root)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    let n: i64 =
+        sqlx::query("SELECT COUNT(*) FROM listings WHERE root = $1").bind(root).fetch_one(&mut **tx).await?.get(0);
+    if n < per_root {
+        return Ok(None);
+    }
+    let full = || format!("dataset {root} has {n} listings, the most one dataset may hold");
+    if !standing {
+        return Err(ApiError::TooMany(format!(
+            "{}; a provider without a completed deal or measured throughput may list it when some expire",
+            full()
+        )));
+    }
+    let oldest = sqlx::query("SELECT provider FROM listings WHERE root = $1 ORDER BY issued_at ASC LIMIT 1000")
+        .bind(root)
+        .fetch_all(&mut **tx)
+        .await?;
+    for r in oldest {
+        let p: String = r.get(0);
+        if !st.book.provider_has_standing(&st.db, &p).await? {
+            sqlx::query("DELETE FROM listings WHERE provider = $1 AND root = $2")
+                .bind(&p)
+                .bind(root)
+                .execute(&mut **tx)
+                .await?;
+            return Ok(Some(p));
+        }
+    }
+    Err(ApiError::TooMany(format!("{}, all by providers with standing", full())))
 }
 
 // ---- search ----
@@ -800,11 +895,43 @@ pub const MAX_MATCH_SCAN: usize = 10_000;
 
 /// Scores every offer (on all cores for a large scan: CEL is interpreted, and a whole-market
 /// match evaluates every expression on thousands of offers); the best `limit`, best first.
+/// How long one match may score before it stops (below the HTTP timeout, so the request gets
+/// this error rather than a bare timeout).
+pub const MATCH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Stops a match's scoring threads: at its deadline, or when the request is dropped (the client
+/// went away or the HTTP timeout fired), so no thread goes on scoring for nobody.
+#[derive(Debug, Clone)]
+pub struct StopScoring {
+    dropped: Arc<std::sync::atomic::AtomicBool>,
+    deadline: Instant,
+}
+
+impl StopScoring {
+    pub fn after(d: Duration) -> Self {
+        Self { dropped: Default::default(), deadline: Instant::now() + d }
+    }
+
+    fn stop(&self) -> bool {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() >= self.deadline
+    }
+}
+
+/// Stops the scoring when the request handler holding it is dropped.
+struct StopOnDrop(StopScoring);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.dropped.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 fn score_all(
     offers: Vec<Candidate>,
     require: Option<&str>,
     rank: &BTreeMap<String, String>,
     limit: usize,
+    stop: &StopScoring,
 ) -> Result<Vec<(Scored, Candidate)>, crate::rank::RankError> {
     let threads =
         if offers.len() < 2_000 { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) };
@@ -813,6 +940,9 @@ fn score_all(
         let m = Matcher::new(require, rank)?;
         let mut out = Vec::new();
         for (i, c) in part.iter().enumerate() {
+            if i % 32 == 0 && stop.stop() {
+                return Err(crate::rank::RankError::Deadline { secs: MATCH_DEADLINE.as_secs() });
+            }
             if let Some((score, values)) = m.values(|| format!("{}/{}", c.provider, c.root), &c.attrs)? {
                 out.push((score, values, i));
             }
@@ -854,7 +984,9 @@ async fn post_match(
     let root = req.root.as_deref().map(|r| parse_b256("root", r)).transpose()?.map(|r| format!("{r:#x}"));
     let offers = st.book.candidates(&st.db, root.as_deref(), now() as i64, MAX_MATCH_SCAN).await?;
     let (require, rank) = (req.require.clone(), req.rank.clone());
-    let ranked = tokio::task::spawn_blocking(move || score_all(offers, require.as_deref(), &rank, limit))
+    let stop = StopScoring::after(MATCH_DEADLINE);
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let ranked = tokio::task::spawn_blocking(move || score_all(offers, require.as_deref(), &rank, limit, &stop))
         .await
         .map_err(|e| ApiError::Internal(format!("scoring task: {e}")))?
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
@@ -1015,17 +1147,23 @@ async fn get_openapi() -> Json<Value> {
 
 // ---- router ----
 
-/// Limits of the tower stack.
+/// Limits of the tower stack, and of listing intake.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub body_bytes: usize,
     pub timeout: Duration,
     pub concurrency: usize,
+    pub intake: crate::intake::IntakeLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { body_bytes: MAX_BODY_BYTES, timeout: Duration::from_secs(10), concurrency: 256 }
+        Self {
+            body_bytes: MAX_BODY_BYTES,
+            timeout: Duration::from_secs(10),
+            concurrency: 256,
+            intake: Default::default(),
+        }
     }
 }
 
@@ -1087,7 +1225,8 @@ mod tests {
             ("eu".to_string(), "region == 'eu' ? 0.5 : 0.0".to_string()),
         ]);
         let require = Some("capacity_mibps >= 20.0");
-        let got = score_all(offers.clone(), require, &rank, 25).unwrap();
+        let go = StopScoring::after(MATCH_DEADLINE);
+        let got = score_all(offers.clone(), require, &rank, 25, &go).unwrap();
         let m = Matcher::new(require, &rank).unwrap();
         let mut want: Vec<(f64, String)> = offers
             .iter()
@@ -1101,6 +1240,14 @@ mod tests {
             assert_eq!(g.0.1.values().sum::<f64>(), g.0.0, "the score is the sum of the criteria");
         }
         let bad = BTreeMap::from([("x".to_string(), "region".to_string())]);
-        assert!(score_all(offers, None, &bad, 5).is_err(), "a type error on any thread fails the match");
+        assert!(score_all(offers.clone(), None, &bad, 5, &go).is_err(), "a type error on any thread fails the match");
+        // a dropped request, or one past its deadline, stops every scoring thread
+        let dropped = StopScoring::after(MATCH_DEADLINE);
+        drop(StopOnDrop(dropped.clone()));
+        let late = StopScoring::after(Duration::ZERO);
+        for stop in [dropped, late] {
+            let err = score_all(offers.clone(), require, &rank, 25, &stop).unwrap_err();
+            assert!(matches!(err, crate::rank::RankError::Deadline { .. }), "{err}");
+        }
     }
 }

@@ -109,6 +109,35 @@ async fn time_requests(
     Ok((pct(&mut ms, 0.5), pct(&mut ms, 0.99)))
 }
 
+/// Fills a SQLite market with `listings` listings and serves its real router (the tower stack of
+/// `Limits::default()`) on `addr` for `hold`, for an outside load tool; prints `serving <url>`
+/// when ready.
+pub async fn serve(listings: usize, addr: std::net::SocketAddr, hold: std::time::Duration) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let db = Db::connect(&format!("sqlite://{}?mode=rwc", tmp.path().join("load.db").display())).await?;
+    let datasets = (listings / 5).max(1);
+    fill(&db, datasets, listings).await?;
+    sqlx::query("ANALYZE").execute(&db.pool).await?;
+    let st = api::AppState {
+        db,
+        chain_id: 31337,
+        registry: Default::default(),
+        metrics: Default::default(),
+        index: Default::default(),
+        book: crate::book::OfferBook::new(),
+        intake: Default::default(),
+    };
+    let app = api::router(st, api::Limits::default());
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot bind {addr}"))?;
+    println!("serving http://{} ({datasets} datasets, {listings} listings)", listener.local_addr()?);
+    let server = axum::serve(listener, app);
+    match tokio::time::timeout(hold, server).await {
+        Ok(r) => r.context("market server")?,
+        Err(_) => eprintln!("held {} s, stopping", hold.as_secs()),
+    }
+    Ok(())
+}
+
 /// Runs the benchmark and prints its table.
 pub async fn run(listings: usize, database_url: Option<String>, events: usize, queries: usize) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
@@ -143,6 +172,7 @@ pub async fn run(listings: usize, database_url: Option<String>, events: usize, q
             metrics: Default::default(),
             index: Default::default(),
             book: crate::book::OfferBook::new(),
+            intake: Default::default(),
         };
         let app = api::router(st, api::Limits::default());
         let mut rng = StdRng::seed_from_u64(11);

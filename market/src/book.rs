@@ -105,6 +105,20 @@ impl OfferBook {
         st.offers.put(provider, root, e);
     }
 
+    /// Whether `provider` has standing (see [`has_standing`]), by the current standings.
+    pub async fn provider_has_standing(self: &Arc<Self>, db: &Db, provider: &str) -> Result<bool, sqlx::Error> {
+        self.refresh(db).await?;
+        Ok(self.state.read().expect("book lock").standings.get(provider).is_some_and(has_standing))
+    }
+
+    /// Takes a listing intake removed out of matching.
+    pub fn remove(&self, provider: &str, root: &str) {
+        let mut st = self.state.write().expect("book lock");
+        if let Some(&i) = st.offers.at.get(root).and_then(|m| m.get(provider)) {
+            st.offers.rows[i].expires_at = 0;
+        }
+    }
+
     /// Something a standing is computed from changed (indexed events, a throughput report).
     pub fn standings_changed(&self) {
         self.standings_gen.fetch_add(1, Ordering::SeqCst);
@@ -135,11 +149,14 @@ impl OfferBook {
             None => rows.iter().enumerate().map(|(i, e)| (e.issued_at, i)).collect(),
         };
         live.retain(|&(_, i)| rows[i].expires_at > now);
+        let none = Standing::default();
         if live.len() > cap {
-            live.select_nth_unstable_by(cap - 1, |a, b| b.0.cmp(&a.0));
+            // providers with standing first (throwaway keys have none), then the newest
+            let standing = |i: usize| has_standing(st.standings.get(&*rows[i].provider).unwrap_or(&none));
+            let key = |&(issued, i): &(i64, usize)| (standing(i), issued);
+            live.select_nth_unstable_by(cap - 1, |a, b| key(b).cmp(&key(a)));
             live.truncate(cap);
         }
-        let none = Standing::default();
         Ok(live
             .into_iter()
             .map(|(_, i)| {
@@ -215,6 +232,12 @@ impl OfferBook {
         st.offers = offers;
         st.loaded_at = Some(Instant::now());
     }
+}
+
+/// A provider has standing once it completed a deal or buyers measured its throughput: both cost
+/// real tokens on chain, so throwaway keys have none.
+pub fn has_standing(s: &Standing) -> bool {
+    s.completed > 0 || s.throughput_mibps > 0.0
 }
 
 /// The listings, in one flat table (a whole-market scan walks contiguous memory), indexed by
@@ -345,6 +368,15 @@ mod tests {
         assert_eq!(after.throughput_mibps, 20.0, "the median over three buyers");
         let full = reputation::reputation(&db, "p1").await.unwrap();
         assert_eq!((full.score, full.completed, full.throughput_mibps), (after.reputation, 3, 20.0));
+        // over the cap, a provider with standing (p1, older) beats a newer one without (p2):
+        // throwaway keys listing later cannot push it out of a match
+        assert_eq!(providers(&book, &db, Some("A"), 1).await, ["p1"]);
+        assert!(book.provider_has_standing(&db, "p1").await.unwrap());
+        assert!(!book.provider_has_standing(&db, "p2").await.unwrap());
+        // intake's eviction takes a listing out of matching at once
+        book.remove("p2", "A");
+        assert_eq!(providers(&book, &db, Some("A"), 10).await, ["p1"]);
+        book.upsert("p2", "A", BookEntry::new("eu".into(), 1.5, 1 << 20, 100, 0, 201, 10_000));
 
         // intake is seen at once; an older listing does not replace a newer one
         let entry = |issued_at| BookEntry::new("us".into(), 0.5, 1 << 20, 10, 1 << 30, issued_at, 10_000);

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod book;
 pub mod db;
 pub mod indexer;
+pub mod intake;
 pub mod rank;
 pub mod reputation;
 pub mod web;
@@ -74,6 +75,7 @@ impl Market {
             metrics: Arc::default(),
             index: index.clone(),
             book: book::OfferBook::new(),
+            intake: Arc::new(intake::Gate::new(cfg.limits.intake)),
         };
         let book = st.book.clone();
         let listener =

@@ -3,12 +3,21 @@
 //! A request has an optional `require` expression (bool) and named `rank` criteria (each a
 //! number); an offer's score is the sum of its criteria, and every criterion's value is returned
 //! so the choice can be explained. Expressions see only the offer's attributes (see
-//! [`OfferAttrs`]). They are bounded in size, and CEL itself has no unbounded loops, so an
-//! expression cannot run away; a per-request timeout backs this up.
+//! [`OfferAttrs`]). CEL has no loops, but its macros (`all`, `exists`, `exists_one`, `map`,
+//! `filter`) are comprehensions, and nested ones multiply: `[…].all(a, […].all(b, …))` over two
+//! 500-element literals is 250,000 steps per offer. So before anything runs, every expression's
+//! cost is bounded from its syntax tree ([`cost`]): a comprehension may range over a list or map
+//! literal only (offer attributes are scalars; ranging over a number is also what crashed the
+//! evaluator), may not nest, and costs its range's length times its body; a request's
+//! expressions together may cost [`MAX_REQUEST_COST`] per offer. Scoring stops at a deadline and
+//! when the request is dropped, and a panic inside the evaluator is an error, not a crash.
 
 use std::collections::BTreeMap;
 
-use cel::{Context, Program, Value};
+use cel::{
+    Context, IdedExpr, Program, Value,
+    common::ast::{EntryExpr, Expr},
+};
 use serde::Serialize;
 
 /// Longest expression accepted, bytes.
@@ -17,6 +26,9 @@ pub const MAX_EXPR_BYTES: usize = 1024;
 pub const MAX_NESTING: i32 = 64;
 /// Most rank criteria in one request.
 pub const MAX_CRITERIA: usize = 16;
+/// Most evaluation steps (syntax nodes visited, comprehension bodies once per element) all of a
+/// request's expressions may take on one offer.
+pub const MAX_REQUEST_COST: u64 = 4_000;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RankError {
@@ -30,6 +42,65 @@ pub enum RankError {
     Eval { what: String, offer: String, reason: String },
     #[error("{what} must give a {want}, gave {got}")]
     Type { what: String, want: &'static str, got: String },
+    #[error("{what} is refused: {reason}")]
+    Refused { what: String, reason: &'static str },
+    #[error("the expressions cost {cost} steps per offer; the limit is {MAX_REQUEST_COST}")]
+    TooCostly { cost: u64 },
+    /// Scoring passed its deadline (or the request went away).
+    #[error("scoring stopped after {secs} s: narrow the request (a root, fewer or cheaper criteria)")]
+    Deadline { secs: u64 },
+}
+
+/// An upper bound on the steps evaluating `e` takes, or why it is refused.
+pub fn cost(e: &IdedExpr) -> Result<u64, &'static str> {
+    cost_in(e, false)
+}
+
+fn cost_in(e: &IdedExpr, in_comprehension: bool) -> Result<u64, &'static str> {
+    let sum = |es: &mut dyn Iterator<Item = &IdedExpr>| -> Result<u64, &'static str> {
+        let mut total = 0u64;
+        for e in es {
+            total = total.saturating_add(cost_in(e, in_comprehension)?);
+        }
+        Ok(total)
+    };
+    Ok(1 + match &e.expr {
+        Expr::Unspecified => return Err("an empty expression"),
+        Expr::Struct(_) => return Err("message literals are not supported"),
+        Expr::Ident(_) | Expr::Literal(_) => 0,
+        Expr::Select(s) => cost_in(&s.operand, in_comprehension)?,
+        Expr::Call(c) => sum(&mut c.target.iter().map(|t| &**t).chain(c.args.iter()))?,
+        Expr::List(l) => sum(&mut l.elements.iter())?,
+        Expr::Map(m) => {
+            let mut parts = Vec::with_capacity(m.entries.len() * 2);
+            for entry in &m.entries {
+                match &entry.expr {
+                    EntryExpr::MapEntry(me) => parts.extend([&me.key, &me.value]),
+                    EntryExpr::StructField(_) => return Err("message literals are not supported"),
+                }
+            }
+            sum(&mut parts.into_iter())?
+        }
+        Expr::Comprehension(c) => {
+            if in_comprehension {
+                return Err("comprehensions (all, exists, exists_one, map, filter) may not nest");
+            }
+            let n = match &c.iter_range.expr {
+                Expr::List(l) => l.elements.len() as u64,
+                Expr::Map(m) => m.entries.len() as u64,
+                _ => {
+                    return Err(
+                        "a comprehension ranges over a list or map literal only (offer attributes are scalars)",
+                    );
+                }
+            };
+            let once = [&c.iter_range, &c.accu_init, &c.result]
+                .into_iter()
+                .try_fold(0u64, |acc, e| Ok::<_, &'static str>(acc.saturating_add(cost_in(e, true)?)))?;
+            let body = cost_in(&c.loop_cond, true)?.saturating_add(cost_in(&c.loop_step, true)?);
+            once.saturating_add(n.saturating_mul(body))
+        }
+    })
 }
 
 /// What an expression can see of an offer.
@@ -114,6 +185,14 @@ impl Matcher {
             .iter()
             .map(|(name, src)| Ok((name.clone(), compile(&format!("rank.{name}"), src)?)))
             .collect::<Result<_, RankError>>()?;
+        let mut total = 0u64;
+        let named = require.iter().map(|p| ("require".to_string(), p));
+        for (what, p) in named.chain(criteria.iter().map(|(n, p)| (format!("rank.{n}"), p))) {
+            total = total.saturating_add(cost(p.expression()).map_err(|reason| RankError::Refused { what, reason })?);
+        }
+        if total > MAX_REQUEST_COST {
+            return Err(RankError::TooCostly { cost: total });
+        }
         let mut used = [false; ATTRS.len()];
         for p in require.iter().chain(criteria.iter().map(|(_, p)| p)) {
             let refs = p.references();
@@ -143,7 +222,7 @@ impl Matcher {
     pub fn values(&self, id: impl Fn() -> String, o: &OfferAttrs) -> Result<Option<(f64, Vec<f64>)>, RankError> {
         let ctx = self.context(o);
         if let Some(req) = &self.require {
-            match req.execute(&ctx) {
+            match execute(req, &ctx) {
                 Ok(Value::Bool(true)) => {}
                 Ok(Value::Bool(false)) => return Ok(None),
                 Ok(v) => return Err(RankError::Type { what: "require".into(), want: "bool", got: format!("{v:?}") }),
@@ -156,7 +235,7 @@ impl Matcher {
         let mut total = 0.0;
         for (name, p) in &self.criteria {
             let what = || format!("rank.{name}");
-            let v = match p.execute(&ctx) {
+            let v = match execute(p, &ctx) {
                 Ok(Value::Float(f)) => f,
                 Ok(Value::Int(i)) => i as f64,
                 Ok(Value::UInt(u)) => u as f64,
@@ -176,6 +255,15 @@ impl Matcher {
     /// Names the values [`Self::values`] gave (the criteria are in the rank map's key order).
     fn explain(&self, values: &[f64]) -> BTreeMap<String, f64> {
         self.criteria.iter().zip(values).map(|((name, _), v)| (name.clone(), *v)).collect()
+    }
+}
+
+/// Runs a program; a panic inside the evaluator (the `cel` crate has `todo!()`s for forms
+/// [`cost`] should already refuse) becomes an error.
+fn execute(p: &Program, ctx: &Context) -> Result<Value, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.execute(ctx))) {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err("the expression evaluator cannot evaluate this form".into()),
     }
 }
 
@@ -248,5 +336,83 @@ mod tests {
         let rank = BTreeMap::from([("x".to_string(), "no_such_attr * 2".to_string())]);
         let m = Matcher::new(None, &rank).unwrap();
         assert!(matches!(m.score(|| "a".into(), &offer(1.0, "eu")), Err(RankError::Eval { .. })));
+    }
+
+    fn refused(require: &str) -> RankError {
+        Matcher::new(Some(require), &BTreeMap::new()).err().unwrap_or_else(|| panic!("{require} was accepted"))
+    }
+
+    #[test]
+    fn runaway_and_crashing_expressions_are_refused_before_they_run() {
+        let list: Vec<String> = (0..120).map(|i| i.to_string()).collect();
+        let list = format!("[{}]", list.join(","));
+        // nested comprehensions: 14,400 steps per offer (and 10^9 with longer lists)
+        let nested = format!("{list}.all(a, {list}.all(b, a + b >= 0))");
+        assert!(nested.len() <= MAX_EXPR_BYTES);
+        assert!(matches!(refused(&nested), RankError::Refused { reason, .. } if reason.contains("may not nest")));
+        // a comprehension over a number made the cel crate hit a todo!()
+        for src in ["price_gib.all(x, x > 0.0)", "1.exists(x, true)", "region.all(c, true)"] {
+            assert!(matches!(refused(src), RankError::Refused { reason, .. } if reason.contains("literal")), "{src}");
+        }
+        assert!(matches!(refused("Foo{a: 1} == 1"), RankError::Refused { .. } | RankError::Parse { .. }));
+        // one comprehension is fine while it is cheap, refused past the per-offer budget
+        let cheap = Matcher::new(Some(r#"["eu", "us"].exists(r, r == region)"#), &BTreeMap::new()).unwrap();
+        assert!(cheap.values(|| "o".into(), &offer(1.0, "eu")).unwrap().is_some());
+        assert!(cheap.values(|| "o".into(), &offer(1.0, "ap")).unwrap().is_none());
+        let long: Vec<String> = (0..250).map(|i| i.to_string()).collect();
+        let costly = format!("[{}].all(a, a * a * a * a * a * a >= 0)", long.join(","));
+        let err = Matcher::new(Some(&costly), &BTreeMap::new()).err().expect("over budget");
+        assert!(matches!(err, RankError::TooCostly { cost } if cost > MAX_REQUEST_COST), "{err}");
+    }
+
+    /// CEL-like text from a small grammar: attributes, literals, operators, macros, nesting.
+    fn expr() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::{prelude::*, sample::select};
+        let atom = prop_oneof![
+            Just("price_gib".to_string()),
+            Just("region".to_string()),
+            Just("deals_completed".to_string()),
+            Just("x".to_string()),
+            (-1000i64..1000).prop_map(|n| n.to_string()),
+            (-1e6f64..1e6).prop_map(|f| format!("{f:.3}")),
+            "[a-z]{0,6}".prop_map(|s| format!("'{s}'")),
+            proptest::collection::vec(0i64..100, 0..40)
+                .prop_map(|v| format!("[{}]", v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(","))),
+        ];
+        atom.prop_recursive(5, 64, 4, |inner| {
+            prop_oneof![
+                (
+                    inner.clone(),
+                    select(vec!["+", "-", "*", "/", "%", "==", "<", ">=", "&&", "||", "in"]),
+                    inner.clone()
+                )
+                    .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+                inner.clone().prop_map(|a| format!("!{a}")),
+                (inner.clone(), inner.clone(), inner.clone()).prop_map(|(c, a, b)| format!("({c} ? {a} : {b})")),
+                (inner.clone(), select(vec!["all", "exists", "exists_one", "map", "filter"]), inner.clone())
+                    .prop_map(|(r, m, b)| format!("{r}.{m}(x, {b})")),
+                inner.clone().prop_map(|a| format!("size({a})")),
+                inner.clone().prop_map(|a| format!("{{'k': {a}}}")),
+                inner.prop_map(|a| format!("has({a}.f)")),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        /// Whatever a client sends is parsed, cost-checked and (when accepted) evaluated to a
+        /// value or an error, never a panic or a runaway.
+        #[test]
+        fn arbitrary_expressions_never_panic_or_run_away(e in expr(), junk in "\\PC{0,200}") {
+            let o = offer(1.5, "eu");
+            for src in [e.as_str(), junk.as_str()] {
+                let rank = BTreeMap::from([("r".to_string(), src.to_string())]);
+                let accepted = [Matcher::new(Some(src), &BTreeMap::new()), Matcher::new(None, &rank)];
+                for m in accepted.into_iter().flatten() {
+                    let t = std::time::Instant::now();
+                    let _ = m.values(|| "o".into(), &o);
+                    proptest::prop_assert!(t.elapsed() < std::time::Duration::from_secs(1), "{src} ran {:?}", t.elapsed());
+                }
+            }
+        }
     }
 }

@@ -33,6 +33,11 @@ fn manifest(name: &str, tags: &[&str]) -> String {
     .to_string()
 }
 
+/// A CEL list literal of `n` integers.
+fn big_list(n: usize) -> String {
+    format!("[{}]", (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(","))
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
@@ -109,11 +114,15 @@ impl Env {
 }
 
 async fn start(db_url: String, devnet: Devnet) -> Env {
+    start_with(db_url, devnet, Limits::default()).await
+}
+
+async fn start_with(db_url: String, devnet: Devnet, limits: Limits) -> Env {
     let cfg = MarketConfig {
         database_url: db_url,
         bind: "127.0.0.1:0".parse().unwrap(),
         poll: Duration::from_millis(100),
-        limits: Limits::default(),
+        limits,
     };
     let market = Market::spawn(cfg, devnet.contracts(0)).await.unwrap();
     let base = format!("http://{}", market.addr);
@@ -322,6 +331,9 @@ async fn suite(db_url: String) {
         ("wrong type", json!({"require": "price_gib"})),
         ("unknown attribute", json!({"rank": {"x": "secret_key"}})),
         ("runaway", json!({"rank": {"x": "[1,2,3].map(a, [1,2,3].map(b, a*b))".repeat(40)}})),
+        ("nested comprehensions", json!({"require": format!("{0}.all(a, {0}.all(b, a + b > 0))", big_list(150))})),
+        ("comprehension over a number (crashed the evaluator)", json!({"require": "price_gib.all(x, x > 0.0)"})),
+        ("over the cost budget", json!({"require": format!("{}.all(a, a * a * a * a * a * a >= 0)", big_list(250))})),
         ("unknown field", json!({"sql": "DROP TABLE listings"})),
     ] {
         let (code, res) = env.post("/match", &body.to_string()).await;
@@ -501,4 +513,84 @@ async fn market_on_postgres() {
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
     let (base, _) = url.rsplit_once('/').unwrap();
     suite(format!("{base}/{name}")).await;
+}
+
+/// Listing intake under abuse: throwaway keys cannot push honest offers out of a root, nobody
+/// but the registered vendor rewrites a dataset's description, and one key cannot post without
+/// bound.
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_floods_and_rewrites_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}?mode=rwc", tmp.path().join("m.db").display());
+    let devnet = Devnet::spawn_with(DevnetConfig::default()).await.unwrap();
+    let (m_a, m_b) = (manifest("Honest ticks", &["btc"]), manifest("SCAM: send tokens to 0xbad", &["btc"]));
+    let root = B256::repeat_byte(0x5a);
+    // registered without a manifest hash: the market cannot check manifests against the chain
+    devnet.contracts(VENDOR).register_dataset(root, 0, B256::ZERO, 0).await.unwrap();
+    let intake = bdc_market::intake::IntakeLimits { burst: 5.0, per_minute: 6.0, per_root: 4, per_provider: 100 };
+    let env = start_with(db_url, devnet, Limits { intake, ..Limits::default() }).await;
+    env.synced().await;
+    let devnet = &env.devnet;
+    let t = now();
+    let post = |who: &PrivateKeySigner, m: &str, at: u64| {
+        let body = serde_json::to_string(&sign(devnet, who, listing(root, who, 1_000_000_000, "eu", at), m)).unwrap();
+        let env = &env;
+        async move { env.post("/listings", &body).await }
+    };
+    let name = || async { env.get(&format!("/datasets/{root:#x}")).await.1["name"].clone() };
+    let honest = devnet.signer(PROVIDER);
+    assert_eq!(post(&honest, &m_a, t).await.0, 201);
+    // a stranger's listing cannot rewrite the description the first listing set
+    let stranger = PrivateKeySigner::random();
+    let (code, res) = post(&stranger, &m_b, t).await;
+    assert_eq!(code, 422, "{res}");
+    assert!(res["error"].as_str().unwrap().contains("registered vendor"), "{res}");
+    assert_eq!(name().await, "Honest ticks");
+    // the registered vendor's own listing may
+    let vendor = devnet.signer(VENDOR);
+    assert_eq!(post(&vendor, &m_b, t).await.0, 201);
+    assert_eq!(name().await, "SCAM: send tokens to 0xbad", "the vendor's word replaces an unverified description");
+    assert_eq!(post(&honest, &m_b, t + 1).await.0, 201, "listing with the pinned manifest is fine");
+    // throwaway keys fill the root up to its bound, then are refused
+    for _ in 0..2 {
+        assert_eq!(post(&PrivateKeySigner::random(), &m_b, t).await.0, 201);
+    }
+    let (code, res) = post(&PrivateKeySigner::random(), &m_b, t).await;
+    assert_eq!(code, 429, "{res}");
+    assert!(res["error"].as_str().unwrap().contains("completed deal"), "{res}");
+    let offers = env.get(&format!("/datasets/{root:#x}")).await.1["offers"].as_array().unwrap().len();
+    assert_eq!(offers, 4, "the flood was bounded");
+    // a provider with standing (a deal, and a buyer's throughput report) takes the place of the
+    // oldest listing by a provider without
+    let veteran = devnet.signer(4);
+    let buyer = devnet.contracts(BUYER);
+    let req = OpenDeal {
+        provider: veteran.address(),
+        provider_node_id: B256::repeat_byte(7),
+        dataset_root: root,
+        price_per_byte: 1,
+        max_amount: U256::from(10_000_000u64),
+        window: 1 << 20,
+        expiry: devnet.now().await.unwrap() + 3600,
+        arbiter: devnet.address(0),
+    };
+    let deal = buyer.open_deal(devnet.address(BUYER), &req).await.unwrap();
+    env.synced().await;
+    let domain = market_domain(devnet.deployment.chain_id, devnet.deployment.registry);
+    let report = SignedReport::sign(&devnet.signer(BUYER), &domain, deal.id, 4 << 20, 500, t).unwrap();
+    assert_eq!(env.post("/reports", &serde_json::to_string(&report).unwrap()).await.0, 201);
+    let (code, res) = post(&veteran, &m_b, t + 2).await;
+    assert_eq!(code, 201, "{res}");
+    let d = env.get(&format!("/datasets/{root:#x}")).await.1;
+    let listed: Vec<String> =
+        d["offers"].as_array().unwrap().iter().map(|o| o["provider"].as_str().unwrap().to_string()).collect();
+    assert_eq!(listed.len(), 4, "{d}");
+    assert!(listed.contains(&format!("{:#x}", veteran.address())), "{d}");
+    // one key posting as fast as it can is stopped at its burst
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        codes.push(post(&honest, &m_b, t + 10 + i).await.0);
+    }
+    assert!(codes.contains(&429) && codes.iter().filter(|c| **c == 201).count() <= 5, "{codes:?}");
+    env.market.shutdown();
 }
