@@ -7,7 +7,7 @@ CARGO ?= cargo
 TEST_FEATURES ?= --features ballista
 FORGE := $(CURDIR)/contracts/node_modules/@foundry-rs/forge-linux-amd64/bin/forge
 
-.PHONY: all build tools test fmt-check clippy layering unit demo bench contracts contracts-test gas devnet
+.PHONY: all build tools test fmt-check clippy layering unit demo bench contracts contracts-test gas devnet reliability reliability-short
 
 all: build
 
@@ -25,7 +25,7 @@ contracts/node_modules/.package-lock.json: contracts/package.json contracts/pack
 	@touch $@
 
 ## test: everything CI runs — toolchain, formatting, lints, crate layering, contracts, all tests
-test: tools fmt-check clippy layering contracts-test unit
+test: tools fmt-check clippy layering contracts-test unit reliability-short
 
 fmt-check:
 	$(CARGO) fmt --all --check
@@ -63,6 +63,17 @@ devnet: tools
 demo: tools
 	$(CARGO) build --bin bdc
 	bash scripts/demo.sh "$(CARGO_TARGET_DIR)/debug/bdc"
+
+## reliability-short: a few seconds of each campaign (after `unit`, which builds the debug binary);
+## provider kills only: a buyer killed with a full window cannot resume its deal yet (RELIABILITY.md)
+reliability-short:
+	KILL=provider MAX_DELAY=0.6 bash scripts/faults/paid_fetch_kills.sh "$(CARGO_TARGET_DIR)/debug/bdc" 2 32
+	bash scripts/load/provider_fetchers.sh "$(CARGO_TARGET_DIR)/debug/bdc" 4 16
+
+## reliability: the heavy campaigns (property fuzzing with many cases, market load with wrk);
+## `make test` runs the same fuzz properties with few cases. Figures: docs/RELIABILITY.md
+reliability: tools
+	TEST_FEATURES="$(TEST_FEATURES)" bash scripts/reliability.sh
 
 ## bench: throughput tables (release build); see docs/BENCHMARKS.md
 bench: tools

@@ -71,6 +71,20 @@ fn sign(devnet: &Devnet, signer: &PrivateKeySigner, body: ListingBody, manifest:
     }
 }
 
+/// A deal of the buyer with `provider` for `root`: 1 unit a byte, 10,000,000 at most, an hour.
+async fn deal_request(devnet: &Devnet, provider: alloy::primitives::Address, root: B256) -> OpenDeal {
+    OpenDeal {
+        provider,
+        provider_node_id: B256::repeat_byte(7),
+        dataset_root: root,
+        price_per_byte: 1,
+        max_amount: U256::from(10_000_000u64),
+        window: 1 << 20,
+        expiry: devnet.now().await.unwrap() + 3600,
+        arbiter: devnet.address(0),
+    }
+}
+
 struct Env {
     devnet: Devnet,
     market: Market,
@@ -343,16 +357,7 @@ async fn suite(db_url: String) {
 
     // deals and reputation from chain events
     let buyer = devnet.contracts(BUYER);
-    let req = OpenDeal {
-        provider: provider.address(),
-        provider_node_id: B256::repeat_byte(7),
-        dataset_root: root_btc,
-        price_per_byte: 1,
-        max_amount: U256::from(10_000_000u64),
-        window: 1 << 20,
-        expiry: devnet.now().await.unwrap() + 3600,
-        arbiter: devnet.address(0),
-    };
+    let req = deal_request(devnet, provider.address(), root_btc).await;
     let deal = buyer.open_deal(devnet.address(BUYER), &req).await.unwrap();
     let p = devnet.contracts(PROVIDER);
     for amount in [2_000_000u64, 5_000_000] {
@@ -564,16 +569,7 @@ async fn listing_floods_and_rewrites_are_refused() {
     // oldest listing by a provider without
     let veteran = devnet.signer(4);
     let buyer = devnet.contracts(BUYER);
-    let req = OpenDeal {
-        provider: veteran.address(),
-        provider_node_id: B256::repeat_byte(7),
-        dataset_root: root,
-        price_per_byte: 1,
-        max_amount: U256::from(10_000_000u64),
-        window: 1 << 20,
-        expiry: devnet.now().await.unwrap() + 3600,
-        arbiter: devnet.address(0),
-    };
+    let req = deal_request(devnet, veteran.address(), root).await;
     let deal = buyer.open_deal(devnet.address(BUYER), &req).await.unwrap();
     env.synced().await;
     let domain = market_domain(devnet.deployment.chain_id, devnet.deployment.registry);
