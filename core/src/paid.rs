@@ -40,6 +40,9 @@ pub mod codes {
     pub const TERMS_NOT_ACCEPTED: u32 = 23;
     /// The deal expires within the provider's safety margin: bytes sent now could not be redeemed.
     pub const DEAL_EXPIRING: u32 = 24;
+    /// The deal's window is spent on bytes an earlier connection sent and the buyer never
+    /// receipted (a buyer that crashed mid-window): this deal gets no more bytes; open a new one.
+    pub const WINDOW_SPENT: u32 = 25;
 
     /// A short name for a code, for error messages.
     pub fn name(code: u64) -> &'static str {
@@ -60,6 +63,7 @@ pub mod codes {
             ARBITER_NOT_ACCEPTED => "the deal's arbiter is not one this provider accepts",
             TERMS_NOT_ACCEPTED => "the deal's vendor or royalty is not what this provider sells on",
             DEAL_EXPIRING => "the deal expires within the provider's safety margin",
+            WINDOW_SPENT => "the deal's window is spent on bytes never receipted: open a new deal",
             _ => "unknown code",
         }
     }

@@ -244,8 +244,14 @@ impl Fetcher {
             } else {
                 Some(GetRequest::blob_ranges(root, ChunkRanges::last_chunk()))
             };
-            if let Some(req) = req {
-                self.probe(&c, req, provider, root, paid.as_deref(), &mut fetched).await?;
+            if let Some(req) = req
+                && let Err(e) = self.probe(&c, req, provider, root, paid.as_deref(), &mut fetched).await
+            {
+                // the provider's close reason says more than the stream error it caused
+                return Err(match paid.as_deref_mut() {
+                    Some(p) => p.explain(&c, e).await,
+                    None => e,
+                });
             }
             conn = Some(c);
         }

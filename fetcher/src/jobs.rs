@@ -310,6 +310,7 @@ impl Fetcher {
             root: ticket.hash(),
             verified: 0,
             paid: 0,
+            spent: false,
         });
         book.save()?;
         let me = B256::from(*self.endpoint().id().as_bytes());

@@ -132,6 +132,9 @@ pub struct BuyerDeal {
     pub verified: u64,
     /// Newest cumulative amount signed (what the buyer owes).
     pub paid: u128,
+    /// The provider said this deal's window is spent (`WINDOW_SPENT`): not reused.
+    #[serde(default)]
+    pub spent: bool,
 }
 
 impl BuyerDeal {
@@ -430,77 +433,105 @@ impl Fetcher {
             let fetch = self.run(&ticket, out, opts, None, on).await?;
             return Ok(PaidReport { fetch, deal: None, paid: 0, price_per_byte: offer.price_per_byte });
         }
-        let book = Arc::new(Mutex::new(DealBook::load(self.data_dir())?));
-        let root = ticket.hash();
-        let node = B256::from(*ticket.addr().id.as_bytes());
-        let now = chain.chain_time().await.map_err(PaidError::from)?;
-        // reuse an open deal for this dataset and provider, if it has time and money left
-        let mut reuse = None;
-        let candidates: Vec<BuyerDeal> =
-            book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).cloned().collect();
-        for cand in candidates {
-            let Ok(t) = cand.terms() else { continue };
-            if t.providerNodeId != node
-                || t.provider != Address::from(offer.provider)
-                || t.expiry <= now + offer.expiry_margin + 120
-                || !offer.arbiters.contains(&t.arbiter.into_array())
-                || !pay.arbiters.contains(&t.arbiter)
+        let mut on = on;
+        let mut retried = false;
+        loop {
+            let book = Arc::new(Mutex::new(DealBook::load(self.data_dir())?));
+            let root = ticket.hash();
+            let node = B256::from(*ticket.addr().id.as_bytes());
+            let now = chain.chain_time().await.map_err(PaidError::from)?;
+            // reuse an open deal for this dataset and provider, if it has time and money left
+            let mut reuse = None;
+            let candidates: Vec<BuyerDeal> =
+                book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).cloned().collect();
+            for cand in candidates {
+                let Ok(t) = cand.terms() else { continue };
+                if cand.spent
+                    || t.providerNodeId != node
+                    || t.provider != Address::from(offer.provider)
+                    || t.expiry <= now + offer.expiry_margin + 120
+                    || !offer.arbiters.contains(&t.arbiter.into_array())
+                    || !pay.arbiters.contains(&t.arbiter)
+                {
+                    continue;
+                }
+                let st = chain.deal_state(cand.id).await.map_err(PaidError::from)?;
+                if st.exists && !st.refunded && !st.disputed && cand.paid < t.maxAmount.to::<u128>() {
+                    reuse = Some((Deal { id: cand.id, terms: t }, cand.verified));
+                    break;
+                }
+            }
+            let reused = reuse.is_some();
+            let (deal, base) = match reuse {
+                Some(x) => x,
+                None => {
+                    let max_amount = pay.deposit.unwrap_or_else(|| offer.full_price()).max(1);
+                    let req = OpenDeal {
+                        provider: Address::from(offer.provider),
+                        provider_node_id: node,
+                        dataset_root: B256::from(*root.as_bytes()),
+                        price_per_byte: offer.price_per_byte,
+                        max_amount: U256::from(max_amount),
+                        window: offer.window,
+                        expiry: now + pay.deal_duration.as_secs(),
+                        arbiter,
+                    };
+                    let deal = chain.open_deal(signer.address(), &req).await.map_err(PaidError::from)?;
+                    tracing::info!(deal = %deal.id, max_amount, "deal opened");
+                    let mut b = book.lock().expect("book lock");
+                    b.upsert(BuyerDeal {
+                        id: deal.id,
+                        terms: hex::encode(deal.terms.abi_encode()),
+                        root,
+                        verified: 0,
+                        paid: 0,
+                        spent: false,
+                    });
+                    b.save()?;
+                    (deal, 0)
+                }
+            };
+            let signed =
+                Arc::new(Mutex::new(book.lock().expect("book lock").get(&deal.id).map(|d| d.paid).unwrap_or(0)));
+            let mut session = PaidSession {
+                deal: deal.clone(),
+                price: deal.terms.pricePerByte,
+                base,
+                every: pay.receipt_every,
+                signer: signer.clone(),
+                chain: chain.clone(),
+                book: book.clone(),
+                tx: None,
+                run_verified: AtomicU64::new(0),
+                next_wake: AtomicU64::new(pay.receipt_every),
+                task: None,
+                close_timeout: pay.close_timeout,
+                signed: signed.clone(),
+                me: B256::from(*self.endpoint().id().as_bytes()),
+            };
+            let fetch = self.run(&ticket, out, opts, Some(&mut session), &mut on).await;
+            let paid = *signed.lock().expect("signed lock");
+            // a reused deal whose window the provider says is spent: mark it, and buy the rest on
+            // a new deal (once)
+            if reused
+                && !retried
+                && matches!(&fetch, Err(FetchError::ProviderClosed { code, .. }) if *code == codes::WINDOW_SPENT as u64)
             {
+                tracing::info!(deal = %deal.id, "the provider says this deal's window is spent: opening a new deal");
+                let mut b = book.lock().expect("book lock");
+                if let Some(d) = b.deals.iter_mut().find(|d| d.id == deal.id) {
+                    d.spent = true;
+                }
+                b.save()?;
+                retried = true;
                 continue;
             }
-            let st = chain.deal_state(cand.id).await.map_err(PaidError::from)?;
-            if st.exists && !st.refunded && !st.disputed && cand.paid < t.maxAmount.to::<u128>() {
-                reuse = Some((Deal { id: cand.id, terms: t }, cand.verified));
-                break;
-            }
+            return Ok(PaidReport {
+                fetch: fetch?,
+                deal: Some(deal.id),
+                paid,
+                price_per_byte: deal.terms.pricePerByte,
+            });
         }
-        let (deal, base) = match reuse {
-            Some(x) => x,
-            None => {
-                let max_amount = pay.deposit.unwrap_or_else(|| offer.full_price()).max(1);
-                let req = OpenDeal {
-                    provider: Address::from(offer.provider),
-                    provider_node_id: node,
-                    dataset_root: B256::from(*root.as_bytes()),
-                    price_per_byte: offer.price_per_byte,
-                    max_amount: U256::from(max_amount),
-                    window: offer.window,
-                    expiry: now + pay.deal_duration.as_secs(),
-                    arbiter,
-                };
-                let deal = chain.open_deal(signer.address(), &req).await.map_err(PaidError::from)?;
-                tracing::info!(deal = %deal.id, max_amount, "deal opened");
-                let mut b = book.lock().expect("book lock");
-                b.upsert(BuyerDeal {
-                    id: deal.id,
-                    terms: hex::encode(deal.terms.abi_encode()),
-                    root,
-                    verified: 0,
-                    paid: 0,
-                });
-                b.save()?;
-                (deal, 0)
-            }
-        };
-        let signed = Arc::new(Mutex::new(book.lock().expect("book lock").get(&deal.id).map(|d| d.paid).unwrap_or(0)));
-        let mut session = PaidSession {
-            deal: deal.clone(),
-            price: deal.terms.pricePerByte,
-            base,
-            every: pay.receipt_every,
-            signer: signer.clone(),
-            chain: chain.clone(),
-            book: book.clone(),
-            tx: None,
-            run_verified: AtomicU64::new(0),
-            next_wake: AtomicU64::new(pay.receipt_every),
-            task: None,
-            close_timeout: pay.close_timeout,
-            signed: signed.clone(),
-            me: B256::from(*self.endpoint().id().as_bytes()),
-        };
-        let fetch = self.run(&ticket, out, opts, Some(&mut session), on).await;
-        let paid = *signed.lock().expect("signed lock");
-        Ok(PaidReport { fetch: fetch?, deal: Some(deal.id), paid, price_per_byte: deal.terms.pricePerByte })
     }
 }

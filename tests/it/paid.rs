@@ -184,7 +184,7 @@ async fn close_code(conn: &Connection) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_buyer_that_stops_paying_gets_at_most_the_window() {
     let s = setup(2 << 20).await;
-    let (conn, mut send, deal, _ep) = raw_buyer(&s).await;
+    let (conn, mut send, deal, ep) = raw_buyer(&s).await;
     // pay for the first 64 KiB only
     send.write_all(&receipt(&s, BUYER, deal.id, 0)).await.unwrap();
     let ticket = parse_ticket(&s.offer.ticket).unwrap();
@@ -215,6 +215,24 @@ async fn a_buyer_that_stops_paying_gets_at_most_the_window() {
     assert_eq!(close_code(&conn).await, codes::PAYMENT_TIMEOUT as u64);
     // what was receipted is redeemed
     wait_redeemed(&s.devnet, deal.id, U256::from(paid_bytes as u128 * PRICE)).await;
+    // coming back on the same deal (as a buyer that crashed mid-window would) gets nothing more:
+    // the window is out on bytes never receipted, and the provider says so at once (the fetcher
+    // then opens a new deal) instead of stalling
+    let again = ep.connect(s.provider.addr(), PAID_ALPN).await.unwrap();
+    let me = B256::from(*ep.id().as_bytes());
+    let sig = sign_hello_sync(&s.devnet.signer(BUYER), &s.devnet.contracts(BUYER).domain(), deal.id, me).unwrap();
+    let hello = PaidMessage::Hello(Hello {
+        version: PAID_PROTOCOL_VERSION,
+        deal_id: deal.id.0,
+        terms: deal.terms.abi_encode(),
+        buyer_node: me.0,
+        sig: sig.as_bytes().to_vec(),
+    });
+    let mut send = again.open_uni().await.unwrap();
+    send.write_all(&hello.frame()).await.unwrap();
+    let t = std::time::Instant::now();
+    assert_eq!(close_code(&again).await, codes::WINDOW_SPENT as u64);
+    assert!(t.elapsed() < Duration::from_secs(5), "refused at the Hello, not after a stall");
     s.provider.shutdown().await;
 }
 

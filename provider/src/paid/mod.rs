@@ -419,6 +419,15 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Arc<
         })?;
     let deal = admitted.deal;
     if let Some(g) = shared.deals.lock().expect("deals lock").get(&id).cloned() {
+        // a later connection of a deal whose window is all out on bytes nobody receipted (the
+        // buyer's earlier connection died with them): nothing more can be sent under it, so say
+        // so now rather than stall (the buyer opens a new deal; this one lost at most its window)
+        let s = g.state.lock().expect("gate lock");
+        if s.sent + bdc_core::protocol::CHUNK_GROUP_BYTES > s.receipted_bytes.saturating_add(g.window) {
+            tracing::warn!(deal = %id, %peer, sent = s.sent, receipted = s.receipted_bytes, "deal's window is spent");
+            return Err(codes::WINDOW_SPENT);
+        }
+        drop(s);
         return Ok(g);
     }
     let t = &deal.terms;
