@@ -65,7 +65,7 @@ demo: tools
 	bash scripts/demo.sh "$(CARGO_TARGET_DIR)/debug/bdc"
 
 ## reliability-short: a few seconds of each campaign (after `unit`, which builds the debug binary);
-## provider kills only: a buyer killed with a full window cannot resume its deal yet (RELIABILITY.md)
+## provider kills only: a buyer killed with kill -9 may still pay twice for bytes its store lost (RELIABILITY.md)
 reliability-short:
 	KILL=provider MAX_DELAY=0.6 bash scripts/faults/paid_fetch_kills.sh "$(CARGO_TARGET_DIR)/debug/bdc" 2 32
 	bash scripts/load/provider_fetchers.sh "$(CARGO_TARGET_DIR)/debug/bdc" 4 16
