@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The heavy reliability campaigns (docs/RELIABILITY.md): property fuzzing with many cases, and
-# the market under a paced mixed load. `make test` runs the same fuzz properties with few cases.
+# The heavy reliability campaigns (docs/RELIABILITY.md): property fuzzing with many cases, kill -9
+# on the paid path, the market under a paced mixed load, and concurrent fetchers against one
+# provider. `make test` runs a short version (`make reliability-short` and the unit fuzz cases).
+# Every campaign runs; the exit status is 1 if any failed.
 #   FUZZ_CASES (20000)  cases per decoder property
+#   FAULT_ROUNDS (50) FAULT_MIB (256)
 #   LOAD_SECS (60) LOAD_CONNS (10) LOAD_DELAY_MS (50) LOAD_LISTINGS (100000) BDC_PROFILE (release)
 #   LOAD_FETCHERS ("20:1024 100:32": concurrent fetchers:MiB each; 2 x N x MiB of disk)
 set -euo pipefail
@@ -23,7 +26,10 @@ echo "  $(grep -c '^test .* ok$' "$log") properties x $FUZZ_CASES cases, 0 failu
 echo "== fault injection: kill -9 the provider or the buyer mid paid fetch (FAULT_ROUNDS, FAULT_MIB)"
 PRE_BDC="$CARGO_TARGET_DIR/debug/bdc"
 [ -x "$PRE_BDC" ] || cargo test --workspace $FEATURES --no-run >/dev/null
-bash scripts/faults/paid_fetch_kills.sh "$PRE_BDC" "${FAULT_ROUNDS:-50}" "${FAULT_MIB:-256}" | tail -3
+status=0
+bash scripts/faults/paid_fetch_kills.sh "$PRE_BDC" "${FAULT_ROUNDS:-50}" "${FAULT_MIB:-256}" >"$log.faults" 2>&1 || status=1
+grep -E "^round|violation|kills:" "$log.faults" | tail -60
+rm -f "$log.faults"
 
 echo "== market load: wrk, mixed search/match"
 bash scripts/apt_install.sh "the market load test" wrk >/dev/null 2>&1 || command -v wrk >/dev/null || {
@@ -58,5 +64,6 @@ kill $server 2>/dev/null || true
 # each fetcher keeps its verified store and its exported copy: 2 x N x MiB of disk
 echo "== provider load: concurrent fetchers of one blob (LOAD_FETCHERS: fetchers:MiB ...)"
 for run in ${LOAD_FETCHERS:-20:1024 100:32}; do
-  bash scripts/load/provider_fetchers.sh "$BDC" "${run%%:*}" "${run##*:}"
+  bash scripts/load/provider_fetchers.sh "$BDC" "${run%%:*}" "${run##*:}" || status=1
 done
+exit $status
