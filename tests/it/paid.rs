@@ -154,18 +154,23 @@ async fn raw_buyer_with(
     tune(&mut req);
     let deal = buyer.open_deal(s.devnet.address(BUYER), &req).await.unwrap();
     let conn = ep.connect(s.provider.addr(), PAID_ALPN).await.unwrap();
+    let mut send = conn.open_uni().await.unwrap();
+    send.write_all(&hello_frame(s, &deal, &ep)).await.unwrap();
+    (conn, send, deal, ep)
+}
+
+/// The buyer's signed Hello for `deal` from endpoint `ep`, framed.
+fn hello_frame(s: &Setup, deal: &bdc_contracts::Deal, ep: &iroh::Endpoint) -> Vec<u8> {
     let me = B256::from(*ep.id().as_bytes());
-    let sig = sign_hello_sync(&s.devnet.signer(BUYER), &buyer.domain(), deal.id, me).unwrap();
-    let hello = PaidMessage::Hello(Hello {
+    let sig = sign_hello_sync(&s.devnet.signer(BUYER), &s.devnet.contracts(BUYER).domain(), deal.id, me).unwrap();
+    PaidMessage::Hello(Hello {
         version: PAID_PROTOCOL_VERSION,
         deal_id: deal.id.0,
         terms: deal.terms.abi_encode(),
         buyer_node: me.0,
         sig: sig.as_bytes().to_vec(),
-    });
-    let mut send = conn.open_uni().await.unwrap();
-    send.write_all(&hello.frame()).await.unwrap();
-    (conn, send, deal, ep)
+    })
+    .frame()
 }
 
 fn receipt(s: &Setup, signer: usize, deal: B256, amount: u128) -> Vec<u8> {
@@ -219,17 +224,8 @@ async fn a_buyer_that_stops_paying_gets_at_most_the_window() {
     // the window is out on bytes never receipted, and the provider says so at once (the fetcher
     // then opens a new deal) instead of stalling
     let again = ep.connect(s.provider.addr(), PAID_ALPN).await.unwrap();
-    let me = B256::from(*ep.id().as_bytes());
-    let sig = sign_hello_sync(&s.devnet.signer(BUYER), &s.devnet.contracts(BUYER).domain(), deal.id, me).unwrap();
-    let hello = PaidMessage::Hello(Hello {
-        version: PAID_PROTOCOL_VERSION,
-        deal_id: deal.id.0,
-        terms: deal.terms.abi_encode(),
-        buyer_node: me.0,
-        sig: sig.as_bytes().to_vec(),
-    });
     let mut send = again.open_uni().await.unwrap();
-    send.write_all(&hello.frame()).await.unwrap();
+    send.write_all(&hello_frame(&s, &deal, &ep)).await.unwrap();
     let t = std::time::Instant::now();
     assert_eq!(close_code(&again).await, codes::WINDOW_SPENT as u64);
     assert!(t.elapsed() < Duration::from_secs(5), "refused at the Hello, not after a stall");
