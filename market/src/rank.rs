@@ -258,12 +258,22 @@ impl Matcher {
     }
 }
 
-/// Runs a program; a panic inside the evaluator (the `cel` crate has `todo!()`s for forms
-/// [`cost`] should already refuse) becomes an error.
-fn execute(p: &Program, ctx: &Context) -> Result<Value, String> {
+/// Why evaluating one expression on one offer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalFailure {
+    #[error(transparent)]
+    Cel(#[from] cel::ExecutionError),
+    /// The evaluator panicked (the `cel` crate has `todo!()`s for forms [`cost`] should already
+    /// refuse).
+    #[error("the expression evaluator cannot evaluate this form")]
+    Panicked,
+}
+
+/// Runs a program; a panic inside the evaluator becomes [`EvalFailure::Panicked`].
+fn execute(p: &Program, ctx: &Context) -> Result<Value, EvalFailure> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| p.execute(ctx))) {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(_) => Err("the expression evaluator cannot evaluate this form".into()),
+        Ok(r) => Ok(r?),
+        Err(_) => Err(EvalFailure::Panicked),
     }
 }
 

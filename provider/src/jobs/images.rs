@@ -50,7 +50,7 @@ pub enum IntakeError {
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error("image unpack task: {0}")]
-    Task(String),
+    Task(#[from] tokio::task::JoinError),
 }
 
 #[derive(Debug)]
@@ -210,9 +210,7 @@ impl Images {
             Some(lease) => Ok(lease),
             None => {
                 let (dir, limits) = (self.dir.clone(), self.cfg.unpack);
-                let img = tokio::task::spawn_blocking(move || image::unpack(&dir, &upload, &sha, &limits))
-                    .await
-                    .map_err(|e| IntakeError::Task(e.to_string()))??;
+                let img = tokio::task::spawn_blocking(move || image::unpack(&dir, &upload, &sha, &limits)).await??;
                 {
                     let mut s = self.state.lock().expect("images lock");
                     let entry = Entry { bytes: img.info.unpacked_bytes, last_used: SystemTime::now(), leases: 1 };

@@ -84,7 +84,8 @@ pub struct JobsConfig {
     pub max_image_bytes: u64,
     /// Disk budget, concurrent uploads and unpack limits of buyers' images.
     pub images: images::ImagesConfig,
-    /// How long one image upload may take.
+    /// Longest one image upload may take; an upload slower than 1 MiB/s (plus 30 s) is cut
+    /// off sooner.
     pub image_upload_timeout: Duration,
     /// Signs result manifests.
     pub signer: PrivateKeySigner,
@@ -809,7 +810,9 @@ async fn receive_image(
         }
         f.flush().await.map_err(|e| (codes::INTERNAL, e.to_string()))
     };
-    let limit = shared.cfg.image_upload_timeout;
+    // a floor of 1 MiB/s (plus 30 s): a slow sender cannot hold an upload slot for the whole
+    // timeout with a trickle
+    let limit = shared.cfg.image_upload_timeout.min(Duration::from_secs(30 + (size >> 20)));
     tokio::time::timeout(limit, receive).await.map_err(|_| {
         (codes::MALFORMED_REQUEST, format!("image upload of {size} bytes took longer than {} s", limit.as_secs()))
     })??;
