@@ -86,6 +86,13 @@ pub enum FetchError {
         "verification failed: provider {provider} sent data for {root} that does not match its hash ({detail}); nothing unverified was written"
     )]
     Verification { provider: EndpointId, root: Hash, detail: String },
+    /// The provider reset the stream with iroh-blobs' internal-error code: it could not read
+    /// its copy of the range, or the copy did not verify against its outboard (an honest
+    /// provider never sends such bytes). Its fault, but not a lie: nothing it sent failed.
+    #[error(
+        "provider {provider} aborted the transfer of {root} after {verified} verified bytes with an internal error (it could not read its copy of that range, or the copy does not verify); nothing unverified was written: rerun to resume, or use another provider"
+    )]
+    ProviderAborted { provider: EndpointId, root: Hash, verified: u64 },
     #[error("transfer from provider {provider} broke off: {reason} (rerun to resume)")]
     Transfer { provider: EndpointId, reason: String },
     #[error("provider {provider} sent an unsafe file name; refusing the whole dataset: {source}")]
@@ -105,9 +112,28 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    /// True when the data (or the provider's copy of it) failed verification.
+    /// True when bytes the provider sent failed verification here.
     pub fn is_verification(&self) -> bool {
         matches!(self, Self::Verification { .. })
+    }
+
+    /// The provider this error blames, if any: a caller with other sources moves off it.
+    pub fn provider(&self) -> Option<EndpointId> {
+        match self {
+            Self::Timeout { provider, .. }
+            | Self::Connect { provider, .. }
+            | Self::Refused { provider, .. }
+            | Self::RateLimited { provider }
+            | Self::NotFound { provider, .. }
+            | Self::Verification { provider, .. }
+            | Self::ProviderAborted { provider, .. }
+            | Self::Transfer { provider, .. }
+            | Self::UnsafeName { provider, .. }
+            | Self::DuplicateName { provider, .. }
+            | Self::ProviderClosed { provider, .. } => Some(*provider),
+            Self::NoAddress(provider) => Some(*provider),
+            _ => None,
+        }
     }
 }
 
@@ -428,14 +454,9 @@ fn classify(e: GetError, provider: EndpointId, root: Hash, verified: u64) -> Fet
     if let Some(code) = e.iroh_error_code() {
         if code == ERR_INTERNAL {
             // A bdc/iroh-blobs provider validates what it reads from disk against the outboard
-            // and resets the stream instead of sending bytes that do not verify.
-            return FetchError::Verification {
-                provider,
-                root,
-                detail: format!(
-                    "the provider aborted after {verified} verified bytes with an internal error: its copy of that range does not verify"
-                ),
-            };
+            // and resets the stream instead of sending bytes that do not verify; a read error
+            // of its store ends the same way. Either way the buyer verified all it received.
+            return FetchError::ProviderAborted { provider, root, verified };
         }
         if code == ERR_PERMISSION {
             return FetchError::Refused { provider, root };

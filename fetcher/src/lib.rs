@@ -7,6 +7,7 @@
 //! `bdc/paid/1`, paying with cumulative receipts ([`paid`]). [`Fetcher::run_job`] runs a compute
 //! job next to the data and fetches its checked, signed result ([`jobs`]).
 
+pub mod deals;
 pub mod export;
 pub mod fetch;
 pub mod jobs;

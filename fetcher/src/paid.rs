@@ -7,6 +7,12 @@
 //! recorded in `<data-dir>/deals.json` before it is sent, so a resumed fetch continues the same
 //! deal and never pays twice for a byte.
 //!
+//! A receipt is signed only after the store committed its entries, so what the buyer paid for
+//! survives a kill -9 of the buyer. A resumed run compares what the deal book paid for with
+//! what the store holds ([`Resume`]): bytes lost anyway are re-downloaded without paying again
+//! (the provider resends at most its window of them unpaid), and bytes that verified after the
+//! last receipt of the killed run are paid for, up to the window.
+//!
 //! Amounts: `verified bytes × price_per_byte` (exact integer arithmetic, no rounding), capped at
 //! the deal's maximum. "Verified bytes" are all payload bytes iroh-blobs verified under the deal,
 //! including the collection's own small blobs (hash sequence, names).
@@ -28,19 +34,22 @@ use alloy::{
 };
 use bdc_contracts::{
     ChainError, Contracts, Deal,
-    client::{OpenDeal, Terms},
+    client::OpenDeal,
     receipt::{sign_hello_sync, sign_receipt_sync},
 };
 use bdc_core::{
-    Hash,
     paid::{Hello, Offer, PAID_PROTOCOL_VERSION, PaidMessage, SignedReceipt, amount_for, codes},
     ticket::parse_ticket,
 };
 use iroh::endpoint::{Connection, ConnectionError, SendStream};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::fetch::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher};
+pub use crate::deals::{BuyerDeal, DealBook};
+use crate::{
+    deals::Resume,
+    fetch::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher},
+};
 
 /// How a buyer pays.
 #[derive(Debug, Clone)]
@@ -103,6 +112,8 @@ pub enum PaidError {
     Sign(String),
     #[error("cannot send to the provider: {0}")]
     Stream(String),
+    #[error("the local store cannot commit what it verified: {0}")]
+    Store(String),
 }
 
 fn fmt_addrs(a: &[Address]) -> String {
@@ -119,73 +130,6 @@ pub fn choose_arbiter(trusted: &[Address], accepted: &[[u8; 20]]) -> Result<Addr
         .find(|a| accepted.contains(a))
         .copied()
         .ok_or_else(|| PaidError::ArbiterNotAccepted { trusted: trusted.to_vec(), accepted })
-}
-
-/// A deal as the buyer records it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuyerDeal {
-    pub id: B256,
-    /// `abi.encode(Terms)`, hex.
-    pub terms: String,
-    pub root: Hash,
-    /// Bytes verified under this deal, over all runs.
-    pub verified: u64,
-    /// Newest cumulative amount signed (what the buyer owes).
-    pub paid: u128,
-    /// The provider said this deal's window is spent (`WINDOW_SPENT`): not reused.
-    #[serde(default)]
-    pub spent: bool,
-}
-
-impl BuyerDeal {
-    pub fn terms(&self) -> Result<Terms, String> {
-        let bytes = hex::decode(self.terms.trim_start_matches("0x")).map_err(|e| e.to_string())?;
-        Terms::abi_decode(&bytes).map_err(|e| e.to_string())
-    }
-}
-
-/// `<data-dir>/deals.json`: every deal this buyer opened, with what it verified and signed.
-#[derive(Debug)]
-pub struct DealBook {
-    path: PathBuf,
-    pub deals: Vec<BuyerDeal>,
-}
-
-impl DealBook {
-    pub fn load(data_dir: &Path) -> Result<Self, PaidError> {
-        let path = data_dir.join("deals.json");
-        let deals = match std::fs::read(&path) {
-            Ok(b) => {
-                serde_json::from_slice(&b).map_err(|e| PaidError::Book { path: path.clone(), reason: e.to_string() })?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(PaidError::Book { path, reason: e.to_string() }),
-        };
-        Ok(Self { path, deals })
-    }
-
-    /// Replaces the book atomically and durably.
-    pub fn save(&self) -> Result<(), PaidError> {
-        self.save_with(true)
-    }
-
-    /// Replaces the book atomically; `durable` also flushes it to disk first.
-    fn save_with(&self, durable: bool) -> Result<(), PaidError> {
-        let bytes = serde_json::to_vec_pretty(&self.deals).expect("deals serialize");
-        bdc_core::keys::write_private_with(&self.path, &bytes, durable)
-            .map_err(|e| PaidError::Book { path: self.path.clone(), reason: e.to_string() })
-    }
-
-    pub fn get(&self, id: &B256) -> Option<&BuyerDeal> {
-        self.deals.iter().find(|d| d.id == *id)
-    }
-
-    pub(crate) fn upsert(&mut self, d: BuyerDeal) {
-        match self.deals.iter_mut().find(|x| x.id == d.id) {
-            Some(x) => *x = d,
-            None => self.deals.push(d),
-        }
-    }
 }
 
 /// The buyer's chain identity: a client on the escrow and the key that signs deals and receipts.
@@ -211,9 +155,12 @@ pub struct PaidReport {
 pub(crate) struct PaidSession {
     deal: Deal,
     price: u128,
-    base: u64,
+    /// Where this run's cumulative count starts, and how many of this run's first verified bytes
+    /// are re-downloads already paid for (see [`Resume`]).
+    resume: Resume,
     every: u64,
     signer: PrivateKeySigner,
+    store: iroh_blobs::api::Store,
     chain: Contracts<DynProvider>,
     book: Arc<Mutex<DealBook>>,
     tx: Option<mpsc::UnboundedSender<u64>>,
@@ -251,9 +198,10 @@ impl PaidSession {
             rx,
             self.deal.clone(),
             self.price,
-            self.base,
+            self.resume,
             self.every,
             self.signer.clone(),
+            self.store.clone(),
             self.chain.domain(),
             self.book.clone(),
             self.signed.clone(),
@@ -323,23 +271,45 @@ impl PaidSession {
     }
 }
 
+/// Close codes after which the provider will never serve this deal again.
+fn deal_refused_for_good(code: u64) -> bool {
+    [
+        codes::WINDOW_SPENT,
+        codes::TERMS_NOT_ACCEPTED,
+        codes::ARBITER_NOT_ACCEPTED,
+        codes::NOT_THIS_PROVIDER,
+        codes::DEAL_NOT_OPEN,
+        codes::DEAL_EXPIRING,
+    ]
+    .iter()
+    .any(|c| *c as u64 == code)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn receipts(
     mut send: SendStream,
     mut rx: mpsc::UnboundedReceiver<u64>,
     deal: Deal,
     price: u128,
-    base: u64,
+    resume: Resume,
     every: u64,
     signer: PrivateKeySigner,
+    store: iroh_blobs::api::Store,
     domain: alloy::sol_types::Eip712Domain,
     book: Arc<Mutex<DealBook>>,
     signed: Arc<Mutex<u128>>,
 ) -> Result<u128, PaidError> {
     let max: u128 = deal.terms.maxAmount.to::<u128>();
+    let Resume { base, start, skip } = resume;
     let mut last = base;
     let mut seen = base;
     let send_one = async |verified: u64, send: &mut SendStream, last: bool| -> Result<(), PaidError> {
+        // pay only for what survives a crash of this process: commit the store's pending entry
+        // writes first (the bytes themselves are in the page cache, and iroh-blobs rebuilds a
+        // partial blob's bitfield from its outboard on restart). Without this a kill -9 loses
+        // the blobs created in the last ~500 ms, and the resumed run would download, and pay
+        // for, them again. A no-op when no entry changed since the last receipt.
+        store.sync_db().await.map_err(|e| PaidError::Store(e.to_string()))?;
         let amount = amount_for(verified, price).min(max);
         let sig = sign_receipt_sync(&signer, &domain, deal.id, U256::from(amount))
             .map_err(|e| PaidError::Sign(e.to_string()))?;
@@ -367,11 +337,12 @@ async fn receipts(
         });
         send.write_all(&msg.frame()).await.map_err(|e| PaidError::Stream(e.to_string()))
     };
+    let count = |run: u64| start + run.saturating_sub(skip);
     while let Some(run) = rx.recv().await {
-        seen = seen.max(base + run);
+        seen = seen.max(count(run));
         // progress that queued up while a receipt was being recorded: pay for the newest
         while let Ok(run) = rx.try_recv() {
-            seen = seen.max(base + run);
+            seen = seen.max(count(run));
         }
         if seen >= last + every {
             send_one(seen, &mut send, false).await?;
@@ -491,14 +462,30 @@ impl Fetcher {
                     (deal, 0)
                 }
             };
+            // what this buyer paid for the dataset over all its deals, against what the store
+            // still holds of it (a kill -9 can leave either more or less)
+            let paid_for_root: u64 =
+                book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).map(|x| x.verified).sum();
+            let held = self
+                .store()
+                .remote()
+                .local(ticket.hash_and_format())
+                .await
+                .map_err(|e| FetchError::Local(e.to_string()))?
+                .local_bytes();
+            let resume = Resume::new(base, paid_for_root, held, reused, deal.terms.window, !retried);
+            if resume.skip > 0 || resume.start > base {
+                tracing::info!(deal = %deal.id, paid_for_root, held, ?resume, "resuming: the store holds a different amount than was paid for");
+            }
             let signed =
                 Arc::new(Mutex::new(book.lock().expect("book lock").get(&deal.id).map(|d| d.paid).unwrap_or(0)));
             let mut session = PaidSession {
                 deal: deal.clone(),
                 price: deal.terms.pricePerByte,
-                base,
+                resume,
                 every: pay.receipt_every,
                 signer: signer.clone(),
+                store: (**self.store()).clone(),
                 chain: chain.clone(),
                 book: book.clone(),
                 tx: None,
@@ -511,20 +498,22 @@ impl Fetcher {
             };
             let fetch = self.run(&ticket, out, opts, Some(&mut session), &mut on).await;
             let paid = *signed.lock().expect("signed lock");
-            // a reused deal whose window the provider says is spent: mark it, and buy the rest on
-            // a new deal (once)
-            if reused
-                && !retried
-                && matches!(&fetch, Err(FetchError::ProviderClosed { code, .. }) if *code == codes::WINDOW_SPENT as u64)
+            // a deal the provider refuses for good (its window spent by a killed run, terms or
+            // arbiter it does not accept, closed on chain) is never reused; a reused deal whose
+            // window is spent buys the rest on a new deal (once)
+            if let Err(FetchError::ProviderClosed { code, .. }) = &fetch
+                && deal_refused_for_good(*code)
             {
-                tracing::info!(deal = %deal.id, "the provider says this deal's window is spent: opening a new deal");
                 let mut b = book.lock().expect("book lock");
                 if let Some(d) = b.deals.iter_mut().find(|d| d.id == deal.id) {
                     d.spent = true;
                 }
                 b.save()?;
-                retried = true;
-                continue;
+                if reused && !retried && *code == codes::WINDOW_SPENT as u64 {
+                    tracing::info!(deal = %deal.id, "the provider says this deal's window is spent: opening a new deal");
+                    retried = true;
+                    continue;
+                }
             }
             return Ok(PaidReport {
                 fetch: fetch?,

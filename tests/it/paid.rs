@@ -127,6 +127,40 @@ async fn full_paid_download_pays_exactly_the_bytes_delivered() {
     s.provider.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buyer_that_lost_what_it_paid_for_does_not_pay_for_it_again() {
+    // smaller than the window: the provider resends it whole before any receipt is due
+    let s = setup(200 << 10).await;
+    let buyer = s.devnet.contracts(BUYER);
+    let wallet = Wallet { chain: buyer.clone(), signer: s.devnet.signer(BUYER) };
+    let mut pay = PaidOptions::new(vec![s.devnet.address(ARBITER)]);
+    pay.receipt_every = 64 << 10;
+    pay.deal_duration = Duration::from_secs(3_600);
+    let (b1, b2) = (s.dir.join("b1"), s.dir.join("b2"));
+    let first = Fetcher::open(FetcherConfig::test(b1.clone())).await.unwrap();
+    let r1 = first.fetch_paid(&s.offer, &wallet, &s.dir.join("o1"), &FetchOptions::default(), &pay, |_| {}).await;
+    let r1 = r1.unwrap();
+    assert_eq!(r1.paid, s.offer.size as u128 * PRICE, "the first run pays for every byte once");
+    first.shutdown().await;
+    // the store is gone, the deal book survived (the store's disk failed, or a kill -9 lost
+    // blobs it had not committed): the buyer fetches again
+    std::fs::create_dir_all(&b2).unwrap();
+    std::fs::copy(b1.join("deals.json"), b2.join("deals.json")).unwrap();
+    let second = Fetcher::open(FetcherConfig::test(b2.clone())).await.unwrap();
+    let out = s.dir.join("o2");
+    let r2 = second.fetch_paid(&s.offer, &wallet, &out, &FetchOptions::default(), &pay, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(out.join("trades.bin")).unwrap(), std::fs::read(s.dir.join("ds/trades.bin")).unwrap());
+    assert_eq!(r2.fetch.fetched_bytes, s.offer.size, "every byte was delivered again");
+    let d2 = r2.deal.expect("a new deal: the first one is fully paid");
+    assert_ne!(Some(d2), r1.deal);
+    assert_eq!(r2.paid, 0, "bytes already paid for are not paid for again");
+    wait_redeemed(&s.devnet, r1.deal.unwrap(), U256::from(r1.paid)).await;
+    let c = s.devnet.contracts(ARBITER);
+    assert_eq!(c.deal_state(d2).await.unwrap().redeemed, U256::ZERO);
+    second.shutdown().await;
+    s.provider.shutdown().await;
+}
+
 /// A raw buyer: opens a deal, dials bdc/paid/1 and sends a valid Hello; the test drives the rest.
 async fn raw_buyer(s: &Setup) -> (Connection, iroh::endpoint::SendStream, bdc_contracts::Deal, iroh::Endpoint) {
     raw_buyer_with(s, |_| {}).await
@@ -574,6 +608,41 @@ async fn a_raised_royalty_or_a_squatted_root_gets_no_deal() {
     let (conn, _send, deal, _ep) = raw_buyer_with(&s, |r| r.dataset_root = squatted).await;
     assert_eq!(deal.terms.vendor, s.devnet.address(SQUATTER));
     assert_eq!(close_code(&conn).await, codes::TERMS_NOT_ACCEPTED as u64);
+    s.provider.shutdown().await;
+}
+
+/// `serve --max-royalty-bps` caps the royalty outright, also for a dataset the provider never saw
+/// registered at a lower one (a squatter on a raw blob is capped only by this).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_royalty_above_the_providers_ceiling_gets_no_deal() {
+    // registered at 1,000 bps (10%) by its vendor; this provider sells at no more than 5%
+    let s = setup_with(200_000, |c| c.max_royalty_bps = Some(500)).await;
+    let (conn, _send, deal, _ep) = raw_buyer(&s).await;
+    assert_eq!(deal.terms.royaltyBps, 1_000);
+    assert_eq!(close_code(&conn).await, codes::TERMS_NOT_ACCEPTED as u64);
+    // the fetcher reports the refusal by name, and nothing is paid
+    let fetcher = Fetcher::open(FetcherConfig::test(s.dir.join("buyer"))).await.unwrap();
+    let mut pay = PaidOptions::new(vec![s.devnet.address(ARBITER)]);
+    pay.deal_duration = Duration::from_secs(3_600);
+    pay.receipt_every = 64 << 10;
+    let wallet = Wallet { chain: s.devnet.contracts(BUYER), signer: s.devnet.signer(BUYER) };
+    let out = s.dir.join("out");
+    let err = fetcher.fetch_paid(&s.offer, &wallet, &out, &FetchOptions::default(), &pay, |_| {}).await.unwrap_err();
+    assert!(
+        matches!(err, FetchError::ProviderClosed { code, .. } if code == codes::TERMS_NOT_ACCEPTED as u64),
+        "{err}"
+    );
+    assert!(!out.join("trades.bin").exists());
+    let book = bdc_fetcher::DealBook::load(&s.dir.join("buyer")).unwrap();
+    assert!(book.deals.len() == 1 && book.deals[0].spent, "a refused deal is not reused: {:?}", book.deals);
+    // at the ceiling: accepted (on a new deal, which copies the royalty now registered)
+    let root = B256::from(*s.root.as_bytes());
+    let vendor = s.devnet.contracts(VENDOR);
+    vendor.registry().update(root, 500, B256::ZERO, 0).send().await.unwrap().get_receipt().await.unwrap();
+    let r = fetcher.fetch_paid(&s.offer, &wallet, &out, &FetchOptions::default(), &pay, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(out.join("trades.bin")).unwrap(), std::fs::read(s.dir.join("ds/trades.bin")).unwrap());
+    assert!(r.paid > 0);
+    fetcher.shutdown().await;
     s.provider.shutdown().await;
 }
 

@@ -1,0 +1,154 @@
+//! The buyer's deal book (`<data-dir>/deals.json`) and how a resumed run of a deal counts what
+//! it pays for.
+
+use std::path::{Path, PathBuf};
+
+use alloy::{primitives::B256, sol_types::SolValue};
+use bdc_contracts::client::Terms;
+use bdc_core::Hash;
+use serde::{Deserialize, Serialize};
+
+use crate::paid::PaidError;
+
+/// A deal as the buyer records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuyerDeal {
+    pub id: B256,
+    /// `abi.encode(Terms)`, hex.
+    pub terms: String,
+    pub root: Hash,
+    /// Bytes verified under this deal, over all runs.
+    pub verified: u64,
+    /// Newest cumulative amount signed (what the buyer owes).
+    pub paid: u128,
+    /// The provider refused this deal for good (`WINDOW_SPENT`, `TERMS_NOT_ACCEPTED`, …): not
+    /// reused.
+    #[serde(default)]
+    pub spent: bool,
+}
+
+impl BuyerDeal {
+    pub fn terms(&self) -> Result<Terms, String> {
+        let bytes = hex::decode(self.terms.trim_start_matches("0x")).map_err(|e| e.to_string())?;
+        Terms::abi_decode(&bytes).map_err(|e| e.to_string())
+    }
+}
+
+/// `<data-dir>/deals.json`: every deal this buyer opened, with what it verified and signed.
+#[derive(Debug)]
+pub struct DealBook {
+    path: PathBuf,
+    pub deals: Vec<BuyerDeal>,
+}
+
+impl DealBook {
+    pub fn load(data_dir: &Path) -> Result<Self, PaidError> {
+        let path = data_dir.join("deals.json");
+        let deals = match std::fs::read(&path) {
+            Ok(b) => {
+                serde_json::from_slice(&b).map_err(|e| PaidError::Book { path: path.clone(), reason: e.to_string() })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(PaidError::Book { path, reason: e.to_string() }),
+        };
+        Ok(Self { path, deals })
+    }
+
+    /// Replaces the book atomically and durably.
+    pub fn save(&self) -> Result<(), PaidError> {
+        self.save_with(true)
+    }
+
+    /// Replaces the book atomically; `durable` also flushes it to disk first.
+    pub(crate) fn save_with(&self, durable: bool) -> Result<(), PaidError> {
+        let bytes = serde_json::to_vec_pretty(&self.deals).expect("deals serialize");
+        bdc_core::keys::write_private_with(&self.path, &bytes, durable)
+            .map_err(|e| PaidError::Book { path: self.path.clone(), reason: e.to_string() })
+    }
+
+    pub fn get(&self, id: &B256) -> Option<&BuyerDeal> {
+        self.deals.iter().find(|d| d.id == *id)
+    }
+
+    pub(crate) fn upsert(&mut self, d: BuyerDeal) {
+        match self.deals.iter_mut().find(|x| x.id == d.id) {
+            Some(x) => *x = d,
+            None => self.deals.push(d),
+        }
+    }
+}
+
+/// How a run of a deal counts its cumulative bytes, from what the deal book says was paid for
+/// this dataset and what the store still holds.
+///
+/// A killed buyer can hold fewer bytes than it paid for (the store lost what it had not
+/// committed) or more (bytes that verified after the last receipt). Its resumed run must not
+/// pay twice for the first, and should pay for the second, because the provider counts them as
+/// sent: otherwise they sit in its window forever and the resumed deal stalls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Resume {
+    /// Bytes already paid for under this deal (its newest recorded receipt).
+    pub(crate) base: u64,
+    /// The run's count starts here: `base`, plus held-but-unpaid bytes on a resumed deal.
+    pub(crate) start: u64,
+    /// The run's first `skip` verified bytes replace bytes this buyer lost after paying for them.
+    pub(crate) skip: u64,
+}
+
+impl Resume {
+    /// `base`: paid under this deal; `paid_for_root`: paid under every deal for the dataset;
+    /// `held`: payload bytes of the dataset in the store now. `reused`: the deal ran before
+    /// (held-but-unpaid bytes came from its provider, at most `window` of them); `credit`: skip
+    /// lost bytes (false on the fresh deal that follows a provider's refusal to resend them
+    /// unpaid, which then pays for them again).
+    pub(crate) fn new(base: u64, paid_for_root: u64, held: u64, reused: bool, window: u64, credit: bool) -> Self {
+        let (start, skip) = if held >= paid_for_root {
+            let unpaid = if reused { (held - paid_for_root).min(window) } else { 0 };
+            (base + unpaid, 0)
+        } else if credit {
+            (base, paid_for_root - held)
+        } else {
+            (base, 0)
+        };
+        Self { base, start, skip }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Resume;
+
+    const W: u64 = 4 << 20;
+
+    #[test]
+    fn a_clean_resume_continues_from_the_book() {
+        // paid 10 MiB, the store holds exactly that
+        let r = Resume::new(10 << 20, 10 << 20, 10 << 20, true, W, true);
+        assert_eq!((r.base, r.start, r.skip), (10 << 20, 10 << 20, 0));
+    }
+
+    #[test]
+    fn bytes_lost_after_paying_are_not_paid_again() {
+        // paid 10 MiB, the store kept 7: the run's first 3 MiB are re-downloads
+        let r = Resume::new(10 << 20, 10 << 20, 7 << 20, true, W, true);
+        assert_eq!((r.start, r.skip), (10 << 20, 3 << 20));
+        // the same on a fresh deal after an earlier deal paid for them
+        let r = Resume::new(0, 10 << 20, 7 << 20, false, W, true);
+        assert_eq!((r.start, r.skip), (0, 3 << 20));
+        // after the provider refused to resend them unpaid, the next deal pays for them
+        let r = Resume::new(0, 10 << 20, 7 << 20, false, W, false);
+        assert_eq!((r.start, r.skip), (0, 0));
+    }
+
+    #[test]
+    fn bytes_held_but_unpaid_are_paid_on_the_same_deal_up_to_the_window() {
+        let r = Resume::new(10 << 20, 10 << 20, 11 << 20, true, W, true);
+        assert_eq!((r.start, r.skip), (11 << 20, 0));
+        // never more than the window: the provider cannot have sent more unpaid
+        let r = Resume::new(10 << 20, 10 << 20, 30 << 20, true, W, true);
+        assert_eq!(r.start, 14 << 20);
+        // a fresh deal does not pay for what another source delivered
+        let r = Resume::new(0, 10 << 20, 11 << 20, false, W, true);
+        assert_eq!(r.start, 0);
+    }
+}
