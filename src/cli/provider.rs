@@ -244,6 +244,15 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
                 1u64 << 30
             );
         }
+        if let Some(job_price) = a.job_price
+            && job_price < cfg.price_per_byte
+        {
+            anyhow::bail!(
+                "--job-price {job_price} buys less than one byte of data at {} per byte: a job's result on a sold \
+                 dataset holds at most what the job price buys",
+                cfg.price_per_byte
+            );
+        }
         Some((bdc_provider::PaidSetup { cfg, chain, address: signer.address() }, signer))
     } else {
         None

@@ -321,8 +321,10 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
     devnet.contracts(1).register_dataset(B256::from(*rec.root.as_bytes()), 0, B256::ZERO, 0).await.unwrap();
     let mut jobs = bdc_provider::JobsConfig::new(env!("CARGO_BIN_EXE_bdc").into(), devnet.signer(3));
     jobs.job_price = Some(JOB_PRICE);
+    // two base units per byte: the job price buys a 3,500-byte result (and a seller at one
+    // ranks first below)
     let paid = bdc_provider::PaidSetup {
-        cfg: bdc_provider::PaidConfig { arbiters: vec![devnet.address(0)], ..Default::default() },
+        cfg: bdc_provider::PaidConfig { arbiters: vec![devnet.address(0)], price_per_byte: 2, ..Default::default() },
         chain: devnet.contracts(3),
         address: devnet.address(3),
     };

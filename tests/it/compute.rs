@@ -824,8 +824,10 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     let key = devnet.signer(3);
     let mut jc = jobs_config(&key);
     jc.job_price = Some(JOB_PRICE);
+    // the data sells at 100 per byte: one job's price buys 50,000 bytes of it
+    const PRICE_PER_BYTE: u128 = 100;
     let paid = PaidSetup {
-        cfg: PaidConfig { arbiters: vec![devnet.address(0)], ..Default::default() },
+        cfg: PaidConfig { arbiters: vec![devnet.address(0)], price_per_byte: PRICE_PER_BYTE, ..Default::default() },
         chain: devnet.contracts(3),
         address: devnet.address(3),
     };
@@ -952,6 +954,28 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     assert_ne!(failed.id, deal);
     assert_eq!(failed.paid, 0);
     assert_eq!(c.deal_state(failed.id).await.unwrap().redeemed, U256::ZERO);
+
+    // the attack: one job price for the whole sold dataset (`SELECT *`), read before paying.
+    // The result may hold only what the price buys at the data's price per byte, so the job
+    // fails, no result becomes readable and nothing is owed
+    for (spec, what) in [
+        (sql("SELECT * FROM trades", ResultFormat::Csv), "sql"),
+        (sql("SELECT * FROM trades", ResultFormat::Parquet), "sql parquet"),
+    ] {
+        let err = fetcher.run_paid_job(&ticket, spec, None, &pay, &out, "all.csv", |_| {}).await.unwrap_err();
+        match &err {
+            JobError::Failed { code, reason, .. } => {
+                assert_eq!(*code, codes::RESULT_TOO_LARGE, "{what}: {reason}");
+                let cap = (JOB_PRICE / PRICE_PER_BYTE).to_string();
+                assert!(reason.contains(&cap) && reason.contains("sold dataset"), "{what}: {reason}");
+            }
+            other => panic!("{what}: expected RESULT_TOO_LARGE, got {other:?}"),
+        }
+        assert!(!out.join("all.csv").exists(), "{what}: no result written");
+        let stolen = DealBook::load(&fdir).unwrap().deals.last().unwrap().clone();
+        assert_eq!((stolen.paid, c.deal_state(stolen.id).await.unwrap().redeemed), (0, U256::ZERO), "{what}");
+    }
+
     devnet.advance_time(3_700).await.unwrap();
     assert_eq!(buyer.refund(&failed.terms().unwrap()).await.unwrap(), U256::from(JOB_PRICE));
     provider.shutdown().await;

@@ -351,6 +351,7 @@ async fn accept_job(
         return Err((codes::BUSY, format!("{ahead} jobs are queued or running; try again later")));
     }
     let mut paid = None;
+    let mut cap = ResultCap { bytes: shared.cfg.max_result_bytes, priced: None };
     if ds.free {
         req.payment = None;
     } else {
@@ -374,6 +375,7 @@ async fn accept_job(
         let deal = admit_job_deal(pay, price, peer, req.dataset, p, job_needs(shared)).await?;
         tracing::info!(deal = %deal.id, %peer, price, "job deal admitted");
         paid = Some((deal, price));
+        cap = ResultCap::sold(shared.cfg.max_result_bytes, price, pay.price_per_byte);
     }
     if matches!(req.spec, JobSpec::Sql { .. }) && !ds.files.iter().any(|(n, _)| table_kind(n).is_some()) {
         return Err((codes::QUERY_REFUSED, format!("dataset {} has no Parquet, CSV or JSON-lines files", req.dataset)));
@@ -392,8 +394,8 @@ async fn accept_job(
     send_update(send, &JobUpdate::Running).await.map_err(|e| (codes::INTERNAL, e))?;
     let started = Instant::now();
     let res = match &image {
-        Some(img) => run_container_job(shared, &req, ds, job_id, peer, &img.image).await,
-        None => run_job(shared, &req, ds, job_id, peer).await,
+        Some(img) => run_container_job(shared, &req, ds, job_id, peer, &img.image, cap).await,
+        None => run_job(shared, &req, ds, job_id, peer, cap).await,
     };
     let ms = started.elapsed().as_millis() as u64;
     match &res {
@@ -569,6 +571,7 @@ async fn run_job(
     ds: &JobDataset,
     job_id: [u8; 32],
     owner: EndpointId,
+    cap: ResultCap,
 ) -> Result<JobResult, Fail> {
     let internal = |e: String| (codes::INTERNAL, e);
     let started_ms = now_ms();
@@ -579,7 +582,7 @@ async fn run_job(
     let id = hex::encode(&job_id[..8]);
     let job_dir = shared.dir.join("run").join(&id);
     let _cleanup = RemoveOnDrop(job_dir.clone());
-    let JobDirs { input, out, bundle, out_mount } = job_dirs(&job_dir, shared.cfg.max_result_bytes)?;
+    let JobDirs { input, out, bundle, out_mount } = job_dirs(&job_dir, cap.bytes)?;
     std::fs::write(input.join("query.sql"), query)
         .map_err(|e| internal(format!("cannot write {}: {e}", input.display())))?;
     let limits = &shared.cfg.limits;
@@ -636,24 +639,32 @@ async fn run_job(
         binds.push(sandbox::Bind { host: etc, container: "/etc".into(), writable: false, exec: false });
         limits.host_network = remote.is_some();
     }
-    limits.file_bytes = Some(shared.cfg.max_result_bytes);
+    limits.file_bytes = Some(cap.bytes);
     sandbox::write_bundle(&bundle, None, &args, &env, "/", &binds, &limits)
         .map_err(|e| (codes::SANDBOX, e.to_string()))?;
     let outcome = sandbox::run(&shared.cfg.runc, &bundle, &format!("bdc-job-{id}"), &limits)
         .await
         .map_err(|e| (codes::SANDBOX, e.to_string()))?;
     if out_mount.is_full() {
-        return Err(out_full(shared.cfg.max_result_bytes));
+        return Err(out_full(cap));
     }
-    let report = worker_outcome(outcome, &limits)?;
     let path = out.join(&result_name);
+    let report = match worker_outcome(outcome, &limits, cap) {
+        Ok(r) => r,
+        // a write error of the worker's CSV writer arrives as text; a result file that reached
+        // the file-size limit says what happened
+        Err((code, reason))
+            if code == codes::RESULT_TOO_LARGE
+                || (code == codes::QUERY_FAILED && std::fs::metadata(&path).is_ok_and(|m| m.len() >= cap.bytes)) =>
+        {
+            return Err((codes::RESULT_TOO_LARGE, format!("the result reached the limit of {cap} ({reason})")));
+        }
+        Err(e) => return Err(e),
+    };
     let bytes =
         std::fs::metadata(&path).map_err(|e| (codes::QUERY_FAILED, format!("the job wrote no result: {e}")))?.len();
-    if bytes > shared.cfg.max_result_bytes {
-        return Err((
-            codes::RESULT_TOO_LARGE,
-            format!("result of {bytes} bytes exceeds {}", shared.cfg.max_result_bytes),
-        ));
+    if bytes > cap.bytes {
+        return Err((codes::RESULT_TOO_LARGE, format!("result of {bytes} bytes exceeds {cap}")));
     }
     let tag = result_tag(job_id, owner);
     let content = shared
@@ -668,7 +679,7 @@ async fn run_job(
 }
 
 /// What a sandboxed worker's end means.
-fn worker_outcome(outcome: sandbox::Outcome, limits: &Limits) -> Result<worker::WorkerReport, Fail> {
+fn worker_outcome(outcome: sandbox::Outcome, limits: &Limits, cap: ResultCap) -> Result<worker::WorkerReport, Fail> {
     let tail = |b: &[u8]| {
         let s = String::from_utf8_lossy(b);
         s.trim().lines().last().unwrap_or("").chars().take(2000).collect::<String>()
@@ -683,7 +694,7 @@ fn worker_outcome(outcome: sandbox::Outcome, limits: &Limits) -> Result<worker::
             }
         }
         sandbox::Outcome::Exited { code: 153, .. } => {
-            Err((codes::RESULT_TOO_LARGE, "the result file grew past the provider's limit".into()))
+            Err((codes::RESULT_TOO_LARGE, format!("the result file grew past the limit of {cap}")))
         }
         sandbox::Outcome::Exited { code, stderr, .. } => {
             Err((codes::QUERY_FAILED, format!("worker exited with status {code}: {}", tail(&stderr))))
@@ -754,17 +765,58 @@ fn job_dirs(job_dir: &Path, out_bytes: u64) -> Result<JobDirs, Fail> {
     let io = |e: std::io::Error| (codes::INTERNAL, format!("cannot prepare job directory {}: {e}", job_dir.display()));
     std::fs::create_dir_all(&input).map_err(io)?;
     std::fs::create_dir_all(&out).map_err(io)?;
+    // tmpfs counts whole pages per file: room for the cap in pages plus a few more, so a result
+    // just under the cap does not look like a job that filled /out; the cap itself is checked
+    // on the bytes written (and per file by RLIMIT_FSIZE)
+    let room = out_bytes.div_ceil(PAGE).saturating_add(OUT_SPARE_PAGES).saturating_mul(PAGE);
     let out_mount =
-        sandbox::BoundedDir::mount(&out, out_bytes, sandbox::JOB_UID).map_err(|e| (codes::SANDBOX, e.to_string()))?;
+        sandbox::BoundedDir::mount(&out, room, sandbox::JOB_UID).map_err(|e| (codes::SANDBOX, e.to_string()))?;
     Ok(JobDirs { input, out, bundle, out_mount })
 }
 
+const PAGE: u64 = 4096;
+/// Pages of `/out` beyond the result cap (file metadata and the last page of each small file).
+const OUT_SPARE_PAGES: u64 = 16;
+
 /// The failure of a job that filled its `/out`, whatever it did next.
-fn out_full(limit: u64) -> Fail {
-    (
-        codes::RESULT_TOO_LARGE,
-        format!("the job filled /out: it holds at most {limit} bytes (or {} files)", sandbox::OUT_INODES),
-    )
+fn out_full(cap: ResultCap) -> Fail {
+    (codes::RESULT_TOO_LARGE, format!("the job filled /out: it holds at most {cap} (or {} files)", sandbox::OUT_INODES))
+}
+
+/// The most a job's result may hold. On a sold dataset that is also what the job's price buys
+/// of the data at the provider's price per byte: the buyer reads the result before it pays, and
+/// `SELECT *` or `cp -r /data /out` must not buy more of the data than a transfer at that price
+/// would (a buyer that never pays takes at most one job's price, like a transfer's window).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ResultCap {
+    bytes: u64,
+    /// (job price, price per byte) when the price set the cap.
+    priced: Option<(u128, u128)>,
+}
+
+impl ResultCap {
+    fn sold(limit: u64, job_price: u128, price_per_byte: u128) -> Self {
+        // at least one byte: a tmpfs of size 0 would have no limit at all
+        let buys = job_price.checked_div(price_per_byte).map_or(u64::MAX, |b| b.min(u64::MAX as u128) as u64).max(1);
+        if buys < limit {
+            Self { bytes: buys, priced: Some((job_price, price_per_byte)) }
+        } else {
+            Self { bytes: limit, priced: None }
+        }
+    }
+}
+
+impl std::fmt::Display for ResultCap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.priced {
+            None => write!(f, "{} bytes", self.bytes),
+            Some((price, ppb)) => write!(
+                f,
+                "{} bytes, what the job price of {price} buys of this sold dataset at {ppb} per byte",
+                self.bytes
+            ),
+        }
+    }
 }
 
 /// The image of a container job: unpacked already, or read from the buyer now (within the
@@ -838,6 +890,7 @@ async fn run_container_job(
     job_id: [u8; 32],
     owner: EndpointId,
     img: &image::Image,
+    cap: ResultCap,
 ) -> Result<JobResult, Fail> {
     let internal = |e: String| (codes::INTERNAL, e);
     let JobSpec::Container { cmd, .. } = &req.spec else {
@@ -848,7 +901,7 @@ async fn run_container_job(
     let id = hex::encode(&job_id[..8]);
     let job_dir = shared.dir.join("run").join(&id);
     let _cleanup = RemoveOnDrop(job_dir.clone());
-    let JobDirs { out, bundle, out_mount, .. } = job_dirs(&job_dir, shared.cfg.max_result_bytes)?;
+    let JobDirs { out, bundle, out_mount, .. } = job_dirs(&job_dir, cap.bytes)?;
     let mut args = img.info.entrypoint.clone();
     args.extend(if cmd.is_empty() { img.info.cmd.clone() } else { cmd.clone() });
     if args.is_empty() {
@@ -864,14 +917,14 @@ async fn run_container_job(
         sandbox::Bind { host: out.clone(), container: "/out".into(), writable: true, exec: false },
     ];
     let mut limits = shared.cfg.limits.clone();
-    limits.file_bytes = Some(shared.cfg.max_result_bytes);
+    limits.file_bytes = Some(cap.bytes);
     sandbox::write_bundle(&bundle, Some(&img.rootfs), &args, &env, &cwd, &binds, &limits)
         .map_err(|e| (codes::SANDBOX, e.to_string()))?;
     let outcome = sandbox::run(&shared.cfg.runc, &bundle, &format!("bdc-job-{id}"), &limits)
         .await
         .map_err(|e| (codes::SANDBOX, e.to_string()))?;
     if out_mount.is_full() {
-        return Err(out_full(shared.cfg.max_result_bytes));
+        return Err(out_full(cap));
     }
     let tail = |b: &[u8]| {
         let s = String::from_utf8_lossy(b);
@@ -881,22 +934,21 @@ async fn run_container_job(
     match outcome {
         sandbox::Outcome::Exited { code: 0, .. } => {}
         sandbox::Outcome::Exited { code: 153, .. } => {
-            return Err((codes::RESULT_TOO_LARGE, "a file in /out grew past the provider's limit".into()));
+            return Err((codes::RESULT_TOO_LARGE, format!("a file in /out grew past the limit of {cap}")));
         }
         sandbox::Outcome::Exited { code, stderr, .. } => {
             return Err((codes::PROGRAM_FAILED, format!("exited with status {code}: {}", tail(&stderr))));
         }
         other => {
-            return Err(worker_outcome(other, &limits).err().unwrap_or((codes::INTERNAL, "unexpected outcome".into())));
+            return Err(worker_outcome(other, &limits, cap)
+                .err()
+                .unwrap_or((codes::INTERNAL, "unexpected outcome".into())));
         }
     }
     let files = output_files(&out).map_err(|e| (codes::PROGRAM_FAILED, e))?;
     let bytes: u64 = files.iter().map(|(_, _, n)| n).sum();
-    if bytes > shared.cfg.max_result_bytes {
-        return Err((
-            codes::RESULT_TOO_LARGE,
-            format!("/out holds {bytes} bytes, over {}", shared.cfg.max_result_bytes),
-        ));
+    if bytes > cap.bytes {
+        return Err((codes::RESULT_TOO_LARGE, format!("/out holds {bytes} bytes, over {cap}")));
     }
     let blobs = shared.store.blobs();
     let mut tags = Vec::with_capacity(files.len());

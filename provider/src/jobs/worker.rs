@@ -207,22 +207,24 @@ pub async fn run_sql(args: &WorkerArgs<'_>) -> Result<WorkerReport, WorkerFailur
     let mut stream = df.execute_stream().await.map_err(|e| classify(&e, false))?;
     let file = std::fs::File::create(args.out)
         .map_err(|e| WorkerFailure::new(codes::INTERNAL, format!("cannot create {}: {e}", args.out.display())))?;
-    let write_err = |e: String| WorkerFailure::new(codes::QUERY_FAILED, format!("cannot write the result: {e}"));
+    let write_err = |e: &(dyn std::error::Error + 'static)| {
+        // the result cap (RLIMIT_FSIZE, the /out tmpfs) is the provider's limit, not a bad query
+        let code = if hit_size_limit(e) { codes::RESULT_TOO_LARGE } else { codes::QUERY_FAILED };
+        WorkerFailure::new(code, format!("cannot write the result: {e}"))
+    };
     let mut rows = 0u64;
     enum Sink {
         Parquet(ArrowWriter<std::fs::File>),
         Csv(CsvWriter<std::io::BufWriter<std::fs::File>>),
     }
     let mut sink = match args.format {
-        ResultFormat::Parquet => {
-            Sink::Parquet(ArrowWriter::try_new(file, schema, None).map_err(|e| write_err(e.to_string()))?)
-        }
+        ResultFormat::Parquet => Sink::Parquet(ArrowWriter::try_new(file, schema, None).map_err(|e| write_err(&e))?),
         ResultFormat::Csv => Sink::Csv(CsvWriter::new(std::io::BufWriter::new(file))),
     };
     let write = |sink: &mut Sink, b: &RecordBatch| -> Result<(), WorkerFailure> {
         match sink {
-            Sink::Parquet(w) => w.write(b).map_err(|e| write_err(e.to_string())),
-            Sink::Csv(w) => w.write(b).map_err(|e| write_err(e.to_string())),
+            Sink::Parquet(w) => w.write(b).map_err(|e| write_err(&e)),
+            Sink::Csv(w) => w.write(b).map_err(|e| write_err(&e)),
         }
     };
     while let Some(batch) = stream.next().await {
@@ -232,14 +234,28 @@ pub async fn run_sql(args: &WorkerArgs<'_>) -> Result<WorkerReport, WorkerFailur
     }
     match sink {
         Sink::Parquet(w) => {
-            w.close().map_err(|e| write_err(e.to_string()))?;
+            w.close().map_err(|e| write_err(&e))?;
         }
         Sink::Csv(w) => {
             let mut inner = w.into_inner();
-            std::io::Write::flush(&mut inner).map_err(|e| write_err(e.to_string()))?;
+            std::io::Write::flush(&mut inner).map_err(|e| write_err(&e))?;
         }
     }
     Ok(WorkerReport { rows, engine: engine_name(args.engine) })
+}
+
+/// Whether an error, or one of its sources, is the file-size limit or a full file system.
+fn hit_size_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EFBIG) | Some(libc::ENOSPC))
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Writes `rows` synthetic trades (ts, symbol, price, qty, side) to one Parquet file at `path`,

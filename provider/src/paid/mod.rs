@@ -252,6 +252,7 @@ impl PaidProtocol {
             chain: s.chain.clone(),
             admission: s.admission.clone(),
             arbiters: s.cfg.arbiters.clone(),
+            price_per_byte: s.cfg.price_per_byte,
         }
     }
 }
@@ -265,6 +266,9 @@ pub(crate) struct JobPayments {
     pub chain: Contracts<DynProvider>,
     pub admission: Arc<Admission>,
     pub arbiters: Vec<Address>,
+    /// What this provider sells its data at, per byte: a job's result on sold data is worth
+    /// no more than its price buys at this rate.
+    pub price_per_byte: u128,
 }
 
 impl JobPayments {
