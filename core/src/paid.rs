@@ -43,6 +43,9 @@ pub mod codes {
     /// The deal's window is spent on bytes an earlier connection sent and the buyer never
     /// receipted (a buyer that crashed mid-window): this deal gets no more bytes; open a new one.
     pub const WINDOW_SPENT: u32 = 25;
+    /// The same buyer node opened a newer connection for this deal (it restarted): this one,
+    /// likely dead, stops taking the deal's window.
+    pub const SUPERSEDED: u32 = 26;
 
     /// A short name for a code, for error messages.
     pub fn name(code: u64) -> &'static str {
@@ -64,6 +67,7 @@ pub mod codes {
             TERMS_NOT_ACCEPTED => "the deal's vendor or royalty is not what this provider sells on",
             DEAL_EXPIRING => "the deal expires within the provider's safety margin",
             WINDOW_SPENT => "the deal's window is spent on bytes never receipted: open a new deal",
+            SUPERSEDED => "a newer connection of this buyer took over the deal",
             _ => "unknown code",
         }
     }

@@ -97,15 +97,19 @@ pub(crate) struct Resume {
 
 impl Resume {
     /// `base`: paid under this deal; `paid_for_root`: paid under every deal for the dataset;
-    /// `held`: payload bytes of the dataset in the store now. `reused`: the deal ran before
-    /// (held-but-unpaid bytes came from its provider, at most `window` of them); `credit`: skip
-    /// lost bytes (false on the fresh deal that follows a provider's refusal to resend them
-    /// unpaid, which then pays for them again).
-    pub(crate) fn new(base: u64, paid_for_root: u64, held: u64, reused: bool, window: u64, credit: bool) -> Self {
+    /// `held`: payload bytes of the dataset in the store now; `reused`: the deal ran before
+    /// (held-but-unpaid bytes came from its provider, at most `window` of them).
+    ///
+    /// Lost bytes are skipped only up to one window: a receipt is signed after the store
+    /// committed, so a kill loses at most what verified since the last receipt (and the odd
+    /// partial chunk group), which is less. A store that lost more lost it outside the paid path
+    /// (a failed disk, a deleted store), and the buyer buys it again rather than ask a provider
+    /// to resend more than its window unpaid.
+    pub(crate) fn new(base: u64, paid_for_root: u64, held: u64, reused: bool, window: u64) -> Self {
         let (start, skip) = if held >= paid_for_root {
             let unpaid = if reused { (held - paid_for_root).min(window) } else { 0 };
             (base + unpaid, 0)
-        } else if credit {
+        } else if paid_for_root - held <= window {
             (base, paid_for_root - held)
         } else {
             (base, 0)
@@ -123,32 +127,32 @@ mod tests {
     #[test]
     fn a_clean_resume_continues_from_the_book() {
         // paid 10 MiB, the store holds exactly that
-        let r = Resume::new(10 << 20, 10 << 20, 10 << 20, true, W, true);
+        let r = Resume::new(10 << 20, 10 << 20, 10 << 20, true, W);
         assert_eq!((r.base, r.start, r.skip), (10 << 20, 10 << 20, 0));
     }
 
     #[test]
     fn bytes_lost_after_paying_are_not_paid_again() {
         // paid 10 MiB, the store kept 7: the run's first 3 MiB are re-downloads
-        let r = Resume::new(10 << 20, 10 << 20, 7 << 20, true, W, true);
+        let r = Resume::new(10 << 20, 10 << 20, 7 << 20, true, W);
         assert_eq!((r.start, r.skip), (10 << 20, 3 << 20));
         // the same on a fresh deal after an earlier deal paid for them
-        let r = Resume::new(0, 10 << 20, 7 << 20, false, W, true);
+        let r = Resume::new(0, 10 << 20, 7 << 20, false, W);
         assert_eq!((r.start, r.skip), (0, 3 << 20));
-        // after the provider refused to resend them unpaid, the next deal pays for them
-        let r = Resume::new(0, 10 << 20, 7 << 20, false, W, false);
-        assert_eq!((r.start, r.skip), (0, 0));
+        // more than a window lost (not by a kill): bought again
+        let r = Resume::new(10 << 20, 10 << 20, 5 << 20, true, W);
+        assert_eq!((r.start, r.skip), (10 << 20, 0));
     }
 
     #[test]
     fn bytes_held_but_unpaid_are_paid_on_the_same_deal_up_to_the_window() {
-        let r = Resume::new(10 << 20, 10 << 20, 11 << 20, true, W, true);
+        let r = Resume::new(10 << 20, 10 << 20, 11 << 20, true, W);
         assert_eq!((r.start, r.skip), (11 << 20, 0));
         // never more than the window: the provider cannot have sent more unpaid
-        let r = Resume::new(10 << 20, 10 << 20, 30 << 20, true, W, true);
+        let r = Resume::new(10 << 20, 10 << 20, 30 << 20, true, W);
         assert_eq!(r.start, 14 << 20);
         // a fresh deal does not pay for what another source delivered
-        let r = Resume::new(0, 10 << 20, 11 << 20, false, W, true);
+        let r = Resume::new(0, 10 << 20, 11 << 20, false, W);
         assert_eq!(r.start, 0);
     }
 }

@@ -26,6 +26,7 @@ use bdc_core::{
 use futures_lite::StreamExt;
 use iroh::{Endpoint, EndpointId, endpoint::Connection};
 use iroh_blobs::{
+    HashAndFormat,
     api::remote::GetProgressItem,
     format::collection::Collection,
     get::{GetError, fsm::DecodeError},
@@ -271,7 +272,7 @@ impl Fetcher {
                 Some(GetRequest::blob_ranges(root, ChunkRanges::last_chunk()))
             };
             if let Some(req) = req
-                && let Err(e) = self.probe(&c, req, provider, root, paid.as_deref(), &mut fetched).await
+                && let Err(e) = self.probe(&c, req, provider, content, paid.as_deref(), &mut fetched).await
             {
                 // the provider's close reason says more than the stream error it caused
                 return Err(match paid.as_deref_mut() {
@@ -385,31 +386,37 @@ impl Fetcher {
         Ok(files)
     }
 
-    /// Phase 1: the cheap request for names and sizes.
+    /// Phase 1: the cheap request for names and sizes. It asks again for what a resumed run may
+    /// already hold (the probe's ranges are fixed), so it counts the bytes it added to the
+    /// store, not the bytes it read: a paid resume does not pay twice for them.
     async fn probe(
         &self,
         c: &Connection,
         req: GetRequest,
         provider: EndpointId,
-        root: Hash,
+        content: HashAndFormat,
         paid: Option<&crate::paid::PaidSession>,
         fetched: &mut u64,
     ) -> Result<(), FetchError> {
+        let held = async || -> Result<u64, FetchError> {
+            let local = self.store.remote().local(content).await.map_err(|e| FetchError::Local(e.to_string()))?;
+            Ok(local.local_bytes())
+        };
+        let before = held().await?;
         let mut stream = self.store.remote().execute_get(c.clone(), req).stream();
+        let mut read = 0;
         while let Some(item) = stream.next().await {
             match item {
-                GetProgressItem::Progress(n) => {
-                    if let Some(p) = paid {
-                        p.verified(*fetched + n);
-                    }
-                }
+                GetProgressItem::Progress(_) => {}
                 GetProgressItem::Done(stats) => {
-                    *fetched += stats.payload_bytes_read;
+                    read = stats.payload_bytes_read;
                     break;
                 }
-                GetProgressItem::Error(e) => return Err(classify(e, provider, root, 0)),
+                GetProgressItem::Error(e) => return Err(classify(e, provider, content.hash, 0)),
             }
         }
+        // a fresh fetch adds all it read; never count more than was read
+        *fetched += held().await?.saturating_sub(before).min(read);
         if let Some(p) = paid {
             p.verified(*fetched);
         }

@@ -9,9 +9,9 @@
 //!
 //! A receipt is signed only after the store committed its entries, so what the buyer paid for
 //! survives a kill -9 of the buyer. A resumed run compares what the deal book paid for with
-//! what the store holds ([`Resume`]): bytes lost anyway are re-downloaded without paying again
-//! (the provider resends at most its window of them unpaid), and bytes that verified after the
-//! last receipt of the killed run are paid for, up to the window.
+//! what the store holds ([`Resume`]): bytes lost anyway (at most a window of them) are
+//! re-downloaded without paying again, and bytes that verified after the last receipt of the
+//! killed run are paid for, up to the window, right after the Hello.
 //!
 //! Amounts: `verified bytes × price_per_byte` (exact integer arithmetic, no rounding), capped at
 //! the deal's maximum. "Verified bytes" are all payload bytes iroh-blobs verified under the deal,
@@ -166,7 +166,7 @@ pub(crate) struct PaidSession {
     tx: Option<mpsc::UnboundedSender<u64>>,
     /// Newest verified count of this run, and the count at which the receipt task is next woken
     /// (waking it for every 16 KiB group costs more CPU than the receipts themselves).
-    run_verified: AtomicU64,
+    run_verified: Arc<AtomicU64>,
     next_wake: AtomicU64,
     task: Option<JoinHandle<Result<u128, PaidError>>>,
     close_timeout: Duration,
@@ -202,6 +202,7 @@ impl PaidSession {
             self.every,
             self.signer.clone(),
             self.store.clone(),
+            self.run_verified.clone(),
             self.chain.domain(),
             self.book.clone(),
             self.signed.clone(),
@@ -271,6 +272,9 @@ impl PaidSession {
     }
 }
 
+/// A receipt for what verified so far goes out when progress pauses this long.
+const FLUSH_WHEN_IDLE: Duration = Duration::from_millis(250);
+
 /// Close codes after which the provider will never serve this deal again.
 fn deal_refused_for_good(code: u64) -> bool {
     [
@@ -295,6 +299,7 @@ async fn receipts(
     every: u64,
     signer: PrivateKeySigner,
     store: iroh_blobs::api::Store,
+    run_verified: Arc<AtomicU64>,
     domain: alloy::sol_types::Eip712Domain,
     book: Arc<Mutex<DealBook>>,
     signed: Arc<Mutex<u128>>,
@@ -337,8 +342,29 @@ async fn receipts(
         });
         send.write_all(&msg.frame()).await.map_err(|e| PaidError::Stream(e.to_string()))
     };
+    // bytes of the killed run that verified after its last receipt: pay for them first, right
+    // after the Hello (the provider, whose window they fill, waits a moment for this receipt)
+    if start > base {
+        send_one(start, &mut send, false).await?;
+        (last, seen) = (start, start);
+    }
     let count = |run: u64| start + run.saturating_sub(skip);
-    while let Some(run) = rx.recv().await {
+    loop {
+        let run = match tokio::time::timeout(FLUSH_WHEN_IDLE, rx.recv()).await {
+            Ok(Some(run)) => run,
+            Ok(None) => break,
+            // no progress for a moment: the provider may be waiting on its window (which bytes
+            // lost in a killed run can shrink below one receipt interval), so pay for what
+            // verified so far
+            Err(_) => {
+                seen = seen.max(count(run_verified.load(Ordering::Relaxed)));
+                if seen > last {
+                    send_one(seen, &mut send, false).await?;
+                    last = seen;
+                }
+                continue;
+            }
+        };
         seen = seen.max(count(run));
         // progress that queued up while a receipt was being recorded: pay for the newest
         while let Ok(run) = rx.try_recv() {
@@ -473,7 +499,7 @@ impl Fetcher {
                 .await
                 .map_err(|e| FetchError::Local(e.to_string()))?
                 .local_bytes();
-            let resume = Resume::new(base, paid_for_root, held, reused, deal.terms.window, !retried);
+            let resume = Resume::new(base, paid_for_root, held, reused, deal.terms.window);
             if resume.skip > 0 || resume.start > base {
                 tracing::info!(deal = %deal.id, paid_for_root, held, ?resume, "resuming: the store holds a different amount than was paid for");
             }
@@ -489,7 +515,7 @@ impl Fetcher {
                 chain: chain.clone(),
                 book: book.clone(),
                 tx: None,
-                run_verified: AtomicU64::new(0),
+                run_verified: Arc::new(AtomicU64::new(0)),
                 next_wake: AtomicU64::new(pay.receipt_every),
                 task: None,
                 close_timeout: pay.close_timeout,

@@ -263,6 +263,18 @@ async fn a_buyer_that_stops_paying_gets_at_most_the_window() {
     let t = std::time::Instant::now();
     assert_eq!(close_code(&again).await, codes::WINDOW_SPENT as u64);
     assert!(t.elapsed() < Duration::from_secs(5), "refused at the Hello, not after a stall");
+    // a buyer that holds those bytes (they verified after its last receipt) pays for them
+    // right after its Hello, and the deal goes on
+    let resumed = ep.connect(s.provider.addr(), PAID_ALPN).await.unwrap();
+    let mut send = resumed.open_uni().await.unwrap();
+    send.write_all(&hello_frame(&s, &deal, &ep)).await.unwrap();
+    send.write_all(&receipt(&s, BUYER, deal.id, got as u128 * PRICE)).await.unwrap();
+    let small = GetRequest::blob_ranges(s.index, iroh_blobs::protocol::ChunkRanges::all());
+    let more = fetch_paying(&resumed, &mut send, small, |n| receipt(&s, BUYER, deal.id, (got + n) as u128 * PRICE));
+    assert_eq!(more.await, Ok(32), "served again once the held bytes are paid for");
+    send.finish().unwrap();
+    assert_eq!(close_code(&resumed).await, codes::DONE as u64);
+    wait_redeemed(&s.devnet, deal.id, U256::from((got + 32) as u128 * PRICE)).await;
     s.provider.shutdown().await;
 }
 
@@ -608,6 +620,28 @@ async fn a_raised_royalty_or_a_squatted_root_gets_no_deal() {
     let (conn, _send, deal, _ep) = raw_buyer_with(&s, |r| r.dataset_root = squatted).await;
     assert_eq!(deal.terms.vendor, s.devnet.address(SQUATTER));
     assert_eq!(close_code(&conn).await, codes::TERMS_NOT_ACCEPTED as u64);
+    s.provider.shutdown().await;
+}
+
+/// A buyer that restarts reconnects before the provider notices its old connection died; the
+/// old one's streams must not keep taking the deal's window.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newer_connection_of_the_same_buyer_supersedes_the_old_one() {
+    let s = setup(200_000).await;
+    let (old, mut send, deal, ep) = raw_buyer(&s).await;
+    // the first connection is admitted (it is served)
+    let small = GetRequest::blob_ranges(s.index, iroh_blobs::protocol::ChunkRanges::all());
+    let pay = |n: u64| receipt(&s, BUYER, deal.id, n as u128 * PRICE);
+    assert_eq!(fetch_paying(&old, &mut send, small.clone(), pay).await, Ok(32));
+    let again = ep.connect(s.provider.addr(), PAID_ALPN).await.unwrap();
+    let mut send2 = again.open_uni().await.unwrap();
+    send2.write_all(&hello_frame(&s, &deal, &ep)).await.unwrap();
+    assert_eq!(close_code(&old).await, codes::SUPERSEDED as u64);
+    // the newer one is served
+    assert_eq!(
+        fetch_paying(&again, &mut send2, small, |n| receipt(&s, BUYER, deal.id, (32 + n) as u128 * PRICE)).await,
+        Ok(32)
+    );
     s.provider.shutdown().await;
 }
 

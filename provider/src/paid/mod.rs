@@ -129,6 +129,14 @@ struct DealGate {
     notify: Notify,
 }
 
+impl DealGate {
+    /// Whether, with receipts covering `receipted_bytes`, another chunk group may be sent.
+    fn fits(&self, receipted_bytes: u64) -> bool {
+        let sent = self.state.lock().expect("gate lock").sent;
+        sent + bdc_core::protocol::CHUNK_GROUP_BYTES <= receipted_bytes.saturating_add(self.window)
+    }
+}
+
 #[derive(Debug, Default)]
 struct GateState {
     /// Bytes sent under this deal (since this process started, plus what was receipted before).
@@ -339,16 +347,40 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
         Ok(_) => return fail(codes::MALFORMED_MESSAGE),
         Err(code) => return fail(code),
     };
-    let gate = match admit(&shared, &conn, &hello).await {
+    let (gate, spent) = match admit(&shared, &conn, &hello).await {
         Ok(g) => g,
         Err(code) => return fail(code),
     };
+    // a later connection of a deal whose window is all out on bytes nobody receipted: the buyer
+    // may hold some of them (they verified after its last receipt before it died) and pay for
+    // them right after its Hello; otherwise nothing more can be sent under this deal, so say so
+    // now rather than stall (the buyer opens a new deal; this one lost at most its window)
+    let mut first = None;
+    if spent {
+        let wait = RESUME_RECEIPT_WAIT.min(shared.cfg.hello_timeout);
+        let receipt = match tokio::time::timeout(wait, read_message(&mut recv)).await {
+            Ok(Ok(Some(PaidMessage::Receipt(r)))) => check_receipt(&shared, &gate, &r, 0).ok().flatten(),
+            _ => None,
+        };
+        match receipt {
+            Some(p) if gate.fits(p.bytes) => first = Some(p),
+            _ => {
+                tracing::warn!(deal = %gate.deal.id, peer = %conn.remote_id(), "deal's window is spent");
+                return fail(codes::WINDOW_SPENT);
+            }
+        }
+    }
     let id = gate.deal.id;
     tracing::info!(deal = %id, peer = %conn.remote_id(), window = gate.window, "paid connection admitted");
+    supersede(&shared, &conn, id);
     let _ = ready.send(Some(Ok(gate.clone())));
+    let mut newest = first.as_ref().map_or(0, |p| p.amount);
     let (pending_tx, pending_rx) = watch::channel(None);
     let mut store = tokio::spawn(store_receipts(shared.clone(), gate.clone(), pending_rx));
-    let mut newest = 0;
+    if first.is_some() {
+        // sent, not given as the initial value: the store task waits for changes
+        pending_tx.send_replace(first);
+    }
     let end = loop {
         tokio::select! {
             stored = &mut store => {
@@ -380,6 +412,20 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
     }
 }
 
+/// Closes the older connections of `deal` from the same buyer node: a buyer that restarted
+/// reconnects before the provider notices its old connection died, and the old one's streams
+/// would keep taking the deal's window (bytes written into a dead connection are never paid).
+fn supersede(shared: &Shared, conn: &Connection, deal: B256) {
+    let (me, peer) = (conn.stable_id() as u64, conn.remote_id());
+    for (id, e) in shared.conns.lock().expect("conns lock").iter() {
+        let same_deal = matches!(&*e.ready.borrow(), Some(Ok(g)) if g.deal.id == deal);
+        if *id != me && same_deal && e.conn.remote_id() == peer {
+            tracing::info!(%deal, %peer, "a newer connection of the same buyer took over the deal");
+            e.conn.close(VarInt::from_u32(codes::SUPERSEDED), codes::name(codes::SUPERSEDED as u64).as_bytes());
+        }
+    }
+}
+
 /// Reads one length-prefixed message; Ok(None) at a clean end of stream.
 async fn read_message(recv: &mut RecvStream) -> Result<Option<PaidMessage>, u32> {
     let mut len = [0u8; 2];
@@ -397,8 +443,13 @@ async fn read_message(recv: &mut RecvStream) -> Result<Option<PaidMessage>, u32>
     PaidMessage::decode(&body).map(Some).map_err(|_| codes::MALFORMED_MESSAGE)
 }
 
-/// Checks a Hello (see [`admission`]) and returns the deal's gate.
-async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Arc<DealGate>, u32> {
+/// How long a connection of a deal whose window is spent waits for a receipt right after the
+/// Hello (the buyer sends it on the same stream, so it arrives within a round trip).
+const RESUME_RECEIPT_WAIT: Duration = Duration::from_secs(1);
+
+/// Checks a Hello (see [`admission`]) and returns the deal's gate, and whether its window is
+/// all out on bytes nobody receipted (a later connection of a deal whose earlier one died).
+async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<(Arc<DealGate>, bool), u32> {
     if hello.version != PAID_PROTOCOL_VERSION {
         return Err(codes::UNSUPPORTED_VERSION);
     }
@@ -423,16 +474,9 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Arc<
         })?;
     let deal = admitted.deal;
     if let Some(g) = shared.deals.lock().expect("deals lock").get(&id).cloned() {
-        // a later connection of a deal whose window is all out on bytes nobody receipted (the
-        // buyer's earlier connection died with them): nothing more can be sent under it, so say
-        // so now rather than stall (the buyer opens a new deal; this one lost at most its window)
-        let s = g.state.lock().expect("gate lock");
-        if s.sent + bdc_core::protocol::CHUNK_GROUP_BYTES > s.receipted_bytes.saturating_add(g.window) {
-            tracing::warn!(deal = %id, %peer, sent = s.sent, receipted = s.receipted_bytes, "deal's window is spent");
-            return Err(codes::WINDOW_SPENT);
-        }
-        drop(s);
-        return Ok(g);
+        let receipted = g.state.lock().expect("gate lock").receipted_bytes;
+        let spent = !g.fits(receipted);
+        return Ok((g, spent));
     }
     let t = &deal.terms;
     let root = Hash::from_bytes(t.datasetRoot.0);
@@ -471,7 +515,7 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<Arc<
             }
         })
         .map_err(|_| codes::INTERNAL)?;
-    Ok(shared.deals.lock().expect("deals lock").entry(id).or_insert(gate).clone())
+    Ok((shared.deals.lock().expect("deals lock").entry(id).or_insert(gate).clone(), false))
 }
 
 /// A verified receipt waiting to be stored.
