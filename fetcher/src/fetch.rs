@@ -216,9 +216,19 @@ impl Fetcher {
         ticket: &BlobTicket,
         out: &Path,
         opts: &FetchOptions,
-        on: impl FnMut(FetchEvent),
+        mut on: impl FnMut(FetchEvent),
     ) -> Result<FetchReport, FetchError> {
-        self.run(ticket, out, opts, None, on).await
+        let mut attempt = 0;
+        loop {
+            match self.run(ticket, out, opts, None, &mut on).await {
+                Err(e @ FetchError::ProviderAborted { .. }) if attempt < ABORT_RETRIES => {
+                    attempt += 1;
+                    tracing::info!(attempt, "{e}: resuming");
+                    tokio::time::sleep(abort_backoff(attempt)).await;
+                }
+                res => return res,
+            }
+        }
     }
 
     /// The fetch, free (`paid == None`, `/iroh-bytes/4`) or paid (`bdc/paid/1`, receipts sent as
@@ -452,6 +462,16 @@ impl Fetcher {
             tracing::error!("store shutdown failed: {e:#}");
         }
     }
+}
+
+/// How often a fetch resumes by itself after the provider aborted with an internal error. The
+/// iroh-blobs store refuses a read when one blob's request queue is full (many buyers of one
+/// blob starting at once), which passes; a copy that does not verify fails every time.
+pub(crate) const ABORT_RETRIES: u32 = 2;
+
+/// The wait before resume `attempt` (1, 2, …): growing, with jitter so buyers spread out.
+pub(crate) fn abort_backoff(attempt: u32) -> Duration {
+    Duration::from_millis(200 * u64::from(attempt) + rand::random::<u64>() % 300)
 }
 
 /// Maps a get error to whose fault it was.

@@ -432,6 +432,7 @@ impl Fetcher {
         }
         let mut on = on;
         let mut retried = false;
+        let mut aborts = 0;
         loop {
             let book = Arc::new(Mutex::new(DealBook::load(self.data_dir())?));
             let root = ticket.hash();
@@ -524,6 +525,15 @@ impl Fetcher {
             };
             let fetch = self.run(&ticket, out, opts, Some(&mut session), &mut on).await;
             let paid = *signed.lock().expect("signed lock");
+            // the provider's store was busy (or its copy is bad): resume on the same deal
+            if let Err(e @ FetchError::ProviderAborted { .. }) = &fetch
+                && aborts < crate::fetch::ABORT_RETRIES
+            {
+                aborts += 1;
+                tracing::info!(deal = %deal.id, attempt = aborts, "{e}: resuming");
+                tokio::time::sleep(crate::fetch::abort_backoff(aborts)).await;
+                continue;
+            }
             // a deal the provider refuses for good (its window spent by a killed run, terms or
             // arbiter it does not accept, closed on chain) is never reused; a reused deal whose
             // window is spent buys the rest on a new deal (once)
