@@ -64,11 +64,13 @@ demo: tools
 	$(CARGO) build --bin bdc
 	bash scripts/demo.sh "$(CARGO_TARGET_DIR)/debug/bdc"
 
-## reliability-short: a few seconds of each campaign (after `unit`, which builds the debug binary);
-## provider kills only: a buyer killed with kill -9 may still pay twice for bytes its store lost (RELIABILITY.md)
+## reliability-short: a few seconds of each campaign (after `unit`, which builds the debug binary)
 reliability-short:
-	KILL=provider MAX_DELAY=0.6 bash scripts/faults/paid_fetch_kills.sh "$(CARGO_TARGET_DIR)/debug/bdc" 2 32
+	MAX_DELAY=0.6 bash scripts/faults/paid_fetch_kills.sh "$(CARGO_TARGET_DIR)/debug/bdc" 4 32
+	BLOCKS=600 ROUND_BLOCKS=100 bash scripts/faults/market_kills.sh "$(CARGO_TARGET_DIR)/debug/bdc" 2 30
 	bash scripts/load/provider_fetchers.sh "$(CARGO_TARGET_DIR)/debug/bdc" 4 16
+	bash scripts/load/paid_buyers.sh "$(CARGO_TARGET_DIR)/debug/bdc" 4 4
+	bash scripts/load/soak.sh "$(CARGO_TARGET_DIR)/debug/bdc" 20 2
 
 ## reliability: the heavy campaigns (property fuzzing with many cases, market load with wrk);
 ## `make test` runs the same fuzz properties with few cases. Figures: docs/RELIABILITY.md

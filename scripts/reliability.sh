@@ -7,6 +7,7 @@
 #   FAULT_ROUNDS (50) FAULT_MIB (256)
 #   LOAD_SECS (60) LOAD_CONNS (10) LOAD_DELAY_MS (50) LOAD_LISTINGS (100000) BDC_PROFILE (release)
 #   LOAD_FETCHERS ("20:1024 100:32": concurrent fetchers:MiB each; 2 x N x MiB of disk)
+#   MARKET_KILL_ROUNDS (50) PAID_BUYERS (50) PAID_MIB (16) SOAK_SECS (1800)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CARGO_TARGET_DIR:=$HOME/.cache/bdc-target}"
@@ -29,6 +30,11 @@ PRE_BDC="$CARGO_TARGET_DIR/debug/bdc"
 status=0
 bash scripts/faults/paid_fetch_kills.sh "$PRE_BDC" "${FAULT_ROUNDS:-50}" "${FAULT_MIB:-256}" >"$log.faults" 2>&1 || status=1
 grep -E "^round|violation|kills:" "$log.faults" | tail -60
+rm -f "$log.faults"
+
+echo "== fault injection: kill -9 the market mid chain catch-up (MARKET_KILL_ROUNDS), then compare with a fresh re-index"
+bash scripts/faults/market_kills.sh "$PRE_BDC" "${MARKET_KILL_ROUNDS:-50}" >"$log.faults" 2>&1 || status=1
+grep -E "^round|^chain|^compared|differ|kills:" "$log.faults" | tail -60
 rm -f "$log.faults"
 
 echo "== market load: wrk, mixed search/match"
@@ -66,4 +72,10 @@ echo "== provider load: concurrent fetchers of one blob (LOAD_FETCHERS: fetchers
 for run in ${LOAD_FETCHERS:-20:1024 100:32}; do
   bash scripts/load/provider_fetchers.sh "$BDC" "${run%%:*}" "${run##*:}" || status=1
 done
+
+echo "== paid load: concurrent paid buyers, one deal each (PAID_BUYERS, PAID_MIB)"
+bash scripts/load/paid_buyers.sh "$BDC" "${PAID_BUYERS:-50}" "${PAID_MIB:-16}" || status=1
+
+echo "== soak: a provider serving and selling under a steady mixed load (SOAK_SECS)"
+bash scripts/load/soak.sh "$BDC" "${SOAK_SECS:-1800}" || status=1
 exit $status

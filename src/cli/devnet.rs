@@ -19,17 +19,25 @@ pub struct DevnetArgs {
     /// Print the JSON record only.
     #[arg(long)]
     pub json: bool,
+    /// Fund this many more buyer accounts (roles `buyer3`, `buyer4`, …), for load tests.
+    #[arg(long, default_value_t = 0)]
+    pub extra_buyers: usize,
 }
 
 /// Roles the demo and docs give anvil's first accounts.
 const ROLES: [&str; 5] = ["deployer/arbiter", "vendor", "buyer", "provider", "buyer2"];
 
 pub async fn run(a: DevnetArgs, root: &Path) -> anyhow::Result<()> {
-    let cfg =
-        DevnetConfig { port: a.port, dispute_window: a.dispute_window, block_time: a.block_time, ..Default::default() };
+    let cfg = DevnetConfig {
+        port: a.port,
+        dispute_window: a.dispute_window,
+        block_time: a.block_time,
+        funded_accounts: ROLES.len() + a.extra_buyers,
+        ..Default::default()
+    };
     let devnet = Devnet::spawn_with(cfg).await?;
-    let accounts: Vec<serde_json::Value> = ROLES
-        .iter()
+    let roles = ROLES.iter().map(|r| r.to_string()).chain((0..a.extra_buyers).map(|k| format!("buyer{}", k + 3)));
+    let accounts: Vec<serde_json::Value> = roles
         .enumerate()
         .map(|(i, role)| {
             serde_json::json!({

@@ -25,7 +25,8 @@ pub const BDC: U256 = U256::from_limbs([1_000_000_000_000_000_000, 0, 0, 0]);
 
 #[derive(Debug, Clone)]
 pub struct DevnetConfig {
-    /// How many of anvil's accounts get `faucet_amount` BDC.
+    /// How many of anvil's accounts get `faucet_amount` BDC (anvil makes at least 10 accounts,
+    /// and as many as are funded).
     pub funded_accounts: usize,
     pub faucet_amount: U256,
     pub dispute_bond: U256,
@@ -100,6 +101,7 @@ impl Devnet {
         }
         .host("127.0.0.1")
         .port(cfg.port)
+        .args(["--accounts".to_string(), cfg.funded_accounts.max(10).to_string()])
         .timeout(20_000);
         if let Some(bt) = cfg.block_time {
             anvil = anvil.block_time(bt);
