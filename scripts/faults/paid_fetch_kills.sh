@@ -14,19 +14,9 @@
 set -euo pipefail
 BDC=$(realpath "$1") ROUNDS=$2 MIB=${3:-64}
 WINDOW=1048576
-WORK=$(mktemp -d -t bdc-faults.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}" ${SERVE:-}; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-"$BDC" --data-dir "$WORK/chain" devnet --port 0 --json > "$WORK/devnet.out" 2>/dev/null &
-PIDS+=($!)
-for _ in $(seq 1 200); do [ -s "$WORK/chain/devnet.json" ] && break; sleep 0.1; done
-export BDC_DEPLOYMENT="$WORK/chain/devnet.json"
-echo pass > "$WORK/pw"; export BDC_PASSWORD_FILE="$WORK/pw"
+. "$(dirname "$0")/../lib/devnet.sh"
+bdc_work bdc-faults
+bdc_devnet
 read -r ARBITER VENDOR < <(python3 - "$BDC_DEPLOYMENT" "$WORK" <<'PY'
 import json, sys, os
 d = json.load(open(sys.argv[1]))

@@ -10,20 +10,9 @@
 set -euo pipefail
 BDC=$(realpath "$1") N=$2 MIB=${3:-16}
 WINDOW=1048576
-WORK=$(mktemp -d -t bdc-paid-load.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}" ${SERVE:-}; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-"$BDC" --data-dir "$WORK/chain" devnet --port 0 --json --extra-buyers "$N" > "$WORK/devnet.out" 2>"$WORK/devnet.err" &
-PIDS+=($!)
-for _ in $(seq 1 300); do [ -s "$WORK/chain/devnet.json" ] && break; sleep 0.1; done
-[ -s "$WORK/chain/devnet.json" ] || { echo "devnet did not start"; cat "$WORK/devnet.err"; exit 1; }
-export BDC_DEPLOYMENT="$WORK/chain/devnet.json"
-echo pass > "$WORK/pw"; export BDC_PASSWORD_FILE="$WORK/pw"
+. "$(dirname "$0")/../lib/devnet.sh"
+bdc_work bdc-paid-load
+bdc_devnet --extra-buyers "$N"
 # keys: vendor, provider, and buyers 1..N (the devnet's `buyer`, `buyer2`, then `buyer3`…)
 ARBITER=$(python3 - "$BDC_DEPLOYMENT" "$WORK" "$N" <<'PY'
 import json, sys, os
@@ -52,11 +41,7 @@ SERVE=$!
 for _ in $(seq 1 200); do grep -q bdcoffer "$WORK/serve.out" 2>/dev/null && break; sleep 0.05; done
 OFFER=$(grep bdcoffer "$WORK/serve.out" | cut -f2 | head -n1)
 [ -n "$OFFER" ] || { echo "serve printed no offer"; tail "$WORK/serve.err"; exit 1; }
-sample() { while kill -0 "$SERVE" 2>/dev/null; do
-  r=$(awk '/VmRSS/ {print $2}' /proc/$SERVE/status 2>/dev/null || echo 0)
-  f=$(ls /proc/$SERVE/fd 2>/dev/null | wc -l)
-  echo "$r $f"; sleep 0.2; done; }
-sample > "$WORK/samples" &
+bdc_sample "$SERVE" 0.2 > "$WORK/samples" &
 sampler=$!
 t0=$(date +%s.%N)
 pids=()
@@ -73,8 +58,8 @@ for p in "${pids[@]}"; do
 done
 t1=$(date +%s.%N)
 kill "$sampler" 2>/dev/null || true
-peak=$(sort -n "$WORK/samples" | tail -1 | cut -d' ' -f1)
-fds=$(sort -n -k2 "$WORK/samples" | tail -1 | cut -d' ' -f2)
+peak=$(sort -n -k2 "$WORK/samples" | tail -1 | cut -d' ' -f2)
+fds=$(sort -n -k3 "$WORK/samples" | tail -1 | cut -d' ' -f3)
 # every buyer: identical output, and signed == verified bytes of one full download == redeemed
 bad=0 first_bad=""
 want=""

@@ -9,19 +9,9 @@
 set -euo pipefail
 BDC=$(realpath "$1") SECS=$2 MIB=${3:-8}
 GROWTH=${SOAK_GROWTH:-1.5}
-WORK=$(mktemp -d -t bdc-soak.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}" ${SERVE:-}; do kill -9 "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] || rm -rf "$WORK"
-}
-trap cleanup EXIT
-"$BDC" --data-dir "$WORK/chain" devnet --port 0 --json > "$WORK/devnet.out" 2>"$WORK/devnet.err" &
-PIDS+=($!)
-for _ in $(seq 1 300); do [ -s "$WORK/chain/devnet.json" ] && break; sleep 0.1; done
-export BDC_DEPLOYMENT="$WORK/chain/devnet.json"
-echo pass > "$WORK/pw"; export BDC_PASSWORD_FILE="$WORK/pw"
+. "$(dirname "$0")/../lib/devnet.sh"
+bdc_work bdc-soak
+bdc_devnet
 read -r ARBITER VENDOR < <(python3 - "$BDC_DEPLOYMENT" "$WORK" <<'PY'
 import json, sys, os
 d = json.load(open(sys.argv[1]))
@@ -49,12 +39,8 @@ for _ in $(seq 1 200); do [ -n "$(offer_of ticks bdcoffer)" ] && [ -n "$(offer_o
 OFFER=$(offer_of ticks bdcoffer)
 TICKET=$(offer_of ref blob)
 [ -n "$OFFER" ] && [ -n "$TICKET" ] || { echo "serve printed no offer or ticket"; cat "$WORK/serve.out"; tail "$WORK/serve.err"; exit 1; }
-sample() { while kill -0 "$SERVE" 2>/dev/null; do
-  r=$(awk '/VmRSS/ {print $2}' /proc/$SERVE/status 2>/dev/null || echo 0)
-  f=$(ls /proc/$SERVE/fd 2>/dev/null | wc -l)
-  echo "$SECONDS $r $f"; sleep 5; done; }
 SECONDS=0
-sample > "$WORK/samples" &
+bdc_sample "$SERVE" 5 > "$WORK/samples" &
 sampler=$!
 round=0 failed=0 bad=0 next_report=60
 while [ "$SECONDS" -lt "$SECS" ]; do
