@@ -82,39 +82,30 @@ impl DealBook {
 /// this dataset and what the store still holds.
 ///
 /// A killed buyer can hold fewer bytes than it paid for (the store lost what it had not
-/// committed) or more (bytes that verified after the last receipt). Its resumed run must not
-/// pay twice for the first, and should pay for the second, because the provider counts them as
-/// sent: otherwise they sit in its window forever and the resumed deal stalls.
+/// committed): its resumed run must not pay twice for them. It can also hold bytes that verified
+/// after its last receipt; those are not paid on resume, because the store cannot say which
+/// deal (or which other dataset sharing a blob) brought them, and a hostile provider must not be
+/// able to make the buyer sign for bytes it never sent. The provider lost them within its window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Resume {
     /// Bytes already paid for under this deal (its newest recorded receipt).
     pub(crate) base: u64,
-    /// The run's count starts here: `base`, plus held-but-unpaid bytes on a resumed deal.
-    pub(crate) start: u64,
     /// The run's first `skip` verified bytes replace bytes this buyer lost after paying for them.
     pub(crate) skip: u64,
 }
 
 impl Resume {
     /// `base`: paid under this deal; `paid_for_root`: paid under every deal for the dataset;
-    /// `held`: payload bytes of the dataset in the store now; `reused`: the deal ran before
-    /// (held-but-unpaid bytes came from its provider, at most `window` of them).
+    /// `held`: payload bytes of the dataset in the store now.
     ///
     /// Lost bytes are skipped only up to one window: a receipt is signed after the store
     /// committed, so a kill loses at most what verified since the last receipt (and the odd
     /// partial chunk group), which is less. A store that lost more lost it outside the paid path
     /// (a failed disk, a deleted store), and the buyer buys it again rather than ask a provider
     /// to resend more than its window unpaid.
-    pub(crate) fn new(base: u64, paid_for_root: u64, held: u64, reused: bool, window: u64) -> Self {
-        let (start, skip) = if held >= paid_for_root {
-            let unpaid = if reused { (held - paid_for_root).min(window) } else { 0 };
-            (base + unpaid, 0)
-        } else if paid_for_root - held <= window {
-            (base, paid_for_root - held)
-        } else {
-            (base, 0)
-        };
-        Self { base, start, skip }
+    pub(crate) fn new(base: u64, paid_for_root: u64, held: u64, window: u64) -> Self {
+        let lost = paid_for_root.saturating_sub(held);
+        Self { base, skip: if lost <= window { lost } else { 0 } }
     }
 }
 
@@ -126,33 +117,24 @@ mod tests {
 
     #[test]
     fn a_clean_resume_continues_from_the_book() {
-        // paid 10 MiB, the store holds exactly that
-        let r = Resume::new(10 << 20, 10 << 20, 10 << 20, true, W);
-        assert_eq!((r.base, r.start, r.skip), (10 << 20, 10 << 20, 0));
+        let r = Resume::new(10 << 20, 10 << 20, 10 << 20, W);
+        assert_eq!((r.base, r.skip), (10 << 20, 0));
+        // more held than paid for (bytes after the last receipt, or blobs another dataset
+        // shares): nothing extra is paid
+        let r = Resume::new(10 << 20, 10 << 20, 30 << 20, W);
+        assert_eq!((r.base, r.skip), (10 << 20, 0));
     }
 
     #[test]
     fn bytes_lost_after_paying_are_not_paid_again() {
         // paid 10 MiB, the store kept 7: the run's first 3 MiB are re-downloads
-        let r = Resume::new(10 << 20, 10 << 20, 7 << 20, true, W);
-        assert_eq!((r.start, r.skip), (10 << 20, 3 << 20));
+        let r = Resume::new(10 << 20, 10 << 20, 7 << 20, W);
+        assert_eq!(r.skip, 3 << 20);
         // the same on a fresh deal after an earlier deal paid for them
-        let r = Resume::new(0, 10 << 20, 7 << 20, false, W);
-        assert_eq!((r.start, r.skip), (0, 3 << 20));
+        let r = Resume::new(0, 10 << 20, 7 << 20, W);
+        assert_eq!((r.base, r.skip), (0, 3 << 20));
         // more than a window lost (not by a kill): bought again
-        let r = Resume::new(10 << 20, 10 << 20, 5 << 20, true, W);
-        assert_eq!((r.start, r.skip), (10 << 20, 0));
-    }
-
-    #[test]
-    fn bytes_held_but_unpaid_are_paid_on_the_same_deal_up_to_the_window() {
-        let r = Resume::new(10 << 20, 10 << 20, 11 << 20, true, W);
-        assert_eq!((r.start, r.skip), (11 << 20, 0));
-        // never more than the window: the provider cannot have sent more unpaid
-        let r = Resume::new(10 << 20, 10 << 20, 30 << 20, true, W);
-        assert_eq!(r.start, 14 << 20);
-        // a fresh deal does not pay for what another source delivered
-        let r = Resume::new(0, 10 << 20, 11 << 20, false, W);
-        assert_eq!(r.start, 0);
+        let r = Resume::new(10 << 20, 10 << 20, 5 << 20, W);
+        assert_eq!(r.skip, 0);
     }
 }

@@ -417,6 +417,13 @@ impl Fetcher {
         let mut read = 0;
         while let Some(item) = stream.next().await {
             match item {
+                // a fresh fetch holds none of it: every byte read is new, and a probe larger than
+                // the window (thousands of files) must be receipted as it arrives
+                GetProgressItem::Progress(n) if before == 0 => {
+                    if let Some(p) = paid {
+                        p.verified(*fetched + n);
+                    }
+                }
                 GetProgressItem::Progress(_) => {}
                 GetProgressItem::Done(stats) => {
                     read = stats.payload_bytes_read;

@@ -10,8 +10,8 @@
 //! A receipt is signed only after the store committed its entries, so what the buyer paid for
 //! survives a kill -9 of the buyer. A resumed run compares what the deal book paid for with
 //! what the store holds ([`Resume`]): bytes lost anyway (at most a window of them) are
-//! re-downloaded without paying again, and bytes that verified after the last receipt of the
-//! killed run are paid for, up to the window, right after the Hello.
+//! re-downloaded without paying again. The newest recorded receipt is sent again right after
+//! the Hello.
 //!
 //! Amounts: `verified bytes × price_per_byte` (exact integer arithmetic, no rounding), capped at
 //! the deal's maximum. "Verified bytes" are all payload bytes iroh-blobs verified under the deal,
@@ -305,7 +305,7 @@ async fn receipts(
     signed: Arc<Mutex<u128>>,
 ) -> Result<u128, PaidError> {
     let max: u128 = deal.terms.maxAmount.to::<u128>();
-    let Resume { base, start, skip } = resume;
+    let Resume { base, skip } = resume;
     let mut last = base;
     let mut seen = base;
     let send_one = async |verified: u64, send: &mut SendStream, last: bool| -> Result<(), PaidError> {
@@ -342,13 +342,13 @@ async fn receipts(
         });
         send.write_all(&msg.frame()).await.map_err(|e| PaidError::Stream(e.to_string()))
     };
-    // bytes of the killed run that verified after its last receipt: pay for them first, right
-    // after the Hello (the provider, whose window they fill, waits a moment for this receipt)
-    if start > base {
-        send_one(start, &mut send, false).await?;
-        (last, seen) = (start, start);
+    // a resumed deal: send the newest receipt the book recorded first, right after the Hello (a
+    // buyer killed between recording and sending it still owes it; the provider, whose window
+    // the killed run may have filled, waits a moment for it)
+    if base > 0 {
+        send_one(base, &mut send, false).await?;
     }
-    let count = |run: u64| start + run.saturating_sub(skip);
+    let count = |run: u64| base + run.saturating_sub(skip);
     loop {
         let run = match tokio::time::timeout(FLUSH_WHEN_IDLE, rx.recv()).await {
             Ok(Some(run)) => run,
@@ -500,8 +500,8 @@ impl Fetcher {
                 .await
                 .map_err(|e| FetchError::Local(e.to_string()))?
                 .local_bytes();
-            let resume = Resume::new(base, paid_for_root, held, reused, deal.terms.window);
-            if resume.skip > 0 || resume.start > base {
+            let resume = Resume::new(base, paid_for_root, held, deal.terms.window.min(offer.window));
+            if resume.skip > 0 {
                 tracing::info!(deal = %deal.id, paid_for_root, held, ?resume, "resuming: the store holds a different amount than was paid for");
             }
             let signed =

@@ -172,23 +172,33 @@ fn chromium() -> Option<std::path::PathBuf> {
 
 /// Runs headless chromium with the flags this machine's closed network needs; its stdout.
 fn headless(chromium: &std::path::Path, dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
-    let profile = tempfile::tempdir_in(dir).unwrap();
-    let out = std::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(args)
-        .output()
-        .unwrap();
+    let run = || {
+        let profile = tempfile::tempdir_in(dir).unwrap();
+        std::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // chromium itself sometimes crashes on a loaded 2-core machine (crashpad, no page involved):
+    // one more try before the page is blamed
+    let mut out = run();
+    if !out.status.success() {
+        eprintln!("chromium {args:?} failed once, retrying: {}", String::from_utf8_lossy(&out.stderr));
+        out = run();
+    }
     assert!(out.status.success(), "chromium {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
 }

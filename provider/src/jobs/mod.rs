@@ -946,7 +946,9 @@ async fn run_container_job(
         }
     }
     let files = output_files(&out).map_err(|e| (codes::PROGRAM_FAILED, e))?;
-    let bytes: u64 = files.iter().map(|(_, _, n)| n).sum();
+    // names count too: the result collection carries them (empty files with data in their
+    // names would otherwise pass any cap), as does its hash sequence
+    let bytes: u64 = files.iter().map(|(rel, _, n)| n + rel.len() as u64 + 32).sum();
     if bytes > cap.bytes {
         return Err((codes::RESULT_TOO_LARGE, format!("/out holds {bytes} bytes, over {cap}")));
     }

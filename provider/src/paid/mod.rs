@@ -352,8 +352,8 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
         Err(code) => return fail(code),
     };
     // a later connection of a deal whose window is all out on bytes nobody receipted: the buyer
-    // may hold some of them (they verified after its last receipt before it died) and pay for
-    // them right after its Hello; otherwise nothing more can be sent under this deal, so say so
+    // may owe a receipt it recorded but never sent before it died, and sends it right after its
+    // Hello; otherwise nothing more can be sent under this deal, so say so
     // now rather than stall (the buyer opens a new deal; this one lost at most its window)
     let mut first = None;
     if spent {
