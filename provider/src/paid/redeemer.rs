@@ -1,6 +1,6 @@
 //! The redeemer: submits the newest receipt of each deal on chain — every `redeem_every` bytes,
 //! when a deal's connection ends, when a deal enters its expiry margin, and for everything left
-//! unredeemed at start.
+//! unredeemed at start; a redeem that did not go through is tried again every sweep.
 //!
 //! Deals due together go into one `redeemBatch` transaction, soonest expiry first, so many deals
 //! expiring together cost one block, not one block each. The batch is simulated first
@@ -40,6 +40,9 @@ pub(crate) async fn run(
     sweep(&ledger, &chain, None).await;
     let mut tick = tokio::time::interval(sweep_every);
     tick.tick().await;
+    // deals whose redeem did not go through (a failed simulation or transaction, or a refusal
+    // that may pass): tried again every tick rather than only at the next trigger or at expiry
+    let mut retry = BTreeSet::new();
     loop {
         tokio::select! {
             id = rx.recv() => match id {
@@ -49,15 +52,29 @@ pub(crate) async fn run(
                     while let Ok(more) = rx.try_recv() {
                         due.insert(more);
                     }
-                    redeem(&ledger, &chain, due.into_iter().collect()).await;
+                    due.append(&mut retry);
+                    redeem(&ledger, &chain, due.iter().copied().collect()).await;
+                    retry = still_due(&ledger, due);
                 }
                 None => break,
             },
-            _ = tick.tick() => sweep(&ledger, &chain, Some(expiry_margin)).await,
+            _ = tick.tick() => {
+                sweep(&ledger, &chain, Some(expiry_margin)).await;
+                if !retry.is_empty() {
+                    let due = std::mem::take(&mut retry);
+                    redeem(&ledger, &chain, due.iter().copied().collect()).await;
+                    retry = still_due(&ledger, due);
+                }
+            }
         }
     }
     // final flush on shutdown
     sweep(&ledger, &chain, None).await;
+}
+
+/// Those of `ids` whose newest receipt is still unredeemed (and not lost).
+fn still_due(ledger: &Ledger, ids: BTreeSet<B256>) -> BTreeSet<B256> {
+    ids.into_iter().filter(|id| matches!(ledger.get(id), Ok(Some(e)) if redeemable(&e))).collect()
 }
 
 fn redeemable(e: &LedgerEntry) -> bool {
