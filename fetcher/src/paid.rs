@@ -112,8 +112,8 @@ pub enum PaidError {
     Sign(String),
     #[error("cannot send to the provider: {0}")]
     Stream(String),
-    #[error("the local store cannot commit what it verified: {0}")]
-    Store(String),
+    #[error("the local store cannot commit what it verified")]
+    Store(#[source] iroh_blobs::api::RequestError),
 }
 
 fn fmt_addrs(a: &[Address]) -> String {
@@ -314,7 +314,7 @@ async fn receipts(
         // partial blob's bitfield from its outboard on restart). Without this a kill -9 loses
         // the blobs created in the last ~500 ms, and the resumed run would download, and pay
         // for, them again. A no-op when no entry changed since the last receipt.
-        store.sync_db().await.map_err(|e| PaidError::Store(e.to_string()))?;
+        store.sync_db().await.map_err(PaidError::Store)?;
         let amount = amount_for(verified, price).min(max);
         let sig = sign_receipt_sync(&signer, &domain, deal.id, U256::from(amount))
             .map_err(|e| PaidError::Sign(e.to_string()))?;
