@@ -6,6 +6,7 @@ mod bench;
 mod cli;
 mod compute_bench;
 mod progress;
+mod review;
 
 use std::process::ExitCode;
 

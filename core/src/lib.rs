@@ -5,11 +5,12 @@
 //! - [`manifest`]: the `bdc.json` dataset manifest that every published collection carries.
 //! - [`ticket`]: dataset tickets (iroh-blobs `BlobTicket`s, so `sendme` can use them too).
 //! - [`paths`]: the rule for file names inside a dataset (no escaping the output directory).
-//! - [`jobs`]: `bdc/jobs/1` messages (SQL jobs, signed result manifests).
+//! - [`jobs`]: `bdc/jobs/1` messages (SQL jobs, signed result manifests); [`evidence`]: what a dispute commits to.
 //! - [`keys`]: persistent iroh node keys; [`net`]: endpoint settings (relays and discovery off by default).
 //!
 //! No sockets are opened and no database is touched in this crate.
 
+pub mod evidence;
 pub mod jobs;
 pub mod keys;
 pub mod manifest;

@@ -4,6 +4,10 @@ use std::path::Path;
 
 use alloy::primitives::{B256, U256};
 use anyhow::Context;
+use bdc_core::{
+    evidence::{Claim, EVIDENCE_VERSION, Evidence},
+    jobs::SignedJobResult,
+};
 use bdc_fetcher::DealBook;
 use clap::Subcommand;
 
@@ -20,12 +24,29 @@ pub enum DealCmd {
     /// As the buyer, inside the dispute window: freeze the redeemed-but-pending pot (posts a
     /// bond). The arbiter has the escrow's arbitration period to rule; after it, `bdc deal
     /// settle` applies the default (the signed receipts stand, the bond goes to the provider).
+    ///
+    /// With --result or --manifest-claim the evidence document `bdc arbiter review` reads is
+    /// written to <data-dir>/fetcher/evidence/<deal>.json and its hash committed; give it to the
+    /// arbiter (or publish it: `bdc provider publish --raw`), with the result file for a job.
     Dispute {
         id: B256,
-        /// A file with the buyer's evidence: its BLAKE3 hash (its root as a raw bdc blob, so
-        /// the arbiter can fetch it verified once it is published) is committed on chain.
-        #[arg(long, value_name = "PATH")]
+        /// A prepared evidence file: its BLAKE3 hash (its root as a raw bdc blob, so the arbiter
+        /// can fetch it verified once it is published) is committed on chain.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["result", "manifest_claim"])]
         evidence: Option<std::path::PathBuf>,
+        /// The job's result is wrong: its signed result manifest (`bdc compute --json`);
+        /// repeat for replicas of the job at other providers.
+        #[arg(long, value_name = "MANIFEST.json", conflicts_with = "manifest_claim")]
+        result: Vec<std::path::PathBuf>,
+        /// The dataset's bytes contradict its manifest (files, sizes, hashes, schemas).
+        #[arg(long)]
+        manifest_claim: bool,
+        /// A ticket of the dataset, for the arbiter to fetch it from.
+        #[arg(long, value_name = "TICKET")]
+        dataset: Option<String>,
+        /// A note for the arbiter.
+        #[arg(long, default_value = "")]
+        note: String,
         #[command(flatten)]
         chain: ChainArgs,
     },
@@ -62,16 +83,39 @@ pub async fn deal(cmd: DealCmd, dir: &Path) -> anyhow::Result<()> {
             let amount = c.refund(&t).await?;
             println!("refunded {} to {}", format_bdc(amount), t.buyer);
         }
-        DealCmd::Dispute { id, evidence, chain } => {
+        DealCmd::Dispute { id, evidence, result, manifest_claim, dataset, note, chain } => {
             let (c, signer) = chain.connect()?;
             let t = terms_of(id, dir, &c).await?;
-            let evidence = match &evidence {
-                Some(p) => {
-                    let bytes = std::fs::read(p).with_context(|| format!("cannot read evidence {}", p.display()))?;
-                    B256::from(*bdc_core::Hash::new(&bytes).as_bytes())
-                }
-                None => B256::ZERO,
+            let claim = if manifest_claim {
+                Some(Claim::DataContradictsManifest)
+            } else if !result.is_empty() {
+                Some(Claim::WrongResult { results: read_results(id, &result)? })
+            } else {
+                None
             };
+            let bytes = match (&evidence, claim) {
+                (Some(p), _) => {
+                    Some(std::fs::read(p).with_context(|| format!("cannot read evidence {}", p.display()))?)
+                }
+                (None, Some(claim)) => {
+                    let doc = Evidence {
+                        version: EVIDENCE_VERSION,
+                        deal: format!("{id:#x}"),
+                        claim,
+                        dataset_ticket: dataset,
+                        note,
+                    };
+                    let bytes = doc.to_bytes();
+                    let path = dir.join("evidence").join(format!("{id:#x}.json"));
+                    std::fs::create_dir_all(dir.join("evidence"))
+                        .and_then(|()| std::fs::write(&path, &bytes))
+                        .with_context(|| format!("cannot write the evidence {}", path.display()))?;
+                    println!("evidence written to {}: give it to the arbiter {}", path.display(), t.arbiter);
+                    Some(bytes)
+                }
+                (None, None) => None,
+            };
+            let evidence = bytes.map(|b| B256::from(*Evidence::hash_of(&b).as_bytes())).unwrap_or(B256::ZERO);
             c.dispute(signer.address(), &t, evidence).await?;
             let rule_by = c.deal_state(id).await?.release_at;
             println!("deal {id} disputed (evidence {evidence}); the arbiter {} rules by {rule_by}", t.arbiter);
@@ -96,6 +140,23 @@ pub async fn deal(cmd: DealCmd, dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Signed result manifests (`bdc compute --json`) for the evidence of a dispute of `deal`: one
+/// of them must be for it.
+fn read_results(deal: B256, paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<SignedJobResult>> {
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        let text = std::fs::read(p).with_context(|| format!("cannot read result manifest {}", p.display()))?;
+        let signed: SignedJobResult = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a signed result manifest (`bdc compute --json`)", p.display()))?;
+        out.push(signed);
+    }
+    anyhow::ensure!(
+        out.iter().any(|s| s.result.deal_id == deal.0),
+        "none of the --result manifests is for deal {deal} (a paid job's manifest names its deal)"
+    );
+    Ok(out)
 }
 
 /// Lists the buyer's deals with local and (when a chain is given) on-chain amounts.

@@ -1,5 +1,6 @@
 //! Argument parsing and dispatch.
 
+mod arbiter;
 mod chain;
 mod compute;
 mod deals;
@@ -58,6 +59,9 @@ pub enum Command {
     /// Refund, dispute or withdraw a deal.
     #[command(subcommand)]
     Deal(deals::DealCmd),
+    /// Review a disputed deal's evidence on a verified copy of the data, and rule on it.
+    #[command(subcommand)]
+    Arbiter(arbiter::ArbiterCmd),
     /// Register datasets on chain (the vendor side).
     #[command(subcommand)]
     Dataset(chain::DatasetCmd),
@@ -97,6 +101,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devnet(args) => devnet::run(args, &root).await,
         Command::Deals { chain, json } => deals::deals(&root.join("fetcher"), chain, json).await,
         Command::Deal(cmd) => deals::deal(cmd, &root.join("fetcher")).await,
+        Command::Arbiter(cmd) => arbiter::run(cmd, &root, cli.quiet).await,
         Command::Dataset(cmd) => chain::dataset(cmd, &root.join("provider")).await,
         Command::Key(cmd) => chain::key(cmd),
         Command::Balance { addresses, chain, json } => chain::balance(addresses, chain, json).await,

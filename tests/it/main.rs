@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod compute;
+mod disputes;
 mod market;
 mod paid;
 mod transfer;

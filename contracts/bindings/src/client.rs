@@ -54,6 +54,18 @@ pub struct DealState {
     pub refunded: bool,
 }
 
+/// A dispute as its `Disputed` event recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Dispute {
+    /// The pot the dispute froze (redeemed, not yet paid out), token base units.
+    pub frozen: U256,
+    pub bond: U256,
+    /// The BLAKE3 hash of the buyer's evidence document (zero: none).
+    pub evidence: B256,
+    /// Unix seconds: the arbiter rules before this; after it anyone applies the default.
+    pub rule_by: u64,
+}
+
 /// What a buyer asks for when opening a deal.
 #[derive(Debug, Clone)]
 pub struct OpenDeal {
@@ -385,6 +397,30 @@ impl<P: Provider + Clone> Contracts<P> {
         Ok(logs.iter().find_map(|l| {
             let ev = TransferEscrow::DealOpened::decode_log(&l.inner).ok()?.data;
             (ev.dealId == id).then_some(Deal { id, terms: ev.terms })
+        }))
+    }
+
+    /// The newest `Disputed` event of a deal: what was frozen, the bond, the evidence hash the
+    /// buyer committed to, and the arbiter's deadline. None if the deal was never disputed.
+    pub async fn find_dispute(&self, id: B256) -> Result<Option<Dispute>, ChainError> {
+        let filter = Filter::new()
+            .address(self.deployment.escrow)
+            .event_signature(TransferEscrow::Disputed::SIGNATURE_HASH)
+            .topic1(id)
+            .from_block(self.deployment.deploy_block);
+        let logs = self
+            .provider
+            .get_logs(&filter)
+            .await
+            .map_err(|e| ChainError::Rpc { call: "eth_getLogs", reason: e.to_string() })?;
+        Ok(logs.iter().rev().find_map(|l| {
+            let ev = TransferEscrow::Disputed::decode_log(&l.inner).ok()?.data;
+            (ev.dealId == id).then_some(Dispute {
+                frozen: ev.frozen,
+                bond: ev.bond,
+                evidence: ev.evidence,
+                rule_by: ev.ruleBy.to::<u64>(),
+            })
         }))
     }
 
