@@ -139,7 +139,9 @@ async fn review_result(input: &ReviewInput<'_>, results: &[SignedJobResult]) -> 
     match bdc_contracts::jobs::job_result_signer(signed) {
         Ok(a) if a == provider => {}
         Ok(a) => {
-            return for_provider(format!("the result manifest is signed by {a}, not by the deal's provider {provider}"));
+            return for_provider(format!(
+                "the result manifest is signed by {a}, not by the deal's provider {provider}"
+            ));
         }
         Err(e) => return for_provider(format!("the result manifest's signature does not verify: {e}")),
     }

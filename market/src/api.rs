@@ -718,9 +718,9 @@ async fn get_dataset(State(st): State<AppState>, Path(root): Path<String>) -> Ap
 
 // ---- reputation, providers, deals ----
 
-pub async fn provider(db: &Db, id: &str) -> ApiResult<Value> {
+pub async fn provider(db: &Db, id: &str, weights: &crate::reputation::Weights) -> ApiResult<Value> {
     let p = format!("{:#x}", parse_addr("provider", id)?);
-    let rep = reputation(db, &p).await?;
+    let rep = reputation(db, &p, weights).await?;
     let listings = sqlx::query(
         "SELECT l.root, m.name, l.price_gib, l.region, l.expires_at FROM listings l \
          LEFT JOIN dataset_meta m ON m.root = l.root WHERE l.provider = $1 ORDER BY l.root",
@@ -753,7 +753,7 @@ pub async fn provider(db: &Db, id: &str) -> ApiResult<Value> {
 }
 
 async fn get_provider(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(provider(&st.db, &id).await?))
+    Ok(Json(provider(&st.db, &id, st.book.weights()).await?))
 }
 
 pub async fn deal(db: &Db, id: &str) -> ApiResult<Value> {

@@ -91,11 +91,22 @@ pub struct OfferBook {
     seq: AtomicU64,
     /// Bumped by whatever changes a standing; starts at 1 so the first match reads them.
     standings_gen: AtomicU64,
+    weights: reputation::Weights,
 }
 
 impl OfferBook {
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { standings_gen: AtomicU64::new(1), ..Default::default() })
+        Self::with_weights(reputation::Weights::default())
+    }
+
+    /// A book whose standings weigh outcomes with `weights`.
+    pub fn with_weights(weights: reputation::Weights) -> Arc<Self> {
+        Arc::new(Self { standings_gen: AtomicU64::new(1), weights, ..Default::default() })
+    }
+
+    /// How this market weighs reputation.
+    pub fn weights(&self) -> &reputation::Weights {
+        &self.weights
     }
 
     /// Records a listing intake stored (after its transaction committed).
@@ -195,7 +206,7 @@ impl OfferBook {
             }
             let want = self.standings_gen.load(Ordering::SeqCst);
             if self.state.read().expect("book lock").standings_gen < want {
-                let standings = reputation::standings(db).await?;
+                let standings = reputation::standings(db, &self.weights).await?;
                 let mut st = self.state.write().expect("book lock");
                 st.standings = standings;
                 st.standings_gen = want;
@@ -234,10 +245,14 @@ impl OfferBook {
     }
 }
 
-/// A provider has standing once it completed a deal or buyers measured its throughput: both cost
-/// real tokens on chain, so throwaway keys have none.
+/// Weighed completed deals that give standing: buyers that paid a hundredth of the reputation
+/// unit together (a 1-wei deal with itself does not).
+pub const STANDING_WEIGHT: f64 = 0.01;
+
+/// A provider has standing once buyers paid it ([`STANDING_WEIGHT`]) or measured its throughput:
+/// both cost real tokens on chain, so throwaway keys have none.
 pub fn has_standing(s: &Standing) -> bool {
-    s.completed > 0 || s.throughput_mibps > 0.0
+    s.completed >= STANDING_WEIGHT || s.throughput_mibps > 0.0
 }
 
 /// The listings, in one flat table (a whole-market scan walks contiguous memory), indexed by
@@ -311,12 +326,14 @@ mod tests {
     async fn deal(db: &Db, id: &str, buyer: &str, provider: &str, state: &str) {
         sqlx::query(
             "INSERT INTO deals (id, buyer, provider, root, price_per_byte, max_amount, window_bytes, expiry, \
-             opened_block, redeemed, refunded, state, buyer_won) VALUES ($1, $2, $3, 'A', '1', '100', 0, 0, 1, '0', '0', $4, 0)",
+             opened_block, redeemed, refunded, state, buyer_won) VALUES ($1, $2, $3, 'A', '1', '100', 0, 0, 1, $5, '0', $4, 0)",
         )
         .bind(id)
         .bind(buyer)
         .bind(provider)
         .bind(state)
+        // a refunded deal paid nothing; a completed one its whole deposit
+        .bind(if state == "refunded" { "0" } else { "100" })
         .execute(&db.pool)
         .await
         .unwrap();
@@ -336,7 +353,9 @@ mod tests {
         list(&db, "p1", "A", 100, 10_000).await;
         list(&db, "p2", "A", 200, 10_000).await;
         list(&db, "p3", "B", 150, 500).await; // expired at "now" (1000)
-        let book = OfferBook::new();
+        // a unit of 100: each completed deal below (100 redeemed, its own buyer) counts as one
+        let weights = reputation::Weights { unit: 100, trusted_arbiters: vec![] };
+        let book = OfferBook::with_weights(weights.clone());
         assert_eq!(providers(&book, &db, None, 10).await, ["p1", "p2"], "expired offers are not matched");
         assert_eq!(providers(&book, &db, None, 1).await, ["p2"], "over the cap, the most recently issued");
         assert_eq!(providers(&book, &db, Some("A"), 10).await, ["p1", "p2"]);
@@ -366,7 +385,7 @@ mod tests {
         assert_eq!(after.reputation, reputation::score(3, 1, 0));
         assert_eq!(after.deals_completed, 3);
         assert_eq!(after.throughput_mibps, 20.0, "the median over three buyers");
-        let full = reputation::reputation(&db, "p1").await.unwrap();
+        let full = reputation::reputation(&db, "p1", &weights).await.unwrap();
         assert_eq!((full.score, full.completed, full.throughput_mibps), (after.reputation, 3, 20.0));
         // over the cap, a provider with standing (p1, older) beats a newer one without (p2):
         // throwaway keys listing later cannot push it out of a match

@@ -68,6 +68,9 @@ pub enum ChainEvent {
         max_amount: String,
         window: u64,
         expiry: u64,
+        /// Absent from events stored by markets before 0006 (no arbiter: not trusted).
+        #[serde(default)]
+        arbiter: Address,
     },
     Redeemed {
         id: B256,
@@ -134,6 +137,7 @@ impl ChainEvent {
                 max_amount: e.terms.maxAmount.to_string(),
                 window: e.terms.window,
                 expiry: e.terms.expiry,
+                arbiter: e.terms.arbiter,
             },
             TransferEscrowEvents::Redeemed(e) => {
                 Self::Redeemed { id: e.dealId, cumulative: e.cumulativeAmount.to_string() }
@@ -320,11 +324,11 @@ async fn apply(tx: &mut Transaction<'_, Any>, block: u64, idx: u64, ev: &ChainEv
         ChainEvent::VendorTransferred { root, to } => {
             sqlx::query("UPDATE datasets SET vendor = $2 WHERE root = $1").bind(hex32(root)).bind(addr(to))
         }
-        ChainEvent::DealOpened { id, buyer, provider, root, price_per_byte, max_amount, window, expiry } => {
+        ChainEvent::DealOpened { id, buyer, provider, root, price_per_byte, max_amount, window, expiry, arbiter } => {
             sqlx::query(
                 "INSERT INTO deals (id, buyer, provider, root, price_per_byte, max_amount, window_bytes, expiry, \
-                 opened_block, redeemed, refunded, state, buyer_won) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, '0', '0', 'open', 0) ON CONFLICT (id) DO NOTHING",
+                 opened_block, redeemed, refunded, state, buyer_won, arbiter) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, '0', '0', 'open', 0, $10) ON CONFLICT (id) DO NOTHING",
             )
             .bind(hex32(id))
             .bind(addr(buyer))
@@ -335,6 +339,7 @@ async fn apply(tx: &mut Transaction<'_, Any>, block: u64, idx: u64, ev: &ChainEv
             .bind(*window as i64)
             .bind(*expiry as i64)
             .bind(block as i64)
+            .bind(addr(arbiter))
         }
         ChainEvent::Redeemed { id, cumulative } => {
             sqlx::query(

@@ -40,6 +40,8 @@ pub struct MarketConfig {
     /// How often the indexer polls the chain.
     pub poll: Duration,
     pub limits: Limits,
+    /// How reputation weighs outcomes (value per buyer, trusted arbiters).
+    pub reputation: reputation::Weights,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,7 @@ impl Market {
             registry: d.registry,
             metrics: Arc::default(),
             index: index.clone(),
-            book: book::OfferBook::new(),
+            book: book::OfferBook::with_weights(cfg.reputation.clone()),
             intake: Arc::new(intake::Gate::new(cfg.limits.intake)),
         };
         let book = st.book.clone();

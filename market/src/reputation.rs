@@ -11,20 +11,53 @@ use sqlx::Row;
 
 use crate::db::Db;
 
+/// How outcomes are weighed (MARKET.md, "Reputation").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Weights {
+    /// Token base units a buyer must have paid a provider (over its completed deals) to count as
+    /// one whole completed buyer; less counts in proportion, more counts once. Failures weigh
+    /// the deposits a buyer left unspent the same way. Default: 1 BDC (10^18).
+    pub unit: u128,
+    /// Arbiters whose rulings count: a dispute ruled for the buyer by any other arbiter (one a
+    /// provider or buyer chose for itself) does not move the score. Lowercase 0x-hex.
+    pub trusted_arbiters: Vec<String>,
+}
+
+impl Default for Weights {
+    fn default() -> Self {
+        Self { unit: 10u128.pow(18), trusted_arbiters: Vec::new() }
+    }
+}
+
+impl Weights {
+    pub fn new(unit: u128, trusted_arbiters: impl IntoIterator<Item = alloy::primitives::Address>) -> Self {
+        Self { unit: unit.max(1), trusted_arbiters: trusted_arbiters.into_iter().map(|a| format!("{a:#x}")).collect() }
+    }
+
+    fn trusts(&self, arbiter: &str) -> bool {
+        self.trusted_arbiters.iter().any(|a| a.eq_ignore_ascii_case(arbiter))
+    }
+}
+
 /// A provider's record from on-chain outcomes only.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Reputation {
     pub deals: u64,
-    /// Deals paid out to the provider (withdrawn).
+    /// Deals paid out to the provider (withdrawn, or a dispute ruled for it), counted.
     pub completed: u64,
     /// Deals refunded with nothing redeemed: the provider delivered nothing paid.
     pub failed: u64,
-    /// Disputes resolved for the buyer.
+    /// Disputes resolved for the buyer (by any arbiter).
     pub disputes_lost: u64,
+    /// Distinct buyers that paid the provider on a completed deal.
+    pub paying_buyers: u64,
+    /// What the score is computed from ([`weigh`]): completed and failed weighed by value per
+    /// buyer, disputes lost before an arbiter the market trusts.
+    pub weighed: Weighed,
     /// Bytes the provider was paid for (redeemed amount / price per byte, over all deals).
     pub bytes_redeemed: u128,
-    /// [`score`]: `(completed + 1) / (completed + failed + 2 × disputes_lost + 2)`, in (0, 1);
-    /// 0.5 with no history.
+    /// [`score`] of the weighed outcomes: `(completed + 1) / (completed + failed + 2 × disputes_lost + 2)`,
+    /// in (0, 1); 0.5 with no history.
     pub score: f64,
     /// Median throughput buyers measured, MiB/s (0 with no reports). Reports are signed by the
     /// deal's buyer; each buyer counts once (its newest report), so no buyer outweighs another.
@@ -33,26 +66,41 @@ pub struct Reputation {
     pub throughput_buyers: u64,
 }
 
+/// Outcomes as the score counts them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Weighed {
+    pub completed: f64,
+    pub failed: f64,
+    pub disputes_lost: f64,
+}
+
+impl Weighed {
+    pub fn score(&self) -> f64 {
+        (self.completed + 1.0) / (self.completed + self.failed + 2.0 * self.disputes_lost + 2.0)
+    }
+}
+
 /// What ranking sees of a provider (the offer attributes `reputation`, `deals_completed`,
 /// `throughput_mibps`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Standing {
     pub score: f64,
-    pub completed: u64,
+    /// Completed deals, weighed ([`Weighed::completed`]): paying buyers, by value.
+    pub completed: f64,
     pub throughput_mibps: f64,
 }
 
 impl Default for Standing {
     /// A provider with no history.
     fn default() -> Self {
-        Self { score: score(0, 0, 0), completed: 0, throughput_mibps: 0.0 }
+        Self { score: score(0, 0, 0), completed: 0.0, throughput_mibps: 0.0 }
     }
 }
 
-/// The reputation score: completed deals against refunds with nothing paid and lost disputes
-/// (counted twice), with one of each assumed, so a newcomer starts at 0.5.
+/// The reputation score of whole counts: completed deals against refunds with nothing paid and
+/// lost disputes (counted twice), with one of each assumed, so a newcomer starts at 0.5.
 pub fn score(completed: u64, failed: u64, disputes_lost: u64) -> f64 {
-    (completed as f64 + 1.0) / (completed as f64 + failed as f64 + 2.0 * disputes_lost as f64 + 2.0)
+    Weighed { completed: completed as f64, failed: failed as f64, disputes_lost: disputes_lost as f64 }.score()
 }
 
 /// The median of each buyer's newest report, from `(buyer, mibps)` rows ordered by buyer and
@@ -75,31 +123,102 @@ pub fn median_per_buyer(rows: impl IntoIterator<Item = (String, f64)>) -> (f64, 
     (m, n as u64)
 }
 
-/// Deal states counted against a provider: a refund with nothing redeemed, a dispute lost.
-const COUNTS: &str = "SUM(CASE WHEN state = 'completed' THEN 1 ELSE 0 END), \
-     SUM(CASE WHEN state = 'refunded' AND redeemed = '0' THEN 1 ELSE 0 END), \
-     SUM(CASE WHEN state = 'resolved' AND buyer_won = 1 THEN 1 ELSE 0 END)";
+/// One deal as the score sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub buyer: String,
+    pub state: String,
+    /// Token base units redeemed.
+    pub redeemed: u128,
+    /// Token base units escrowed.
+    pub max_amount: u128,
+    pub arbiter: String,
+    pub buyer_won: bool,
+}
+
+impl Outcome {
+    /// Paid out to the provider: withdrawn, or a dispute ruled (or settled) for it.
+    fn completed(&self) -> bool {
+        self.state == "completed" || (self.state == "resolved" && !self.buyer_won && self.redeemed > 0)
+    }
+
+    fn failed(&self) -> bool {
+        self.state == "refunded" && self.redeemed == 0
+    }
+
+    fn lost(&self) -> bool {
+        self.state == "resolved" && self.buyer_won
+    }
+}
+
+/// Whole counts (completed, failed, disputes lost, paying buyers) and the weighed outcomes of
+/// one provider's deals.
+///
+/// A buyer counts as at most one completed deal, in proportion to what it paid over `unit`,
+/// so neither many 1-wei deals nor one account's many deals raise the score; failures weigh a
+/// buyer's unspent deposits the same way, so refunds of dust deposits from throwaway accounts
+/// do not lower it; a lost dispute counts once when an arbiter the market trusts ruled it.
+pub fn weigh<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>, w: &Weights) -> ([u64; 4], Weighed) {
+    let mut per_buyer: HashMap<&str, (u128, u128)> = HashMap::new();
+    let (mut counts, mut out) = ([0u64; 4], Weighed::default());
+    for o in outcomes {
+        let entry = per_buyer.entry(o.buyer.as_str()).or_default();
+        if o.completed() {
+            counts[0] += 1;
+            entry.0 = entry.0.saturating_add(o.redeemed);
+        } else if o.failed() {
+            counts[1] += 1;
+            entry.1 = entry.1.saturating_add(o.max_amount);
+        } else if o.lost() {
+            counts[2] += 1;
+            if w.trusts(&o.arbiter) {
+                out.disputes_lost += 1.0;
+            }
+        }
+    }
+    let unit = w.unit.max(1) as f64;
+    for (paid, unspent) in per_buyer.into_values() {
+        if paid > 0 {
+            counts[3] += 1;
+        }
+        out.completed += (paid as f64 / unit).min(1.0);
+        out.failed += (unspent as f64 / unit).min(1.0);
+    }
+    (counts, out)
+}
+
+const OUTCOME_COLUMNS: &str = "buyer, state, redeemed, max_amount, arbiter, buyer_won";
+
+fn outcome(row: &sqlx::any::AnyRow, at: usize) -> Outcome {
+    let amount = |i: usize| row.get::<String, _>(at + i).parse::<u128>().unwrap_or(0);
+    Outcome {
+        buyer: row.get(at),
+        state: row.get(at + 1),
+        redeemed: amount(2),
+        max_amount: amount(3),
+        arbiter: row.get(at + 4),
+        buyer_won: row.get::<i64, _>(at + 5) != 0,
+    }
+}
 
 /// One provider's full record.
-pub async fn reputation(db: &Db, provider: &str) -> Result<Reputation, sqlx::Error> {
-    let rows = sqlx::query("SELECT redeemed, price_per_byte FROM deals WHERE provider = $1")
+pub async fn reputation(db: &Db, provider: &str, w: &Weights) -> Result<Reputation, sqlx::Error> {
+    let rows = sqlx::query(&format!("SELECT price_per_byte, {OUTCOME_COLUMNS} FROM deals WHERE provider = $1"))
         .bind(provider)
         .fetch_all(&db.pool)
         .await?;
     let mut r = Reputation { deals: rows.len() as u64, ..Default::default() };
-    for row in rows {
-        let redeemed: u128 = row.get::<String, _>(0).parse().unwrap_or(0);
-        let ppb: u128 = row.get::<String, _>(1).parse().unwrap_or(0);
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let ppb: u128 = row.get::<String, _>(0).parse().unwrap_or(0);
+        let o = outcome(row, 1);
         // a job deal (price per byte 0) pays for a job, not for bytes
-        r.bytes_redeemed += redeemed.checked_div(ppb).unwrap_or(0);
+        r.bytes_redeemed += o.redeemed.checked_div(ppb).unwrap_or(0);
+        outcomes.push(o);
     }
-    let c = sqlx::query(&format!("SELECT {COUNTS} FROM deals WHERE provider = $1"))
-        .bind(provider)
-        .fetch_one(&db.pool)
-        .await?;
-    let count = |i: usize| c.try_get::<i64, _>(i).unwrap_or(0) as u64;
-    (r.completed, r.failed, r.disputes_lost) = (count(0), count(1), count(2));
-    r.score = score(r.completed, r.failed, r.disputes_lost);
+    let ([completed, failed, lost, buyers], weighed) = weigh(&outcomes, w);
+    (r.completed, r.failed, r.disputes_lost, r.paying_buyers, r.weighed) = (completed, failed, lost, buyers, weighed);
+    r.score = weighed.score();
     let reports = sqlx::query(
         "SELECT d.buyer, r.mibps FROM reports r JOIN deals d ON d.id = r.deal WHERE r.provider = $1 \
          ORDER BY d.buyer, r.issued_at DESC",
@@ -112,13 +231,19 @@ pub async fn reputation(db: &Db, provider: &str) -> Result<Reputation, sqlx::Err
 }
 
 /// Every provider's standing that has a deal or a report.
-pub async fn standings(db: &Db) -> Result<HashMap<String, Standing>, sqlx::Error> {
+pub async fn standings(db: &Db, w: &Weights) -> Result<HashMap<String, Standing>, sqlx::Error> {
     let mut out: HashMap<String, Standing> = HashMap::new();
-    for c in sqlx::query(&format!("SELECT provider, {COUNTS} FROM deals GROUP BY provider")).fetch_all(&db.pool).await?
-    {
-        let count = |i: usize| c.try_get::<i64, _>(i).unwrap_or(0) as u64;
-        let s = Standing { score: score(count(1), count(2), count(3)), completed: count(1), throughput_mibps: 0.0 };
-        out.insert(c.get(0), s);
+    let rows = sqlx::query(&format!("SELECT provider, {OUTCOME_COLUMNS} FROM deals ORDER BY provider"))
+        .fetch_all(&db.pool)
+        .await?;
+    let mut i = 0;
+    while i < rows.len() {
+        let provider: String = rows[i].get(0);
+        let end = i + rows[i..].iter().take_while(|r| r.get::<String, _>(0) == provider).count();
+        let outcomes: Vec<Outcome> = rows[i..end].iter().map(|r| outcome(r, 1)).collect();
+        let (_, weighed) = weigh(&outcomes, w);
+        out.insert(provider, Standing { score: weighed.score(), completed: weighed.completed, throughput_mibps: 0.0 });
+        i = end;
     }
     let reports = sqlx::query(
         "SELECT r.provider, d.buyer, r.mibps FROM reports r JOIN deals d ON d.id = r.deal \
@@ -157,5 +282,50 @@ mod tests {
         assert_eq!(Standing::default().score, 0.5);
         assert!(score(3, 0, 1) < score(3, 1, 0));
         assert!(score(10, 0, 0) > score(9, 0, 0));
+    }
+
+    fn deal(buyer: &str, state: &str, redeemed: u128, max_amount: u128, arbiter: &str, buyer_won: bool) -> Outcome {
+        Outcome { buyer: buyer.into(), state: state.into(), redeemed, max_amount, arbiter: arbiter.into(), buyer_won }
+    }
+
+    #[test]
+    fn self_dealing_does_not_move_the_score_and_paying_buyers_do() {
+        const UNIT: u128 = 1_000_000;
+        let w = Weights { unit: UNIT, trusted_arbiters: vec!["0xa1".into()] };
+        let honest = vec![deal("b1", "completed", UNIT, UNIT, "0xa1", false)];
+        let (_, base) = weigh(&honest, &w);
+        assert_eq!(base.completed, 1.0);
+        // 1,000 one-wei deals from 100 throwaway accounts of the provider's own
+        let mut farmed = honest.clone();
+        for i in 0..1000 {
+            farmed.push(deal(&format!("sybil{}", i % 100), "completed", 1, 1, "0xself", false));
+        }
+        let (counts, f) = weigh(&farmed, &w);
+        assert_eq!(counts[0], 1001, "the record still shows every deal");
+        assert!((f.score() - base.score()).abs() < 1e-3, "{} vs {}", f.score(), base.score());
+        // one account's many deals count as one buyer
+        let repeat: Vec<Outcome> = (0..50).map(|_| deal("b1", "completed", UNIT, UNIT, "0xa1", false)).collect();
+        assert_eq!(weigh(&repeat, &w).1.completed, 1.0);
+        // a dispute ruled by an arbiter the market does not trust (one the parties chose for
+        // themselves) does not lower it; one ruled by a trusted arbiter does
+        let mut disputed = honest.clone();
+        disputed.push(deal("griefer", "resolved", 1, 1, "0xself", true));
+        assert_eq!(weigh(&disputed, &w).1, base);
+        disputed.push(deal("b2", "resolved", 10, UNIT, "0xA1", true));
+        assert_eq!(weigh(&disputed, &w).1.disputes_lost, 1.0, "trusted, whatever the case of its hex");
+        // refunds of dust deposits from throwaway accounts do not lower it
+        let mut griefed = honest.clone();
+        for i in 0..1000 {
+            griefed.push(deal(&format!("g{i}"), "refunded", 0, 1, "0xa1", false));
+        }
+        assert!((weigh(&griefed, &w).1.score() - base.score()).abs() < 1e-3);
+        // distinct buyers paying a unit each do raise it
+        let paying: Vec<Outcome> = (0..5).map(|i| deal(&format!("b{i}"), "completed", UNIT, UNIT, "", false)).collect();
+        let (counts, p) = weigh(&paying, &w);
+        assert_eq!((counts[3], p.completed), (5, 5.0));
+        assert!(p.score() > base.score() + 0.1);
+        // a dispute the provider won pays it out: completed
+        let won = vec![deal("b1", "resolved", UNIT, UNIT, "0xa1", false)];
+        assert_eq!(weigh(&won, &w).1.completed, 1.0);
     }
 }

@@ -130,19 +130,23 @@ pub async fn dataset_page(State(st): State<AppState>, Path(root): Path<String>) 
 }
 
 pub async fn provider_page(State(st): State<AppState>, Path(id): Path<String>) -> Response {
-    let p = match provider(&st.db, &id).await {
+    let p = match provider(&st.db, &id, st.book.weights()).await {
         Ok(p) => p,
         Err(e) => return error_page(e),
     };
     let r = &p["reputation"];
     let mut body = format!(
-        "<p class=\"mono\">{}</p><h2>Reputation</h2><p id=\"reputation\">score {:.3} · {} deals, {} completed, {} failed, {} disputes lost · {} bytes paid · buyers measured {:.1} MiB/s (median of {})</p><h2>Deals</h2><table id=\"deals\"><tr><th>deal</th><th>state</th><th>redeemed</th><th>max</th></tr>",
+        "<p class=\"mono\">{}</p><h2>Reputation</h2><p id=\"reputation\">score {:.3} · {} deals, {} completed, {} failed, {} disputes lost · {} paying buyers (weighed: {:.2} completed, {:.2} failed, {:.0} disputes lost before trusted arbiters) · {} bytes paid · buyers measured {:.1} MiB/s (median of {})</p><h2>Deals</h2><table id=\"deals\"><tr><th>deal</th><th>state</th><th>redeemed</th><th>max</th></tr>",
         v(&p["provider"]),
         r["score"].as_f64().unwrap_or(0.0),
         v(&r["deals"]),
         v(&r["completed"]),
         v(&r["failed"]),
         v(&r["disputes_lost"]),
+        v(&r["paying_buyers"]),
+        r["weighed"]["completed"].as_f64().unwrap_or(0.0),
+        r["weighed"]["failed"].as_f64().unwrap_or(0.0),
+        r["weighed"]["disputes_lost"].as_f64().unwrap_or(0.0),
         v(&r["bytes_redeemed"]),
         r["throughput_mibps"].as_f64().unwrap_or(0.0),
         v(&r["throughput_buyers"]),

@@ -20,6 +20,14 @@ pub enum MarketCmd {
         /// How often the indexer polls the chain, milliseconds.
         #[arg(long, default_value_t = 1000)]
         poll_ms: u64,
+        /// Token base units a buyer must have paid a provider to count as one whole completed
+        /// buyer in its reputation (less counts in proportion; default 1 BDC).
+        #[arg(long, default_value_t = 10u128.pow(18))]
+        reputation_unit: u128,
+        /// An arbiter whose rulings count against a provider's reputation (repeatable); a
+        /// dispute ruled by any other arbiter does not move the score.
+        #[arg(long = "trusted-arbiter", value_name = "ADDRESS")]
+        trusted_arbiters: Vec<alloy::primitives::Address>,
         #[command(flatten)]
         chain: ChainArgs,
     },
@@ -33,7 +41,7 @@ pub enum MarketCmd {
 
 pub async fn run(cmd: MarketCmd, dir: &Path) -> anyhow::Result<()> {
     match cmd {
-        MarketCmd::Serve { database_url, bind, poll_ms, chain } => {
+        MarketCmd::Serve { database_url, bind, poll_ms, reputation_unit, trusted_arbiters, chain } => {
             let url = match database_url {
                 Some(u) => u,
                 None => {
@@ -47,6 +55,7 @@ pub async fn run(cmd: MarketCmd, dir: &Path) -> anyhow::Result<()> {
                 bind,
                 poll: Duration::from_millis(poll_ms.max(10)),
                 limits: bdc_market::Limits::default(),
+                reputation: bdc_market::reputation::Weights::new(reputation_unit, trusted_arbiters),
             };
             let market = bdc_market::Market::spawn(cfg, chain).await?;
             println!("market serving on http://{} ({})", market.addr, market.db.backend);

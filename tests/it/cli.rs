@@ -380,6 +380,7 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
             bind: "127.0.0.1:0".parse().unwrap(),
             poll: Duration::from_millis(100),
             limits: bdc_market::Limits::default(),
+            reputation: Default::default(),
         },
         devnet.contracts(0),
     )

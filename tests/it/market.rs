@@ -35,6 +35,7 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
             bind: "127.0.0.1:0".parse().unwrap(),
             poll: Duration::from_millis(100),
             limits: Limits::default(),
+            reputation: Default::default(),
         },
         devnet.contracts(0),
     )

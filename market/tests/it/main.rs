@@ -43,6 +43,7 @@ fn now() -> u64 {
 }
 
 /// The arbiter every test listing names.
+const REPUTATION_UNIT: u128 = 10_000_000;
 const ARBITER_ADDR: &str = "0x00000000000000000000000000000000000000a1";
 
 fn listing(root: B256, provider: &PrivateKeySigner, price_per_byte: u128, region: &str, issued_at: u64) -> ListingBody {
@@ -137,6 +138,8 @@ async fn start_with(db_url: String, devnet: Devnet, limits: Limits) -> Env {
         bind: "127.0.0.1:0".parse().unwrap(),
         poll: Duration::from_millis(100),
         limits,
+        // the deals below pay millions of base units; the devnet's arbiter is trusted
+        reputation: bdc_market::reputation::Weights::new(REPUTATION_UNIT, [devnet.address(0)]),
     };
     let market = Market::spawn(cfg, devnet.contracts(0)).await.unwrap();
     let base = format!("http://{}", market.addr);
@@ -492,6 +495,12 @@ async fn suite(db_url: String) {
     assert_eq!(pr["reputation"]["completed"], 1, "{pr}");
     assert_eq!(pr["reputation"]["disputes_lost"], 1, "{pr}");
     assert_eq!(pr["reputation"]["failed"], 0, "{pr}");
+    // weighed: the buyer paid half a unit on its completed deal; the arbiter that ruled is trusted
+    assert_eq!(pr["reputation"]["paying_buyers"], 1, "{pr}");
+    assert_eq!(pr["reputation"]["weighed"]["completed"], 0.5, "{pr}");
+    assert_eq!(pr["reputation"]["weighed"]["disputes_lost"], 1.0, "{pr}");
+    let expect = bdc_market::reputation::Weighed { completed: 0.5, failed: 0.0, disputes_lost: 1.0 }.score();
+    assert_eq!(pr["reputation"]["score"].as_f64(), Some(expect), "{pr}");
     env.market.shutdown();
 }
 
