@@ -177,10 +177,15 @@ impl JobSpec {
         }
     }
 
+    /// [`JobResult::kind`] of a SQL job.
+    pub const SQL_KIND: &'static str = "sql";
+    /// [`JobResult::kind`] of a container job.
+    pub const CONTAINER_KIND: &'static str = "container";
+
     pub fn kind(&self) -> &'static str {
         match self {
-            Self::Sql { .. } => "sql",
-            Self::Container { .. } => "container",
+            Self::Sql { .. } => Self::SQL_KIND,
+            Self::Container { .. } => Self::CONTAINER_KIND,
         }
     }
 

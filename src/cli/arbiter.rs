@@ -13,7 +13,7 @@ use bdc_fetcher::{FetchError, FetchEvent, FetchOptions, Fetcher};
 use clap::{Subcommand, ValueEnum};
 
 use super::chain::{ChainArgs, format_bdc};
-use crate::review::{ReviewInput, Ruling, favoured, open_evidence, review};
+use crate::review::{ReviewInput, Ruling, favoured, open_evidence, rerun::RerunLimits, review};
 
 #[derive(Debug, Subcommand)]
 pub enum ArbiterCmd {
@@ -43,6 +43,15 @@ pub enum ArbiterCmd {
         /// Seconds to wait for a provider when something must be fetched.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
+        /// Wall-time limit of each re-run of a SQL job, seconds.
+        #[arg(long, default_value_t = 600)]
+        rerun_secs: u64,
+        /// DataFusion's memory pool for a re-run, MiB (it spills into the review's directory past it).
+        #[arg(long, default_value_t = 2048)]
+        rerun_memory_mib: usize,
+        /// Largest result file a re-run may write, MiB.
+        #[arg(long, default_value_t = 1024)]
+        rerun_max_result_mib: u64,
         /// Local UDP address to bind.
         #[arg(long, default_value = "0.0.0.0:0")]
         bind: SocketAddr,
@@ -74,7 +83,19 @@ pub enum Side {
 
 pub async fn run(cmd: ArbiterCmd, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     match cmd {
-        ArbiterCmd::Review { id, evidence, dataset, result_file, json, timeout, bind, chain } => {
+        ArbiterCmd::Review {
+            id,
+            evidence,
+            dataset,
+            result_file,
+            json,
+            timeout,
+            rerun_secs,
+            rerun_memory_mib,
+            rerun_max_result_mib,
+            bind,
+            chain,
+        } => {
             let c = chain.connect_readonly()?;
             let deal = c.find_deal(id).await?.with_context(|| format!("no deal {id} on this escrow"))?;
             let state = c.deal_state(id).await?;
@@ -83,14 +104,24 @@ pub async fn run(cmd: ArbiterCmd, dir: &Path, quiet: bool) -> anyhow::Result<()>
                 dispute.evidence != B256::ZERO,
                 "the buyer committed no evidence with its dispute of deal {id}: there is nothing to review"
             );
-            let work = dir.join("arbiter").join(format!("{id:#x}"));
-            if work.exists() {
-                std::fs::remove_dir_all(&work).with_context(|| format!("cannot clear {}", work.display()))?;
-            }
-            std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+            // a fresh directory per review (removed after it): reviews of the same deal do not
+            // clobber each other, and inputs kept from an earlier one are never deleted
+            let base = dir.join("arbiter");
+            std::fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+            let work = tempfile::Builder::new()
+                .prefix(&format!("{id:#x}-"))
+                .tempdir_in(&base)
+                .with_context(|| format!("cannot create a review directory in {}", base.display()))?;
+            let work = work.path();
+            let limits = RerunLimits {
+                worker: std::env::current_exe().context("cannot find the bdc binary for the re-run")?,
+                wall_time: std::time::Duration::from_secs(rerun_secs.max(1)),
+                memory_pool: rerun_memory_mib.max(16) << 20,
+                max_result_bytes: rerun_max_result_mib.max(1) << 20,
+            };
             let fetcher = Fetcher::open(super::fetcher_config(&dir.join("fetcher"), bind, timeout)).await?;
             let res = async {
-                let bytes = load_evidence(&fetcher, &evidence, dispute.evidence, &work, quiet).await?;
+                let bytes = load_evidence(&fetcher, &evidence, dispute.evidence, work, quiet).await?;
                 let ev = open_evidence(&bytes, dispute.evidence, id)?;
                 let ticket = dataset.or(ev.dataset_ticket.clone()).context(
                     "the evidence names no dataset ticket: give --dataset TICKET (of the deal's dataset)",
@@ -120,7 +151,8 @@ pub async fn run(cmd: ArbiterCmd, dir: &Path, quiet: bool) -> anyhow::Result<()>
                     data: &data,
                     files: &files,
                     result_file: result_file.as_deref(),
-                    work: &work,
+                    work,
+                    rerun: &limits,
                 };
                 anyhow::Ok((review(&input).await?, ev))
             }
@@ -128,11 +160,13 @@ pub async fn run(cmd: ArbiterCmd, dir: &Path, quiet: bool) -> anyhow::Result<()>
             fetcher.shutdown().await;
             let (rev, ev) = res?;
             let now = c.chain_time().await?;
+            // the pot now: redeems after the dispute joined it
+            let pot = state.redeemed.saturating_sub(state.paid_out);
             if json {
                 let out = serde_json::json!({
                     "deal": id,
                     "disputed": state.disputed,
-                    "frozen": dispute.frozen.to_string(),
+                    "frozen": pot.to_string(),
                     "bond": dispute.bond.to_string(),
                     "rule_by": dispute.rule_by,
                     "evidence": dispute.evidence,
@@ -146,23 +180,34 @@ pub async fn run(cmd: ArbiterCmd, dir: &Path, quiet: bool) -> anyhow::Result<()>
                     None => "inconclusive".into(),
                 };
                 println!("deal {id}: {} claim, review {who}", rev.claim.replace('_', " "));
+                // findings quote the query, rows and errors, the note is the buyer's: no control
+                // characters reach the terminal (a newline could fake a line of this review)
                 for f in &rev.findings {
-                    println!("  - {f}");
+                    println!("  - {}", printable(f));
                 }
                 if !ev.note.is_empty() {
-                    println!("  buyer's note: {}", ev.note);
+                    println!("  buyer's note: {}", printable(&ev.note));
                 }
                 let left = dispute.rule_by.saturating_sub(now);
-                if state.disputed {
-                    println!(
-                        "frozen {} and bond {}; rule by {} ({left} s left): bdc arbiter resolve {id} --for {}",
-                        format_bdc(dispute.frozen),
+                let side = match rev.ruling {
+                    Ruling::Buyer => Some("buyer"),
+                    Ruling::Provider => Some("provider"),
+                    Ruling::Inconclusive => None,
+                };
+                match (state.disputed, side) {
+                    (false, _) => println!("the dispute is settled already"),
+                    (true, Some(side)) => println!(
+                        "pot {} and bond {}; rule by {} ({left} s left): bdc arbiter resolve {id} --for {side}",
+                        format_bdc(pot),
                         format_bdc(dispute.bond),
                         dispute.rule_by,
-                        if rev.ruling == Ruling::Buyer { "buyer" } else { "provider" }
-                    );
-                } else {
-                    println!("the dispute is settled already");
+                    ),
+                    (true, None) => println!(
+                        "pot {} and bond {}; rule by {} ({left} s left); the review supports no ruling (without one, the default pays the provider)",
+                        format_bdc(pot),
+                        format_bdc(dispute.bond),
+                        dispute.rule_by,
+                    ),
                 }
             }
         }
@@ -245,28 +290,43 @@ async fn load_evidence(
         if !quiet {
             eprintln!("fetching the evidence {}", ticket.hash());
         }
+        // the size is verified before any content is asked for: past the limit, stop there
         let size = AtomicU64::new(0);
+        let over = tokio::sync::Notify::new();
         let out = work.join("evidence");
         let fetch = fetcher.fetch(&ticket, &out, &opts, |ev| {
             if let FetchEvent::Plan { total, .. } = ev {
                 size.store(total, Ordering::Relaxed);
+                if total > limit {
+                    over.notify_one();
+                }
             }
         });
-        let over = async {
-            while size.load(Ordering::Relaxed) <= limit {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        };
         let rep = tokio::select! {
-            r = fetch => r?,
-            () = over => anyhow::bail!(
+            biased;
+            () = over.notified() => anyhow::bail!(
                 "the evidence blob has {} bytes, more than the {limit}-byte limit: not fetched",
                 size.load(Ordering::Relaxed)
             ),
+            r = fetch => r?,
         };
         rep.files.first().map(|f| f.path.clone()).context("the evidence ticket held no file")?
     };
-    let len = std::fs::metadata(&path).with_context(|| format!("cannot read the evidence {}", path.display()))?.len();
-    anyhow::ensure!(len <= limit, "the evidence {} has {len} bytes, more than the {limit}-byte limit", path.display());
-    std::fs::read(&path).with_context(|| format!("cannot read the evidence {}", path.display()))
+    let meta = std::fs::metadata(&path).with_context(|| format!("cannot read the evidence {}", path.display()))?;
+    anyhow::ensure!(meta.is_file(), "the evidence {} is not a regular file", path.display());
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(&path).with_context(|| format!("cannot read the evidence {}", path.display()))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
+        .with_context(|| format!("cannot read the evidence {}", path.display()))?;
+    anyhow::ensure!(
+        bytes.len() as u64 <= limit,
+        "the evidence {} has more than the {limit}-byte limit",
+        path.display()
+    );
+    Ok(bytes)
+}
+
+/// `s` with control characters shown escaped.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }

@@ -65,14 +65,14 @@ impl Party {
 }
 
 /// A paid SQL job: its deal, signed manifest file and result file.
-async fn paid_job(buyer: &Party, ticket: &str, arbiter: &str, n: u32) -> (B256, PathBuf, PathBuf) {
+async fn paid_job(buyer: &Party, ticket: &str, arbiter: &str, n: u32, query: &str) -> (B256, PathBuf, PathBuf) {
     let result = buyer.dir.join(format!("r{n}.csv"));
     let (manifest, err) = buyer
         .ok(&[
             "compute",
             ticket,
             "--sql",
-            QUERY,
+            query,
             "-o",
             result.to_str().unwrap(),
             "--json",
@@ -110,6 +110,27 @@ fn evidence_of(buyer: &Party, deal: B256) -> PathBuf {
     buyer.dir.join("data").join("fetcher").join("evidence").join(format!("{deal:#x}.json"))
 }
 
+/// What a hostile provider signs: the manifest of `honest` with the result `bytes` (claiming
+/// `rows` rows), and the bytes it served; both written next to the buyer's files.
+fn forge(
+    devnet: &bdc_contracts::Devnet,
+    buyer: &Party,
+    honest: &PathBuf,
+    bytes: &[u8],
+    rows: u64,
+    n: u32,
+) -> (PathBuf, PathBuf) {
+    let mut r: SignedJobResult = serde_json::from_slice(&std::fs::read(honest).unwrap()).unwrap();
+    r.result.result_root = bdc_core::Hash::new(bytes);
+    r.result.bytes = bytes.len() as u64;
+    r.result.rows = rows;
+    let forged = bdc_contracts::jobs::sign_job_result(&devnet.signer(3), r.result).unwrap();
+    let (m, f) = (buyer.dir.join(format!("forged{n}.json")), buyer.dir.join(format!("served{n}.csv")));
+    std::fs::write(&m, serde_json::to_vec(&forged).unwrap()).unwrap();
+    std::fs::write(&f, bytes).unwrap();
+    (m, f)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_arbiter_reruns_a_disputed_job_and_the_provider_that_signed_a_wrong_result_loses() {
     let devnet = bdc_contracts::Devnet::spawn_with(bdc_contracts::DevnetConfig::default()).await.unwrap();
@@ -136,111 +157,146 @@ async fn an_arbiter_reruns_a_disputed_job_and_the_provider_that_signed_a_wrong_r
     let arbiter = Party::new(&devnet, 0, tmp.path().join("arbiter"));
     let arbiter_addr = format!("{:#x}", devnet.address(0));
     let chain = devnet.contracts(0);
-
-    // two paid jobs, each redeemed by the provider
-    let (deal1, manifest1, _) = paid_job(&buyer, &ticket, &arbiter_addr, 1).await;
-    let (deal2, manifest2, result2) = paid_job(&buyer, &ticket, &arbiter_addr, 2).await;
-    for d in [deal1, deal2] {
-        crate::common::wait_redeemed(&devnet, d, U256::from(JOB_PRICE)).await;
-    }
+    let bond = bdc_contracts::DevnetConfig::default().dispute_bond;
 
     // the arbiter buys its own verified copy of the dataset
     let copy = arbiter.dir.join("copy");
     arbiter.ok(&["fetch", &offer, "--pay", "--arbiter", &arbiter_addr, "-o", copy.to_str().unwrap()]).await;
 
-    // 1. an honest result disputed: the re-run gives the signed root, the review finds for the
+    // a paid job, redeemed; the buyer disputes it citing `manifest`; the arbiter reviews
+    let job = async |n: u32, query: &str| {
+        let (deal, manifest, result) = paid_job(&buyer, &ticket, &arbiter_addr, n, query).await;
+        crate::common::wait_redeemed(&devnet, deal, U256::from(JOB_PRICE)).await;
+        (deal, manifest, result)
+    };
+    let dispute = async |deal: B256, manifest: &PathBuf| {
+        let d = format!("{deal:#x}");
+        let (out, _) = buyer
+            .ok(&["deal", "dispute", &d, "--result", manifest.to_str().unwrap(), "--dataset", &offer, "--note", "off"])
+            .await;
+        assert!(out.contains("evidence written to"), "{out}");
+    };
+    let review = async |deal: B256, file: Option<&PathBuf>| {
+        let (d, ev) = (format!("{deal:#x}"), evidence_of(&buyer, deal));
+        let mut args = vec!["arbiter", "review", &d, "--evidence", ev.to_str().unwrap(), "--json"];
+        if let Some(f) = file {
+            args.extend(["--result-file", f.to_str().unwrap()]);
+        }
+        let (out, _) = arbiter.ok(&args).await;
+        let v = review_json(&out);
+        (v["review"]["ruling"].as_str().unwrap().to_string(), findings(&v), v)
+    };
+
+    // 1. an honest result disputed: the re-runs give the signed root, the review finds for the
     // provider, and the ruling pays the provider the pot and the bond
-    let (out, _) = buyer
-        .ok(&["deal", "dispute", &format!("{deal1:#x}"), "--result", manifest1.to_str().unwrap(), "--dataset", &offer])
-        .await;
-    assert!(out.contains("evidence written to"), "{out}");
-    let ev1 = evidence_of(&buyer, deal1);
-    let (out, _) =
-        arbiter.ok(&["arbiter", "review", &format!("{deal1:#x}"), "--evidence", ev1.to_str().unwrap(), "--json"]).await;
-    let v = review_json(&out);
-    assert_eq!(v["review"]["ruling"], "provider", "{out}");
-    assert!(findings(&v).contains("gives the signed result root"), "{out}");
-    assert_eq!(v["frozen"], JOB_PRICE.to_string());
+    let (deal1, manifest1, _) = job(1, QUERY).await;
+    dispute(deal1, &manifest1).await;
+    let (ruling, f, v) = review(deal1, None).await;
+    assert_eq!((ruling.as_str(), f.contains("gives the signed result root")), ("provider", true), "{f}");
+    assert_eq!((v["frozen"].as_str(), v["note"].as_str()), (Some(JOB_PRICE.to_string().as_str()), Some("off")));
     let provider_before = chain.balance(devnet.address(3)).await.unwrap();
     arbiter.ok(&["arbiter", "resolve", &format!("{deal1:#x}"), "--for", "provider"]).await;
-    let bond = bdc_contracts::DevnetConfig::default().dispute_bond;
     assert_eq!(chain.balance(devnet.address(3)).await.unwrap(), provider_before + U256::from(JOB_PRICE) + bond);
     assert!(!chain.deal_state(deal1).await.unwrap().disputed);
 
-    // 2. a hostile provider signs a wrong result (the same row count, other counts): the
-    // buyer disputes with the signed manifest and the bytes it was served
-    let mut forged: SignedJobResult = serde_json::from_slice(&std::fs::read(&manifest2).unwrap()).unwrap();
-    let wrong = b"side,n\nbuy,499\nsell,501\n";
-    forged.result.result_root = bdc_core::Hash::new(wrong);
-    forged.result.bytes = wrong.len() as u64;
-    let forged = bdc_contracts::jobs::sign_job_result(&devnet.signer(3), forged.result).unwrap();
-    let (forged_path, wrong_path) = (buyer.dir.join("forged.json"), buyer.dir.join("wrong.csv"));
-    std::fs::write(&forged_path, serde_json::to_vec(&forged).unwrap()).unwrap();
-    std::fs::write(&wrong_path, wrong).unwrap();
-    // a manifest of another deal is no evidence for this one: refused before anything is sent
+    // 2. a hostile provider signs a wrong result (the same row count, other counts)
+    let (deal2, manifest2, result2) = job(2, QUERY).await;
+    let (forged, served) = forge(&devnet, &buyer, &manifest2, b"side,n\nbuy,499\nsell,501\n", 2, 2);
+    // a manifest of another deal is no evidence for this one: the buyer's CLI says so
     let err = buyer.fails(&["deal", "dispute", &format!("{deal2:#x}"), "--result", manifest1.to_str().unwrap()]).await;
     assert!(err.contains("none of the --result manifests is for deal"), "{err}");
-    buyer
-        .ok(&[
-            "deal",
-            "dispute",
-            &format!("{deal2:#x}"),
-            "--result",
-            forged_path.to_str().unwrap(),
-            "--dataset",
-            &offer,
-            "--note",
-            "the counts are off",
-        ])
-        .await;
-    let ev2 = evidence_of(&buyer, deal2);
-    let d2 = format!("{deal2:#x}");
-    let ev2s = ev2.to_str().unwrap();
-    let review = ["arbiter", "review", &d2, "--evidence", ev2s, "--json"];
-    // without the result bytes: the roots differ, the row counts agree: not decided
-    let (out, _) = arbiter.ok(&review).await;
-    assert_eq!(review_json(&out)["review"]["ruling"], "inconclusive", "{out}");
+    dispute(deal2, &forged).await;
+    // without the bytes served: the roots differ, the row counts agree: not decided
+    let (ruling, f, _) = review(deal2, None).await;
+    assert_eq!(ruling, "inconclusive", "{f}");
     // the buyer's honest copy is not what the provider signed: the arbiter refuses it
-    let err = arbiter.fails(&[&review[..], &["--result-file", result2.to_str().unwrap()]].concat()).await;
-    assert!(err.contains("is not the signed result"), "{err}");
-    // with the bytes the provider signed: the rows differ, the review finds for the buyer
-    let (out, _) = arbiter.ok(&[&review[..], &["--result-file", wrong_path.to_str().unwrap()]].concat()).await;
-    let v = review_json(&out);
-    assert_eq!(v["review"]["ruling"], "buyer", "{out}");
-    let f = findings(&v);
-    assert!(
-        f.contains("signed but wrong: [buy|499] [sell|501]")
-            && f.contains("missing from the signed result: [buy|500] [sell|500]"),
-        "{f}"
-    );
-    assert_eq!(v["note"], "the counts are off");
-    // evidence changed after the dispute does not match what was committed
-    let mut tampered = std::fs::read(&ev2).unwrap();
-    tampered.extend_from_slice(b" ");
-    let tampered_path = buyer.dir.join("tampered.json");
-    std::fs::write(&tampered_path, tampered).unwrap();
+    let (d2, ev2) = (format!("{deal2:#x}"), evidence_of(&buyer, deal2));
     let err = arbiter
         .fails(&[
             "arbiter",
             "review",
             &d2,
             "--evidence",
-            tampered_path.to_str().unwrap(),
+            ev2.to_str().unwrap(),
             "--result-file",
-            wrong_path.to_str().unwrap(),
+            result2.to_str().unwrap(),
         ])
         .await;
+    assert!(err.contains("is not the signed result"), "{err}");
+    // with the bytes the provider signed: the rows differ, the review finds for the buyer
+    let (ruling, f, _) = review(deal2, Some(&served)).await;
+    assert_eq!(ruling, "buyer", "{f}");
+    assert!(
+        f.contains(r#"signed but wrong: ("buy", "499") ("sell", "501")"#)
+            && f.contains(r#"missing from the signed result: ("buy", "500") ("sell", "500")"#),
+        "{f}"
+    );
+    // evidence changed after the dispute does not match what was committed
+    let mut tampered = std::fs::read(&ev2).unwrap();
+    tampered.extend_from_slice(b" ");
+    let tampered_path = buyer.dir.join("tampered.json");
+    std::fs::write(&tampered_path, tampered).unwrap();
+    let err = arbiter.fails(&["arbiter", "review", &d2, "--evidence", tampered_path.to_str().unwrap()]).await;
     assert!(err.contains("is not what the buyer committed to on chain"), "{err}");
-    // the buyer cannot rule on its own dispute
+    // the buyer cannot rule on its own dispute: refused before sending, and by the escrow
     let err = buyer.fails(&["arbiter", "resolve", &d2, "--for", "buyer"]).await;
     assert!(err.contains("is not the arbiter of deal"), "{err}");
+    let terms = chain.find_deal(deal2).await.unwrap().unwrap().terms;
+    assert!(devnet.contracts(2).resolve(&terms, U256::from(JOB_PRICE), true).await.is_err());
     // the arbiter rules for the buyer: the pot and the bond go back to it
     let buyer_before = chain.balance(devnet.address(2)).await.unwrap();
     let (out, _) = arbiter.ok(&["arbiter", "resolve", &d2, "--for", "buyer"]).await;
     assert!(out.contains("for the buyer"), "{out}");
     assert_eq!(chain.balance(devnet.address(2)).await.unwrap(), buyer_before + U256::from(JOB_PRICE) + bond);
-    // a second ruling: nothing is disputed any more
     let err = arbiter.fails(&["arbiter", "resolve", &d2, "--for", "provider"]).await;
     assert!(err.contains("is not disputed"), "{err}");
+
+    // 3. the right rows in another order are not a wrong result
+    let (deal3, manifest3, _) = job(3, QUERY).await;
+    let (forged, served) = forge(&devnet, &buyer, &manifest3, b"side,n\nsell,500\nbuy,500\n", 2, 3);
+    dispute(deal3, &forged).await;
+    let (ruling, f, _) = review(deal3, Some(&served)).await;
+    assert_eq!((ruling.as_str(), f.contains("in another order")), ("provider", true), "{f}");
+
+    // 4. a signed row count the query does not give: wrong, no result file needed
+    let (deal4, manifest4, _) = job(4, QUERY).await;
+    let (forged, _) = forge(&devnet, &buyer, &manifest4, b"side,n\nbuy,500\nsell,500\nhold,1\n", 3, 4);
+    dispute(deal4, &forged).await;
+    let (ruling, f, _) = review(deal4, None).await;
+    assert_eq!(
+        (ruling.as_str(), f.contains("signed a result of 3 rows; the query gives 2 rows")),
+        ("buyer", true),
+        "{f}"
+    );
+
+    // 5. signed bytes that are not a CSV file at all (a ragged row): wrong, not "no ruling"
+    let (deal5, manifest5, _) = job(5, QUERY).await;
+    let (forged, served) = forge(&devnet, &buyer, &manifest5, b"side,n\nbuy\nsell,500,1\n", 2, 5);
+    dispute(deal5, &forged).await;
+    let (ruling, f, _) = review(deal5, Some(&served)).await;
+    assert_eq!((ruling.as_str(), f.contains("not a readable csv file")), ("buyer", true), "{f}");
+
+    // 6. a buyer's own nondeterministic query cannot be turned against an honest provider
+    let (deal6, manifest6, result6) = job(6, "SELECT side, random() AS r FROM trades ORDER BY side LIMIT 2").await;
+    dispute(deal6, &manifest6).await;
+    let (ruling, f, _) = review(deal6, Some(&result6)).await;
+    assert_eq!((ruling.as_str(), f.contains("not deterministic: it calls random")), ("inconclusive", true), "{f}");
+
+    // 7. evidence that cites another deal's manifest (written by hand, past the CLI's check)
+    let (deal7, _, _) = job(7, QUERY).await;
+    let doc = bdc_core::evidence::Evidence {
+        version: bdc_core::evidence::EVIDENCE_VERSION,
+        deal: format!("{deal7:#x}"),
+        claim: bdc_core::evidence::Claim::WrongResult {
+            results: vec![serde_json::from_slice(&std::fs::read(&manifest1).unwrap()).unwrap()],
+        },
+        dataset_ticket: Some(offer.clone()),
+        note: String::new(),
+    };
+    let path = evidence_of(&buyer, deal7);
+    std::fs::write(&path, doc.to_bytes()).unwrap();
+    buyer.ok(&["deal", "dispute", &format!("{deal7:#x}"), "--evidence", path.to_str().unwrap()]).await;
+    let (ruling, f, _) = review(deal7, None).await;
+    assert_eq!((ruling.as_str(), f.contains("holds no result manifest for deal")), ("provider", true), "{f}");
     provider.shutdown().await;
 }
