@@ -347,8 +347,13 @@ contract TransferEscrow is EIP712, ReentrancyGuardTransient {
         emit Disputed(dealId, pending, disputeBond, evidence, s.releaseAt);
     }
 
-    /// @notice The deal's arbiter splits the frozen pot: `toBuyer` back to the buyer, the rest to
-    /// vendor (royalty) and provider; the bond goes to the buyer if `buyerWins`, else to the provider.
+    /// @notice `toBuyer` in `resolve` meaning the whole frozen pot, whatever it holds when the
+    /// ruling lands (redeems during a dispute join the pot, so an amount read earlier may be short).
+    uint256 public constant WHOLE_POT = type(uint256).max;
+
+    /// @notice The deal's arbiter splits the frozen pot: `toBuyer` back to the buyer (`WHOLE_POT`:
+    /// all of it), the rest to vendor (royalty) and provider; the bond goes to the buyer if
+    /// `buyerWins`, else to the provider.
     function resolve(Terms calldata t, uint256 toBuyer, bool buyerWins) external nonReentrant {
         bytes32 dealId = keccak256(abi.encode(t));
         State memory s = deals[dealId];
@@ -357,6 +362,7 @@ contract TransferEscrow is EIP712, ReentrancyGuardTransient {
         if (s.flags & DISPUTED == 0) revert NotDisputed(dealId);
         if (block.timestamp >= s.releaseAt) revert RulingPeriodOver(dealId, s.releaseAt);
         uint256 pending = s.redeemed - s.paidOut;
+        if (toBuyer == WHOLE_POT) toBuyer = pending;
         if (toBuyer > pending) revert SplitTooLarge(toBuyer, pending);
         _settle(t, dealId, s, toBuyer, buyerWins, false);
     }

@@ -290,6 +290,30 @@ contract TransferEscrowTest is Base {
         assertEq(escrow.refund(t), 40 ether, "the buyer gets back only what it did not receipt");
     }
 
+    /// A ruling for the buyer sent with the pot's size read before a late redeem would leave
+    /// that redeem to the provider; `WHOLE_POT` returns whatever the pot holds when it lands.
+    function test_a_ruling_for_the_whole_pot_includes_redeems_that_landed_before_it() public {
+        (bytes32 id, TransferEscrow.Terms memory t) = open(100 ether, expiry);
+        redeemBy(escrow, t, 10 ether, receipt(id, 10 ether));
+        vm.prank(buyer);
+        escrow.dispute(t, EVIDENCE);
+        (uint256 before, uint256 providerBefore) = (token.balanceOf(buyer), token.balanceOf(provider));
+        redeemBy(escrow, t, 30 ether, receipt(id, 30 ether));
+        uint256 wholePot = escrow.WHOLE_POT();
+        vm.prank(arbiter);
+        escrow.resolve(t, wholePot, true);
+        assertEq(token.balanceOf(buyer), before + 30 ether + BOND, "the late redeem and the bond too");
+        assertEq(token.balanceOf(provider), providerBefore, "nothing to the provider");
+        // an explicit amount is still bounded by the pot
+        (bytes32 id2, TransferEscrow.Terms memory t2) = open(100 ether, expiry);
+        redeemBy(escrow, t2, 10 ether, receipt(id2, 10 ether));
+        vm.prank(buyer);
+        escrow.dispute(t2, EVIDENCE);
+        vm.prank(arbiter);
+        vm.expectRevert(abi.encodeWithSelector(TransferEscrow.SplitTooLarge.selector, 11 ether, 10 ether));
+        escrow.resolve(t2, 11 ether, true);
+    }
+
     function test_arbitration_period_is_bounded() public {
         vm.expectRevert(abi.encodeWithSelector(TransferEscrow.BadArbitrationPeriod.selector, uint64(0)));
         new TransferEscrow(token, registry, BOND, DISPUTE_WINDOW, 0);

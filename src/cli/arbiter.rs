@@ -230,24 +230,31 @@ pub async fn run(cmd: ArbiterCmd, dir: &Path, quiet: bool) -> anyhow::Result<()>
                 state.release_at
             );
             let pending = state.redeemed.saturating_sub(state.paid_out);
+            if let Some(v) = to_buyer {
+                anyhow::ensure!(
+                    v <= pending,
+                    "--to-buyer {} is more than the frozen pot {}",
+                    format_bdc(v),
+                    format_bdc(pending)
+                );
+            }
+            // for the buyer by default: the whole pot as it stands when the ruling lands (a
+            // redeem may join it before then), not the amount read here
             let back = match (side, to_buyer) {
                 (_, Some(v)) => v,
-                (Side::Buyer, None) => pending,
+                (Side::Buyer, None) => U256::MAX,
                 (Side::Provider, None) => U256::ZERO,
             };
-            anyhow::ensure!(
-                back <= pending,
-                "--to-buyer {} is more than the frozen pot {}",
-                format_bdc(back),
-                format_bdc(pending)
-            );
             c.resolve(t, back, side == Side::Buyer).await?;
+            let after = c.deal_state(id).await?;
+            let settled = after.paid_out.saturating_sub(state.paid_out);
+            let back = if back == U256::MAX { settled } else { back };
             println!(
                 "ruled deal {id} for the {}: {} back to the buyer {}, {} to the provider {} and vendor, the bond to the {}",
                 if side == Side::Buyer { "buyer" } else { "provider" },
                 format_bdc(back),
                 t.buyer,
-                format_bdc(pending - back),
+                format_bdc(settled.saturating_sub(back)),
                 t.provider,
                 if side == Side::Buyer { "buyer" } else { "provider" },
             );
