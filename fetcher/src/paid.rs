@@ -51,11 +51,22 @@ use crate::{
     fetch::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher},
 };
 
+/// A buyer's price ceiling unless it sets one: 1,000 BDC per GiB (BDC has 18 decimals).
+pub const DEFAULT_MAX_PRICE_PER_GIB: u128 = 1_000 * 10u128.pow(18);
+
+/// The most a new deal escrows unless the buyer says otherwise: 1,000 BDC.
+pub const DEFAULT_MAX_DEPOSIT: u128 = 1_000 * 10u128.pow(18);
+
 /// How a buyer pays.
 #[derive(Debug, Clone)]
 pub struct PaidOptions {
-    /// Refuse offers above this price (token base units per byte).
+    /// Refuse offers above this price (token base units per byte; default
+    /// [`DEFAULT_MAX_PRICE_PER_GIB`] per GiB; None: no ceiling).
     pub max_price_per_byte: Option<u128>,
+    /// Refuse to open a deal escrowing more than this (an offer's size × price, which neither
+    /// the offer's nor a market's size proves) unless `deposit` is given; default
+    /// [`DEFAULT_MAX_DEPOSIT`].
+    pub max_deposit: u128,
     /// Sign a receipt every this many verified bytes (must fit the provider's window).
     pub receipt_every: u64,
     /// A new deal expires this long after it opens.
@@ -72,7 +83,8 @@ pub struct PaidOptions {
 impl PaidOptions {
     pub fn new(arbiters: Vec<Address>) -> Self {
         Self {
-            max_price_per_byte: None,
+            max_price_per_byte: Some(bdc_core::paid::price_per_byte(DEFAULT_MAX_PRICE_PER_GIB)),
+            max_deposit: DEFAULT_MAX_DEPOSIT,
             receipt_every: 1 << 20,
             deal_duration: Duration::from_secs(24 * 3600),
             arbiters,
@@ -88,6 +100,10 @@ pub enum PaidError {
     Offer(String),
     #[error("the offer's price {offered} per byte is above your maximum {max}")]
     PriceTooHigh { offered: u128, max: u128 },
+    #[error(
+        "a deal for the offer's full price would escrow {needed} base units, more than your maximum deposit {max} (raise the maximum, or give the deposit)"
+    )]
+    DepositTooHigh { needed: u128, max: u128 },
     #[error(
         "the offer is for chain {offer_chain} escrow {offer_escrow}, but this wallet is on chain {chain} escrow {escrow}"
     )]
@@ -410,6 +426,9 @@ impl Fetcher {
             && offer.price_per_byte > max
         {
             return Err(PaidError::PriceTooHigh { offered: offer.price_per_byte, max }.into());
+        }
+        if pay.deposit.is_none() && offer.full_price() > pay.max_deposit {
+            return Err(PaidError::DepositTooHigh { needed: offer.full_price(), max: pay.max_deposit }.into());
         }
         let arbiter = choose_arbiter(&pay.arbiters, &offer.arbiters)?;
         if pay.deal_duration.as_secs() <= offer.expiry_margin {

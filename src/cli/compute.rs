@@ -76,9 +76,9 @@ pub struct ComputeArgs {
     /// refund its deal after expiry with `bdc deal refund`).
     #[arg(long)]
     pub pay: bool,
-    /// Refuse a provider asking more than this per job, token base units.
-    #[arg(long)]
-    pub max_price: Option<u128>,
+    /// Refuse a provider asking more than this per job, token base units (default 1,000 BDC).
+    #[arg(long, default_value_t = bdc_fetcher::paid::DEFAULT_MAX_DEPOSIT)]
+    pub max_price: u128,
     /// Address that settles disputes on the job deal (required with --pay).
     #[arg(long)]
     pub arbiter: Option<alloy::primitives::Address>,
@@ -105,7 +105,7 @@ impl ComputeArgs {
             wallet: bdc_fetcher::Wallet { chain, signer },
             arbiters: vec![arbiter],
             deal_duration: Duration::from_secs(self.deal_secs),
-            max_price: self.max_price,
+            max_price: Some(self.max_price),
         }))
     }
 }

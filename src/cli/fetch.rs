@@ -49,9 +49,13 @@ pub struct FetchArgs {
     /// Pay for the download (needed for an offer, `bdcoffer…`): opens or reuses a deal.
     #[arg(long)]
     pub pay: bool,
-    /// Refuse offers above this price, token base units per GiB.
-    #[arg(long)]
-    pub max_price_per_gib: Option<u128>,
+    /// Refuse offers above this price, token base units per GiB (default 1,000 BDC).
+    #[arg(long, default_value_t = bdc_fetcher::paid::DEFAULT_MAX_PRICE_PER_GIB)]
+    pub max_price_per_gib: u128,
+    /// Refuse to open a deal escrowing more than this, token base units (default 1,000 BDC):
+    /// the offer's size is the provider's (or the market's) word. --deposit overrides it.
+    #[arg(long, default_value_t = bdc_fetcher::paid::DEFAULT_MAX_DEPOSIT)]
+    pub max_deposit: u128,
     /// Sign a receipt every this many verified bytes.
     #[arg(long, default_value_t = 1 << 20)]
     pub receipt_every: u64,
@@ -169,7 +173,8 @@ async fn run_paid(a: FetchArgs, offer: bdc_core::paid::Offer, dir: &Path, quiet:
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     let fetcher = Fetcher::open(cfg).await?;
     let mut pay = bdc_fetcher::PaidOptions::new(vec![arbiter]);
-    pay.max_price_per_byte = a.max_price_per_gib.map(bdc_core::paid::price_per_byte);
+    pay.max_price_per_byte = Some(bdc_core::paid::price_per_byte(a.max_price_per_gib));
+    pay.max_deposit = a.max_deposit;
     pay.receipt_every = a.receipt_every;
     pay.deposit = a.deposit;
     pay.deal_duration = Duration::from_secs(a.deal_secs);

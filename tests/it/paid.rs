@@ -127,6 +127,41 @@ async fn full_paid_download_pays_exactly_the_bytes_delivered() {
     s.provider.shutdown().await;
 }
 
+/// A hostile provider (or a market lying about a size) names a price or a size that would take
+/// the buyer's funds: with the default ceilings no deal is opened and nothing is escrowed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_greedy_price_or_an_inflated_size_opens_no_deal_by_default() {
+    let s = setup(64 << 10).await;
+    let buyer = s.devnet.contracts(BUYER);
+    let start = buyer.balance(s.devnet.address(BUYER)).await.unwrap();
+    let fetcher = Fetcher::open(FetcherConfig::test(s.dir.join("buyer"))).await.unwrap();
+    let wallet = Wallet { chain: buyer.clone(), signer: s.devnet.signer(BUYER) };
+    let mut pay = PaidOptions::new(vec![s.devnet.address(ARBITER)]);
+    pay.receipt_every = 64 << 10;
+    let ceiling = bdc_core::paid::price_per_byte(bdc_fetcher::paid::DEFAULT_MAX_PRICE_PER_GIB);
+    let greedy = Offer { price_per_byte: ceiling + 1, ..s.offer.clone() };
+    let err = fetcher.fetch_paid(&greedy, &wallet, &s.dir.join("o1"), &FetchOptions::default(), &pay, |_| {}).await;
+    assert!(
+        matches!(err, Err(FetchError::Paid(PaidError::PriceTooHigh { offered, max })) if offered == ceiling + 1 && max == ceiling),
+        "{err:?}"
+    );
+    // at the ceiling, a size that makes the full price more than the maximum deposit
+    let inflated = Offer { price_per_byte: ceiling, size: 2 << 40, ..s.offer.clone() };
+    let err = fetcher.fetch_paid(&inflated, &wallet, &s.dir.join("o2"), &FetchOptions::default(), &pay, |_| {}).await;
+    assert!(
+        matches!(err, Err(FetchError::Paid(PaidError::DepositTooHigh { max, .. })) if max == bdc_fetcher::paid::DEFAULT_MAX_DEPOSIT),
+        "{err:?}"
+    );
+    assert!(bdc_fetcher::DealBook::load(&s.dir.join("buyer")).unwrap().deals.is_empty(), "no deal opened");
+    assert_eq!(buyer.balance(s.devnet.address(BUYER)).await.unwrap(), start, "nothing escrowed");
+    // the honest offer goes through with the same defaults
+    let r =
+        fetcher.fetch_paid(&s.offer, &wallet, &s.dir.join("o3"), &FetchOptions::default(), &pay, |_| {}).await.unwrap();
+    assert!(r.deal.is_some() && r.paid > 0);
+    fetcher.shutdown().await;
+    s.provider.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_buyer_that_lost_what_it_paid_for_does_not_pay_for_it_again() {
     // smaller than the window: the provider resends it whole before any receipt is due
