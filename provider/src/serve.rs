@@ -148,7 +148,7 @@ impl Provider {
         let mut router = Router::builder(endpoint.clone()).accept(FREE_ALPN, blobs);
         let mut job_payments = None;
         if let Some(p) = &cfg.paid {
-            let ledger = Arc::new(Ledger::open(&store.dir.join("ledger.redb"))?);
+            let ledger = Arc::new(Ledger::open(&store.dir.join(crate::paid::ledger::LEDGER_FILE))?);
             let datasets = contents.iter().map(|(k, (v, _))| (*k, v.clone())).collect();
             let vendors = manifest_vendors(&store).await?;
             let handler = PaidProtocol::new(

@@ -37,6 +37,22 @@ pub enum ProviderCmd {
         #[arg(long)]
         json: bool,
     },
+    /// After a sold dataset's vendor moved it to a new vendor (`transferVendor`): sell it for
+    /// that vendor from now on. The provider pinned the vendor (and royalty) it first saw and
+    /// refuses deals paying another; this replaces the pin, once the registry names `--vendor`.
+    /// Run it while `serve` is stopped.
+    Repin {
+        /// Dataset root.
+        root: Hash,
+        /// The vendor you agree to sell for: it must be the one the registry names now.
+        #[arg(long)]
+        vendor: alloy::primitives::Address,
+        /// The royalty ceiling to sell at (default: the royalty registered now).
+        #[arg(long)]
+        max_royalty_bps: Option<u16>,
+        #[command(flatten)]
+        chain: super::chain::ChainArgs,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -167,6 +183,9 @@ pub async fn run(cmd: ProviderCmd, dir: &Path, quiet: bool) -> anyhow::Result<()
         ProviderCmd::Publish(a) => publish_cmd(a, dir, quiet).await,
         ProviderCmd::Serve(a) => serve_cmd(*a, dir).await,
         ProviderCmd::Ticket { root, json } => ticket_cmd(root, json, dir),
+        ProviderCmd::Repin { root, vendor, max_royalty_bps, chain } => {
+            repin_cmd(root, vendor, max_royalty_bps, chain, dir).await
+        }
         ProviderCmd::List { json } => list_cmd(json, dir),
         ProviderCmd::Offer { root } => {
             let path = dir.join("offers.json");
@@ -376,6 +395,46 @@ fn list_cmd(json: bool, dir: &Path) -> anyhow::Result<()> {
             human(r.size),
             r.files,
             if r.free { "free" } else { "paid" }
+        );
+    }
+    Ok(())
+}
+
+/// `bdc provider repin`: replaces a sold dataset's pinned vendor and royalty ceiling with the
+/// vendor the registry names now (which the operator names too).
+async fn repin_cmd(
+    root: Hash,
+    vendor: alloy::primitives::Address,
+    max_royalty_bps: Option<u16>,
+    chain: super::chain::ChainArgs,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let c = chain.connect_readonly()?;
+    let (registered, royalty) = c
+        .registered(alloy::primitives::B256::from(*root.as_bytes()))
+        .await?
+        .with_context(|| format!("dataset {root} is not registered"))?;
+    anyhow::ensure!(
+        registered == vendor,
+        "the registry names vendor {registered} for {root}, not {vendor}: nothing re-pinned"
+    );
+    let ceiling = max_royalty_bps.unwrap_or(royalty);
+    anyhow::ensure!(ceiling <= 10_000, "--max-royalty-bps {ceiling} is above 10,000 (100%)");
+    let path = dir.join(bdc_provider::paid::ledger::LEDGER_FILE);
+    anyhow::ensure!(path.exists(), "no receipt ledger at {}: this provider never sold", path.display());
+    let ledger = bdc_provider::paid::ledger::Ledger::open(&path)
+        .with_context(|| format!("cannot open {} (stop `bdc provider serve` first)", path.display()))?;
+    let before = ledger.repin_sale(root.as_bytes(), (vendor.into_array(), ceiling))?;
+    match before {
+        Some((v, bps)) => println!(
+            "re-pinned {root}: vendor {} at up to {bps} bps -> vendor {vendor} at up to {ceiling} bps (registered {royalty})",
+            alloy::primitives::Address::from(v)
+        ),
+        None => println!("pinned {root}: vendor {vendor} at up to {ceiling} bps (registered {royalty})"),
+    }
+    if ceiling < royalty {
+        eprintln!(
+            "warning: the registered royalty {royalty} bps is above the ceiling: deals will be refused until it is lowered"
         );
     }
     Ok(())

@@ -52,6 +52,22 @@ async fn setup(bytes: usize) -> Setup {
     setup_with(bytes, |_| {}).await
 }
 
+/// The provider's settings in these tests.
+fn paid_config(devnet: &Devnet) -> PaidConfig {
+    PaidConfig {
+        price_per_byte: PRICE,
+        window: WINDOW,
+        stall_timeout: Duration::from_secs(2),
+        redeem_every: 1 << 20,
+        expiry_margin: Duration::from_secs(60),
+        hello_timeout: Duration::from_secs(5),
+        max_rate: None,
+        chain_refresh: Duration::from_millis(300),
+        arbiters: vec![devnet.address(ARBITER)],
+        max_royalty_bps: None,
+    }
+}
+
 async fn setup_with(bytes: usize, tune: impl FnOnce(&mut PaidConfig)) -> Setup {
     let devnet = Devnet::spawn_with(DevnetConfig { dispute_window: 60, ..Default::default() }).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -70,18 +86,7 @@ async fn setup_with(bytes: usize, tune: impl FnOnce(&mut PaidConfig)) -> Setup {
     let squatted = publish(&mut store, &dir.join("vendored"), &vendored, |_| {}).await.unwrap().root;
     devnet.contracts(VENDOR).register_dataset(B256::from(*rec.root.as_bytes()), 1_000, B256::ZERO, 0).await.unwrap();
     devnet.contracts(SQUATTER).register_dataset(B256::from(*squatted.as_bytes()), 10_000, B256::ZERO, 0).await.unwrap();
-    let mut cfg = PaidConfig {
-        price_per_byte: PRICE,
-        window: WINDOW,
-        stall_timeout: Duration::from_secs(2),
-        redeem_every: 1 << 20,
-        expiry_margin: Duration::from_secs(60),
-        hello_timeout: Duration::from_secs(5),
-        max_rate: None,
-        chain_refresh: Duration::from_millis(300),
-        arbiters: vec![devnet.address(ARBITER)],
-        max_royalty_bps: None,
-    };
+    let mut cfg = paid_config(&devnet);
     tune(&mut cfg);
     let paid = PaidSetup { cfg, chain: devnet.contracts(PROVIDER), address: devnet.address(PROVIDER) };
     let provider = Provider::spawn(store, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap();
@@ -655,6 +660,59 @@ async fn a_raised_royalty_or_a_squatted_root_gets_no_deal() {
     let (conn, _send, deal, _ep) = raw_buyer_with(&s, |r| r.dataset_root = squatted).await;
     assert_eq!(deal.terms.vendor, s.devnet.address(SQUATTER));
     assert_eq!(close_code(&conn).await, codes::TERMS_NOT_ACCEPTED as u64);
+    s.provider.shutdown().await;
+}
+
+/// A vendor that hands its dataset to a new vendor (`transferVendor`): deals now pay the new
+/// vendor, which the provider's pin refuses, until its operator re-pins (`bdc provider repin`,
+/// which checks the registry names the vendor it is given).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vendor_transfer_is_sold_once_the_operator_repins() {
+    let s = setup(200_000).await;
+    let root = B256::from(*s.root.as_bytes());
+    let heir = alloy::primitives::Address::repeat_byte(0x77);
+    let vendor = s.devnet.contracts(VENDOR);
+    vendor.registry().transferVendor(root, heir).send().await.unwrap().get_receipt().await.unwrap();
+    let (conn, _send, deal, _ep) = raw_buyer(&s).await;
+    assert_eq!(deal.terms.vendor, heir, "the deal pays the new vendor");
+    assert_eq!(close_code(&conn).await, codes::TERMS_NOT_ACCEPTED as u64);
+    let (_key, deployment) = crate::common::buyer_chain_files(&s.devnet, ARBITER, &s.dir.join("op"));
+    let (data_dir, root_text) = (s.dir.clone(), s.root.to_string());
+    let repin = |vendor: String| {
+        let (dir, deployment, root) = (data_dir.clone(), deployment.clone(), root_text.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::common::bdc()
+                .arg("--data-dir")
+                .arg(&dir)
+                .args(["provider", "repin", &root, "--vendor", &vendor, "--deployment"])
+                .arg(&deployment)
+                .output()
+                .unwrap()
+        })
+    };
+    // while serve runs, the ledger is open: refused with the reason
+    let out = repin(format!("{heir:#x}")).await.unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("stop `bdc provider serve` first"));
+    let Setup { devnet, provider, root: ds, index, _tmp, dir, .. } = s;
+    provider.shutdown().await;
+    // a vendor the registry does not name is not pinned
+    let out = repin(format!("{:#x}", devnet.address(SQUATTER))).await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the registry names vendor"), "{out:?}");
+    let out = repin(format!("{heir:#x}")).await.unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("re-pinned") && said.contains(&format!("{heir:#x}")), "{out:?}");
+    // restarted: a deal paying the new vendor is served
+    let store = ProviderStore::open(&dir.join("provider")).await.unwrap();
+    let paid =
+        PaidSetup { cfg: paid_config(&devnet), chain: devnet.contracts(PROVIDER), address: devnet.address(PROVIDER) };
+    let provider = Provider::spawn(store, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap();
+    let offer = provider.offer(ds).unwrap();
+    let s = Setup { devnet, provider, root: ds, offer, index, free_index: ds, squatted: ds, _tmp, dir };
+    let (conn, mut send, deal, _ep) = raw_buyer(&s).await;
+    assert_eq!(deal.terms.vendor, heir);
+    let small = GetRequest::blob_ranges(s.index, iroh_blobs::protocol::ChunkRanges::all());
+    let pay = |n: u64| receipt(&s, BUYER, deal.id, n as u128 * PRICE);
+    assert_eq!(fetch_paying(&conn, &mut send, small, pay).await, Ok(32), "admitted");
     s.provider.shutdown().await;
 }
 

@@ -8,6 +8,9 @@ use alloy::primitives::B256;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+/// The ledger's file in the provider's data dir.
+pub const LEDGER_FILE: &str = "ledger.redb";
+
 const DEALS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("deals-v1");
 /// Per sold root: the vendor and royalty ceiling the provider pinned (`admission::SaleTerms`),
 /// kept across restarts so a vendor cannot raise the royalty and wait for one.
@@ -88,6 +91,24 @@ impl Ledger {
         };
         tx.commit().map_err(err)?;
         Ok(pinned)
+    }
+
+    /// Replaces the pinned sale terms of `root` (an operator's re-pin after a vendor transfer);
+    /// returns the ones it replaced.
+    pub fn repin_sale(&self, root: &[u8; 32], terms: ([u8; 20], u16)) -> Result<Option<([u8; 20], u16)>, LedgerError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let before = {
+            let mut t = tx.open_table(SALES).map_err(err)?;
+            let before: Option<([u8; 20], u16)> = match t.get(root.as_slice()).map_err(err)? {
+                Some(v) => Some(postcard::from_bytes(v.value()).map_err(err)?),
+                None => None,
+            };
+            let bytes = postcard::to_stdvec(&terms).map_err(err)?;
+            t.insert(root.as_slice(), bytes.as_slice()).map_err(err)?;
+            before
+        };
+        tx.commit().map_err(err)?;
+        Ok(before)
     }
 
     pub fn get(&self, deal: &B256) -> Result<Option<LedgerEntry>, LedgerError> {
