@@ -115,6 +115,7 @@ pub struct Provider {
     /// Per served dataset: every blob hash and the bytes a full download moves.
     contents: HashMap<Hash, (Arc<HashSet<Hash>>, u64)>,
     paid: Option<PaidSetup>,
+    paid_handler: Option<PaidProtocol>,
 }
 
 impl Provider {
@@ -147,6 +148,7 @@ impl Provider {
         let blobs = BlobsProtocol::new(&store.store, Some(events));
         let mut router = Router::builder(endpoint.clone()).accept(FREE_ALPN, blobs);
         let mut job_payments = None;
+        let mut paid_handler = None;
         if let Some(p) = &cfg.paid {
             let ledger = Arc::new(Ledger::open(&store.dir.join(crate::paid::ledger::LEDGER_FILE))?);
             let datasets = contents.iter().map(|(k, (v, _))| (*k, v.clone())).collect();
@@ -162,6 +164,7 @@ impl Provider {
             )
             .await;
             job_payments = Some(handler.job_payments());
+            paid_handler = Some(handler.clone());
             router = router.accept(PAID_ALPN, handler);
         }
         if let Some(jc) = &cfg.jobs {
@@ -179,7 +182,7 @@ impl Provider {
             router = router.accept(JOBS_ALPN, handler);
         }
         let router = router.spawn();
-        let this = Self { router, store, contents, paid: cfg.paid.clone() };
+        let this = Self { router, store, contents, paid: cfg.paid.clone(), paid_handler };
         let info = ServeInfo { addr: this.addr(), pid: std::process::id() };
         let path = this.store.dir.join(ServeInfo::FILE);
         bdc_core::keys::write_private(&path, &serde_json::to_vec_pretty(&info).expect("serializes"))
@@ -205,6 +208,11 @@ impl Provider {
     /// What this provider sells on, if it sells.
     pub fn paid_setup(&self) -> Option<&PaidSetup> {
         self.paid.as_ref()
+    }
+
+    /// Deal gates the paid protocol holds in memory (None when not selling).
+    pub fn deal_gates(&self) -> Option<usize> {
+        self.paid_handler.as_ref().map(PaidProtocol::deal_gates)
     }
 
     /// A ticket for a published dataset.

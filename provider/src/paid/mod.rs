@@ -251,6 +251,11 @@ impl PaidProtocol {
 }
 
 impl PaidProtocol {
+    /// Deal gates held in memory (one per deal admitted and not pruned).
+    pub fn deal_gates(&self) -> usize {
+        self.shared.deals.lock().expect("deals lock").len()
+    }
+
     /// What the jobs handler needs to take payment for jobs: the same ledger, redeemer and chain.
     pub(crate) fn job_payments(&self) -> JobPayments {
         let s = &self.shared;
@@ -515,7 +520,23 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<(Arc
             }
         })
         .map_err(|_| codes::INTERNAL)?;
-    Ok((shared.deals.lock().expect("deals lock").entry(id).or_insert(gate).clone(), false))
+    let mut gates = shared.deals.lock().expect("deals lock");
+    prune_gates(&mut gates, tokio::time::Instant::now());
+    Ok((gates.entry(id).or_insert(gate).clone(), false))
+}
+
+/// Gates kept for deals with no open connection before even those of live deals are dropped.
+const MAX_IDLE_GATES: usize = 10_000;
+
+/// Drops the gates no connection holds whose deal entered its expiry margin (no Hello is
+/// admitted for it any more); past [`MAX_IDLE_GATES`], every gate no connection holds. A dropped
+/// gate of a live deal is rebuilt from the ledger on its next Hello, as after a restart: what
+/// was reserved and not receipted counts as sent, so the provider risks no more than the window.
+fn prune_gates(gates: &mut HashMap<B256, Arc<DealGate>>, now: tokio::time::Instant) {
+    gates.retain(|_, g| Arc::strong_count(g) > 1 || g.stop_at > now);
+    if gates.len() > MAX_IDLE_GATES {
+        gates.retain(|_, g| Arc::strong_count(g) > 1);
+    }
 }
 
 /// A verified receipt waiting to be stored.
