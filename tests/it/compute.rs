@@ -976,6 +976,28 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
         assert_eq!((stolen.paid, c.deal_state(stolen.id).await.unwrap().redeemed), (0, U256::ZERO), "{what}");
     }
 
+    // the attack: a failed job is not paid, so its error must not carry the data (a cast
+    // error quotes the value it could not cast, one value per free failed job)
+    let err = fetcher
+        .run_paid_job(
+            &ticket,
+            sql("SELECT CAST(symbol AS INT) AS x FROM trades", ResultFormat::Csv),
+            None,
+            &pay,
+            &out,
+            "c.csv",
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        JobError::Failed { code, reason, .. } => {
+            assert_eq!(*code, codes::QUERY_FAILED, "{reason}");
+            assert!(!reason.contains("-USD") && reason.contains("not returned"), "{reason}");
+        }
+        other => panic!("expected QUERY_FAILED, got {other:?}"),
+    }
+
     devnet.advance_time(3_700).await.unwrap();
     assert_eq!(buyer.refund(&failed.terms().unwrap()).await.unwrap(), U256::from(JOB_PRICE));
     provider.shutdown().await;

@@ -404,9 +404,32 @@ async fn accept_job(
             tracing::info!(job = %hex::encode(job_id), dataset = %req.dataset, code, reason, ms, "job failed")
         }
     }
-    let result = res?;
+    // a failed job on a sold dataset is not paid: what it says must not carry the data
+    let result = res.map_err(|f| if paid.is_some() { unpaid_failure(f) } else { f })?;
     let signed = bdc_contracts::jobs::sign_job_result(&shared.cfg.signer, result).map_err(|e| (codes::INTERNAL, e))?;
     Ok((JobUpdate::Done(Box::new(signed)), paid))
+}
+
+/// What the buyer of a failed job on a sold dataset is told. A failed job is not paid, and a
+/// query's run-time error quotes values (`Cannot cast string 'BTC-USD' …`), a program's stderr
+/// anything it read: one job at a time, for nothing, they would hand out the dataset. Reasons
+/// the provider writes itself, or that come from planning (no data is read then), stay.
+fn unpaid_failure((code, reason): Fail) -> Fail {
+    match code {
+        codes::QUERY_REFUSED
+        | codes::MEMORY_LIMIT
+        | codes::TIME_LIMIT
+        | codes::RESULT_TOO_LARGE
+        | codes::SANDBOX
+        | codes::MALFORMED_REQUEST => (code, reason),
+        _ => (
+            code,
+            format!(
+                "{}; the details are not returned for jobs on a sold dataset (they could carry its data, and a failed job is not paid)",
+                codes::name(code)
+            ),
+        ),
+    }
 }
 
 /// Checks a job deal (the same checks as a transfer deal's Hello, see
