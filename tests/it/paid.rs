@@ -303,6 +303,20 @@ async fn a_buyer_that_stops_paying_gets_at_most_the_window() {
     let t = std::time::Instant::now();
     assert_eq!(close_code(&again).await, codes::WINDOW_SPENT as u64);
     assert!(t.elapsed() < Duration::from_secs(5), "refused at the Hello, not after a stall");
+    // a receipt right after the Hello that frees no chunk group is still stored and redeemed
+    // (money owed), and the window is still spent; a forged one is refused as forged
+    let owed = paid_bytes + 1;
+    let c = ep.connect(s.provider.addr(), PAID_ALPN).await.unwrap();
+    let mut send = c.open_uni().await.unwrap();
+    send.write_all(&hello_frame(&s, &deal, &ep)).await.unwrap();
+    send.write_all(&receipt(&s, BUYER, deal.id, owed as u128 * PRICE)).await.unwrap();
+    assert_eq!(close_code(&c).await, codes::WINDOW_SPENT as u64);
+    wait_redeemed(&s.devnet, deal.id, U256::from(owed as u128 * PRICE)).await;
+    let c = ep.connect(s.provider.addr(), PAID_ALPN).await.unwrap();
+    let mut send = c.open_uni().await.unwrap();
+    send.write_all(&hello_frame(&s, &deal, &ep)).await.unwrap();
+    send.write_all(&receipt(&s, PROVIDER, deal.id, (owed + 1) as u128 * PRICE)).await.unwrap();
+    assert_eq!(close_code(&c).await, codes::BAD_RECEIPT_SIGNATURE as u64);
     // a buyer that holds those bytes (they verified after its last receipt) pays for them
     // right after its Hello, and the deal goes on
     let resumed = ep.connect(s.provider.addr(), PAID_ALPN).await.unwrap();

@@ -364,12 +364,25 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
     if spent {
         let wait = RESUME_RECEIPT_WAIT.min(shared.cfg.hello_timeout);
         let receipt = match tokio::time::timeout(wait, read_message(&mut recv)).await {
-            Ok(Ok(Some(PaidMessage::Receipt(r)))) => check_receipt(&shared, &gate, &r, 0).ok().flatten(),
+            Ok(Ok(Some(PaidMessage::Receipt(r)))) => Some(check_receipt(&shared, &gate, &r, 0)),
             _ => None,
         };
         match receipt {
-            Some(p) if gate.fits(p.bytes) => first = Some(p),
-            _ => {
+            // a bad receipt is refused as what it is
+            Some(Err(code)) => return fail(code),
+            Some(Ok(Some(p))) if gate.fits(p.bytes) => first = Some(p),
+            other => {
+                // a valid receipt that frees no group is still money owed: store and redeem it
+                if let Some(Ok(Some(p))) = other {
+                    let (tx, rx) = watch::channel(None);
+                    let task = store_receipts(shared.clone(), gate.clone(), rx);
+                    tx.send_replace(Some(p));
+                    drop(tx);
+                    if let Err(code) = task.await {
+                        return fail(code);
+                    }
+                    let _ = shared.redeem_tx.send(gate.deal.id);
+                }
                 tracing::warn!(deal = %gate.deal.id, peer = %conn.remote_id(), "deal's window is spent");
                 return fail(codes::WINDOW_SPENT);
             }
