@@ -176,9 +176,12 @@ contract Handler {
         Model storage m = models[i];
         if (!m.disputed || block.timestamp >= m.releaseAt) return;
         uint256 pending = m.redeemed - m.paidOut;
-        toBuyer = toBuyer % (pending + 1);
+        // one ruling in eight returns the whole pot by the sentinel
+        bool whole = toBuyer % 8 == 7;
+        toBuyer = whole ? pending : toBuyer % (pending + 1);
+        uint256 sent = whole ? escrow.WHOLE_POT() : toBuyer;
         vm.prank(arbiter);
-        escrow.resolve(t, toBuyer, buyerWins);
+        escrow.resolve(t, sent, buyerWins);
         uint256 rest = pending - toBuyer;
         uint256 royalty = rest * royaltyBps / 10_000;
         expected[t.buyer] += toBuyer;
