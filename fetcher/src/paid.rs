@@ -464,6 +464,8 @@ impl Fetcher {
             for cand in candidates {
                 let Ok(t) = cand.terms() else { continue };
                 if cand.spent
+                    // a deal opened before the buyer lowered its ceiling is not reused above it
+                    || pay.max_price_per_byte.is_some_and(|max| t.pricePerByte > max)
                     || t.providerNodeId != node
                     || t.provider != Address::from(offer.provider)
                     || t.expiry <= now + offer.expiry_margin + 120

@@ -811,6 +811,10 @@ async fn get_deal(State(st): State<AppState>, Path(id): Path<String>) -> ApiResu
 /// Reports older than this, or this far in the future, are refused.
 const REPORT_SKEW_SECS: u64 = 24 * 3600;
 
+/// A deal's report replaces the stored one only when issued this much later: each accepted
+/// report reloads every provider's standing, so a buyer must not post one per second.
+const REPORT_EVERY_SECS: u64 = 60;
+
 async fn post_report(
     State(st): State<AppState>,
     body: Result<Json<SignedReport>, JsonRejection>,
@@ -856,7 +860,7 @@ async fn post_report(
         "INSERT INTO reports (deal, provider, bytes, millis, mibps, issued_at, signature) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (deal) DO UPDATE SET bytes = excluded.bytes, \
          millis = excluded.millis, mibps = excluded.mibps, issued_at = excluded.issued_at, \
-         signature = excluded.signature WHERE reports.issued_at < excluded.issued_at",
+         signature = excluded.signature WHERE reports.issued_at + $8 <= excluded.issued_at",
     )
     .bind(&id)
     .bind(&provider)
@@ -865,11 +869,14 @@ async fn post_report(
     .bind(mibps)
     .bind(rep.issued_at as i64)
     .bind(&rep.signature)
+    .bind(REPORT_EVERY_SECS as i64)
     .execute(&st.db.pool)
     .await?
     .rows_affected();
     if stored == 0 {
-        return Err(ApiError::Conflict(format!("a newer report for deal {id} is already stored")));
+        return Err(ApiError::Conflict(format!(
+            "a report for deal {id} issued later than {REPORT_EVERY_SECS} s before this one is already stored"
+        )));
     }
     st.book.standings_changed();
     Ok((StatusCode::CREATED, Json(json!({ "deal": id, "provider": provider, "mibps": mibps }))))

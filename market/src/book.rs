@@ -249,8 +249,9 @@ impl OfferBook {
 /// unit together (a 1-wei deal with itself does not).
 pub const STANDING_WEIGHT: f64 = 0.01;
 
-/// A provider has standing once buyers paid it ([`STANDING_WEIGHT`]) or measured its throughput:
-/// both cost real tokens on chain, so throwaway keys have none.
+/// A provider has standing once buyers paid it ([`STANDING_WEIGHT`]) or measured its throughput
+/// on a deal that paid ([`reputation::Weights::report_floor`]): both cost real tokens on
+/// chain, so throwaway keys have none.
 pub fn has_standing(s: &Standing) -> bool {
     s.completed >= STANDING_WEIGHT || s.throughput_mibps > 0.0
 }
@@ -382,7 +383,7 @@ mod tests {
         assert_eq!((before.reputation, before.deals_completed), (0.5, 0));
         book.standings_changed();
         let after = p1(book.candidates(&db, Some("A"), 1_000, 10).await.unwrap());
-        assert_eq!(after.reputation, reputation::score(3, 1, 0));
+        assert_eq!(after.reputation, reputation::score(3, 0), "the refund is counted, not scored");
         assert_eq!(after.deals_completed, 3);
         assert_eq!(after.throughput_mibps, 20.0, "the median over three buyers");
         let full = reputation::reputation(&db, "p1", &weights).await.unwrap();

@@ -245,6 +245,46 @@ impl Indexer {
         Ok(Step { cursor: to, head, applied, rolled_back: 0 })
     }
 
+    /// Deals indexed before the index kept their arbiter (migration 0006): reads each one's
+    /// terms back from the chain and writes the arbiter into its row and its stored event, so
+    /// a later rebuild keeps it. Returns how many were filled in.
+    pub async fn backfill_arbiters(&self) -> Result<u64, IndexError> {
+        let rows = sqlx::query("SELECT block, log_index, body FROM events WHERE kind = 'deal_opened'")
+            .fetch_all(&self.db.pool)
+            .await?;
+        let mut filled = 0;
+        for r in rows {
+            let ev: ChainEvent = serde_json::from_str(&r.get::<String, _>(2))
+                .map_err(|e| IndexError::Chain(format!("stored event unreadable: {e}")))?;
+            let ChainEvent::DealOpened { id, arbiter, .. } = &ev else { continue };
+            if *arbiter != Address::ZERO {
+                continue;
+            }
+            let Some(deal) = self.chain.find_deal(*id).await.map_err(|e| IndexError::Chain(e.to_string()))? else {
+                continue;
+            };
+            let mut ev = ev.clone();
+            if let ChainEvent::DealOpened { arbiter, .. } = &mut ev {
+                *arbiter = deal.terms.arbiter;
+            }
+            let mut tx = self.db.pool.begin().await?;
+            sqlx::query("UPDATE events SET body = $3 WHERE block = $1 AND log_index = $2")
+                .bind(r.get::<i64, _>(0))
+                .bind(r.get::<i64, _>(1))
+                .bind(serde_json::to_string(&ev).expect("event serializes"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE deals SET arbiter = $2 WHERE id = $1")
+                .bind(hex32(id))
+                .bind(addr(&deal.terms.arbiter))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            filled += 1;
+        }
+        Ok(filled)
+    }
+
     /// Runs [`Self::step`] until caught up.
     pub async fn catch_up(&self) -> Result<Step, IndexError> {
         loop {

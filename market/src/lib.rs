@@ -68,6 +68,10 @@ impl Market {
         let db = Db::connect(&cfg.database_url).await?;
         let indexer = Indexer::new(db.clone(), chain.clone());
         let first = indexer.catch_up().await?;
+        let filled = indexer.backfill_arbiters().await?;
+        if filled > 0 {
+            tracing::info!(deals = filled, "read the arbiters of deals indexed before they were kept");
+        }
         let index = Arc::new(Mutex::new((first.head, first.cursor)));
         let d = chain.deployment();
         let st = api::AppState {

@@ -1,8 +1,8 @@
 //! Reputation from on-chain outcomes only, plus throughput measured by buyers (DESIGN §7).
 //!
 //! [`reputation`] is one provider's full record (the provider page, `/providers/{id}`);
-//! [`standings`] is what ranking needs of every provider at once, in two aggregate queries (the
-//! offer book). Both score with [`score`] and take the median with [`median_per_buyer`].
+//! [`standings`] is what ranking needs of every provider at once, from one scan of the deals and
+//! one of the reports (the offer book). Both score with [`score`] and take the median with [`median_per_buyer`].
 
 use std::collections::HashMap;
 
@@ -14,9 +14,9 @@ use crate::db::Db;
 /// How outcomes are weighed (MARKET.md, "Reputation").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Weights {
-    /// Token base units a buyer must have paid a provider (over its completed deals) to count as
-    /// one whole completed buyer; less counts in proportion, more counts once. Failures weigh
-    /// the deposits a buyer left unspent the same way. Default: 1 BDC (10^18).
+    /// Token base units a buyer must have paid a provider (over its withdrawn deals) to count as
+    /// one whole completed buyer; less counts in proportion, more counts once. A throughput
+    /// report counts only from a deal that paid a hundredth of it. Default: 1 BDC (10^18).
     pub unit: u128,
     /// Arbiters whose rulings count: a dispute ruled for the buyer by any other arbiter (one a
     /// provider or buyer chose for itself) does not move the score. Lowercase 0x-hex.
@@ -37,30 +37,37 @@ impl Weights {
     fn trusts(&self, arbiter: &str) -> bool {
         self.trusted_arbiters.iter().any(|a| a.eq_ignore_ascii_case(arbiter))
     }
+
+    /// What a deal must have paid for its buyer's throughput report to count.
+    pub fn report_floor(&self) -> u128 {
+        (self.unit / 100).max(1)
+    }
 }
 
 /// A provider's record from on-chain outcomes only.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Reputation {
     pub deals: u64,
-    /// Deals paid out to the provider (withdrawn, or a dispute ruled for it), counted.
+    /// Deals paid out to the provider by a withdrawal, counted.
     pub completed: u64,
-    /// Deals refunded with nothing redeemed: the provider delivered nothing paid.
+    /// Deals refunded with nothing redeemed (shown, not scored: any stranger can open a deal
+    /// with a provider and refund it a block later).
     pub failed: u64,
     /// Disputes resolved for the buyer (by any arbiter).
     pub disputes_lost: u64,
     /// Distinct buyers that paid the provider on a completed deal.
     pub paying_buyers: u64,
-    /// What the score is computed from ([`weigh`]): completed and failed weighed by value per
-    /// buyer, disputes lost before an arbiter the market trusts.
+    /// What the score is computed from ([`weigh`]): completed weighed by value paid per buyer,
+    /// disputes lost before an arbiter the market trusts.
     pub weighed: Weighed,
     /// Bytes the provider was paid for (redeemed amount / price per byte, over all deals).
     pub bytes_redeemed: u128,
-    /// [`score`] of the weighed outcomes: `(completed + 1) / (completed + failed + 2 × disputes_lost + 2)`,
-    /// in (0, 1); 0.5 with no history.
+    /// [`Weighed::score`]: `(completed + 1) / (completed + 2 × disputes_lost + 2)`, in (0, 1);
+    /// 0.5 with no history.
     pub score: f64,
     /// Median throughput buyers measured, MiB/s (0 with no reports). Reports are signed by the
-    /// deal's buyer; each buyer counts once (its newest report), so no buyer outweighs another.
+    /// deal's buyer; each buyer counts once (its newest report), so no buyer outweighs another,
+    /// and only from deals that paid [`Weights::report_floor`].
     pub throughput_mibps: f64,
     /// How many buyers' reports the median is over.
     pub throughput_buyers: u64,
@@ -70,13 +77,12 @@ pub struct Reputation {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Weighed {
     pub completed: f64,
-    pub failed: f64,
     pub disputes_lost: f64,
 }
 
 impl Weighed {
     pub fn score(&self) -> f64 {
-        (self.completed + 1.0) / (self.completed + self.failed + 2.0 * self.disputes_lost + 2.0)
+        (self.completed + 1.0) / (self.completed + 2.0 * self.disputes_lost + 2.0)
     }
 }
 
@@ -93,14 +99,14 @@ pub struct Standing {
 impl Default for Standing {
     /// A provider with no history.
     fn default() -> Self {
-        Self { score: score(0, 0, 0), completed: 0.0, throughput_mibps: 0.0 }
+        Self { score: score(0, 0), completed: 0.0, throughput_mibps: 0.0 }
     }
 }
 
-/// The reputation score of whole counts: completed deals against refunds with nothing paid and
-/// lost disputes (counted twice), with one of each assumed, so a newcomer starts at 0.5.
-pub fn score(completed: u64, failed: u64, disputes_lost: u64) -> f64 {
-    Weighed { completed: completed as f64, failed: failed as f64, disputes_lost: disputes_lost as f64 }.score()
+/// The reputation score of whole counts: completed deals against lost disputes (counted twice),
+/// with one of each assumed, so a newcomer starts at 0.5.
+pub fn score(completed: u64, disputes_lost: u64) -> f64 {
+    Weighed { completed: completed as f64, disputes_lost: disputes_lost as f64 }.score()
 }
 
 /// The median of each buyer's newest report, from `(buyer, mibps)` rows ordered by buyer and
@@ -137,9 +143,11 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Paid out to the provider: withdrawn, or a dispute ruled (or settled) for it.
+    /// Paid out to the provider by a withdrawal (after the dispute window passed undisputed). A
+    /// ruling for the provider does not count: the arbiter may be its own, and the ruling may
+    /// have returned the pot to the buyer all the same.
     fn completed(&self) -> bool {
-        self.state == "completed" || (self.state == "resolved" && !self.buyer_won && self.redeemed > 0)
+        self.state == "completed"
     }
 
     fn failed(&self) -> bool {
@@ -155,20 +163,20 @@ impl Outcome {
 /// one provider's deals.
 ///
 /// A buyer counts as at most one completed deal, in proportion to what it paid over `unit`,
-/// so neither many 1-wei deals nor one account's many deals raise the score; failures weigh a
-/// buyer's unspent deposits the same way, so refunds of dust deposits from throwaway accounts
-/// do not lower it; a lost dispute counts once when an arbiter the market trusts ruled it.
+/// so neither many 1-wei deals nor one account's many deals raise the score; a lost dispute
+/// counts once when an arbiter the market trusts ruled it. Refunds of deals that paid nothing
+/// are counted, not scored: a stranger can open a deal with any provider and refund it a block
+/// later, at no cost.
 pub fn weigh<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>, w: &Weights) -> ([u64; 4], Weighed) {
-    let mut per_buyer: HashMap<&str, (u128, u128)> = HashMap::new();
+    let mut per_buyer: HashMap<&str, u128> = HashMap::new();
     let (mut counts, mut out) = ([0u64; 4], Weighed::default());
     for o in outcomes {
         let entry = per_buyer.entry(o.buyer.as_str()).or_default();
         if o.completed() {
             counts[0] += 1;
-            entry.0 = entry.0.saturating_add(o.redeemed);
+            *entry = entry.saturating_add(o.redeemed);
         } else if o.failed() {
             counts[1] += 1;
-            entry.1 = entry.1.saturating_add(o.max_amount);
         } else if o.lost() {
             counts[2] += 1;
             if w.trusts(&o.arbiter) {
@@ -177,12 +185,11 @@ pub fn weigh<'a>(outcomes: impl IntoIterator<Item = &'a Outcome>, w: &Weights) -
         }
     }
     let unit = w.unit.max(1) as f64;
-    for (paid, unspent) in per_buyer.into_values() {
+    for paid in per_buyer.into_values() {
         if paid > 0 {
             counts[3] += 1;
         }
         out.completed += (paid as f64 / unit).min(1.0);
-        out.failed += (unspent as f64 / unit).min(1.0);
     }
     (counts, out)
 }
@@ -199,6 +206,12 @@ fn outcome(row: &sqlx::any::AnyRow, at: usize) -> Outcome {
         arbiter: row.get(at + 4),
         buyer_won: row.get::<i64, _>(at + 5) != 0,
     }
+}
+
+/// Whether the deal of a report row (its `redeemed` at column `at`) paid at least `floor`: a
+/// report from a dust deal says nothing about the provider and gives it no standing.
+fn paid_at_least(row: &sqlx::any::AnyRow, at: usize, floor: u128) -> bool {
+    row.get::<String, _>(at).parse::<u128>().is_ok_and(|r| r >= floor)
 }
 
 /// One provider's full record.
@@ -220,13 +233,15 @@ pub async fn reputation(db: &Db, provider: &str, w: &Weights) -> Result<Reputati
     (r.completed, r.failed, r.disputes_lost, r.paying_buyers, r.weighed) = (completed, failed, lost, buyers, weighed);
     r.score = weighed.score();
     let reports = sqlx::query(
-        "SELECT d.buyer, r.mibps FROM reports r JOIN deals d ON d.id = r.deal WHERE r.provider = $1 \
+        "SELECT d.buyer, r.mibps, d.redeemed FROM reports r JOIN deals d ON d.id = r.deal WHERE r.provider = $1 \
          ORDER BY d.buyer, r.issued_at DESC",
     )
     .bind(provider)
     .fetch_all(&db.pool)
     .await?;
-    (r.throughput_mibps, r.throughput_buyers) = median_per_buyer(reports.iter().map(|row| (row.get(0), row.get(1))));
+    let floor = w.report_floor();
+    (r.throughput_mibps, r.throughput_buyers) =
+        median_per_buyer(reports.iter().filter(|row| paid_at_least(row, 2, floor)).map(|row| (row.get(0), row.get(1))));
     Ok(r)
 }
 
@@ -245,12 +260,16 @@ pub async fn standings(db: &Db, w: &Weights) -> Result<HashMap<String, Standing>
         out.insert(provider, Standing { score: weighed.score(), completed: weighed.completed, throughput_mibps: 0.0 });
         i = end;
     }
-    let reports = sqlx::query(
-        "SELECT r.provider, d.buyer, r.mibps FROM reports r JOIN deals d ON d.id = r.deal \
+    let floor = w.report_floor();
+    let reports: Vec<_> = sqlx::query(
+        "SELECT r.provider, d.buyer, r.mibps, d.redeemed FROM reports r JOIN deals d ON d.id = r.deal \
          ORDER BY r.provider, d.buyer, r.issued_at DESC",
     )
     .fetch_all(&db.pool)
-    .await?;
+    .await?
+    .into_iter()
+    .filter(|row| paid_at_least(row, 3, floor))
+    .collect();
     let mut i = 0;
     while i < reports.len() {
         let provider: String = reports[i].get(0);
@@ -277,11 +296,11 @@ mod tests {
     }
 
     #[test]
-    fn a_newcomer_scores_one_half_and_losses_weigh_more_than_failures() {
-        assert_eq!(score(0, 0, 0), 0.5);
+    fn a_newcomer_scores_one_half_and_losses_lower_it() {
+        assert_eq!(score(0, 0), 0.5);
         assert_eq!(Standing::default().score, 0.5);
-        assert!(score(3, 0, 1) < score(3, 1, 0));
-        assert!(score(10, 0, 0) > score(9, 0, 0));
+        assert!(score(3, 1) < score(3, 0));
+        assert!(score(10, 0) > score(9, 0));
     }
 
     fn deal(buyer: &str, state: &str, redeemed: u128, max_amount: u128, arbiter: &str, buyer_won: bool) -> Outcome {
@@ -313,19 +332,22 @@ mod tests {
         assert_eq!(weigh(&disputed, &w).1, base);
         disputed.push(deal("b2", "resolved", 10, UNIT, "0xA1", true));
         assert_eq!(weigh(&disputed, &w).1.disputes_lost, 1.0, "trusted, whatever the case of its hex");
-        // refunds of dust deposits from throwaway accounts do not lower it
+        // strangers opening deals and refunding them (any deposit, a block later) do not lower it
         let mut griefed = honest.clone();
         for i in 0..1000 {
-            griefed.push(deal(&format!("g{i}"), "refunded", 0, 1, "0xa1", false));
+            griefed.push(deal(&format!("g{i}"), "refunded", 0, 100 * UNIT, "0xa1", false));
         }
-        assert!((weigh(&griefed, &w).1.score() - base.score()).abs() < 1e-3);
+        let (counts, g) = weigh(&griefed, &w);
+        assert_eq!((counts[1], g), (1000, base), "counted, not scored");
         // distinct buyers paying a unit each do raise it
         let paying: Vec<Outcome> = (0..5).map(|i| deal(&format!("b{i}"), "completed", UNIT, UNIT, "", false)).collect();
         let (counts, p) = weigh(&paying, &w);
         assert_eq!((counts[3], p.completed), (5, 5.0));
         assert!(p.score() > base.score() + 0.1);
-        // a dispute the provider won pays it out: completed
-        let won = vec![deal("b1", "resolved", UNIT, UNIT, "0xa1", false)];
-        assert_eq!(weigh(&won, &w).1.completed, 1.0);
+        // a ruling for the provider is no completed deal: the arbiter may be its own, and may have
+        // returned the pot to its own buyer account (rule for the provider, WHOLE_POT to the buyer)
+        let won: Vec<Outcome> =
+            (0..100).map(|i| deal(&format!("s{i}"), "resolved", UNIT, UNIT, "0xself", false)).collect();
+        assert_eq!(weigh(&won, &w).1, Weighed::default());
     }
 }

@@ -126,7 +126,7 @@ async fn run_from_market(a: FetchArgs, root: B256, dir: &Path, quiet: bool) -> a
         provider: top.provider.into_array(),
         price_per_byte: top.price_per_byte,
         window: top.listing.window,
-        size: top.size + DEPOSIT_SLACK,
+        size: top.size.saturating_add(DEPOSIT_SLACK),
         chain_id: d.chain_id,
         escrow: d.escrow.into_array(),
         arbiters: top.arbiters.iter().map(|a| a.into_array()).collect(),

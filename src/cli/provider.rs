@@ -400,8 +400,9 @@ fn list_cmd(json: bool, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `bdc provider repin`: replaces a sold dataset's pinned vendor and royalty ceiling with the
-/// vendor the registry names now (which the operator names too).
+/// `bdc provider repin`: replaces a sold dataset's pinned vendor with the vendor the registry
+/// names now, when the registry's history shows that vendor was reached by transfers from the
+/// pinned one (a squatter registered first is never reached that way).
 async fn repin_cmd(
     root: Hash,
     vendor: alloy::primitives::Address,
@@ -409,32 +410,51 @@ async fn repin_cmd(
     chain: super::chain::ChainArgs,
     dir: &Path,
 ) -> anyhow::Result<()> {
+    use alloy::primitives::{Address, B256};
+    use bdc_contracts::bindings::DatasetRegistry::DatasetRegistryEvents;
     let c = chain.connect_readonly()?;
-    let (registered, royalty) = c
-        .registered(alloy::primitives::B256::from(*root.as_bytes()))
-        .await?
-        .with_context(|| format!("dataset {root} is not registered"))?;
+    let key = B256::from(*root.as_bytes());
+    let (registered, royalty) =
+        c.registered(key).await?.with_context(|| format!("dataset {root} is not registered"))?;
     anyhow::ensure!(
         registered == vendor,
         "the registry names vendor {registered} for {root}, not {vendor}: nothing re-pinned"
     );
-    let ceiling = max_royalty_bps.unwrap_or(royalty);
-    anyhow::ensure!(ceiling <= 10_000, "--max-royalty-bps {ceiling} is above 10,000 (100%)");
     let path = dir.join(bdc_provider::paid::ledger::LEDGER_FILE);
     anyhow::ensure!(path.exists(), "no receipt ledger at {}: this provider never sold", path.display());
     let ledger = bdc_provider::paid::ledger::Ledger::open(&path)
         .with_context(|| format!("cannot open {} (stop `bdc provider serve` first)", path.display()))?;
-    let before = ledger.repin_sale(root.as_bytes(), (vendor.into_array(), ceiling))?;
-    match before {
-        Some((v, bps)) => println!(
-            "re-pinned {root}: vendor {} at up to {bps} bps -> vendor {vendor} at up to {ceiling} bps (registered {royalty})",
-            alloy::primitives::Address::from(v)
-        ),
-        None => println!("pinned {root}: vendor {vendor} at up to {ceiling} bps (registered {royalty})"),
+    let (pinned, pinned_max) = ledger.pinned_sale(root.as_bytes())?.with_context(|| {
+        format!("nothing is pinned for {root} yet: `serve` pins its vendor on first sight; repin is for a transfer after that")
+    })?;
+    let pinned = Address::from(pinned);
+    // the vendors the registry gave the root, in order: registration, then each transfer
+    let head = c.head().await?;
+    let mut history = Vec::new();
+    for (_, ev) in c.registry_events(c.deployment().deploy_block, head).await? {
+        match ev {
+            DatasetRegistryEvents::DatasetRegistered(e) if e.root == key => history.push(e.vendor),
+            DatasetRegistryEvents::VendorTransferred(e) if e.root == key => history.push(e.to),
+            _ => {}
+        }
     }
+    let from = history.iter().position(|v| *v == pinned);
+    let to = history.iter().rposition(|v| *v == vendor);
+    anyhow::ensure!(
+        matches!((from, to), (Some(f), Some(t)) if f < t),
+        "the registry never transferred {root} from the pinned vendor {pinned} to {vendor}: nothing re-pinned"
+    );
+    // the ceiling never rises on its own: a new vendor that raised the royalty first gets the
+    // old ceiling unless the operator names a higher one
+    let ceiling = max_royalty_bps.unwrap_or(pinned_max.min(royalty));
+    anyhow::ensure!(ceiling <= 10_000, "--max-royalty-bps {ceiling} is above 10,000 (100%)");
+    ledger.repin_sale(root.as_bytes(), (vendor.into_array(), ceiling))?;
+    println!(
+        "re-pinned {root}: vendor {pinned} at up to {pinned_max} bps -> vendor {vendor} at up to {ceiling} bps (registered {royalty})"
+    );
     if ceiling < royalty {
         eprintln!(
-            "warning: the registered royalty {royalty} bps is above the ceiling: deals will be refused until it is lowered"
+            "warning: the registered royalty {royalty} bps is above the ceiling {ceiling}: deals are refused until it is lowered (or repin with --max-royalty-bps)"
         );
     }
     Ok(())

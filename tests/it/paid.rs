@@ -684,7 +684,8 @@ async fn a_raised_royalty_or_a_squatted_root_gets_no_deal() {
 async fn a_vendor_transfer_is_sold_once_the_operator_repins() {
     let s = setup(200_000).await;
     let root = B256::from(*s.root.as_bytes());
-    let heir = alloy::primitives::Address::repeat_byte(0x77);
+    // the heir (an account with a key: it raises the royalty below)
+    let heir = s.devnet.address(SQUATTER);
     let vendor = s.devnet.contracts(VENDOR);
     vendor.registry().transferVendor(root, heir).send().await.unwrap().get_receipt().await.unwrap();
     let (conn, _send, deal, _ep) = raw_buyer(&s).await;
@@ -704,30 +705,81 @@ async fn a_vendor_transfer_is_sold_once_the_operator_repins() {
                 .unwrap()
         })
     };
+    let failed_with = |out: std::process::Output, what: &str| {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success() && err.contains(what), "{what:?} not in: {err}");
+    };
     // while serve runs, the ledger is open: refused with the reason
-    let out = repin(format!("{heir:#x}")).await.unwrap();
-    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("stop `bdc provider serve` first"));
+    failed_with(repin(format!("{heir:#x}")).await.unwrap(), "stop `bdc provider serve` first");
     let Setup { devnet, provider, root: ds, index, _tmp, dir, .. } = s;
     provider.shutdown().await;
     // a vendor the registry does not name is not pinned
-    let out = repin(format!("{:#x}", devnet.address(SQUATTER))).await.unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("the registry names vendor"), "{out:?}");
+    failed_with(repin(format!("{:#x}", devnet.address(BUYER))).await.unwrap(), "the registry names vendor");
+    // the heir raised the royalty before the repin: the ceiling stays the old one
+    devnet
+        .contracts(SQUATTER)
+        .registry()
+        .update(root, 5_000, B256::ZERO, 0)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     let out = repin(format!("{heir:#x}")).await.unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && said.contains("re-pinned") && said.contains(&format!("{heir:#x}")), "{out:?}");
-    // restarted: a deal paying the new vendor is served
+    assert!(out.status.success() && said.contains("re-pinned") && said.contains("up to 1000 bps"), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("above the ceiling"));
+    // restarted: a deal paying the heir its raised royalty is refused, at the old one served
     let store = ProviderStore::open(&dir.join("provider")).await.unwrap();
     let paid =
         PaidSetup { cfg: paid_config(&devnet), chain: devnet.contracts(PROVIDER), address: devnet.address(PROVIDER) };
     let provider = Provider::spawn(store, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap();
     let offer = provider.offer(ds).unwrap();
     let s = Setup { devnet, provider, root: ds, offer, index, free_index: ds, squatted: ds, _tmp, dir };
+    let (conn, _send, _deal, _ep) = raw_buyer(&s).await;
+    assert_eq!(close_code(&conn).await, codes::TERMS_NOT_ACCEPTED as u64, "5,000 bps is above the pin");
+    s.devnet
+        .contracts(SQUATTER)
+        .registry()
+        .update(root, 1_000, B256::ZERO, 0)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
     let (conn, mut send, deal, _ep) = raw_buyer(&s).await;
-    assert_eq!(deal.terms.vendor, heir);
+    assert_eq!((deal.terms.vendor, deal.terms.royaltyBps), (heir, 1_000));
     let small = GetRequest::blob_ranges(s.index, iroh_blobs::protocol::ChunkRanges::all());
     let pay = |n: u64| receipt(&s, BUYER, deal.id, n as u128 * PRICE);
     assert_eq!(fetch_paying(&conn, &mut send, small, pay).await, Ok(32), "admitted");
     s.provider.shutdown().await;
+}
+
+/// A squatter that registered a root first is never reached from a pinned vendor by transfers:
+/// `repin` refuses it even when the registry names it.
+#[tokio::test(flavor = "multi_thread")]
+async fn repin_refuses_a_vendor_the_pinned_one_never_transferred_to() {
+    let s = setup(50_000).await;
+    let (_key, deployment) = crate::common::buyer_chain_files(&s.devnet, ARBITER, &s.dir.join("op"));
+    let Setup { devnet, provider, squatted, dir, _tmp, .. } = s;
+    provider.shutdown().await;
+    let out = tokio::task::spawn_blocking(move || {
+        crate::common::bdc()
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["provider", "repin", &squatted.to_string(), "--vendor", &format!("{:#x}", devnet.address(SQUATTER))])
+            .arg("--deployment")
+            .arg(&deployment)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // the provider refused to pin the squatted root at start (its manifest names VENDOR)
+    assert!(!out.status.success() && err.contains("nothing is pinned"), "{err}");
 }
 
 /// A buyer that restarts reconnects before the provider notices its old connection died; the

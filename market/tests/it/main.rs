@@ -390,6 +390,7 @@ async fn suite(db_url: String) {
         ("more than the deal pays for", report(BUYER, deal.id, 20_000_000, t + 1), 422),
         ("unknown deal", report(BUYER, B256::repeat_byte(3), 1, t + 1), 422),
         ("older than the stored one", report(BUYER, deal.id, 1 << 20, t - 10), 409),
+        ("within a minute of the stored one", report(BUYER, deal.id, 1 << 20, t + 30), 409),
         ("from last week", report(BUYER, deal.id, 1 << 20, t - 7 * 86_400), 400),
         ("malformed", "{\"deal_id\": 5}".to_string(), 400),
     ] {
@@ -458,7 +459,7 @@ async fn suite(db_url: String) {
     // restart on the same database: nothing indexed twice, listings kept
     let Env { devnet, market, .. } = env;
     market.shutdown();
-    let env = start(db_url, devnet).await;
+    let env = start(db_url.clone(), devnet).await;
     env.synced().await;
     let d = env.get(&format!("/deals/{:#x}", deal.id)).await.1;
     assert_eq!(d["redemptions"].as_array().unwrap().len(), 2, "{d}");
@@ -499,8 +500,35 @@ async fn suite(db_url: String) {
     assert_eq!(pr["reputation"]["paying_buyers"], 1, "{pr}");
     assert_eq!(pr["reputation"]["weighed"]["completed"], 0.5, "{pr}");
     assert_eq!(pr["reputation"]["weighed"]["disputes_lost"], 1.0, "{pr}");
-    let expect = bdc_market::reputation::Weighed { completed: 0.5, failed: 0.0, disputes_lost: 1.0 }.score();
+    let expect = bdc_market::reputation::Weighed { completed: 0.5, disputes_lost: 1.0 }.score();
     assert_eq!(pr["reputation"]["score"].as_f64(), Some(expect), "{pr}");
+    // a market that indexed these deals before it kept their arbiters (migration 0006): at start
+    // it reads them back from the chain, so the lost dispute is not erased (also on a rebuild)
+    let pool = &env.market.db.pool;
+    sqlx::query("UPDATE deals SET arbiter = ''").execute(pool).await.unwrap();
+    for r in sqlx::query("SELECT block, log_index, body FROM events WHERE kind = 'deal_opened'")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    {
+        use sqlx::Row;
+        let mut body: Value = serde_json::from_str(&r.get::<String, _>(2)).unwrap();
+        body.as_object_mut().unwrap().remove("arbiter");
+        sqlx::query("UPDATE events SET body = $3 WHERE block = $1 AND log_index = $2")
+            .bind(r.get::<i64, _>(0))
+            .bind(r.get::<i64, _>(1))
+            .bind(body.to_string())
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let lost = |pr: &Value| pr["reputation"]["weighed"]["disputes_lost"].as_f64();
+    assert_eq!(lost(&env.get(&format!("/providers/{:#x}", provider.address())).await.1), Some(0.0), "erased");
+    let Env { devnet, market, .. } = env;
+    market.shutdown();
+    let env = start(db_url.clone(), devnet).await;
+    env.synced().await;
+    assert_eq!(lost(&env.get(&format!("/providers/{:#x}", provider.address())).await.1), Some(1.0), "read back");
     env.market.shutdown();
 }
 
@@ -580,6 +608,10 @@ async fn listing_floods_and_rewrites_are_refused() {
     let buyer = devnet.contracts(BUYER);
     let req = deal_request(devnet, veteran.address(), root).await;
     let deal = buyer.open_deal(devnet.address(BUYER), &req).await.unwrap();
+    // a report counts only from a deal that paid (a hundredth of the reputation unit)
+    let paid = U256::from(REPUTATION_UNIT / 100);
+    let sig = sign_receipt_sync(&devnet.signer(BUYER), &devnet.contracts(4).domain(), deal.id, paid).unwrap();
+    devnet.contracts(4).redeem(&deal.terms, paid, sig.as_bytes().into()).await.unwrap();
     env.synced().await;
     let domain = market_domain(devnet.deployment.chain_id, devnet.deployment.registry);
     let report = SignedReport::sign(&devnet.signer(BUYER), &domain, deal.id, 4 << 20, 500, t).unwrap();

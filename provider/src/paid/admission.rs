@@ -193,10 +193,12 @@ impl Admission {
     }
 
     /// The dataset's sale terms, pinned (durably) on first sight of its registration; an
-    /// operator's `max_royalty_bps` replaces the pinned ceiling.
+    /// operator's `max_royalty_bps` lowers the pinned ceiling, never raises it.
     pub async fn sale_terms(&self, root: Hash) -> Result<SaleTerms, AdmitError> {
         let pinned = self.pinned_terms(root).await?;
-        Ok(SaleTerms { max_royalty_bps: self.max_royalty_bps.unwrap_or(pinned.max_royalty_bps), ..pinned })
+        // the operator's cap only lowers the pin (`bdc provider repin` is how a pin is raised)
+        let max = self.max_royalty_bps.map_or(pinned.max_royalty_bps, |cap| cap.min(pinned.max_royalty_bps));
+        Ok(SaleTerms { max_royalty_bps: max, ..pinned })
     }
 
     async fn pinned_terms(&self, root: Hash) -> Result<SaleTerms, AdmitError> {
