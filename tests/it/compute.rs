@@ -976,6 +976,23 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
         assert_eq!((stolen.paid, c.deal_state(stolen.id).await.unwrap().redeemed), (0, U256::ZERO), "{what}");
     }
 
+    // the attack through a container: data written into file names (empty files) counts
+    // against the same cap (names and 32 bytes per file): 300 names of 193 bytes are over it
+    let image = tmp.path().join("busybox.oci.tar");
+    busybox_archive(&image);
+    let names = "n=$(head -c 190 /dev/zero | tr '\\0' x); for i in $(seq 100 399); do : > /out/$n$i; done";
+    let err = fetcher
+        .run_container(&ticket, &image, sh(names), None, Some(&pay), &tmp.path().join("names"), |_| {})
+        .await
+        .unwrap_err();
+    match &err {
+        JobError::Failed { code, reason, .. } => {
+            assert_eq!(*code, codes::RESULT_TOO_LARGE, "{reason}");
+            assert!(reason.contains(&(JOB_PRICE / PRICE_PER_BYTE).to_string()), "{reason}");
+        }
+        other => panic!("expected RESULT_TOO_LARGE, got {other:?}"),
+    }
+
     // the attack: a failed job is not paid, so its error must not carry the data (a cast
     // error quotes the value it could not cast, one value per free failed job)
     let err = fetcher

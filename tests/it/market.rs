@@ -35,7 +35,9 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
             bind: "127.0.0.1:0".parse().unwrap(),
             poll: Duration::from_millis(100),
             limits: Limits::default(),
-            reputation: Default::default(),
+            // this dataset costs a few thousandths of a BDC: a smaller unit than the default 1 BDC,
+            // so the buyer's deal pays the hundredth of it a throughput report needs to count
+            reputation: bdc_market::reputation::Weights::new(10u128.pow(15), [devnet.address(0)]),
         },
         devnet.contracts(0),
     )

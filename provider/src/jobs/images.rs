@@ -43,6 +43,8 @@ impl Default for ImagesConfig {
 pub enum IntakeError {
     #[error("{0} image uploads are in progress; try again later")]
     UploadsBusy(usize),
+    #[error("this buyer already has an image upload in progress; one at a time")]
+    PeerBusy,
     #[error(
         "no room for this image: it needs up to {needed} bytes of the {budget}-byte image budget, and images in use hold {in_use}"
     )]
@@ -65,6 +67,9 @@ struct State {
     images: HashMap<[u8; 32], Entry>,
     /// Bytes held for uploads and unpacks in flight.
     reserved: u64,
+    /// Buyers (EndpointIds) with an upload in flight: one each, so one buyer cannot hold every
+    /// upload slot.
+    uploaders: std::collections::HashSet<[u8; 32]>,
     unpacking: HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>,
 }
 
@@ -97,6 +102,7 @@ impl Drop for Lease {
 pub(crate) struct Reservation {
     images: Arc<Images>,
     bytes: u64,
+    peer: [u8; 32],
     _permit: OwnedSemaphorePermit,
 }
 
@@ -104,6 +110,7 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         let mut s = self.images.state.lock().expect("images lock");
         s.reserved = s.reserved.saturating_sub(self.bytes);
+        s.uploaders.remove(&self.peer);
     }
 }
 
@@ -162,15 +169,18 @@ impl Images {
         Some(Lease { images: self.clone(), sha: *sha, image })
     }
 
-    /// Room for an upload of `archive_bytes` and its unpack, made by evicting unused images
-    /// (least recently used first); refused when uploads are at their limit or in-use images
-    /// leave no room.
-    pub(crate) fn reserve(self: &Arc<Self>, archive_bytes: u64) -> Result<Reservation, IntakeError> {
-        let permit =
-            self.uploads.clone().try_acquire_owned().map_err(|_| IntakeError::UploadsBusy(self.cfg.max_uploads))?;
+    /// Room for an upload of `archive_bytes` by buyer `peer` and its unpack, made by evicting
+    /// unused images (least recently used first); refused when uploads are at their limit, the
+    /// buyer already uploads one, or in-use images leave no room.
+    pub(crate) fn reserve(self: &Arc<Self>, archive_bytes: u64, peer: [u8; 32]) -> Result<Reservation, IntakeError> {
         let needed = archive_bytes.saturating_add(self.cfg.unpack.max_unpacked_bytes);
-        let evict = {
+        let (evict, permit) = {
             let mut s = self.state.lock().expect("images lock");
+            if s.uploaders.contains(&peer) {
+                return Err(IntakeError::PeerBusy);
+            }
+            let permit =
+                self.uploads.clone().try_acquire_owned().map_err(|_| IntakeError::UploadsBusy(self.cfg.max_uploads))?;
             let (evict, fits) = plan_eviction(&s, needed, self.cfg.disk_budget);
             if !fits {
                 let in_use = s.images.values().filter(|e| e.leases > 0).map(|e| e.bytes).sum::<u64>() + s.reserved;
@@ -186,13 +196,14 @@ impl Images {
                 }
             }
             s.reserved += needed;
-            gone
+            s.uploaders.insert(peer);
+            (gone, permit)
         };
         for aside in evict {
             tracing::info!(image = %aside.display(), "image evicted (disk budget)");
             let _ = std::fs::remove_dir_all(aside);
         }
-        Ok(Reservation { images: self.clone(), bytes: needed, _permit: permit })
+        Ok(Reservation { images: self.clone(), bytes: needed, peer, _permit: permit })
     }
 
     /// Unpacks an uploaded archive (its hash checked by the caller) under this image's own lock,
@@ -292,22 +303,31 @@ mod tests {
         // 1.6 MiB: room for one reservation (archive + 1 MiB unpack allowance) beside one image, not two
         let imgs = images(tmp.path(), (8 << 20) / 5, 1);
         let (a, sha_a, size_a) = one_file(tmp.path(), "a", 200 << 10);
-        let r = imgs.reserve(size_a).unwrap();
-        assert!(matches!(imgs.reserve(10), Err(IntakeError::UploadsBusy(1))), "a second upload at once");
+        let r = imgs.reserve(size_a, [1; 32]).unwrap();
+        assert!(matches!(imgs.reserve(10, [2; 32]), Err(IntakeError::UploadsBusy(1))), "a second upload at once");
         let lease_a = imgs.unpack(sha_a, a, r).await.unwrap();
         assert!(lease_a.image.rootfs.join("a").exists() && imgs.used() > 200 << 10);
         // A is in use: B fits beside it, but C then finds no room while both are leased
         let (b, sha_b, size_b) = one_file(tmp.path(), "b", 200 << 10);
-        let lease_b = imgs.unpack(sha_b, b, imgs.reserve(size_b).unwrap()).await.unwrap();
+        let lease_b = imgs.unpack(sha_b, b, imgs.reserve(size_b, [1; 32]).unwrap()).await.unwrap();
         let (c, sha_c, size_c) = one_file(tmp.path(), "c", 200 << 10);
-        assert!(matches!(imgs.reserve(size_c), Err(IntakeError::NoRoom { .. })));
+        assert!(matches!(imgs.reserve(size_c, [1; 32]), Err(IntakeError::NoRoom { .. })));
         // once idle, the least recently used (A) goes first
         drop(lease_a);
         drop(lease_b);
         drop(imgs.get(&sha_b).unwrap()); // B used after A
-        let lease_c = imgs.unpack(sha_c, c, imgs.reserve(size_c).unwrap()).await.unwrap();
+        let lease_c = imgs.unpack(sha_c, c, imgs.reserve(size_c, [1; 32]).unwrap()).await.unwrap();
         assert!(imgs.get(&sha_a).is_none() && !tmp.path().join("images").join(hex::encode(sha_a)).exists());
         assert!(imgs.get(&sha_b).is_some() && lease_c.image.rootfs.join("c").exists());
+        // with two slots, one buyer still uploads one image at a time; another buyer gets the
+        // second slot; a slot given back is free again
+        let two = images(&tmp.path().join("two"), 64 << 20, 2);
+        let first = two.reserve(10, [7; 32]).unwrap();
+        assert!(matches!(two.reserve(10, [7; 32]), Err(IntakeError::PeerBusy)));
+        let other = two.reserve(10, [8; 32]).unwrap();
+        drop(first);
+        drop(two.reserve(10, [7; 32]).unwrap());
+        drop(other);
         // a reopened store knows what is on disk, and clears leftovers
         std::fs::create_dir_all(tmp.path().join("images/.deadbeef.tmp")).unwrap();
         drop(lease_c);

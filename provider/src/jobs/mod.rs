@@ -383,7 +383,7 @@ async fn accept_job(
     // a container's image: cached, or uploaded by the buyer now (before the job takes a slot)
     let image = match &req.spec {
         JobSpec::Container { image_sha256, image_size, .. } => {
-            Some(receive_image(shared, send, recv, image_sha256, *image_size).await?)
+            Some(receive_image(shared, peer, send, recv, image_sha256, *image_size).await?)
         }
         JobSpec::Sql { .. } => None,
     };
@@ -846,6 +846,7 @@ impl std::fmt::Display for ResultCap {
 /// upload limits, the time limit and the image disk budget), leased to the job.
 async fn receive_image(
     shared: &Arc<Shared>,
+    peer: EndpointId,
     send: &mut SendStream,
     recv: &mut RecvStream,
     sha: &[u8; 32],
@@ -861,11 +862,13 @@ async fn receive_image(
         ));
     }
     let intake = |e: images::IntakeError| match e {
-        images::IntakeError::UploadsBusy(_) | images::IntakeError::NoRoom { .. } => (codes::BUSY, e.to_string()),
+        images::IntakeError::UploadsBusy(_) | images::IntakeError::PeerBusy | images::IntakeError::NoRoom { .. } => {
+            (codes::BUSY, e.to_string())
+        }
         images::IntakeError::Image(_) => (codes::SANDBOX, e.to_string()),
         images::IntakeError::Task(_) => (codes::INTERNAL, e.to_string()),
     };
-    let reservation = shared.images.reserve(size).map_err(intake)?;
+    let reservation = shared.images.reserve(size, *peer.as_bytes()).map_err(intake)?;
     send_update(send, &JobUpdate::SendImage).await.map_err(|e| (codes::INTERNAL, e))?;
     let dir = shared.images.dir().to_path_buf();
     let upload = dir.join(format!(".upload-{}", hex::encode(rand::random::<[u8; 8]>())));
