@@ -104,8 +104,22 @@ pub enum FetchError {
     BadCollection { root: Hash, reason: String },
     #[error(transparent)]
     Export(#[from] ExportError),
+    /// The local store failed to read or write (not the provider's fault).
     #[error("local store failure: {0}")]
-    Local(String),
+    LocalStore(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot sign {what}: {reason}")]
+    Sign { what: &'static str, reason: String },
+    #[error("provider {provider} asks {price} base units per job, above the {max} allowed")]
+    JobPriceTooHigh { provider: EndpointId, price: u128, max: u128 },
+    /// The request itself is wrong (its arguments), before any provider is asked.
+    #[error("{0}")]
+    BadRequest(String),
     #[error(transparent)]
     Paid(#[from] crate::paid::PaidError),
     #[error("provider {provider} closed the paid connection: {reason} (code {code})")]
@@ -113,6 +127,11 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// A failure of the local store.
+    pub fn store(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::LocalStore(Box::new(e))
+    }
+
     /// True when bytes the provider sent failed verification here.
     pub fn is_verification(&self) -> bool {
         matches!(self, Self::Verification { .. })
@@ -131,7 +150,8 @@ impl FetchError {
             | Self::Transfer { provider, .. }
             | Self::UnsafeName { provider, .. }
             | Self::DuplicateName { provider, .. }
-            | Self::ProviderClosed { provider, .. } => Some(*provider),
+            | Self::ProviderClosed { provider, .. }
+            | Self::JobPriceTooHigh { provider, .. } => Some(*provider),
             Self::NoAddress(provider) => Some(*provider),
             _ => None,
         }
@@ -247,7 +267,7 @@ impl Fetcher {
         let content = ticket.hash_and_format();
         let provider = ticket.addr().id;
         let remote = self.store.remote();
-        let local = remote.local(content).await.map_err(|e| FetchError::Local(e.to_string()))?;
+        let local = remote.local(content).await.map_err(FetchError::store)?;
         // what is here before this run (a resume), counted over the files only; and whether the
         // sizes and names are already verified locally, in which case they are not asked again
         // (which also keeps a paid resume from paying twice for the same probe bytes)
@@ -328,7 +348,7 @@ impl Fetcher {
                 }
                 None => conn.close(0u32.into(), b"done"),
             }
-            let after = remote.local(content).await.map_err(|e| FetchError::Local(e.to_string()))?;
+            let after = remote.local(content).await.map_err(FetchError::store)?;
             if !after.is_complete() {
                 return Err(FetchError::Transfer { provider, reason: "the provider ended the transfer early".into() });
             }
@@ -409,7 +429,7 @@ impl Fetcher {
         fetched: &mut u64,
     ) -> Result<(), FetchError> {
         let held = async || -> Result<u64, FetchError> {
-            let local = self.store.remote().local(content).await.map_err(|e| FetchError::Local(e.to_string()))?;
+            let local = self.store.remote().local(content).await.map_err(FetchError::store)?;
             Ok(local.local_bytes())
         };
         let before = held().await?;
@@ -443,7 +463,7 @@ impl Fetcher {
     /// Whether every file's size is already verified in the store.
     async fn sizes_known(&self, files: &[(String, Hash)]) -> Result<bool, FetchError> {
         for (_, hash) in files {
-            let bits = self.store.blobs().observe(*hash).await.map_err(|e| FetchError::Local(e.to_string()))?;
+            let bits = self.store.blobs().observe(*hash).await.map_err(FetchError::store)?;
             if bits.validated_size().is_none() {
                 return Ok(false);
             }
@@ -455,7 +475,7 @@ impl Fetcher {
     async fn payload_state(&self, files: &[(String, Hash)]) -> Result<(u64, u64), FetchError> {
         let (mut total, mut local) = (0, 0);
         for (_, hash) in files {
-            let bits = self.store.blobs().observe(*hash).await.map_err(|e| FetchError::Local(e.to_string()))?;
+            let bits = self.store.blobs().observe(*hash).await.map_err(FetchError::store)?;
             total += bits.size();
             local += bits.total_bytes();
         }
@@ -516,7 +536,7 @@ fn classify(e: GetError, provider: EndpointId, root: Hash, verified: u64) -> Fet
         GetError::AtBlobHeaderNext { source: iroh_blobs::get::fsm::AtBlobHeaderNextError::NotFound { .. }, .. } => {
             FetchError::NotFound { provider, root }
         }
-        GetError::LocalFailure { .. } => FetchError::Local(format!("{e:#}")),
+        GetError::LocalFailure { .. } => FetchError::store(e),
         _ => FetchError::Transfer { provider, reason: format!("{e:#}") },
     }
 }

@@ -218,13 +218,12 @@ impl Fetcher {
         out: &Path,
         on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
-        let local =
-            |e: std::io::Error| FetchError::Local(format!("cannot read image archive {}: {e}", archive.display()));
+        let local = |source: std::io::Error| FetchError::Read { path: archive.to_path_buf(), source };
         let image_size = std::fs::metadata(archive).map_err(local)?.len();
         let a = archive.to_path_buf();
         let image_sha256 = tokio::task::spawn_blocking(move || bdc_core::jobs::file_sha256(&a))
             .await
-            .map_err(|e| FetchError::Local(e.to_string()))?
+            .map_err(FetchError::store)?
             .map_err(local)?;
         let spec = JobSpec::Container { image_sha256, image_size, cmd };
         self.submit(ticket, spec, Some(archive), expect_signer, pay, out, "", on).await
@@ -283,10 +282,7 @@ impl Fetcher {
         if let Some(max) = pay.max_price
             && price > max
         {
-            return Err(FetchError::Local(format!(
-                "provider {node} asks {price} base units per job, above the {max} allowed"
-            ))
-            .into());
+            return Err(FetchError::JobPriceTooHigh { provider: node, price, max }.into());
         }
         let arbiter = crate::paid::choose_arbiter(&pay.arbiters, arbiters).map_err(FetchError::from)?;
         let now = chain.chain_time().await.map_err(|e| FetchError::from(PaidError::from(e)))?;
@@ -315,7 +311,7 @@ impl Fetcher {
         book.save()?;
         let me = B256::from(*self.endpoint().id().as_bytes());
         let hello = sign_hello_sync(signer, &chain.domain(), deal.id, me)
-            .map_err(|e| FetchError::Local(format!("cannot sign the job request: {e}")))?;
+            .map_err(|e| FetchError::Sign { what: "the job request", reason: e.to_string() })?;
         let payment =
             JobPayment { deal_id: deal.id.0, terms: deal.terms.abi_encode(), hello_sig: hello.as_bytes().to_vec() };
         Ok((payment, deal.id))
@@ -327,7 +323,7 @@ impl Fetcher {
         let protocol = |reason: String| JobError::Protocol { provider, reason };
         let chain = &pay.wallet.chain;
         let sig = sign_receipt_sync(&pay.wallet.signer, &chain.domain(), u.deal, U256::from(u.price))
-            .map_err(|e| FetchError::Local(format!("cannot sign the receipt: {e}")))?;
+            .map_err(|e| FetchError::Sign { what: "the receipt", reason: e.to_string() })?;
         // recorded before it is sent: the book always knows the most this buyer may owe
         let mut book = DealBook::load(self.data_dir())?;
         if let Some(mut d) = book.get(&u.deal).cloned() {
@@ -396,7 +392,7 @@ impl Fetcher {
                         on(JobEvent::UploadingImage);
                         let mut f = tokio::fs::File::open(path)
                             .await
-                            .map_err(|e| FetchError::Local(format!("cannot read {}: {e}", path.display())))?;
+                            .map_err(|source| FetchError::Read { path: path.to_path_buf(), source })?;
                         tokio::io::copy(&mut f, &mut send)
                             .await
                             .map_err(|e| protocol(format!("image upload failed: {e}")))?;
@@ -512,14 +508,14 @@ impl Fetcher {
         mut on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
         let tickets: Vec<&BlobTicket> = replicas.iter().map(|(t, _)| t).collect();
-        let first = *tickets.first().ok_or_else(|| FetchError::Local("no provider given".into()))?;
+        let first = *tickets.first().ok_or_else(|| FetchError::BadRequest("no provider given".into()))?;
         if k == 0 || k > tickets.len() {
             return Err(
-                FetchError::Local(format!("--replicas {k} needs {k} providers, {} given", tickets.len())).into()
+                FetchError::BadRequest(format!("--replicas {k} needs {k} providers, {} given", tickets.len())).into()
             );
         }
         if let Some(t) = tickets[..k].iter().find(|t| t.hash() != first.hash()) {
-            return Err(FetchError::Local(format!(
+            return Err(FetchError::BadRequest(format!(
                 "tickets name different datasets: {} and {}",
                 first.hash(),
                 t.hash()

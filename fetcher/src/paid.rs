@@ -439,12 +439,7 @@ impl Fetcher {
         if pay.receipt_every + bdc_core::protocol::CHUNK_GROUP_BYTES > offer.window {
             return Err(PaidError::WindowTooSmall { every: pay.receipt_every, window: offer.window }.into());
         }
-        let local = self
-            .store()
-            .remote()
-            .local(ticket.hash_and_format())
-            .await
-            .map_err(|e| FetchError::Local(e.to_string()))?;
+        let local = self.store().remote().local(ticket.hash_and_format()).await.map_err(FetchError::store)?;
         if local.is_complete() {
             let fetch = self.run(&ticket, out, opts, None, on).await?;
             return Ok(PaidReport { fetch, deal: None, paid: 0, price_per_byte: offer.price_per_byte });
@@ -514,13 +509,8 @@ impl Fetcher {
             // still holds of it (a kill -9 can leave either more or less)
             let paid_for_root: u64 =
                 book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).map(|x| x.verified).sum();
-            let held = self
-                .store()
-                .remote()
-                .local(ticket.hash_and_format())
-                .await
-                .map_err(|e| FetchError::Local(e.to_string()))?
-                .local_bytes();
+            let held =
+                self.store().remote().local(ticket.hash_and_format()).await.map_err(FetchError::store)?.local_bytes();
             let resume = Resume::new(base, paid_for_root, held, deal.terms.window.min(offer.window));
             if resume.skip > 0 {
                 tracing::info!(deal = %deal.id, paid_for_root, held, ?resume, "resuming: the store holds a different amount than was paid for");

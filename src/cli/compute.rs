@@ -176,7 +176,7 @@ where
             r => return r,
         }
     }
-    Err(FetchError::Local("no provider to run the job on".into()).into())
+    Err(FetchError::BadRequest("no provider to run the job on".into()).into())
 }
 
 pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
