@@ -118,14 +118,23 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     assert!(err.contains(&format!("market picked provider {:#x}", devnet.address(3))), "{err}");
     assert!(err.contains("MiB/s for deal"), "the throughput report was taken: {err}");
     assert_eq!(std::fs::read(buyer.join("out/trades.csv")).unwrap(), std::fs::read(dir.join("ds/trades.csv")).unwrap());
-    let p: serde_json::Value = http
-        .get(format!("{}/providers/{:#x}", ann.market, devnet.address(3)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // the report counts once the deal's redeem (which the provider sends after the download) is
+    // indexed: a report from a deal that paid nothing says nothing
+    let mut p = serde_json::Value::Null;
+    for _ in 0..100 {
+        p = http
+            .get(format!("{}/providers/{:#x}", ann.market, devnet.address(3)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if p["reputation"]["throughput_buyers"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(p["reputation"]["throughput_buyers"], 1, "{p}");
     assert!(p["reputation"]["throughput_mibps"].as_f64().unwrap() > 0.0, "{p}");
 
