@@ -20,7 +20,9 @@
 //! chain, many deals per transaction.
 
 pub mod admission;
+mod gate;
 pub mod ledger;
+mod receipts;
 mod redeemer;
 
 use std::{
@@ -60,6 +62,8 @@ use self::{
     admission::{Admission, AdmitError, DealKind},
     ledger::{Ledger, LedgerError},
 };
+use gate::{DealGate, GateState, gate_events, prune_gates, ready_gate, serve_streams};
+use receipts::{check_receipt, store_receipts};
 
 /// Terms a provider sells on.
 #[derive(Debug, Clone)]
@@ -112,46 +116,6 @@ impl Default for PaidConfig {
 pub enum PaidError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-}
-
-/// Gate state of one deal, shared by all its connections.
-#[derive(Debug)]
-struct DealGate {
-    deal: Deal,
-    price: u128,
-    window: u64,
-    allowed: Arc<HashSet<Hash>>,
-    /// The deal's dataset root is a collection (children may be asked for through it).
-    collection: bool,
-    /// Local time at which the deal enters the expiry margin: no group is sent after it.
-    stop_at: tokio::time::Instant,
-    state: Mutex<GateState>,
-    notify: Notify,
-}
-
-impl DealGate {
-    /// Whether, with receipts covering `receipted_bytes`, another chunk group may be sent.
-    fn fits(&self, receipted_bytes: u64) -> bool {
-        let sent = self.state.lock().expect("gate lock").sent;
-        sent + bdc_core::protocol::CHUNK_GROUP_BYTES <= receipted_bytes.saturating_add(self.window)
-    }
-}
-
-#[derive(Debug, Default)]
-struct GateState {
-    /// Bytes sent under this deal (since this process started, plus what was receipted before).
-    sent: u64,
-    /// Bytes covered by the newest stored receipt.
-    receipted_bytes: u64,
-    receipted_amount: u128,
-    /// Persisted upper bound of `sent`.
-    reserved: u64,
-    /// Bytes an earlier process may have sent beyond the receipts it stored (its persisted
-    /// bound of `sent` minus the receipted bytes, as found at start): the buyer may pay for
-    /// them on top of what this process sends.
-    carry: u64,
-    /// Amount at the last redeem trigger.
-    last_trigger: u128,
 }
 
 type Ready = Option<Result<Arc<DealGate>, ()>>;
@@ -538,228 +502,6 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<(Arc
     Ok((gates.entry(id).or_insert(gate).clone(), false))
 }
 
-/// Gates kept for deals with no open connection before even those of live deals are dropped.
-const MAX_IDLE_GATES: usize = 10_000;
-
-/// Drops the gates no connection holds whose deal entered its expiry margin (no Hello is
-/// admitted for it any more); past [`MAX_IDLE_GATES`], every gate no connection holds. A dropped
-/// gate of a live deal is rebuilt from the ledger on its next Hello, as after a restart: what
-/// was reserved and not receipted counts as sent, so the provider risks no more than the window.
-fn prune_gates(gates: &mut HashMap<B256, Arc<DealGate>>, now: tokio::time::Instant) {
-    gates.retain(|_, g| Arc::strong_count(g) > 1 || g.stop_at > now);
-    if gates.len() > MAX_IDLE_GATES {
-        gates.retain(|_, g| Arc::strong_count(g) > 1);
-    }
-}
-
-/// A verified receipt waiting to be stored.
-#[derive(Debug, Clone)]
-struct Pending {
-    amount: u128,
-    bytes: u64,
-    sig: Vec<u8>,
-}
-
-/// Verifies a receipt offline. Ok(None) if it is not above `newest` (stale or repeated: harmless).
-fn check_receipt(shared: &Shared, gate: &DealGate, r: &SignedReceipt, newest: u128) -> Result<Option<Pending>, u32> {
-    let id = gate.deal.id;
-    let t = &gate.deal.terms;
-    if r.deal_id != id.0 {
-        tracing::warn!(deal = %id, "receipt for another deal");
-        return Err(codes::RECEIPT_FOR_OTHER_DEAL);
-    }
-    let receipt = Receipt { dealId: id, cumulativeAmount: alloy::primitives::U256::from(r.cumulative) };
-    // the escrow accepts one form of each signature: store that one, never the bytes sent
-    let sig = match receipt_signer_canonical(&shared.chain.domain(), &receipt, &r.sig) {
-        Ok((a, canonical)) if a == t.buyer => canonical.to_vec(),
-        _ => {
-            tracing::warn!(deal = %id, "receipt not signed by the buyer");
-            return Err(codes::BAD_RECEIPT_SIGNATURE);
-        }
-    };
-    if r.cumulative > t.maxAmount.to::<u128>() {
-        return Err(codes::RECEIPT_ABOVE_MAX);
-    }
-    let bytes = bytes_for(r.cumulative, gate.price);
-    let s = gate.state.lock().expect("gate lock");
-    // a group is counted before it is written, so `sent` (plus what an earlier process may
-    // have sent) covers all the buyer can have
-    if bytes > s.sent + s.carry {
-        tracing::warn!(deal = %id, bytes, sent = s.sent, carry = s.carry, "receipt for more than was sent");
-        return Err(codes::RECEIPT_ABOVE_SENT);
-    }
-    if r.cumulative <= s.receipted_amount.max(newest) {
-        return Ok(None);
-    }
-    Ok(Some(Pending { amount: r.cumulative, bytes, sig }))
-}
-
-/// Stores the newest verified receipt of a connection durably, then lets the gate count it.
-/// Receipts that arrive while a commit runs are coalesced: only the newest of them is stored
-/// next (they are cumulative), so one fsync covers many receipts when the disk is slow.
-async fn store_receipts(
-    shared: Arc<Shared>,
-    gate: Arc<DealGate>,
-    mut rx: watch::Receiver<Option<Pending>>,
-) -> Result<(), u32> {
-    let id = gate.deal.id;
-    loop {
-        let more = rx.changed().await.is_ok();
-        let newest = rx.borrow_and_update().clone();
-        if let Some(p) = newest
-            && p.amount > gate.state.lock().expect("gate lock").receipted_amount
-        {
-            let (ledger, amount, sig) = (shared.ledger.clone(), p.amount, p.sig);
-            // off the async workers: a commit fsyncs
-            tokio::task::spawn_blocking(move || {
-                ledger.update(&id, |e| {
-                    if amount > e.amount {
-                        e.amount = amount;
-                        e.sig = sig;
-                    }
-                })
-            })
-            .await
-            .map_err(|e| crate::paid::ledger::LedgerError::from_join(&e))
-            .and_then(|r| r)
-            .map_err(|e| {
-                tracing::error!(deal = %id, "cannot store receipt: {e}");
-                codes::INTERNAL
-            })?;
-            let trigger = {
-                let mut s = gate.state.lock().expect("gate lock");
-                if p.amount > s.receipted_amount {
-                    s.receipted_amount = p.amount;
-                    s.receipted_bytes = p.bytes;
-                }
-                let every = bdc_core::paid::amount_for(shared.cfg.redeem_every, gate.price);
-                if s.receipted_amount >= s.last_trigger.saturating_add(every) {
-                    s.last_trigger = s.receipted_amount;
-                    true
-                } else {
-                    false
-                }
-            };
-            gate.notify.notify_waiters();
-            if trigger {
-                let _ = shared.redeem_tx.send(id);
-            }
-        }
-        if !more {
-            return Ok(());
-        }
-    }
-}
-
-/// Event handler: authorize GETs and Observes by the deal's dataset, children only through its
-/// collection root (the receipt gate is in [`GatedWriter`]).
-fn gate_events(shared: Arc<Shared>) -> EventSender {
-    let mask = EventMask {
-        get: RequestMode::Intercept,
-        get_many: RequestMode::Disabled,
-        observe: ObserveMode::Intercept,
-        ..EventMask::DEFAULT
-    };
-    let (tx, mut rx) = EventSender::channel(256, mask);
-    tokio::spawn(async move {
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                ProviderMessage::GetRequestReceived(msg) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        let ok = match ready_gate(&shared, msg.connection_id).await {
-                            Some(g) => crate::access::get_allowed(
-                                &msg.request,
-                                |h| g.allowed.contains(h),
-                                |h| g.collection && h.as_bytes() == &g.deal.terms.datasetRoot.0,
-                            ),
-                            None => false,
-                        };
-                        if !ok {
-                            tracing::warn!(hash = %msg.request.hash, "refused paid GET: not in the deal's dataset, or children of a non-collection");
-                        }
-                        msg.tx.send(if ok { Ok(()) } else { Err(AbortReason::Permission) }).await.ok();
-                    });
-                }
-                ProviderMessage::ObserveRequestReceived(msg) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        let ok = ready_gate(&shared, msg.connection_id)
-                            .await
-                            .is_some_and(|g| g.allowed.contains(&msg.request.hash));
-                        msg.tx.send(if ok { Ok(()) } else { Err(AbortReason::Permission) }).await.ok();
-                    });
-                }
-                _ => {}
-            }
-        }
-    });
-    tx
-}
-
-/// Accepts the connection's bi streams and answers each with iroh-blobs' stream handler, its
-/// send side wrapped in the receipt gate.
-async fn serve_streams(shared: Arc<Shared>, conn: Connection, events: EventSender) {
-    let conn_id = conn.stable_id() as u64;
-    while let Ok((send, recv)) = conn.accept_bi().await {
-        let writer = GatedWriter { inner: send, shared: shared.clone(), conn_id, gate: None };
-        let pair = StreamPair::new(conn_id, recv, writer, events.clone());
-        tokio::spawn(iroh_blobs::provider::handle_stream(pair, shared.store.clone()));
-    }
-}
-
-/// The send side of a paid GET stream. Payload groups (iroh-blobs writes each 16 KiB leaf with
-/// `send_bytes`) pass only while the deal's window allows; the size header and tree nodes
-/// (`send`, 0.4% of the payload) are not counted.
-struct GatedWriter {
-    inner: iroh::endpoint::SendStream,
-    shared: Arc<Shared>,
-    conn_id: u64,
-    gate: Option<Arc<DealGate>>,
-}
-
-impl GatedWriter {
-    async fn admit(&mut self, size: u64) -> std::io::Result<()> {
-        if self.gate.is_none() {
-            // the GET was authorized, so the Hello was admitted; wait anyway rather than assume
-            self.gate = ready_gate(&self.shared, self.conn_id).await;
-        }
-        let gate = self.gate.as_ref().ok_or_else(|| std::io::Error::other("no admitted deal on this connection"))?;
-        admit_group(&self.shared, self.conn_id, gate, size).await.map_err(std::io::Error::other)?;
-        if let Some(rate) = self.shared.cfg.max_rate {
-            tokio::time::sleep(Duration::from_secs_f64(size as f64 / rate.max(1) as f64)).await;
-        }
-        Ok(())
-    }
-}
-
-impl iroh_blobs::util::SendStream for GatedWriter {
-    async fn send_bytes(&mut self, bytes: bytes::Bytes) -> std::io::Result<()> {
-        self.admit(bytes.len() as u64).await?;
-        self.inner.send_bytes(bytes).await
-    }
-
-    async fn send(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        iroh_blobs::util::SendStream::send(&mut self.inner, buf).await
-    }
-
-    async fn sync(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-
-    fn reset(&mut self, code: VarInt) -> std::io::Result<()> {
-        iroh_blobs::util::SendStream::reset(&mut self.inner, code)
-    }
-
-    async fn stopped(&mut self) -> std::io::Result<Option<VarInt>> {
-        iroh_blobs::util::SendStream::stopped(&mut self.inner).await
-    }
-
-    fn id(&self) -> u64 {
-        iroh_blobs::util::SendStream::id(&self.inner)
-    }
-}
-
 /// While the connection lives, re-reads its deal from the chain and closes the connection once
 /// the deal is no longer open (disputed, refunded, or past expiry: bytes sent then could never be
 /// redeemed).
@@ -786,77 +528,5 @@ async fn watch_deal(shared: Arc<Shared>, conn: Connection, conn_id: u64) {
         conn.close(VarInt::from_u32(code), codes::name(code as u64).as_bytes());
         let _ = shared.redeem_tx.send(id);
         return;
-    }
-}
-
-/// Waits (up to the hello timeout) for the connection's Hello to be admitted.
-async fn ready_gate(shared: &Shared, conn_id: u64) -> Option<Arc<DealGate>> {
-    let mut rx = shared.conns.lock().expect("conns lock").get(&conn_id)?.ready.clone();
-    let res = tokio::time::timeout(shared.cfg.hello_timeout, rx.wait_for(|r| r.is_some())).await;
-    match res {
-        Ok(Ok(r)) => r.clone().and_then(|r| r.ok()),
-        _ => None,
-    }
-}
-
-/// Admits one payload group of `size` bytes: counts it as sent if afterwards
-/// `sent − receipted ≤ window`, else waits for receipts (up to the stall timeout, then closes the
-/// connection). Before counting, the ledger's persisted bound of sent bytes is raised if needed,
-/// so a restarted provider still accepts receipts for everything that went out.
-async fn admit_group(shared: &Shared, conn_id: u64, gate: &DealGate, size: u64) -> Result<(), &'static str> {
-    let id = gate.deal.id;
-    let deadline = tokio::time::Instant::now() + shared.cfg.stall_timeout;
-    loop {
-        // also after waiting for a receipt: no group goes out inside the expiry margin
-        if tokio::time::Instant::now() >= gate.stop_at {
-            tracing::warn!(deal = %id, "deal entered its expiry margin: sending stops");
-            if let Some(c) = shared.conns.lock().expect("conns lock").get(&conn_id) {
-                c.conn
-                    .close(VarInt::from_u32(codes::DEAL_EXPIRING), codes::name(codes::DEAL_EXPIRING as u64).as_bytes());
-            }
-            let _ = shared.redeem_tx.send(id);
-            return Err("deal expiring");
-        }
-        let notified = gate.notify.notified();
-        let reserve = {
-            let mut s = gate.state.lock().expect("gate lock");
-            let sent = s.sent + size;
-            if sent <= s.receipted_bytes.saturating_add(gate.window) {
-                if sent <= s.reserved {
-                    s.sent = sent;
-                    return Ok(());
-                }
-                Some(sent + gate.window)
-            } else {
-                None
-            }
-        };
-        if let Some(r) = reserve {
-            let ledger = shared.ledger.clone();
-            let res = tokio::task::spawn_blocking(move || ledger.update(&id, |e| e.reserved = e.reserved.max(r)))
-                .await
-                .map_err(|e| crate::paid::ledger::LedgerError::from_join(&e))
-                .and_then(|r| r);
-            if let Err(e) = res {
-                tracing::error!(deal = %id, "cannot persist sent bytes: {e}");
-                return Err("cannot persist sent bytes");
-            }
-            let mut s = gate.state.lock().expect("gate lock");
-            s.reserved = s.reserved.max(r);
-            continue;
-        }
-        if tokio::time::timeout_at(deadline.min(gate.stop_at), notified).await.is_err() {
-            if tokio::time::Instant::now() >= gate.stop_at {
-                continue;
-            }
-            tracing::warn!(deal = %id, "buyer stopped paying: closing after the stall timeout");
-            if let Some(c) = shared.conns.lock().expect("conns lock").get(&conn_id) {
-                c.conn.close(
-                    VarInt::from_u32(codes::PAYMENT_TIMEOUT),
-                    codes::name(codes::PAYMENT_TIMEOUT as u64).as_bytes(),
-                );
-            }
-            return Err("payment timeout");
-        }
     }
 }
