@@ -85,6 +85,11 @@ pub enum ChainEvent {
     },
     Disputed {
         id: B256,
+        /// Absent from events stored by markets before 0007.
+        #[serde(default)]
+        rule_by: u64,
+        #[serde(default)]
+        evidence: B256,
     },
     Resolved {
         id: B256,
@@ -144,7 +149,9 @@ impl ChainEvent {
             }
             TransferEscrowEvents::Withdrawn(e) => Self::Withdrawn { id: e.dealId },
             TransferEscrowEvents::Refunded(e) => Self::Refunded { id: e.dealId, amount: e.amount.to_string() },
-            TransferEscrowEvents::Disputed(e) => Self::Disputed { id: e.dealId },
+            TransferEscrowEvents::Disputed(e) => {
+                Self::Disputed { id: e.dealId, rule_by: e.ruleBy.to::<u64>(), evidence: e.evidence }
+            }
             TransferEscrowEvents::Resolved(e) => Self::Resolved { id: e.dealId, buyer_wins: e.buyerWins },
             #[allow(unreachable_patterns)]
             _ => return None,
@@ -407,11 +414,13 @@ async fn apply(tx: &mut Transaction<'_, Any>, block: u64, idx: u64, ev: &ChainEv
         )
         .bind(hex32(id))
         .bind(amount.clone()),
-        ChainEvent::Disputed { id } => sqlx::query(
-            "UPDATE deals SET state = CASE WHEN state = 'resolved' AND buyer_won = 1 THEN state ELSE 'disputed' END \
-             WHERE id = $1",
+        ChainEvent::Disputed { id, rule_by, evidence } => sqlx::query(
+            "UPDATE deals SET state = CASE WHEN state = 'resolved' AND buyer_won = 1 THEN state ELSE 'disputed' END, \
+             rule_by = $2, evidence = $3 WHERE id = $1",
         )
-        .bind(hex32(id)),
+        .bind(hex32(id))
+        .bind(*rule_by as i64)
+        .bind(hex32(evidence)),
         ChainEvent::Resolved { id, buyer_wins } => sqlx::query(
             "UPDATE deals SET state = 'resolved', buyer_won = CASE WHEN buyer_won = 1 THEN 1 ELSE $2 END WHERE id = $1",
         )

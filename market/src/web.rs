@@ -185,6 +185,15 @@ pub async fn deal_page(State(st): State<AppState>, Path(id): Path<String>) -> Re
         body.push_str(&format!("<tr><td>{}</td><td>{}</td></tr>", v(&r["block"]), v(&r["cumulative"])));
     }
     body.push_str("</table>");
+    if d["dispute"].is_object() {
+        body.push_str(&format!(
+            "<h2>Dispute</h2><p id=\"dispute\">arbiter <span class=\"mono\">{}</span> rules by {} (unix time; after it the default applies: the receipts stand) · evidence <span class=\"mono\">{}</span> ({})</p>",
+            v(&d["arbiter"]),
+            v(&d["dispute"]["rule_by"]),
+            v(&d["dispute"]["evidence"]),
+            if d["state"] == "disputed" { "open" } else { "settled" },
+        ));
+    }
     page("Deal", &body).into_response()
 }
 

@@ -45,7 +45,7 @@ pub async fn deal(db: &Db, id: &str) -> ApiResult<Value> {
     let id = format!("{:#x}", parse_b256("deal id", id)?);
     let Some(d) = sqlx::query(
         "SELECT buyer, provider, root, price_per_byte, max_amount, window_bytes, expiry, redeemed, refunded, state, \
-         buyer_won, opened_block FROM deals WHERE id = $1",
+         buyer_won, opened_block, arbiter, rule_by, evidence FROM deals WHERE id = $1",
     )
     .bind(&id)
     .fetch_optional(&db.pool)
@@ -81,6 +81,12 @@ pub async fn deal(db: &Db, id: &str) -> ApiResult<Value> {
         "state": state,
         "buyer_won": d.get::<i64, _>(10) == 1,
         "opened_block": d.get::<i64, _>(11),
+        "arbiter": d.get::<String, _>(12),
+        // the last dispute: the arbiter's deadline (unix seconds) and the evidence committed
+        "dispute": (d.get::<i64, _>(13) > 0).then(|| json!({
+            "rule_by": d.get::<i64, _>(13),
+            "evidence": d.get::<String, _>(14),
+        })),
         "buyer_escrowed_unspent": buyer_escrowed.to_string(),
         "provider_at_risk": provider_at_risk.to_string(),
         "redemptions": history.iter().map(|r| json!({"block": r.get::<i64, _>(0), "cumulative": r.get::<String, _>(1)})).collect::<Vec<_>>(),

@@ -492,6 +492,17 @@ async fn suite(db_url: String) {
     buyer.refund(&second.terms).await.unwrap();
     env.synced().await;
     assert_eq!(env.get(&format!("/deals/{:#x}", deal.id)).await.1["state"], "completed", "the refund of the slack");
+    // the disputed deal shows the evidence committed, the arbiter's deadline, and the page says so
+    let d2 = env.get(&format!("/deals/{:#x}", second.id)).await.1;
+    assert_eq!(d2["dispute"]["evidence"], format!("{:#x}", B256::repeat_byte(0xee)), "{d2}");
+    assert!(
+        d2["dispute"]["rule_by"].as_i64().unwrap() > 0 && d2["arbiter"] == format!("{:#x}", devnet.address(0)),
+        "{d2}"
+    );
+    let html =
+        env.http.get(format!("{}/ui/deals/{:#x}", env.base, second.id)).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("id=\"dispute\"") && html.contains("rules by"), "{html}");
+    assert!(env.get(&format!("/deals/{:#x}", deal.id)).await.1["dispute"].is_null(), "never disputed");
     let pr = env.get(&format!("/providers/{:#x}", provider.address())).await.1;
     assert_eq!(pr["reputation"]["completed"], 1, "{pr}");
     assert_eq!(pr["reputation"]["disputes_lost"], 1, "{pr}");
