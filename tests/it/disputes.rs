@@ -298,5 +298,15 @@ async fn an_arbiter_reruns_a_disputed_job_and_the_provider_that_signed_a_wrong_r
     buyer.ok(&["deal", "dispute", &format!("{deal7:#x}"), "--evidence", path.to_str().unwrap()]).await;
     let (ruling, f, _) = review(deal7, None).await;
     assert_eq!((ruling.as_str(), f.contains("holds no result manifest for deal")), ("provider", true), "{f}");
+
+    // 8. a claim that the data contradicts its manifest, through the CLI: the arbiter checks every
+    // claim of bdc.json on its verified copy (this dataset is honest)
+    let (deal8, _, _) = job(8, QUERY).await;
+    let (out, _) =
+        buyer.ok(&["deal", "dispute", &format!("{deal8:#x}"), "--manifest-claim", "--dataset", &offer]).await;
+    assert!(out.contains("evidence written to"), "{out}");
+    let (ruling, f, v) = review(deal8, None).await;
+    assert_eq!(v["review"]["claim"], "data_contradicts_manifest");
+    assert_eq!((ruling.as_str(), f.contains("every claim of the manifest holds")), ("provider", true), "{f}");
     provider.shutdown().await;
 }
