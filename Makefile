@@ -68,6 +68,8 @@ demo: tools
 reliability-short:
 	MAX_DELAY=0.6 bash scripts/faults/paid_fetch_kills.sh "$(CARGO_TARGET_DIR)/debug/bdc" 4 32
 	BLOCKS=600 ROUND_BLOCKS=100 bash scripts/faults/market_kills.sh "$(CARGO_TARGET_DIR)/debug/bdc" 2 30
+	bash scripts/faults/paid_job_kills.sh "$(CARGO_TARGET_DIR)/debug/bdc" 2
+	bash scripts/faults/chain_stalls.sh "$(CARGO_TARGET_DIR)/debug/bdc" 2 64
 	bash scripts/load/provider_fetchers.sh "$(CARGO_TARGET_DIR)/debug/bdc" 4 16
 	bash scripts/load/paid_buyers.sh "$(CARGO_TARGET_DIR)/debug/bdc" 4 4
 	bash scripts/load/soak.sh "$(CARGO_TARGET_DIR)/debug/bdc" 20 2

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The heavy reliability campaigns (docs/RELIABILITY.md): property fuzzing with many cases, kill -9
-# on the paid path, the market under a paced mixed load, and concurrent fetchers against one
-# provider. `make test` runs a short version (`make reliability-short` and the unit fuzz cases).
+# on the paid path and on paid jobs, the chain stalled mid paid fetch, the market under a paced
+# mixed load, and concurrent fetchers against one provider. `make test` runs a short version
+# (`make reliability-short` and the unit fuzz cases).
 # Every campaign runs; the exit status is 1 if any failed.
 #   FUZZ_CASES (20000)  cases per decoder property
 #   FAULT_ROUNDS (50) FAULT_MIB (256)
 #   LOAD_SECS (60) LOAD_CONNS (10) LOAD_DELAY_MS (50) LOAD_LISTINGS (100000) BDC_PROFILE (release)
 #   LOAD_FETCHERS ("20:1024 100:32": concurrent fetchers:MiB each; 2 x N x MiB of disk)
-#   MARKET_KILL_ROUNDS (50) PAID_BUYERS (50) PAID_MIB (16) SOAK_SECS (1800)
+#   MARKET_KILL_ROUNDS (50) JOB_KILL_ROUNDS (20) CHAIN_STALL_ROUNDS (20) CHAIN_STALL_MIB (128)
+#   PAID_BUYERS (50) PAID_MIB (16) SOAK_SECS (1800)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CARGO_TARGET_DIR:=$HOME/.cache/bdc-target}"
@@ -35,6 +37,16 @@ rm -f "$log.faults"
 echo "== fault injection: kill -9 the market mid chain catch-up (MARKET_KILL_ROUNDS), then compare with a fresh re-index"
 bash scripts/faults/market_kills.sh "$PRE_BDC" "${MARKET_KILL_ROUNDS:-50}" >"$log.faults" 2>&1 || status=1
 grep -E "^round|^chain|^compared|differ|kills:" "$log.faults" | tail -60
+rm -f "$log.faults"
+
+echo "== fault injection: kill -9 the provider or the buyer mid paid SQL job (JOB_KILL_ROUNDS)"
+bash scripts/faults/paid_job_kills.sh "$PRE_BDC" "${JOB_KILL_ROUNDS:-20}" >"$log.faults" 2>&1 || status=1
+grep -E "^round|violation|kills:|paid_job_kills" "$log.faults" | tail -60
+rm -f "$log.faults"
+
+echo "== fault injection: SIGSTOP the chain (anvil) mid paid fetch (CHAIN_STALL_ROUNDS, CHAIN_STALL_MIB)"
+bash scripts/faults/chain_stalls.sh "$PRE_BDC" "${CHAIN_STALL_ROUNDS:-20}" "${CHAIN_STALL_MIB:-128}" >"$log.faults" 2>&1 || status=1
+grep -E "^round|violation|note:|stalls:" "$log.faults" | tail -60
 rm -f "$log.faults"
 
 echo "== market load: wrk, mixed search/match"

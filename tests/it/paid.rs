@@ -716,16 +716,7 @@ async fn a_vendor_transfer_is_sold_once_the_operator_repins() {
     // a vendor the registry does not name is not pinned
     failed_with(repin(format!("{:#x}", devnet.address(BUYER))).await.unwrap(), "the registry names vendor");
     // the heir raised the royalty before the repin: the ceiling stays the old one
-    devnet
-        .contracts(SQUATTER)
-        .registry()
-        .update(root, 5_000, B256::ZERO, 0)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    set_royalty(&devnet, SQUATTER, root, 5_000).await;
     let out = repin(format!("{heir:#x}")).await.unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && said.contains("re-pinned") && said.contains("up to 1000 bps"), "{out:?}");
@@ -739,22 +730,27 @@ async fn a_vendor_transfer_is_sold_once_the_operator_repins() {
     let s = Setup { devnet, provider, root: ds, offer, index, free_index: ds, squatted: ds, _tmp, dir };
     let (conn, _send, _deal, _ep) = raw_buyer(&s).await;
     assert_eq!(close_code(&conn).await, codes::TERMS_NOT_ACCEPTED as u64, "5,000 bps is above the pin");
-    s.devnet
-        .contracts(SQUATTER)
-        .registry()
-        .update(root, 1_000, B256::ZERO, 0)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+    set_royalty(&s.devnet, SQUATTER, root, 1_000).await;
     let (conn, mut send, deal, _ep) = raw_buyer(&s).await;
     assert_eq!((deal.terms.vendor, deal.terms.royaltyBps), (heir, 1_000));
     let small = GetRequest::blob_ranges(s.index, iroh_blobs::protocol::ChunkRanges::all());
     let pay = |n: u64| receipt(&s, BUYER, deal.id, n as u128 * PRICE);
     assert_eq!(fetch_paying(&conn, &mut send, small, pay).await, Ok(32), "admitted");
     s.provider.shutdown().await;
+}
+
+/// The registered vendor `who` sets `root`'s royalty.
+async fn set_royalty(devnet: &Devnet, who: usize, root: B256, bps: u16) {
+    devnet
+        .contracts(who)
+        .registry()
+        .update(root, bps, B256::ZERO, 0)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
 }
 
 /// A squatter that registered a root first is never reached from a pinned vendor by transfers:

@@ -384,9 +384,15 @@ impl<P: Provider + Clone> Contracts<P> {
 
     /// Finds a deal's terms from its `DealOpened` event (the terms are not in storage).
     pub async fn find_deal(&self, id: B256) -> Result<Option<Deal>, ChainError> {
+        let logs = self.deal_logs::<TransferEscrow::DealOpened>(id).await?;
+        Ok(logs.into_iter().find_map(|ev| (ev.dealId == id).then_some(Deal { id, terms: ev.terms })))
+    }
+
+    /// Every escrow event `E` of deal `id` (its first topic), oldest first.
+    async fn deal_logs<E: SolEvent>(&self, id: B256) -> Result<Vec<E>, ChainError> {
         let filter = Filter::new()
             .address(self.deployment.escrow)
-            .event_signature(TransferEscrow::DealOpened::SIGNATURE_HASH)
+            .event_signature(E::SIGNATURE_HASH)
             .topic1(id)
             .from_block(self.deployment.deploy_block);
         let logs = self
@@ -394,33 +400,18 @@ impl<P: Provider + Clone> Contracts<P> {
             .get_logs(&filter)
             .await
             .map_err(|e| ChainError::Rpc { call: "eth_getLogs", reason: e.to_string() })?;
-        Ok(logs.iter().find_map(|l| {
-            let ev = TransferEscrow::DealOpened::decode_log(&l.inner).ok()?.data;
-            (ev.dealId == id).then_some(Deal { id, terms: ev.terms })
-        }))
+        Ok(logs.iter().filter_map(|l| Some(E::decode_log(&l.inner).ok()?.data)).collect())
     }
 
     /// The newest `Disputed` event of a deal: what was frozen, the bond, the evidence hash the
     /// buyer committed to, and the arbiter's deadline. None if the deal was never disputed.
     pub async fn find_dispute(&self, id: B256) -> Result<Option<Dispute>, ChainError> {
-        let filter = Filter::new()
-            .address(self.deployment.escrow)
-            .event_signature(TransferEscrow::Disputed::SIGNATURE_HASH)
-            .topic1(id)
-            .from_block(self.deployment.deploy_block);
-        let logs = self
-            .provider
-            .get_logs(&filter)
-            .await
-            .map_err(|e| ChainError::Rpc { call: "eth_getLogs", reason: e.to_string() })?;
-        Ok(logs.iter().rev().find_map(|l| {
-            let ev = TransferEscrow::Disputed::decode_log(&l.inner).ok()?.data;
-            (ev.dealId == id).then_some(Dispute {
-                frozen: ev.frozen,
-                bond: ev.bond,
-                evidence: ev.evidence,
-                rule_by: ev.ruleBy.to::<u64>(),
-            })
+        let logs = self.deal_logs::<TransferEscrow::Disputed>(id).await?;
+        Ok(logs.into_iter().rev().find(|ev| ev.dealId == id).map(|ev| Dispute {
+            frozen: ev.frozen,
+            bond: ev.bond,
+            evidence: ev.evidence,
+            rule_by: ev.ruleBy.to::<u64>(),
         }))
     }
 
