@@ -27,10 +27,19 @@ pub struct BuyerDeal {
     pub spent: bool,
 }
 
+/// Why a deal book entry's terms do not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum TermsError {
+    #[error("terms are not hex: {0}")]
+    Hex(#[from] hex::FromHexError),
+    #[error("terms are not an ABI-encoded Terms: {0}")]
+    Abi(#[from] alloy::sol_types::Error),
+}
+
 impl BuyerDeal {
-    pub fn terms(&self) -> Result<Terms, String> {
-        let bytes = hex::decode(self.terms.trim_start_matches("0x")).map_err(|e| e.to_string())?;
-        Terms::abi_decode(&bytes).map_err(|e| e.to_string())
+    pub fn terms(&self) -> Result<Terms, TermsError> {
+        let bytes = hex::decode(self.terms.trim_start_matches("0x"))?;
+        Ok(Terms::abi_decode(&bytes)?)
     }
 }
 

@@ -113,8 +113,12 @@ pub enum FetchError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot sign {what}: {reason}")]
-    Sign { what: &'static str, reason: String },
+    #[error("cannot sign {what}: {source}")]
+    Sign {
+        what: &'static str,
+        #[source]
+        source: bdc_contracts::ReceiptError,
+    },
     #[error("provider {provider} asks {price} base units per job, above the {max} allowed")]
     JobPriceTooHigh { provider: EndpointId, price: u128, max: u128 },
     /// The request itself is wrong (its arguments), before any provider is asked.

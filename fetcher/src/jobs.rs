@@ -311,7 +311,7 @@ impl Fetcher {
         book.save()?;
         let me = B256::from(*self.endpoint().id().as_bytes());
         let hello = sign_hello_sync(signer, &chain.domain(), deal.id, me)
-            .map_err(|e| FetchError::Sign { what: "the job request", reason: e.to_string() })?;
+            .map_err(|source| FetchError::Sign { what: "the job request", source })?;
         let payment =
             JobPayment { deal_id: deal.id.0, terms: deal.terms.abi_encode(), hello_sig: hello.as_bytes().to_vec() };
         Ok((payment, deal.id))
@@ -323,7 +323,7 @@ impl Fetcher {
         let protocol = |reason: String| JobError::Protocol { provider, reason };
         let chain = &pay.wallet.chain;
         let sig = sign_receipt_sync(&pay.wallet.signer, &chain.domain(), u.deal, U256::from(u.price))
-            .map_err(|e| FetchError::Sign { what: "the receipt", reason: e.to_string() })?;
+            .map_err(|source| FetchError::Sign { what: "the receipt", source })?;
         // recorded before it is sent: the book always knows the most this buyer may owe
         let mut book = DealBook::load(self.data_dir())?;
         if let Some(mut d) = book.get(&u.deal).cloned() {

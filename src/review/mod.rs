@@ -279,14 +279,14 @@ async fn review_result(input: &ReviewInput<'_>, results: &[SignedJobResult]) -> 
 #[derive(Debug)]
 enum NotCompared {
     TooLarge(u64),
-    Unreadable { format: ResultFormat, reason: String },
+    Unreadable { format: ResultFormat, source: rows::ReadError },
 }
 
 impl std::fmt::Display for NotCompared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::TooLarge(len) => write!(f, "{len} bytes, more than the {MAX_COMPARED_BYTES} this review compares"),
-            Self::Unreadable { format, reason } => write!(f, "not a readable {} file: {reason}", format.as_str()),
+            Self::Unreadable { format, source } => write!(f, "not a readable {} file: {source}", format.as_str()),
         }
     }
 }
@@ -297,7 +297,7 @@ fn read_compared(path: &Path, format: ResultFormat) -> Result<Result<rows::Rows,
     if len > MAX_COMPARED_BYTES {
         return Ok(Err(NotCompared::TooLarge(len)));
     }
-    Ok(rows::read(path, format).map_err(|reason| NotCompared::Unreadable { format, reason }))
+    Ok(rows::read(path, format).map_err(|source| NotCompared::Unreadable { format, source }))
 }
 
 /// What the other signed manifests in the evidence (replicas of the job at other providers)

@@ -30,28 +30,35 @@ pub struct RerunLimits {
     pub max_result_bytes: u64,
 }
 
+/// Why a query does not plan on the arbiter's copy.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("cannot read the dataset's tables: {}", .0.reason)]
+    Tables(WorkerFailure),
+    #[error(transparent)]
+    Query(#[from] datafusion::error::DataFusionError),
+}
+
 /// Functions of the query whose value is not fixed by the data (`random()`, `now()`,
-/// `uuid()`…): their names, empty when there are none. None when the query does not plan.
-pub async fn unfixed_functions(data: &Path, query: &str) -> Result<Vec<String>, String> {
-    let ctx = session(data, 64 << 20, 1).await.map_err(|f| f.reason)?;
+/// `uuid()`…): their names, empty when there are none; an error when the query does not plan.
+pub async fn unfixed_functions(data: &Path, query: &str) -> Result<Vec<String>, PlanError> {
+    let ctx = session(data, 64 << 20, 1).await.map_err(PlanError::Tables)?;
     let opts = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-    let df = ctx.sql_with_options(query, opts).await.map_err(|e| e.to_string())?;
+    let df = ctx.sql_with_options(query, opts).await?;
     let mut found = Vec::new();
-    df.logical_plan()
-        .apply_with_subqueries(|node| {
-            node.apply_expressions(|e| {
-                e.apply(|x| {
-                    if let Expr::ScalarFunction(f) = x
-                        && f.func.signature().volatility != Volatility::Immutable
-                        && !found.contains(&f.name().to_string())
-                    {
-                        found.push(f.name().to_string());
-                    }
-                    Ok(TreeNodeRecursion::Continue)
-                })
+    df.logical_plan().apply_with_subqueries(|node| {
+        node.apply_expressions(|e| {
+            e.apply(|x| {
+                if let Expr::ScalarFunction(f) = x
+                    && f.func.signature().volatility != Volatility::Immutable
+                    && !found.contains(&f.name().to_string())
+                {
+                    found.push(f.name().to_string());
+                }
+                Ok(TreeNodeRecursion::Continue)
             })
         })
-        .map_err(|e| e.to_string())?;
+    })?;
     Ok(found)
 }
 

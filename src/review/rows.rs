@@ -97,55 +97,47 @@ pub fn multiset_difference<T: Ord + Clone>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>)
     (only_a, only_b)
 }
 
+/// Why a result file does not read as its format.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+}
+
 /// Reads a result file in `format`. An error says why it is not a readable file of that format.
-pub fn read(path: &Path, format: ResultFormat) -> Result<Rows, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
+pub fn read(path: &Path, format: ResultFormat) -> Result<Rows, ReadError> {
+    let file = File::open(path)?;
     let batches: Vec<RecordBatch> = match format {
-        ResultFormat::Parquet => ParquetRecordBatchReaderBuilder::try_new(file)
-            .map_err(|e| e.to_string())?
-            .build()
-            .map_err(|e| e.to_string())?
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?,
+        ResultFormat::Parquet => ParquetRecordBatchReaderBuilder::try_new(file)?.build()?.collect::<Result<_, _>>()?,
         ResultFormat::Csv => {
             // the header's names, every column as text
-            let (inferred, _) = Format::default()
-                .with_header(true)
-                .infer_schema(BufReader::new(File::open(path).map_err(|e| e.to_string())?), Some(1))
-                .map_err(|e| e.to_string())?;
+            let (inferred, _) =
+                Format::default().with_header(true).infer_schema(BufReader::new(File::open(path)?), Some(1))?;
             let schema = Arc::new(Schema::new(
                 inferred.fields().iter().map(|f| Field::new(f.name(), DataType::Utf8, true)).collect::<Vec<_>>(),
             ));
-            ReaderBuilder::new(schema)
-                .with_header(true)
-                .build(BufReader::new(file))
-                .map_err(|e| e.to_string())?
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?
+            ReaderBuilder::new(schema).with_header(true).build(BufReader::new(file))?.collect::<Result<_, _>>()?
         }
     };
     let columns = match batches.first() {
         Some(b) => b.schema().fields().iter().map(|f| (f.name().clone(), f.data_type().to_string())).collect(),
-        None if format == ResultFormat::Parquet => {
-            ParquetRecordBatchReaderBuilder::try_new(File::open(path).map_err(|e| e.to_string())?)
-                .map_err(|e| e.to_string())?
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| (f.name().clone(), f.data_type().to_string()))
-                .collect()
-        }
+        None if format == ResultFormat::Parquet => ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().to_string()))
+            .collect(),
         None => Vec::new(),
     };
     let opts = FormatOptions::default();
     let mut rows = Vec::new();
     for b in &batches {
-        let cols: Vec<Box<dyn Fn(usize) -> Cell + '_>> = b
-            .columns()
-            .iter()
-            .map(|c| cell_reader(c.as_ref(), &opts))
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
+        let cols: Vec<Box<dyn Fn(usize) -> Cell + '_>> =
+            b.columns().iter().map(|c| cell_reader(c.as_ref(), &opts)).collect::<Result<_, _>>()?;
         for i in 0..b.num_rows() {
             rows.push(cols.iter().map(|f| f(i)).collect());
         }
