@@ -619,15 +619,19 @@ async fn listing_floods_and_rewrites_are_refused() {
     let buyer = devnet.contracts(BUYER);
     let req = deal_request(devnet, veteran.address(), root).await;
     let deal = buyer.open_deal(devnet.address(BUYER), &req).await.unwrap();
-    // a report counts only from a deal that paid (a hundredth of the reputation unit)
-    let paid = U256::from(REPUTATION_UNIT / 100);
-    let sig = sign_receipt_sync(&devnet.signer(BUYER), &devnet.contracts(4).domain(), deal.id, paid).unwrap();
-    devnet.contracts(4).redeem(&deal.terms, paid, sig.as_bytes().into()).await.unwrap();
     env.synced().await;
+    // a report from a deal that paid nothing (a dust deal costs only gas) gives no standing
     let domain = market_domain(devnet.deployment.chain_id, devnet.deployment.registry);
     let report = SignedReport::sign(&devnet.signer(BUYER), &domain, deal.id, 4 << 20, 500, t).unwrap();
     assert_eq!(env.post("/reports", &serde_json::to_string(&report).unwrap()).await.0, 201);
     let (code, res) = post(&veteran, &m_b, t + 2).await;
+    assert_eq!(code, 429, "a report from an unpaid deal: {res}");
+    // a report counts once its deal paid a hundredth of the reputation unit
+    let paid = U256::from(REPUTATION_UNIT / 100);
+    let sig = sign_receipt_sync(&devnet.signer(BUYER), &devnet.contracts(4).domain(), deal.id, paid).unwrap();
+    devnet.contracts(4).redeem(&deal.terms, paid, sig.as_bytes().into()).await.unwrap();
+    env.synced().await;
+    let (code, res) = post(&veteran, &m_b, t + 3).await;
     assert_eq!(code, 201, "{res}");
     let d = env.get(&format!("/datasets/{root:#x}")).await.1;
     let listed: Vec<String> =

@@ -46,7 +46,8 @@ pub(super) struct GateState {
 /// Gates kept for deals with no open connection before even those of live deals are dropped.
 pub(super) const MAX_IDLE_GATES: usize = 10_000;
 
-/// Drops the gates no connection holds whose deal entered its expiry margin (no Hello is
+/// Run when a connection ends and before a new gate is kept. Drops the gates no connection
+/// holds whose deal entered its expiry margin (no Hello is
 /// admitted for it any more); past [`MAX_IDLE_GATES`], every gate no connection holds. A dropped
 /// gate of a live deal is rebuilt from the ledger on its next Hello, as after a restart: what
 /// was reserved and not receipted counts as sent, so the provider risks no more than the window.

@@ -292,6 +292,8 @@ impl ProtocolHandler for PaidProtocol {
         watcher.abort();
         let _ = blobs.await;
         shared.conns.lock().expect("conns lock").remove(&conn_id);
+        // the connection let go of its gate: drop the gates nobody can use any more
+        prune_gates(&mut shared.deals.lock().expect("deals lock"), tokio::time::Instant::now());
         if let Some(id) = deal {
             let _ = shared.redeem_tx.send(id);
         }
