@@ -26,22 +26,8 @@ for role in ("vendor", "buyer", "provider"):
 print(acc["deployer/arbiter"]["address"], acc["vendor"]["address"])
 PY
 )
-for role in vendor buyer provider; do
-  "$BDC" key import --keystore "$WORK/keys/$role.json" --private-key-file "$WORK/$role.key" >/dev/null
-done
-mkdir -p "$WORK/data"
-head -c $((MIB << 20)) /dev/urandom > "$WORK/data/ticks.bin"
-ROOT=$("$BDC" --data-dir "$WORK/p" provider publish "$WORK/data" --name ticks --vendor "$VENDOR" 2>/dev/null)
-"$BDC" --data-dir "$WORK/p" dataset register "$ROOT" --royalty-bps 1000 --keystore "$WORK/keys/vendor.json" >/dev/null
-serve() {
-  "$BDC" --data-dir "$WORK/p" provider serve --bind 127.0.0.1:0 --sell --arbiter "$ARBITER" \
-    --price-per-gib 1000000000000000000 --window $WINDOW --redeem-every 1048576 \
-    --keystore "$WORK/keys/provider.json" > "$WORK/serve.out" 2>> "$WORK/serve.err" &
-  SERVE=$!
-  for _ in $(seq 1 200); do grep -q bdcoffer "$WORK/serve.out" 2>/dev/null && break; sleep 0.05; done
-  OFFER=$(grep bdcoffer "$WORK/serve.out" | cut -f2 | head -n1)
-  [ -n "$OFFER" ] || { echo "serve printed no offer"; tail "$WORK/serve.err"; exit 1; }
-}
+bdc_sell_ticks "$MIB" "$VENDOR"
+serve() { bdc_serve_ticks "$ARBITER" "$WINDOW"; }
 fetch() {
   "$BDC" --quiet --data-dir "$WORK/b$1" fetch "$OFFER" -o "$WORK/out$1" --arbiter "$ARBITER" \
     --keystore "$WORK/keys/buyer.json" --deal-secs 3600 --receipt-every 262144 \

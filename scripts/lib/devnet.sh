@@ -7,6 +7,11 @@
 #                           started, its child; empty if it was not found)
 #   bdc_rpc METHOD [PARAMS] one JSON-RPC call to the devnet's chain (PARAMS a JSON array, default
 #                           []); prints the result as JSON, exits 1 on an RPC error
+#   bdc_sell_ticks MIB VENDOR  import WORK/{vendor,buyer,provider}.key (written by the caller) into
+#                           WORK/keys, publish MIB MiB of random bytes (WORK/data/ticks.bin) in WORK/p
+#                           as "ticks" for VENDOR, and register it at 10% royalty: ROOT
+#   bdc_serve_ticks ARBITER WINDOW  start `provider serve --sell` on WORK/p in the background
+#                           (1 BDC/GiB, a redeem every 1 MiB, logs in WORK/serve.*): SERVE, OFFER
 #   bdc_sample PID SECS     print "elapsed rss_kib fds" for PID every SECS until it exits
 bdc_work() {
   WORK=$(mktemp -d -t "$1.XXXXXX")
@@ -49,6 +54,24 @@ if "error" in r:
     sys.exit(f"{sys.argv[2]}: {r['error']}")
 print(json.dumps(r["result"]))
 PY
+}
+bdc_sell_ticks() {
+  for role in vendor buyer provider; do
+    "$BDC" key import --keystore "$WORK/keys/$role.json" --private-key-file "$WORK/$role.key" >/dev/null
+  done
+  mkdir -p "$WORK/data"
+  head -c $(($1 << 20)) /dev/urandom > "$WORK/data/ticks.bin"
+  ROOT=$("$BDC" --data-dir "$WORK/p" provider publish "$WORK/data" --name ticks --vendor "$2" 2>/dev/null)
+  "$BDC" --data-dir "$WORK/p" dataset register "$ROOT" --royalty-bps 1000 --keystore "$WORK/keys/vendor.json" >/dev/null
+}
+bdc_serve_ticks() {
+  "$BDC" --data-dir "$WORK/p" provider serve --bind 127.0.0.1:0 --sell --arbiter "$1" \
+    --price-per-gib 1000000000000000000 --window "$2" --redeem-every 1048576 \
+    --keystore "$WORK/keys/provider.json" > "$WORK/serve.out" 2>> "$WORK/serve.err" &
+  SERVE=$!
+  for _ in $(seq 1 200); do grep -q bdcoffer "$WORK/serve.out" 2>/dev/null && break; sleep 0.05; done
+  OFFER=$(grep bdcoffer "$WORK/serve.out" | cut -f2 | head -n1)
+  [ -n "$OFFER" ] || { echo "serve printed no offer"; tail "$WORK/serve.err"; exit 1; }
 }
 bdc_sample() {
   local start=$SECONDS
