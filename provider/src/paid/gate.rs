@@ -105,14 +105,19 @@ pub(super) fn gate_events(shared: Arc<Shared>) -> EventSender {
 }
 
 /// Accepts the connection's bi streams and answers each with iroh-blobs' stream handler, its
-/// send side wrapped in the receipt gate.
+/// send side wrapped in the receipt gate. Returns once the connection is closed and every stream
+/// task has ended, so no task holds the deal's gate any more (the gate can then be pruned).
 pub(super) async fn serve_streams(shared: Arc<Shared>, conn: Connection, events: EventSender) {
     let conn_id = conn.stable_id() as u64;
+    let mut streams = tokio::task::JoinSet::new();
     while let Ok((send, recv)) = conn.accept_bi().await {
+        while streams.try_join_next().is_some() {}
         let writer = GatedWriter { inner: send, shared: shared.clone(), conn_id, gate: None };
         let pair = StreamPair::new(conn_id, recv, writer, events.clone());
-        tokio::spawn(iroh_blobs::provider::handle_stream(pair, shared.store.clone()));
+        streams.spawn(iroh_blobs::provider::handle_stream(pair, shared.store.clone()));
     }
+    // the connection is gone: nothing a stream still writes can arrive
+    streams.shutdown().await;
 }
 
 /// The send side of a paid GET stream. Payload groups (iroh-blobs writes each 16 KiB leaf with

@@ -289,7 +289,9 @@ impl ProtocolHandler for PaidProtocol {
                 deal
             }
         };
+        // both hold the deal's gate: wait until they have let go of it
         watcher.abort();
+        let _ = watcher.await;
         let _ = blobs.await;
         shared.conns.lock().expect("conns lock").remove(&conn_id);
         // the connection let go of its gate: drop the gates nobody can use any more
