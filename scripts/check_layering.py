@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Fails when the crate graph breaks the layering of docs/ARCHITECTURE.md.
 
-Ground floor: bdc-core, bdc-contracts. Beside each other, never depending on one another:
+Ground floor: bdc-core, bdc-contracts, bdc-market-api (the market's wire types and client).
+Beside each other, never depending on one another:
 bdc-provider, bdc-fetcher, bdc-market. On top: the bdc binary.
 """
 import json
 import subprocess
 import sys
 
-GROUND = {"bdc-core", "bdc-contracts"}
+GROUND = {"bdc-core", "bdc-contracts", "bdc-market-api"}
 MIDDLE = {"bdc-provider", "bdc-fetcher", "bdc-market"}
 
 meta = json.loads(subprocess.check_output(["cargo", "metadata", "--format-version", "1", "--no-deps"]))

@@ -7,6 +7,8 @@
 //! (a reorg), it drops the logs of the last `depth` blocks and rebuilds the derived tables from
 //! the logs that remain, then re-reads from there.
 
+use std::collections::HashMap;
+
 use alloy::{
     eips::BlockNumberOrTag,
     primitives::{Address, B256},
@@ -198,6 +200,31 @@ impl Indexer {
         Ok(b.map(|b| b.header.hash))
     }
 
+    /// The time of every block that holds one of `logs`: from the log when the node says it,
+    /// else from the block's header (one request per block with events).
+    async fn block_times(&self, logs: &[(Log, ChainEvent)]) -> Result<HashMap<u64, u64>, IndexError> {
+        let mut times = HashMap::new();
+        for (l, _) in logs {
+            let Some(block) = l.block_number else { continue };
+            if times.contains_key(&block) {
+                continue;
+            }
+            let time = match l.block_timestamp {
+                Some(t) => t,
+                None => self
+                    .chain
+                    .provider()
+                    .get_block_by_number(BlockNumberOrTag::Number(block))
+                    .await
+                    .map_err(|e| IndexError::Chain(format!("eth_getBlockByNumber({block}): {e}")))?
+                    .map(|b| b.header.timestamp)
+                    .unwrap_or(0),
+            };
+            times.insert(block, time);
+        }
+        Ok(times)
+    }
+
     /// Indexes the next block range (or rolls back a reorg). Call until `cursor == head`.
     pub async fn step(&self) -> Result<Step, IndexError> {
         let head = self.chain.head().await.map_err(|e| IndexError::Chain(e.to_string()))?;
@@ -226,24 +253,27 @@ impl Indexer {
         }
         logs.sort_by_key(|(l, _)| (l.block_number, l.log_index));
         let to_hash = self.block_hash(to).await?.ok_or_else(|| IndexError::Chain(format!("block {to} vanished")))?;
+        let times = self.block_times(&logs).await?;
         let mut tx = self.db.pool.begin().await?;
         let mut applied = 0;
         for (l, ev) in &logs {
             let (Some(block), Some(idx), Some(bh)) = (l.block_number, l.log_index, l.block_hash) else { continue };
+            let time = times.get(&block).copied().unwrap_or(0);
             let body = serde_json::to_string(ev).expect("event serializes");
             let res = sqlx::query(
-                "INSERT INTO events (block, log_index, block_hash, kind, body) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (block, log_index) DO NOTHING",
+                "INSERT INTO events (block, log_index, block_hash, kind, body, block_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (block, log_index) DO NOTHING",
             )
             .bind(block as i64)
             .bind(idx as i64)
             .bind(format!("{bh:#x}"))
             .bind(ev.kind())
             .bind(body)
+            .bind(time as i64)
             .execute(&mut *tx)
             .await?;
             if res.rows_affected() == 1 {
-                apply(&mut tx, block, idx, ev).await?;
+                apply(&mut tx, At { block, idx, time }, ev).await?;
                 applied += 1;
             }
         }
@@ -313,13 +343,18 @@ impl Indexer {
         for t in ["datasets", "deals", "redemptions"] {
             sqlx::query(&format!("DELETE FROM {t}")).execute(&mut *tx).await?;
         }
-        let rows = sqlx::query("SELECT block, log_index, body FROM events ORDER BY block, log_index")
+        let rows = sqlx::query("SELECT block, log_index, body, block_time FROM events ORDER BY block, log_index")
             .fetch_all(&mut *tx)
             .await?;
         for r in rows {
             let ev: ChainEvent = serde_json::from_str(&r.get::<String, _>(2))
                 .map_err(|e| IndexError::Chain(format!("stored event unreadable: {e}")))?;
-            apply(&mut tx, r.get::<i64, _>(0) as u64, r.get::<i64, _>(1) as u64, &ev).await?;
+            let at = At {
+                block: r.get::<i64, _>(0) as u64,
+                idx: r.get::<i64, _>(1) as u64,
+                time: r.get::<i64, _>(3) as u64,
+            };
+            apply(&mut tx, at, &ev).await?;
         }
         set_cursor(&mut tx, to, &hash).await?;
         tx.commit().await?;
@@ -348,8 +383,17 @@ fn addr(a: &Address) -> String {
     format!("{a:#x}")
 }
 
+/// Where an event is: its block, its index in the block, the block's time (unix seconds).
+#[derive(Debug, Clone, Copy)]
+struct At {
+    block: u64,
+    idx: u64,
+    time: u64,
+}
+
 /// Applies one event to the derived tables.
-async fn apply(tx: &mut Transaction<'_, Any>, block: u64, idx: u64, ev: &ChainEvent) -> Result<(), sqlx::Error> {
+async fn apply(tx: &mut Transaction<'_, Any>, at: At, ev: &ChainEvent) -> Result<(), sqlx::Error> {
+    let At { block, idx, time } = at;
     let q = match ev {
         ChainEvent::DatasetRegistered { root, vendor, royalty_bps, manifest_hash, price_hint } => sqlx::query(
             "INSERT INTO datasets (root, vendor, royalty_bps, manifest_hash, price_hint, block) \
@@ -374,8 +418,8 @@ async fn apply(tx: &mut Transaction<'_, Any>, block: u64, idx: u64, ev: &ChainEv
         ChainEvent::DealOpened { id, buyer, provider, root, price_per_byte, max_amount, window, expiry, arbiter } => {
             sqlx::query(
                 "INSERT INTO deals (id, buyer, provider, root, price_per_byte, max_amount, window_bytes, expiry, \
-                 opened_block, redeemed, refunded, state, buyer_won, arbiter) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, '0', '0', 'open', 0, $10) ON CONFLICT (id) DO NOTHING",
+                 opened_block, redeemed, refunded, state, buyer_won, arbiter, opened_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, '0', '0', 'open', 0, $10, $11) ON CONFLICT (id) DO NOTHING",
             )
             .bind(hex32(id))
             .bind(addr(buyer))
@@ -387,16 +431,18 @@ async fn apply(tx: &mut Transaction<'_, Any>, block: u64, idx: u64, ev: &ChainEv
             .bind(*expiry as i64)
             .bind(block as i64)
             .bind(addr(arbiter))
+            .bind(time as i64)
         }
         ChainEvent::Redeemed { id, cumulative } => {
             sqlx::query(
-                "INSERT INTO redemptions (deal, block, log_index, cumulative) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO redemptions (deal, block, log_index, cumulative, block_time) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (deal, block, log_index) DO NOTHING",
             )
             .bind(hex32(id))
             .bind(block as i64)
             .bind(idx as i64)
             .bind(cumulative.clone())
+            .bind(time as i64)
             .execute(&mut **tx)
             .await?;
             sqlx::query("UPDATE deals SET redeemed = $2 WHERE id = $1").bind(hex32(id)).bind(cumulative.clone())

@@ -24,7 +24,7 @@ use alloy::providers::DynProvider;
 use bdc_contracts::Contracts;
 use tokio::{net::TcpListener, task::JoinHandle};
 
-pub use bdc_contracts::listing::{ListingBody, SignedListing};
+pub use bdc_market_api::{ListingBody, SignedListing};
 
 pub use crate::{
     api::Limits,
@@ -78,7 +78,7 @@ impl Market {
             db: db.clone(),
             chain_id: d.chain_id,
             registry: d.registry,
-            metrics: Arc::default(),
+            metrics: Arc::new(api::MarketMetrics::default()),
             index: index.clone(),
             book: book::OfferBook::with_weights(cfg.reputation.clone()),
             intake: Arc::new(intake::Gate::new(cfg.limits.intake)),

@@ -18,7 +18,6 @@ use cel::{
     Context, IdedExpr, Program, Value,
     common::ast::{EntryExpr, Expr},
 };
-use serde::Serialize;
 
 /// Longest expression accepted, bytes.
 pub const MAX_EXPR_BYTES: usize = 1024;
@@ -103,25 +102,7 @@ fn cost_in(e: &IdedExpr, in_comprehension: bool) -> Result<u64, &'static str> {
     })
 }
 
-/// What an expression can see of an offer.
-#[derive(Debug, Clone, Serialize)]
-pub struct OfferAttrs {
-    /// Price, BDC per GiB.
-    pub price_gib: f64,
-    /// Declared serving capacity, MiB/s.
-    pub capacity_mibps: f64,
-    /// Reputation score in [0, 1] from on-chain outcomes.
-    pub reputation: f64,
-    /// Deals the provider completed.
-    pub deals_completed: i64,
-    pub region: String,
-    /// Window, MiB (what the provider risks per deal).
-    pub window_mib: f64,
-    /// Dataset size, GiB.
-    pub size_gib: f64,
-    /// Median throughput buyers reported for the provider, MiB/s (0 with no reports).
-    pub throughput_mibps: f64,
-}
+pub use bdc_market_api::OfferAttrs;
 
 /// Reads one attribute of an offer as a CEL value.
 type Getter = fn(&OfferAttrs) -> Value;

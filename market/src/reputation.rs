@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
 use sqlx::Row;
 
 use crate::db::Db;
@@ -44,47 +43,7 @@ impl Weights {
     }
 }
 
-/// A provider's record from on-chain outcomes only.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Reputation {
-    pub deals: u64,
-    /// Deals paid out to the provider by a withdrawal, counted.
-    pub completed: u64,
-    /// Deals refunded with nothing redeemed (shown, not scored: any stranger can open a deal
-    /// with a provider and refund it a block later).
-    pub failed: u64,
-    /// Disputes resolved for the buyer (by any arbiter).
-    pub disputes_lost: u64,
-    /// Distinct buyers that paid the provider on a completed deal.
-    pub paying_buyers: u64,
-    /// What the score is computed from ([`weigh`]): completed weighed by value paid per buyer,
-    /// disputes lost before an arbiter the market trusts.
-    pub weighed: Weighed,
-    /// Bytes the provider was paid for (redeemed amount / price per byte, over all deals).
-    pub bytes_redeemed: u128,
-    /// [`Weighed::score`]: `(completed + 1) / (completed + 2 × disputes_lost + 2)`, in (0, 1);
-    /// 0.5 with no history.
-    pub score: f64,
-    /// Median throughput buyers measured, MiB/s (0 with no reports). Reports are signed by the
-    /// deal's buyer; each buyer counts once (its newest report), so no buyer outweighs another,
-    /// and only from deals that paid [`Weights::report_floor`].
-    pub throughput_mibps: f64,
-    /// How many buyers' reports the median is over.
-    pub throughput_buyers: u64,
-}
-
-/// Outcomes as the score counts them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Weighed {
-    pub completed: f64,
-    pub disputes_lost: f64,
-}
-
-impl Weighed {
-    pub fn score(&self) -> f64 {
-        (self.completed + 1.0) / (self.completed + 2.0 * self.disputes_lost + 2.0)
-    }
-}
+pub use bdc_market_api::{Reputation, Weighed};
 
 /// What ranking sees of a provider (the offer attributes `reputation`, `deals_completed`,
 /// `throughput_mibps`).

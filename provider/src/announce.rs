@@ -3,9 +3,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use alloy::signers::local::PrivateKeySigner;
-use bdc_contracts::listing::{ListingBody, SignedListing, market_domain, sign_listing};
+use alloy::{primitives::B256, signers::local::PrivateKeySigner};
+use bdc_contracts::listing::{SignatureError, market_domain};
 use bdc_core::{Hash, protocol::MANIFEST_NAME};
+use bdc_market_api::{ClientError, ListingBody, MarketClient, SignedListing};
 use iroh::TransportAddr;
 use iroh_blobs::{BlobFormat, format::collection::Collection};
 
@@ -29,12 +30,35 @@ pub struct Announce {
 pub enum AnnounceError {
     #[error("this provider does not sell (start it with --sell to announce)")]
     NotSelling,
-    #[error("cannot read the manifest of {root}: {reason}")]
-    Manifest { root: Hash, reason: String },
+    #[error("cannot read the manifest of {root}: {source}")]
+    Manifest {
+        root: Hash,
+        #[source]
+        source: ManifestReadError,
+    },
     #[error("signing the listing failed: {0}")]
-    Sign(String),
-    #[error("market {market}: {reason}")]
-    Market { market: String, reason: String },
+    Sign(#[from] SignatureError),
+    #[error("the listing of {root} was not taken: {source}")]
+    Market {
+        root: B256,
+        #[source]
+        source: ClientError,
+    },
+    #[error(transparent)]
+    Client(ClientError),
+}
+
+/// Why a published collection's `bdc.json` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestReadError {
+    #[error("the collection does not load: {0}")]
+    Collection(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("it holds no {MANIFEST_NAME}")]
+    Missing,
+    #[error("the store cannot read it: {0}")]
+    Store(#[source] iroh_blobs::api::ExportBaoError),
+    #[error("it is not UTF-8: {0}")]
+    Utf8(#[from] std::string::FromUtf8Error),
 }
 
 fn now() -> u64 {
@@ -62,67 +86,45 @@ impl Provider {
         for rec in self.store().catalog().iter().filter(|r| !r.free && r.format == BlobFormat::HashSeq) {
             let manifest = self.manifest_text(rec.root).await?;
             let body = ListingBody {
-                dataset_root: format!("0x{}", rec.root.to_hex()),
-                provider: format!("{:#x}", paid.address),
-                provider_node_id: format!("0x{}", hex::encode(node.id.as_bytes())),
-                price_per_byte: paid.cfg.price_per_byte.to_string(),
+                dataset_root: B256::from(*rec.root.as_bytes()),
+                provider: paid.address,
+                provider_node_id: B256::from(*node.id.as_bytes()),
+                price_per_byte: paid.cfg.price_per_byte.into(),
                 window: paid.cfg.window,
                 addrs: addrs.clone(),
                 region: a.region.clone(),
                 capacity_mibps: a.capacity_mibps,
-                arbiters: paid.cfg.arbiters.iter().map(|x| format!("{x:#x}")).collect(),
+                arbiters: paid.cfg.arbiters.clone(),
                 issued_at: issued,
                 expires_at: issued + a.ttl.as_secs().max(60),
             };
-            let typed = body.to_eip712().map_err(AnnounceError::Sign)?;
-            let sig = sign_listing(&a.signer, &domain, &typed).map_err(AnnounceError::Sign)?;
-            out.push(SignedListing {
-                listing: body,
-                manifest,
-                signature: format!("0x{}", hex::encode(sig.as_bytes())),
-            });
+            out.push(SignedListing::sign(&a.signer, &domain, body, manifest)?);
         }
         Ok(out)
     }
 
     /// The `bdc.json` text of a published collection.
     async fn manifest_text(&self, root: Hash) -> Result<String, AnnounceError> {
-        let err = |reason: String| AnnounceError::Manifest { root, reason };
-        let store: &iroh_blobs::api::Store = &self.store().store;
-        let c = Collection::load(root, store).await.map_err(|e| err(e.to_string()))?;
-        let (_, h) = c.iter().find(|(n, _)| n == MANIFEST_NAME).ok_or_else(|| err(format!("no {MANIFEST_NAME}")))?;
-        let bytes = store.blobs().get_bytes(*h).await.map_err(|e| err(e.to_string()))?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| err(e.to_string()))
+        let read = async {
+            let store: &iroh_blobs::api::Store = &self.store().store;
+            let c = Collection::load(root, store).await.map_err(|e| ManifestReadError::Collection(Box::new(e)))?;
+            let (_, h) = c.iter().find(|(n, _)| n == MANIFEST_NAME).ok_or(ManifestReadError::Missing)?;
+            let bytes = store.blobs().get_bytes(*h).await.map_err(ManifestReadError::Store)?;
+            Ok::<_, ManifestReadError>(String::from_utf8(bytes.to_vec())?)
+        };
+        read.await.map_err(|source| AnnounceError::Manifest { root, source })
     }
 }
 
 /// Posts every listing once; returns how many the market stored.
 pub async fn announce_once(p: &Provider, a: &Announce) -> Result<usize, AnnounceError> {
     let listings = p.listings(a).await?;
-    let url = format!("{}/listings", a.market.trim_end_matches('/'));
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| AnnounceError::Market { market: a.market.clone(), reason: e.to_string() })?;
-    let mut stored = 0;
+    let market = MarketClient::new(&a.market).map_err(AnnounceError::Client)?;
     for l in &listings {
-        let res = http
-            .post(&url)
-            .json(l)
-            .send()
+        market
+            .post_listing(l)
             .await
-            .map_err(|e| AnnounceError::Market { market: a.market.clone(), reason: e.to_string() })?;
-        let status = res.status();
-        if status.is_success() {
-            stored += 1;
-        } else {
-            let body: serde_json::Value = res.json().await.unwrap_or_default();
-            let reason = body["error"].as_str().unwrap_or("no reason given").to_string();
-            return Err(AnnounceError::Market {
-                market: a.market.clone(),
-                reason: format!("listing of {} refused ({status}): {reason}", l.listing.dataset_root),
-            });
-        }
+            .map_err(|source| AnnounceError::Market { root: l.listing.dataset_root, source })?;
     }
-    Ok(stored)
+    Ok(listings.len())
 }

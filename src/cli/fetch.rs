@@ -8,14 +8,11 @@ use std::{
 
 use alloy::{primitives::B256, signers::local::PrivateKeySigner};
 use anyhow::Context;
-use bdc_contracts::{
-    Deployment,
-    listing::{SignedReport, market_domain},
-};
+use bdc_contracts::{Deployment, listing::market_domain};
 use bdc_core::ticket::parse_ticket;
 use bdc_fetcher::{FetchEvent, FetchOptions, Fetcher};
+use bdc_market_api::{MarketClient, SignedReport};
 use clap::Args;
-use serde_json::Value;
 
 use crate::progress::{bytes_bar, human};
 
@@ -142,23 +139,9 @@ async fn report_throughput(market: &str, signer: &PrivateKeySigner, d: &Deployme
     let issued = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_secs()).unwrap_or(0);
     let domain = market_domain(d.chain_id, d.registry);
     let res = async {
-        let rep = SignedReport::sign(signer, &domain, deal, bytes, ms.max(1), issued).map_err(anyhow::Error::msg)?;
-        let url = format!("{}/reports", market.trim_end_matches('/'));
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
-        // 422 while the market's indexer has not seen the deal yet: it polls the chain, so
-        // ask again for a few seconds
-        for attempt in 0.. {
-            let res = http.post(&url).json(&rep).send().await?;
-            let status = res.status();
-            let body: Value = res.json().await.unwrap_or(Value::Null);
-            if status == reqwest::StatusCode::UNPROCESSABLE_ENTITY && attempt < 20 {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                continue;
-            }
-            anyhow::ensure!(status.is_success(), "{status}: {}", body["error"]);
-            return anyhow::Ok(body["mibps"].as_f64().unwrap_or(0.0));
-        }
-        unreachable!("the loop returns")
+        let rep = SignedReport::sign(signer, &domain, deal, bytes, ms.max(1), issued)?;
+        // the client asks again while the market's indexer has not seen the deal yet (422)
+        anyhow::Ok(MarketClient::new(market)?.post_report(&rep).await?.mibps)
     }
     .await;
     match res {

@@ -36,6 +36,9 @@ pub enum MarketCmd {
         /// The market's base URL.
         #[arg(long, default_value = "http://127.0.0.1:8480")]
         url: String,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -63,24 +66,14 @@ pub async fn run(cmd: MarketCmd, dir: &Path) -> anyhow::Result<()> {
             market.shutdown();
             Ok(())
         }
-        MarketCmd::Status { url } => {
-            let url = format!("{}/status", url.trim_end_matches('/'));
-            let body = status(&url).await.with_context(|| format!("cannot reach the market at {url}"))?;
-            println!(
-                "indexed block {} of {} (lag {} blocks, {})",
-                body["indexed"],
-                body["head"],
-                body["lag_blocks"],
-                body["backend"].as_str().unwrap_or("?")
-            );
+        MarketCmd::Status { url, json } => {
+            let st = bdc_market_api::MarketClient::new(&url)?.status().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!("indexed block {} of {} (lag {} blocks, {})", st.indexed, st.head, st.lag_blocks, st.backend);
+            }
             Ok(())
         }
     }
-}
-
-/// GET `url` as JSON.
-async fn status(url: &str) -> anyhow::Result<serde_json::Value> {
-    let res = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?.get(url).send().await?;
-    anyhow::ensure!(res.status().is_success(), "market answered {}", res.status());
-    Ok(res.json().await?)
 }

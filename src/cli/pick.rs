@@ -3,17 +3,14 @@
 //! checks each listing's signature itself, against its own deployment's domain (the market is
 //! trusted to rank, not to speak for a provider).
 
-use std::time::Duration;
+use std::collections::BTreeMap;
 
 use alloy::primitives::{Address, B256};
 use anyhow::Context;
-use bdc_contracts::{
-    Deployment,
-    listing::{Listing, ListingBody, listing_signer, market_domain},
-};
+use bdc_contracts::{Deployment, listing::market_domain};
+use bdc_market_api::{ListingBody, MarketClient, MatchRequest, MatchedOffer};
 use iroh::EndpointAddr;
 use iroh_blobs::{BlobFormat, Hash, ticket::BlobTicket};
-use serde_json::{Value, json};
 
 /// What `--require` and `--rank` ask of the market.
 #[derive(Debug, Clone, clap::Args)]
@@ -41,15 +38,18 @@ pub struct MarketOffer {
     /// The arbiters the provider's signed listing accepts.
     pub arbiters: Vec<Address>,
     pub score: f64,
-    pub criteria: Value,
+    pub criteria: BTreeMap<String, f64>,
 }
 
 impl MarketOffer {
     /// The line printed when an offer is taken.
     pub fn picked(&self, of: usize) -> String {
+        let criteria: Vec<String> = self.criteria.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
         format!(
             "market picked provider {:#x} (score {:.3}: {}) of {of} offer(s)",
-            self.provider, self.score, self.criteria
+            self.provider,
+            self.score,
+            criteria.join(", ")
         )
     }
 }
@@ -63,35 +63,23 @@ pub async fn offers(
     limit: usize,
     d: &Deployment,
 ) -> anyhow::Result<Vec<MarketOffer>> {
-    let mut rank = serde_json::Map::new();
+    let mut rank = BTreeMap::new();
     if m.rank.is_empty() {
         for (k, v) in
             [("cheap", "-1.0 * price_gib"), ("reputation", "reputation"), ("speed", "throughput_mibps / 100.0")]
         {
-            rank.insert(k.into(), v.into());
+            rank.insert(k.to_string(), v.to_string());
         }
     }
     for r in &m.rank {
         let (k, v) = r.split_once('=').with_context(|| format!("--rank {r:?}: expected NAME=EXPR"))?;
-        rank.insert(k.trim().into(), v.trim().into());
+        rank.insert(k.trim().to_string(), v.trim().to_string());
     }
-    let body = json!({ "root": format!("{root:#x}"), "require": m.require, "rank": rank, "limit": limit });
-    let url = format!("{}/match", market.trim_end_matches('/'));
-    let res = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the market at {url}"))?;
-    let status = res.status();
-    let answer: Value = res.json().await.with_context(|| format!("{url} answered {status} without JSON"))?;
-    anyhow::ensure!(status.is_success(), "the market refused the match ({status}): {}", answer["error"]);
-    let ranked = answer["offers"].as_array().cloned().unwrap_or_default();
+    let req = MatchRequest { root: Some(format!("{root:#x}")), require: m.require.clone(), rank, limit: Some(limit) };
+    let ranked = MarketClient::new(market)?.match_offers(&req).await?.offers;
     let domain = market_domain(d.chain_id, d.registry);
     let mut out = Vec::with_capacity(ranked.len());
-    for o in &ranked {
+    for o in ranked {
         match checked(o, root, &domain) {
             Ok(offer) => out.push(offer),
             Err(e) => eprintln!("warning: skipping a market offer: {e:#}"),
@@ -102,31 +90,31 @@ pub async fn offers(
 }
 
 /// An offer from `/match`, checked: a listing of `root` signed by the provider it names.
-fn checked(o: &Value, root: B256, domain: &alloy::sol_types::Eip712Domain) -> anyhow::Result<MarketOffer> {
-    let listing: ListingBody = serde_json::from_value(o["listing"].clone()).context("the market's offer")?;
-    let typed: Listing = listing.to_eip712().map_err(|e| anyhow::anyhow!("the market's offer: {e}"))?;
-    let sig = hex::decode(o["signature"].as_str().unwrap_or_default().trim_start_matches("0x"))
-        .context("the market's offer: signature")?;
-    let signer = listing_signer(domain, &typed, &sig).map_err(|e| anyhow::anyhow!("the market's offer: {e}"))?;
+fn checked(o: MatchedOffer, root: B256, domain: &alloy::sol_types::Eip712Domain) -> anyhow::Result<MarketOffer> {
+    let listing: ListingBody = o.listing;
+    let signed = bdc_market_api::SignedListing { listing, manifest: String::new(), signature: o.signature };
+    let signer = signed.signer(domain).context("the market's offer")?;
+    let listing = signed.listing;
     anyhow::ensure!(
-        signer == typed.provider && typed.datasetRoot == root,
+        signer == listing.provider && listing.dataset_root == root,
         "the market's offer is not a listing of {root:#x} signed by its provider {:#x} (signed by {signer:#x})",
-        typed.provider
+        listing.provider
     );
     let mut addr = EndpointAddr::new(
-        iroh::EndpointId::from_bytes(&typed.providerNodeId.0).context("the listing's node id is not a valid key")?,
+        iroh::EndpointId::from_bytes(&listing.provider_node_id.0)
+            .context("the listing's node id is not a valid key")?,
     );
     for s in &listing.addrs {
         addr.addrs.insert(iroh::TransportAddr::Ip(s.parse().with_context(|| format!("listing address {s}"))?));
     }
     Ok(MarketOffer {
         ticket: BlobTicket::new(addr, Hash::from_bytes(root.0), BlobFormat::HashSeq),
-        provider: typed.provider,
-        price_per_byte: typed.pricePerByte.to::<u128>(),
-        size: o["size"].as_u64().unwrap_or(0),
-        arbiters: typed.arbiters.clone(),
-        score: o["score"].as_f64().unwrap_or(0.0),
-        criteria: o["criteria"].clone(),
+        provider: listing.provider,
+        price_per_byte: listing.price_per_byte.0,
+        size: o.size,
+        arbiters: listing.arbiters.clone(),
+        score: o.score,
+        criteria: o.criteria,
         listing,
     })
 }

@@ -147,15 +147,28 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
         assert!(dom.contains("kaiko BTC trades") && dom.contains("quotes.csv"), "{dom}");
         assert!(dom.contains("bid <span class=\"ty\">Float64</span>"), "the schema is shown: {dom}");
         assert!(dom.contains(&format!("{:#x}", devnet.address(3))), "the provider is listed: {dom}");
+        assert!(dom.contains("<svg id=\"sales\"") && dom.contains("<rect"), "the sales chart is drawn: {dom}");
         let prov =
             headless(&chromium, dir, &["--dump-dom", &format!("{}/ui/providers/{:#x}", ann.market, devnet.address(3))]);
-        assert!(String::from_utf8_lossy(&prov).contains("(median of 1)"), "the buyer's report is shown");
+        let prov = String::from_utf8_lossy(&prov);
+        assert!(prov.contains("(median of 1)"), "the buyer's report is shown");
+        assert!(prov.contains("<svg id=\"throughput\"") && prov.contains("<circle"), "and charted: {prov}");
+        // the deal the buyer paid: amounts in BDC, its receipts charted over time
+        let deal = p["deals"][0]["id"].as_str().unwrap().to_string();
+        let deal_page = format!("{}/ui/deals/{deal}", ann.market);
+        let dom = headless(&chromium, dir, &["--dump-dom", &deal_page]);
+        let dom = String::from_utf8_lossy(&dom);
+        assert!(dom.contains("<svg id=\"receipts\"") && dom.contains("<circle"), "receipts are charted: {dom}");
+        assert!(dom.contains(" BDC") && dom.contains(" UTC"), "amounts in BDC, times as dates: {dom}");
+        let redeemed = p["deals"][0]["redeemed"].as_str().unwrap();
+        assert!(!dom.contains(redeemed), "no base units on the page ({redeemed}): {dom}");
         let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("screenshots");
         std::fs::create_dir_all(&shots).unwrap();
         for (name, url) in [
             ("dataset", page.clone()),
             ("provider", format!("{}/ui/providers/{:#x}", ann.market, devnet.address(3))),
             ("search", format!("{}/?q=kaiko", ann.market)),
+            ("deal", deal_page.clone()),
         ] {
             let file = shots.join(format!("{name}.png"));
             let _ = std::fs::remove_file(&file);

@@ -1,25 +1,34 @@
 //! `POST /listings`: signed listings in, bounded per signer and per root.
 
+use axum::extract::rejection::JsonRejection;
+use bdc_contracts::listing::market_domain;
+use bdc_core::manifest::DatasetManifest;
+use bdc_market_api::{ColumnEntry, FileEntry, ListingAccepted, SignedListing};
+use sqlx::Row;
+
 use super::*;
+use crate::db::terms;
 
 /// Longest a listing may be valid for.
 pub(super) const MAX_LISTING_SECS: u64 = 7 * 24 * 3600;
 
+/// Post a listing signed by the provider (EIP-712, domain "BDC Market" v1).
+#[utoipa::path(post, path = "/listings", tag = "market", request_body = SignedListing,
+    responses((status = 201, body = ListingAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub(super) async fn post_listing(
     State(st): State<AppState>,
     body: Result<Json<SignedListing>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+) -> ApiResult<(StatusCode, Json<ListingAccepted>)> {
     let Json(sl) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let l = &sl.listing;
-    let typed = l.to_eip712().map_err(ApiError::BadRequest)?;
-    let sig = hex::decode(sl.signature.trim_start_matches("0x"))
-        .map_err(|_| ApiError::BadRequest("signature must be 0x-hex".into()))?;
-    let signer = listing_signer(&market_domain(st.chain_id, st.registry), &typed, &sig)
+    let signer = sl
+        .signer(&market_domain(st.chain_id, st.registry))
         .map_err(|e| ApiError::Unauthorized(format!("bad signature: {e}")))?;
-    if signer != typed.provider {
+    if signer != l.provider {
         return Err(ApiError::Unauthorized(format!(
             "bad signature: signed by {signer:#x}, not by the listing's provider {:#x}",
-            typed.provider
+            l.provider
         )));
     }
     let t = now();
@@ -40,12 +49,12 @@ pub(super) async fn post_listing(
     if l.arbiters.is_empty() || l.arbiters.len() > 8 {
         return Err(ApiError::BadRequest("arbiters must list 1–8 addresses the provider accepts".into()));
     }
-    let arbiters: Vec<String> = typed.arbiters.iter().map(|a| format!("{a:#x}")).collect();
+    let arbiters: Vec<String> = l.arbiters.iter().map(|a| format!("{a:#x}")).collect();
     if l.region.len() > 32 || l.region.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-')) {
         return Err(ApiError::BadRequest("region must be up to 32 characters of [A-Za-z0-9-]".into()));
     }
-    let ppb: u128 = l.price_per_byte.parse().map_err(|_| ApiError::BadRequest("price_per_byte too large".into()))?;
-    let root = format!("{:#x}", typed.datasetRoot);
+    let ppb: u128 = l.price_per_byte.0;
+    let root = format!("{:#x}", l.dataset_root);
     let Some(reg) = sqlx::query("SELECT manifest_hash, vendor FROM datasets WHERE root = $1")
         .bind(&root)
         .fetch_optional(&st.db.pool)
@@ -74,7 +83,7 @@ pub(super) async fn post_listing(
             "manifest hash {manifest_hash} differs from the one registered on chain ({registered})"
         )));
     }
-    let provider = format!("{:#x}", typed.provider);
+    let provider = format!("{:#x}", l.provider);
     st.intake.take(&provider).map_err(|wait| {
         ApiError::TooMany(format!("{provider} lists too often: retry in {} ms", wait.as_millis().max(1)))
     })?;
@@ -129,7 +138,7 @@ pub(super) async fn post_listing(
     )
     .bind(&provider)
     .bind(&root)
-    .bind(format!("{:#x}", typed.providerNodeId))
+    .bind(format!("{:#x}", l.provider_node_id))
     .bind(l.addrs.join(","))
     .bind(&l.region)
     .bind(ppb.to_string())
@@ -138,15 +147,24 @@ pub(super) async fn post_listing(
     .bind(l.capacity_mibps as i64)
     .bind(l.issued_at as i64)
     .bind(l.expires_at as i64)
-    .bind(&sl.signature)
+    .bind(sl.signature.to_string())
     .bind(arbiters.join(","))
     .execute(&mut *tx)
     .await?;
     if write_meta {
-        let files: Vec<Value> = manifest
+        let files: Vec<FileEntry> = manifest
             .files
             .iter()
-            .map(|f| json!({"name": f.name, "size": f.size, "media_type": f.media_type, "columns": f.columns}))
+            .map(|f| FileEntry {
+                name: f.name.clone(),
+                size: f.size,
+                media_type: f.media_type.clone(),
+                columns: f
+                    .columns
+                    .iter()
+                    .map(|c| ColumnEntry { name: c.name.clone(), data_type: c.data_type.clone() })
+                    .collect(),
+            })
             .collect();
         sqlx::query(
             "INSERT INTO dataset_meta (root, name, description, tags, size, files, manifest_verified, manifest_hash) \
@@ -159,7 +177,7 @@ pub(super) async fn post_listing(
         .bind(&manifest.description)
         .bind(manifest.tags.iter().map(|t| t.to_lowercase()).collect::<Vec<_>>().join(","))
         .bind(manifest.total_size() as i64)
-        .bind(Value::Array(files).to_string())
+        .bind(serde_json::to_string(&files).expect("file entries serialize"))
         .bind(verified as i64)
         .bind(&manifest_hash)
         .execute(&mut *tx)
@@ -197,7 +215,10 @@ pub(super) async fn post_listing(
         st.book.remove(&old, &root);
     }
     st.book.upsert(&provider, &root, entry);
-    Ok((StatusCode::CREATED, Json(json!({ "provider": provider, "root": root, "manifest_verified": verified }))))
+    Ok((
+        StatusCode::CREATED,
+        Json(ListingAccepted { provider: l.provider, root: l.dataset_root, manifest_verified: verified }),
+    ))
 }
 
 /// Room for a new provider's listing of `root` (see [`crate::intake`]): expired listings of the

@@ -1,20 +1,13 @@
 //! `POST /match`: rank the current offers of a root with the request's CEL expressions.
 
-use super::search::{Bind, Binds, split_tags};
-use super::*;
+use std::{collections::BTreeMap, time::Instant};
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MatchRequest {
-    /// Only offers of this dataset (else all current offers).
-    pub root: Option<String>,
-    /// CEL bool over the offer's attributes; offers for which it is false are dropped.
-    pub require: Option<String>,
-    /// Named CEL criteria (numbers); the score is their sum.
-    #[serde(default)]
-    pub rank: BTreeMap<String, String>,
-    pub limit: Option<usize>,
-}
+use axum::extract::rejection::JsonRejection;
+use bdc_market_api::{ListingBody, MatchRequest, MatchResponse, MatchedOffer};
+
+use super::search::{Bind, Binds};
+use super::*;
+use crate::rank::{Matcher, Scored};
 
 /// Most offers one match considers.
 pub const MAX_MATCH_SCAN: usize = 10_000;
@@ -96,13 +89,32 @@ pub(super) fn score_all(
     Ok(scored.into_iter().filter_map(|(score, criteria, i)| Some(((score, criteria), offers[i].take()?))).collect())
 }
 
+/// The signed listing of a ranked offer, read back to answer it.
+#[derive(sqlx::FromRow)]
+struct ListingRow {
+    provider: String,
+    root: String,
+    node_id: String,
+    addrs: String,
+    price_per_byte: String,
+    window_bytes: i64,
+    capacity_mibps: i64,
+    issued_at: i64,
+    expires_at: i64,
+    signature: String,
+    arbiters: String,
+}
+
+/// Rank current offers with CEL: `require` (bool) and `rank` (named numeric criteria).
+#[utoipa::path(post, path = "/match", tag = "market", request_body = MatchRequest,
+    responses((status = 200, body = MatchResponse), (status = 400, body = ErrorBody)))]
 pub(super) async fn post_match(
     State(st): State<AppState>,
     body: Result<Json<MatchRequest>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<MatchResponse>> {
     let Json(req) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     // compiled here to refuse bad expressions before any work; each scoring thread compiles its own
-    Matcher::new(req.require.as_deref(), &req.rank).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    Matcher::new(req.require.as_deref(), &req.rank)?;
     let limit = req.limit.unwrap_or(10);
     if !(1..=MAX_PAGE as usize).contains(&limit) {
         return Err(ApiError::BadRequest(format!("limit must be 1–{MAX_PAGE}")));
@@ -114,8 +126,8 @@ pub(super) async fn post_match(
     let _stop_on_drop = StopOnDrop(stop.clone());
     let ranked = tokio::task::spawn_blocking(move || score_all(offers, require.as_deref(), &rank, limit, &stop))
         .await
-        .map_err(|e| ApiError::Internal(format!("scoring task: {e}")))?
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        .map_err(|e| ApiError::Internal(Box::new(e)))??;
+    st.metrics.matches.inc();
     // the winners' signed listings, in one query
     let mut b = Binds::default();
     let keys: Vec<String> = ranked
@@ -125,50 +137,55 @@ pub(super) async fn post_match(
             format!("(provider = {p} AND root = {r})")
         })
         .collect();
-    let mut listings: BTreeMap<(String, String), sqlx::any::AnyRow> = BTreeMap::new();
+    let mut listings: BTreeMap<(String, String), ListingRow> = BTreeMap::new();
     if !keys.is_empty() {
         let sql = format!(
             "SELECT provider, root, node_id, addrs, price_per_byte, window_bytes, capacity_mibps, issued_at, \
              expires_at, signature, arbiters FROM listings WHERE {}",
             keys.join(" OR ")
         );
-        for r in b.apply(sqlx::query(&sql)).fetch_all(&st.db.pool).await? {
-            listings.insert((r.get(0), r.get(1)), r);
+        for r in b.apply(sqlx::query_as::<_, ListingRow>(&sql)).fetch_all(&st.db.pool).await? {
+            listings.insert((r.provider.clone(), r.root.clone()), r);
         }
     }
-    let ranked: Vec<Value> = ranked
-        .into_iter()
-        .filter_map(|((score, criteria), c)| {
-            // a listing replaced since it was scored is left out rather than shown with stale terms
-            let r = listings
-                .get(&(c.provider.to_string(), c.root.to_string()))
-                .filter(|r| r.get::<i64, _>(7) == c.issued_at)?;
-            let attrs = c.attrs;
-            Some(json!({
-                "provider": r.get::<String, _>(0), "root": r.get::<String, _>(1), "node_id": r.get::<String, _>(2),
-                "addrs": r.get::<String, _>(3).split(',').collect::<Vec<_>>(),
-                "price_per_byte": r.get::<String, _>(4), "window": r.get::<i64, _>(5),
-                "size": (attrs.size_gib * (1u64 << 30) as f64).round() as i64,
-                // the provider's signed listing, for buyers that check it rather than trust us
-                "listing": ListingBody {
-                    dataset_root: r.get(1),
-                    provider: r.get(0),
-                    provider_node_id: r.get(2),
-                    price_per_byte: r.get(4),
-                    window: r.get::<i64, _>(5) as u64,
-                    addrs: r.get::<String, _>(3).split(',').map(str::to_string).collect(),
-                    region: attrs.region.clone(),
-                    capacity_mibps: r.get::<i64, _>(6) as u64,
-                    arbiters: split_tags(&r.get::<String, _>(10)),
-                    issued_at: r.get::<i64, _>(7) as u64,
-                    expires_at: r.get::<i64, _>(8) as u64,
-                },
-                "attributes": attrs, "criteria": criteria, "score": score,
-                "signature": r.get::<String, _>(9),
-            }))
-        })
-        .collect();
-    Ok(Json(json!({ "offers": ranked })))
+    let mut offers = Vec::with_capacity(ranked.len());
+    for ((score, criteria), c) in ranked {
+        // a listing replaced since it was scored is left out rather than shown with stale terms
+        let Some(r) =
+            listings.get(&(c.provider.to_string(), c.root.to_string())).filter(|r| r.issued_at == c.issued_at)
+        else {
+            continue;
+        };
+        let attrs = c.attrs;
+        let listing = ListingBody {
+            dataset_root: stored("root", &r.root)?,
+            provider: stored("provider", &r.provider)?,
+            provider_node_id: stored("node id", &r.node_id)?,
+            price_per_byte: stored_amount(&r.price_per_byte),
+            window: r.window_bytes.max(0) as u64,
+            addrs: split_list(&r.addrs),
+            region: attrs.region.clone(),
+            capacity_mibps: r.capacity_mibps.max(0) as u64,
+            arbiters: split_addrs(&r.arbiters),
+            issued_at: r.issued_at.max(0) as u64,
+            expires_at: r.expires_at.max(0) as u64,
+        };
+        offers.push(MatchedOffer {
+            provider: listing.provider,
+            root: listing.dataset_root,
+            node_id: listing.provider_node_id,
+            addrs: listing.addrs.clone(),
+            price_per_byte: listing.price_per_byte,
+            window: listing.window,
+            size: (attrs.size_gib * (1u64 << 30) as f64).round() as u64,
+            signature: stored("signature", &r.signature)?,
+            listing,
+            attributes: attrs,
+            criteria,
+            score,
+        });
+    }
+    Ok(Json(MatchResponse { offers }))
 }
 
 #[cfg(test)]

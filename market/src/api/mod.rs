@@ -1,34 +1,45 @@
-//! The HTTP API: JSON endpoints, an OpenAPI document, Prometheus metrics and the web pages, in
-//! one axum router behind one tower stack of request limits (body size, timeout, concurrency).
+//! The HTTP API: JSON endpoints, an OpenAPI document generated from the request and answer
+//! types of [`bdc_market_api`], Prometheus metrics and the web pages, in one axum router behind
+//! one tower stack (trace → body limit → timeout → concurrency limit).
+//!
+//! Each concern has its file: [`search`] (the search planner), [`listings`] (signed listing
+//! intake), [`records`] (providers, deals, reports), [`matching`] (CEL ranking), [`metrics`];
+//! [`error`] turns every failure into one JSON shape.
 
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use alloy::primitives::{Address, B256};
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State, rejection::JsonRejection},
-    http::{StatusCode, header},
-    middleware::{self, Next},
-    response::{IntoResponse, Response},
+    extract::{DefaultBodyLimit, State},
+    http::StatusCode,
+    middleware,
     routing::{get, post},
 };
-use bdc_contracts::listing::{ListingBody, SignedListing, SignedReport, listing_signer, market_domain};
-use bdc_core::manifest::DatasetManifest;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use sqlx::Row;
+use bdc_market_api::{ErrorBody, Status};
+use utoipa::OpenApi;
 
 use crate::{
     book::{BookEntry, Candidate, OfferBook},
-    db::{Db, terms},
-    rank::{Matcher, Scored},
-    reputation::reputation,
+    db::Db,
 };
+
+mod error;
+mod listings;
+mod matching;
+pub mod metrics;
+mod records;
+mod search;
+
+pub use error::{ApiError, ApiResult};
+pub use matching::{MATCH_DEADLINE, MAX_MATCH_SCAN, StopScoring};
+pub use metrics::MarketMetrics;
+pub use records::{deal, provider};
+pub use search::{MAX_WALKS, dataset, search};
 
 /// Largest request body, bytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -41,7 +52,7 @@ pub struct AppState {
     pub db: Db,
     pub chain_id: u64,
     pub registry: Address,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<MarketMetrics>,
     /// Newest chain head the indexer saw, and its cursor (for /status and /metrics).
     pub index: Arc<Mutex<(u64, u64)>>,
     /// Offers and standings in memory, for matching.
@@ -50,46 +61,8 @@ pub struct AppState {
     pub intake: Arc<crate::intake::Gate>,
 }
 
-/// An error answered to the client. 5xx carry no internal detail (it is logged).
-#[derive(Debug)]
-pub enum ApiError {
-    BadRequest(String),
-    Unauthorized(String),
-    NotFound(String),
-    Conflict(String),
-    Unprocessable(String),
-    /// A rate or capacity bound; retry later.
-    TooMany(String),
-    Internal(String),
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (code, msg) = match self {
-            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
-            Self::Unauthorized(m) => (StatusCode::UNAUTHORIZED, m),
-            Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
-            Self::Conflict(m) => (StatusCode::CONFLICT, m),
-            Self::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
-            Self::TooMany(m) => (StatusCode::TOO_MANY_REQUESTS, m),
-            Self::Internal(m) => {
-                tracing::error!("internal error: {m}");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error".to_string())
-            }
-        };
-        (code, Json(json!({ "error": msg }))).into_response()
-    }
-}
-
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Internal(e.to_string())
-    }
-}
-
-type ApiResult<T> = Result<T, ApiError>;
-
-fn now() -> u64 {
+/// Unix seconds now (0 if the clock is before 1970).
+pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -106,120 +79,41 @@ pub fn price_gib(price_per_byte: u128) -> f64 {
     price_per_byte as f64 * (1u64 << 30) as f64 / 1e18
 }
 
-mod listings;
-mod matching;
-mod records;
-mod search;
-
-use listings::post_listing;
-use matching::post_match;
-pub use matching::{MATCH_DEADLINE, MAX_MATCH_SCAN, MatchRequest, StopScoring};
-pub use records::{deal, provider};
-use records::{get_deal, get_provider, post_report};
-pub use search::{MAX_WALKS, SearchQuery, dataset, search};
-use search::{get_dataset, get_datasets};
-
-// ---- status, metrics, openapi ----
-
-async fn get_status(State(st): State<AppState>) -> Json<Value> {
-    let (head, cursor) = *st.index.lock().expect("index lock");
-    Json(
-        json!({ "backend": st.db.backend, "head": head, "indexed": cursor, "lag_blocks": head.saturating_sub(cursor) }),
-    )
+/// Indexer position and lag.
+#[utoipa::path(get, path = "/status", tag = "market", responses((status = 200, body = Status)))]
+async fn get_status(State(st): State<AppState>) -> Json<Status> {
+    let (head, indexed) = *st.index.lock().expect("index lock");
+    Json(Status { backend: st.db.backend.to_string(), head, indexed, lag_blocks: head.saturating_sub(indexed) })
 }
 
-/// Request counters and latency sums per (route, status), rendered for Prometheus.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), (u64, f64)>>,
-}
-
-impl Metrics {
-    fn record(&self, route: &str, status: u16, secs: f64) {
-        let mut m = self.requests.lock().expect("metrics lock");
-        let e = m.entry((route.to_string(), status)).or_default();
-        e.0 += 1;
-        e.1 += secs;
-    }
-}
-
-async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let route =
-        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
-    let t = Instant::now();
-    let res = next.run(req).await;
-    st.metrics.record(&route, res.status().as_u16(), t.elapsed().as_secs_f64());
-    res
-}
-
-async fn get_metrics(State(st): State<AppState>) -> ApiResult<Response> {
-    let mut out = String::new();
-    out.push_str("# HELP bdc_market_requests_total HTTP requests by route and status.\n# TYPE bdc_market_requests_total counter\n");
-    let snapshot = st.metrics.requests.lock().expect("metrics lock").clone();
-    for ((route, status), (n, _)) in &snapshot {
-        out.push_str(&format!("bdc_market_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}\n"));
-    }
-    out.push_str("# HELP bdc_market_request_seconds_sum Time spent answering, by route and status.\n# TYPE bdc_market_request_seconds_sum counter\n");
-    for ((route, status), (_, s)) in &snapshot {
-        out.push_str(&format!("bdc_market_request_seconds_sum{{route=\"{route}\",status=\"{status}\"}} {s}\n"));
-    }
-    let (head, cursor) = *st.index.lock().expect("index lock");
-    out.push_str(&format!(
-        "# TYPE bdc_market_chain_head gauge\nbdc_market_chain_head {head}\n# TYPE bdc_market_indexed_block gauge\nbdc_market_indexed_block {cursor}\n"
-    ));
-    let listings: i64 = sqlx::query("SELECT COUNT(*) FROM listings").fetch_one(&st.db.pool).await?.get(0);
-    let deals: i64 = sqlx::query("SELECT COUNT(*) FROM deals").fetch_one(&st.db.pool).await?.get(0);
-    out.push_str(&format!(
-        "# TYPE bdc_market_listings gauge\nbdc_market_listings {listings}\n# TYPE bdc_market_deals gauge\nbdc_market_deals {deals}\n"
-    ));
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
-}
-
-/// Every route of the router, as (method, path): the OpenAPI document is built from it.
-pub const ROUTES: &[(&str, &str, &str)] = &[
-    (
-        "get",
-        "/datasets",
-        "Search datasets: q (full text), vendor, tag, max_price_gib, min_size, max_size, limit, offset",
+/// The API's OpenAPI document, generated from the handlers and the types of `bdc-market-api`.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "bdc market", description = "Datasets, offers, providers, deals and matching of a bdc market."),
+    paths(
+        search::get_datasets,
+        search::get_dataset,
+        records::get_provider,
+        records::get_deal,
+        listings::post_listing,
+        records::post_report,
+        matching::post_match,
+        get_status,
+        metrics::get_metrics,
+        get_openapi,
     ),
-    ("get", "/datasets/{root}", "A dataset: manifest fields, files, current offers"),
-    ("get", "/providers/{id}", "A provider (Ethereum address): reputation, listings, recent deals"),
-    ("get", "/deals/{id}", "A deal: terms, state, redemptions over time, money at risk per side"),
-    ("post", "/listings", "Post a listing signed by the provider (EIP-712, domain BDC Market v1)"),
-    ("post", "/reports", "Post a throughput report signed by a deal's buyer (EIP-712 ThroughputReport)"),
-    ("post", "/match", "Rank current offers with CEL: require (bool), rank (named numeric criteria)"),
-    ("get", "/status", "Indexer position and lag"),
-    ("get", "/metrics", "Prometheus metrics"),
-    ("get", "/openapi.json", "This document"),
-];
+    components(schemas(ErrorBody)),
+    tags((name = "market", description = "The market's JSON API"))
+)]
+pub struct ApiDoc;
 
-async fn get_openapi() -> Json<Value> {
-    let mut paths = serde_json::Map::new();
-    for (method, path, summary) in ROUTES {
-        let entry = paths.entry(path.to_string()).or_insert_with(|| json!({}));
-        let params: Vec<Value> = path
-            .split('/')
-            .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
-            .collect();
-        entry[*method] = json!({
-            "summary": summary,
-            "parameters": params,
-            "responses": {
-                "200": {"description": "OK"},
-                "4XX": {"description": "Bad input", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            }
-        });
-    }
-    Json(json!({
-        "openapi": "3.1.0",
-        "info": {"title": "bdc market", "version": env!("CARGO_PKG_VERSION")},
-        "paths": paths,
-        "components": {"schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}
-    }))
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "market", responses((status = 200, description = "OpenAPI 3.1 document")))]
+async fn get_openapi() -> Json<utoipa::openapi::OpenApi> {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    Json(doc)
 }
-
-// ---- router ----
 
 /// Limits of the tower stack, and of listing intake.
 #[derive(Debug, Clone, Copy)]
@@ -247,20 +141,26 @@ pub fn router(st: AppState, limits: Limits) -> Router {
         .route("/ui/datasets/{root}", get(crate::web::dataset_page))
         .route("/ui/providers/{id}", get(crate::web::provider_page))
         .route("/ui/deals/{id}", get(crate::web::deal_page))
-        .route("/datasets", get(get_datasets))
-        .route("/datasets/{root}", get(get_dataset))
-        .route("/providers/{id}", get(get_provider))
-        .route("/deals/{id}", get(get_deal))
-        .route("/listings", post(post_listing))
-        .route("/reports", post(post_report))
-        .route("/match", post(post_match))
+        .route("/datasets", get(search::get_datasets))
+        .route("/datasets/{root}", get(search::get_dataset))
+        .route("/providers/{id}", get(records::get_provider))
+        .route("/deals/{id}", get(records::get_deal))
+        .route("/listings", post(listings::post_listing))
+        .route("/reports", post(records::post_report))
+        .route("/match", post(matching::post_match))
         .route("/status", get(get_status))
-        .route("/metrics", get(get_metrics))
+        .route("/metrics", get(metrics::get_metrics))
         .route("/openapi.json", get(get_openapi))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .layer(middleware::from_fn_with_state(st.clone(), track))
+        .layer(middleware::from_fn_with_state(st.clone(), metrics::track))
         .layer(
             tower::ServiceBuilder::new()
+                .layer(
+                    tower_http::trace::TraceLayer::new_for_http()
+                        .make_span_with(tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO))
+                        .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::DEBUG)),
+                )
+                // the body limit wraps the response body, which the timeout needs as it is
                 .layer(tower_http::limit::RequestBodyLimitLayer::new(limits.body_bytes))
                 .layer(tower_http::timeout::TimeoutLayer::with_status_code(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -271,3 +171,28 @@ pub fn router(st: AppState, limits: Limits) -> Router {
         )
         .with_state(st)
 }
+
+/// A socket address list as stored (comma separated).
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',').filter(|t| !t.is_empty()).map(str::to_string).collect()
+}
+
+/// Addresses as stored (comma separated, lowercase 0x-hex); a malformed one is skipped.
+fn split_addrs(s: &str) -> Vec<Address> {
+    s.split(',').filter_map(|a| a.parse().ok()).collect()
+}
+
+/// A lowercase 0x-hex value the database holds, parsed; the database only holds what the
+/// market wrote, so a failure is an internal error.
+fn stored<T: std::str::FromStr>(what: &'static str, s: &str) -> ApiResult<T> {
+    s.parse().map_err(|_| ApiError::Internal(format!("stored {what} {s:?} does not parse").into()))
+}
+
+/// A decimal amount the database holds.
+fn stored_amount(s: &str) -> bdc_market_api::Amount {
+    // amounts above 2^128 (a registry's price hint can be any uint256) show as the maximum
+    s.parse().unwrap_or(bdc_market_api::Amount(if s.is_empty() { 0 } else { u128::MAX }))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,23 +1,11 @@
 //! `GET /datasets` (search) and `GET /datasets/{root}`.
 
-use super::*;
+use axum::extract::{Path, Query};
+use bdc_market_api::{DatasetDetail, DatasetOffer, DatasetSummary, FileEntry, SalesDay, SearchPage, SearchQuery};
+use sqlx::Row;
 
-#[derive(Debug, Default, Deserialize)]
-pub struct SearchQuery {
-    /// Full-text: every word must match (a prefix of) a term of the name, description, tags,
-    /// file names or schema column names.
-    pub q: Option<String>,
-    pub vendor: Option<String>,
-    pub tag: Option<String>,
-    /// Only datasets offered at or below this price, BDC per GiB.
-    pub max_price_gib: Option<f64>,
-    pub min_size: Option<i64>,
-    pub max_size: Option<i64>,
-    pub limit: Option<i64>,
-    pub offset: Option<i64>,
-    /// Keyset pagination: the `next` of the previous page (the last root it showed).
-    pub after: Option<String>,
-}
+use super::*;
+use crate::db::terms;
 
 /// The most distinct terms a search word may expand to (as a prefix) and still be walked term
 /// by term; a broader prefix has its matches collected and sorted instead.
@@ -39,10 +27,10 @@ impl Binds {
         format!("${}", self.0.len())
     }
 
-    pub(super) fn apply<'q>(
+    pub(super) fn apply<'q, T>(
         self,
-        mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+        mut q: sqlx::query::QueryAs<'q, sqlx::Any, T, sqlx::any::AnyArguments<'q>>,
+    ) -> sqlx::query::QueryAs<'q, sqlx::Any, T, sqlx::any::AnyArguments<'q>> {
         for b in self.0 {
             q = match b {
                 Bind::I(i) => q.bind(i),
@@ -95,12 +83,11 @@ pub(super) async fn word_matches(db: &Db, words: &[String]) -> ApiResult<Vec<Wor
         })
         .collect();
     let sql = parts.join(" UNION ALL ");
-    let rows = b.apply(sqlx::query(&sql)).fetch_all(&db.pool).await?;
+    let rows: Vec<(i64, String, i64)> = b.apply(sqlx::query_as(&sql)).fetch_all(&db.pool).await?;
     let mut out: Vec<WordMatches> = words.iter().map(|_| WordMatches { terms: Vec::new(), complete: true }).collect();
-    for r in rows {
-        let i = r.get::<i64, _>(0) as usize;
-        if let Some(m) = out.get_mut(i) {
-            m.terms.push((r.get(1), r.get(2)));
+    for (i, term, n) in rows {
+        if let Some(m) = out.get_mut(i as usize) {
+            m.terms.push((term, n));
         }
     }
     for m in &mut out {
@@ -119,7 +106,7 @@ pub(super) async fn word_matches(db: &Db, words: &[String]) -> ApiResult<Vec<Wor
 /// along the (name, root) index the same way. A prefix that expands to more than [`MAX_WALKS`]
 /// terms has its matches collected and sorted instead. Cost grows with how far a walk must go
 /// to fill a page, not with how many datasets match.
-pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<Value> {
+pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<SearchPage> {
     let limit = q.limit.unwrap_or(20);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::BadRequest(format!("limit must be 1–{MAX_PAGE}")));
@@ -132,7 +119,7 @@ pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<Value> {
     if words.len() > 8 {
         return Err(ApiError::BadRequest("at most 8 search words".into()));
     }
-    let empty = || json!({ "items": [], "offset": offset, "limit": limit, "more": false, "next": null });
+    let empty = || SearchPage { items: Vec::new(), offset, limit, more: false, next: None };
     // the word with the fewest matches drives
     let mut driver: Option<(usize, WordMatches)> = None;
     for (i, m) in word_matches(db, &words).await?.into_iter().enumerate() {
@@ -266,91 +253,170 @@ pub async fn search(db: &Db, q: &SearchQuery) -> ApiResult<Value> {
          FROM ({page}) page JOIN datasets d ON d.root = page.root JOIN dataset_meta m ON m.root = page.root \
          ORDER BY m.name, d.root"
     );
-    let rows = b.apply(sqlx::query(&sql)).fetch_all(&db.pool).await?;
+    let rows: Vec<SummaryRow> = b.apply(sqlx::query_as(&sql)).fetch_all(&db.pool).await?;
     let more = rows.len() as i64 > limit;
-    let items: Vec<Value> = rows
-        .iter()
-        .take(limit as usize)
-        .map(|r| {
-            json!({
-                "root": r.get::<String, _>(0),
-                "vendor": r.get::<String, _>(1),
-                "name": r.get::<String, _>(2),
-                "description": r.get::<String, _>(3),
-                "tags": split_tags(&r.get::<String, _>(4)),
-                "size": r.get::<i64, _>(5),
-                "min_price_gib": r.try_get::<f64, _>(6).ok(),
-                "offers": r.get::<i64, _>(7),
-            })
+    let items = rows.into_iter().take(limit as usize).map(SummaryRow::into_summary).collect::<ApiResult<Vec<_>>>()?;
+    let next = if more { items.last().map(|i: &DatasetSummary| i.root) } else { None };
+    Ok(SearchPage { items, offset, limit, more, next })
+}
+
+/// A search hit as the page query reads it.
+#[derive(sqlx::FromRow)]
+struct SummaryRow {
+    root: String,
+    vendor: String,
+    name: String,
+    description: String,
+    tags: String,
+    size: i64,
+    min_price: Option<f64>,
+    offers: i64,
+}
+
+impl SummaryRow {
+    fn into_summary(self) -> ApiResult<DatasetSummary> {
+        Ok(DatasetSummary {
+            root: stored("root", &self.root)?,
+            vendor: stored("vendor", &self.vendor)?,
+            name: self.name,
+            description: self.description,
+            tags: split_tags(&self.tags),
+            size: self.size.max(0) as u64,
+            min_price_gib: self.min_price,
+            offers: self.offers.max(0) as u64,
         })
-        .collect();
-    let next = if more { items.last().map(|i| i["root"].clone()) } else { None };
-    Ok(json!({ "items": items, "offset": offset, "limit": limit, "more": more, "next": next }))
+    }
 }
 
 pub(super) fn split_tags(s: &str) -> Vec<String> {
     s.split(',').filter(|t| !t.is_empty()).map(str::to_string).collect()
 }
 
+/// Search datasets.
+#[utoipa::path(get, path = "/datasets", tag = "market", params(SearchQuery),
+    responses((status = 200, body = SearchPage), (status = 400, body = ErrorBody)))]
 pub(super) async fn get_datasets(
     State(st): State<AppState>,
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<SearchPage>> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     Ok(Json(search(&st.db, &q).await?))
 }
 
-/// A dataset with its files and current offers.
-pub async fn dataset(db: &Db, root: &str) -> ApiResult<Value> {
-    let root = format!("{:#x}", parse_b256("root", root)?);
-    let Some(d) = sqlx::query(
+#[derive(sqlx::FromRow)]
+struct DatasetRow {
+    vendor: String,
+    royalty_bps: i64,
+    manifest_hash: String,
+    price_hint: String,
+    name: Option<String>,
+    description: Option<String>,
+    tags: Option<String>,
+    size: Option<i64>,
+    files: Option<String>,
+    manifest_verified: Option<i64>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OfferRow {
+    provider: String,
+    node_id: String,
+    addrs: String,
+    region: String,
+    price_per_byte: String,
+    price_gib: f64,
+    window_bytes: i64,
+    capacity_mibps: i64,
+    expires_at: i64,
+    arbiters: String,
+}
+
+/// A dataset with its files, current offers and sales per day.
+pub async fn dataset(db: &Db, root: &str) -> ApiResult<DatasetDetail> {
+    let root = parse_b256("root", root)?;
+    let key = format!("{root:#x}");
+    let Some(d) = sqlx::query_as::<_, DatasetRow>(
         "SELECT d.vendor, d.royalty_bps, d.manifest_hash, d.price_hint, m.name, m.description, m.tags, m.size, m.files, \
          m.manifest_verified FROM datasets d LEFT JOIN dataset_meta m ON m.root = d.root WHERE d.root = $1",
     )
-    .bind(&root)
+    .bind(&key)
     .fetch_optional(&db.pool)
     .await?
     else {
-        return Err(ApiError::NotFound(format!("no dataset {root}")));
+        return Err(ApiError::NotFound(format!("no dataset {key}")));
     };
-    let offers = sqlx::query(
+    let offers = sqlx::query_as::<_, OfferRow>(
         "SELECT provider, node_id, addrs, region, price_per_byte, price_gib, window_bytes, capacity_mibps, expires_at, \
          arbiters FROM listings WHERE root = $1 AND expires_at > $2 ORDER BY price_gib",
     )
-    .bind(&root)
+    .bind(&key)
     .bind(now() as i64)
     .fetch_all(&db.pool)
-    .await?;
-    let offers: Vec<Value> = offers
-        .iter()
-        .map(|r| {
-            json!({
-                "provider": r.get::<String, _>(0), "node_id": r.get::<String, _>(1),
-                "addrs": r.get::<String, _>(2).split(',').collect::<Vec<_>>(), "region": r.get::<String, _>(3),
-                "price_per_byte": r.get::<String, _>(4), "price_gib": r.get::<f64, _>(5),
-                "window": r.get::<i64, _>(6), "capacity_mibps": r.get::<i64, _>(7), "expires_at": r.get::<i64, _>(8),
-                "arbiters": split_tags(&r.get::<String, _>(9)),
-            })
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(DatasetOffer {
+            provider: stored("provider", &r.provider)?,
+            node_id: stored("node id", &r.node_id)?,
+            addrs: split_list(&r.addrs),
+            region: r.region,
+            price_per_byte: stored_amount(&r.price_per_byte),
+            price_gib: r.price_gib,
+            window: r.window_bytes.max(0) as u64,
+            capacity_mibps: r.capacity_mibps.max(0) as u64,
+            expires_at: r.expires_at.max(0) as u64,
+            arbiters: split_addrs(&r.arbiters),
         })
-        .collect();
-    let files: Value =
-        d.try_get::<String, _>(8).ok().and_then(|f| serde_json::from_str(&f).ok()).unwrap_or(Value::Array(vec![]));
-    Ok(json!({
-        "root": root,
-        "vendor": d.get::<String, _>(0),
-        "royalty_bps": d.get::<i64, _>(1),
-        "manifest_hash": d.get::<String, _>(2),
-        "price_hint": d.get::<String, _>(3),
-        "name": d.try_get::<String, _>(4).unwrap_or_default(),
-        "description": d.try_get::<String, _>(5).unwrap_or_default(),
-        "tags": split_tags(&d.try_get::<String, _>(6).unwrap_or_default()),
-        "size": d.try_get::<i64, _>(7).unwrap_or(0),
-        "files": files,
-        "manifest_verified": d.try_get::<i64, _>(9).unwrap_or(0) == 1,
-        "offers": offers,
-    }))
+    })
+    .collect::<ApiResult<Vec<_>>>()?;
+    let files: Vec<FileEntry> = d.files.as_deref().and_then(|f| serde_json::from_str(f).ok()).unwrap_or_default();
+    Ok(DatasetDetail {
+        root,
+        vendor: stored("vendor", &d.vendor)?,
+        royalty_bps: d.royalty_bps.clamp(0, u16::MAX as i64) as u16,
+        manifest_hash: stored("manifest hash", &d.manifest_hash)?,
+        price_hint: stored_amount(&d.price_hint),
+        name: d.name.unwrap_or_default(),
+        description: d.description.unwrap_or_default(),
+        tags: split_tags(&d.tags.unwrap_or_default()),
+        size: d.size.unwrap_or(0).max(0) as u64,
+        files,
+        manifest_verified: d.manifest_verified.unwrap_or(0) == 1,
+        offers,
+        sales: sales(db, &key).await?,
+    })
 }
 
-pub(super) async fn get_dataset(State(st): State<AppState>, Path(root): Path<String>) -> ApiResult<Json<Value>> {
+/// Deals of a dataset opened per day (UTC), and what they redeemed, the newest 90 days with
+/// deals, oldest first. Deals indexed before block times were kept count at day 0.
+async fn sales(db: &Db, root: &str) -> ApiResult<Vec<SalesDay>> {
+    let rows = sqlx::query("SELECT opened_at, redeemed FROM deals WHERE root = $1 ORDER BY opened_at")
+        .bind(root)
+        .fetch_all(&db.pool)
+        .await?;
+    let mut days: Vec<SalesDay> = Vec::new();
+    for r in rows {
+        let day = (r.get::<i64, _>(0).max(0) as u64) / 86_400 * 86_400;
+        let redeemed = stored_amount(&r.get::<String, _>(1));
+        match days.last_mut() {
+            Some(d) if d.day == day => {
+                d.deals += 1;
+                d.redeemed.0 = d.redeemed.0.saturating_add(redeemed.0);
+            }
+            _ => days.push(SalesDay { day, deals: 1, redeemed }),
+        }
+    }
+    let skip = days.len().saturating_sub(90);
+    Ok(days.split_off(skip))
+}
+
+/// A dataset: manifest fields, files, current offers, sales per day.
+#[utoipa::path(get, path = "/datasets/{root}", tag = "market",
+    params(("root" = String, Path, description = "The dataset's root, 0x-hex")),
+    responses((status = 200, body = DatasetDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub(super) async fn get_dataset(
+    State(st): State<AppState>,
+    Path(root): Path<String>,
+) -> ApiResult<Json<DatasetDetail>> {
     Ok(Json(dataset(&st.db, &root).await?))
 }
