@@ -234,3 +234,85 @@ impl MarketClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A one-route HTTP server on 127.0.0.1 answering the i-th request with `answers[i]`
+    /// (status, body), the last one for every request after; and how many requests it saw.
+    async fn server(answers: Vec<(u16, &'static str)>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else { return };
+                let i = count.fetch_add(1, Ordering::SeqCst);
+                let (status, body) = answers[i.min(answers.len() - 1)];
+                let mut buf = vec![0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                let res = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(res.as_bytes()).await;
+            }
+        });
+        (format!("http://{addr}"), seen)
+    }
+
+    const STATUS: &str = r#"{"backend":"sqlite","head":5,"indexed":4,"lag_blocks":1}"#;
+
+    fn fast() -> Retry {
+        Retry { base: Duration::from_millis(1), max: Duration::from_millis(5), ..Retry::default() }
+    }
+
+    #[tokio::test]
+    async fn busy_answers_are_retried_with_backoff_and_client_errors_are_not() {
+        let (url, seen) =
+            server(vec![(503, r#"{"error":"busy"}"#), (429, r#"{"error":"slow down"}"#), (200, STATUS)]).await;
+        let c = MarketClient::with(&url, Duration::from_secs(5), fast()).unwrap();
+        assert_eq!(c.status().await.unwrap().lag_blocks, 1);
+        assert_eq!(seen.load(Ordering::SeqCst), 3, "two retries");
+
+        let (url, seen) = server(vec![(400, r#"{"error":"limit must be 1-100"}"#)]).await;
+        let c = MarketClient::with(&url, Duration::from_secs(5), fast()).unwrap();
+        let err = c.status().await.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::BAD_REQUEST));
+        assert!(err.to_string().contains("limit must be 1-100"), "the market's reason is kept: {err}");
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "a 4xx is not retried");
+
+        let (url, seen) = server(vec![(503, r#"{"error":"busy"}"#)]).await;
+        let c = MarketClient::with(&url, Duration::from_secs(5), fast()).unwrap();
+        assert_eq!(c.status().await.unwrap_err().status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+        assert_eq!(seen.load(Ordering::SeqCst), 4, "at most `attempts` tries");
+    }
+
+    #[tokio::test]
+    async fn a_renamed_field_is_a_decode_error_not_a_zero() {
+        let (url, _) = server(vec![(200, r#"{"backend":"sqlite","head":5,"indexed_block":4,"lag_blocks":1}"#)]).await;
+        let c = MarketClient::with(&url, Duration::from_secs(5), Retry::none()).unwrap();
+        assert!(matches!(c.status().await.unwrap_err(), ClientError::Decode { .. }));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_market_is_named_and_a_bad_url_refused() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let c = MarketClient::with(&url, Duration::from_secs(5), fast()).unwrap();
+        let err = c.status().await.unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains(&url), "{err}");
+        assert!(matches!(MarketClient::new("not a url").unwrap_err(), ClientError::BadUrl { .. }));
+    }
+}
