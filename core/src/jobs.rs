@@ -12,7 +12,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Hash;
+pub use crate::wire::FrameError;
+use crate::{
+    Hash,
+    wire::{self, Prefix},
+};
 
 /// Version carried in every [`JobRequest`].
 pub const JOBS_PROTOCOL_VERSION: u8 = 1;
@@ -107,13 +111,22 @@ impl ResultFormat {
     }
 }
 
+/// A name that is none of a closed set's (an engine, a result format).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {got:?} (expected {expected})")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub got: String,
+    pub expected: &'static str,
+}
+
 impl std::str::FromStr for ResultFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s {
             "parquet" => Ok(Self::Parquet),
             "csv" => Ok(Self::Csv),
-            other => Err(format!("unknown result format {other:?} (expected parquet or csv)")),
+            other => Err(UnknownName { what: "result format", got: other.into(), expected: "parquet or csv" }),
         }
     }
 }
@@ -139,12 +152,12 @@ impl Engine {
 }
 
 impl std::str::FromStr for Engine {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
         match s {
             "datafusion" => Ok(Self::DataFusion),
             "ballista" => Ok(Self::Ballista),
-            other => Err(format!("unknown engine {other:?} (expected datafusion or ballista)")),
+            other => Err(UnknownName { what: "engine", got: other.into(), expected: "datafusion or ballista" }),
         }
     }
 }
@@ -287,14 +300,6 @@ pub enum JobUpdate {
     },
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum JobWireError {
-    #[error("message of {len} bytes exceeds the {limit}-byte limit")]
-    TooLarge { len: usize, limit: usize },
-    #[error("malformed message: {0}")]
-    Malformed(String),
-}
-
 /// SHA-256 of a file: the name of a container image archive.
 pub fn file_sha256(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
     use sha2::Digest;
@@ -312,21 +317,23 @@ pub fn file_sha256(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
     Ok(h.finalize().into())
 }
 
-/// `u32` big-endian length, then the postcard bytes.
+/// `u32` big-endian length, then the postcard bytes ([`crate::wire`]).
 pub fn frame<T: Serialize>(msg: &T) -> Vec<u8> {
-    let body = postcard::to_stdvec(msg).expect("job messages serialize");
-    let mut out = Vec::with_capacity(body.len() + 4);
-    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    out.extend_from_slice(&body);
-    out
+    wire::encode(msg, Prefix::U32)
 }
 
 /// Decodes a frame body (without its length prefix), refusing bodies above `limit`.
-pub fn decode<T: for<'a> Deserialize<'a>>(body: &[u8], limit: usize) -> Result<T, JobWireError> {
-    if body.len() > limit {
-        return Err(JobWireError::TooLarge { len: body.len(), limit });
-    }
-    postcard::from_bytes(body).map_err(|e| JobWireError::Malformed(e.to_string()))
+pub fn decode<T: for<'a> Deserialize<'a>>(body: &[u8], limit: usize) -> Result<T, FrameError> {
+    wire::decode(body, limit)
+}
+
+/// Reads the next message of a `bdc/jobs/1` stream, at most `limit` bytes; `Ok(None)` at the
+/// stream's clean end.
+pub async fn read<T: for<'a> Deserialize<'a>, R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Option<T>, FrameError> {
+    wire::read(r, Prefix::U32, limit).await
 }
 
 /// Table names for a dataset's files: the lowercased file stem (`trades.parquet` → `trades`)
@@ -395,8 +402,8 @@ mod tests {
         assert_eq!(u32::from_be_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
         let back: JobRequest = decode(&f[4..], MAX_REQUEST_BYTES).unwrap();
         assert_eq!(back, req);
-        assert!(matches!(decode::<JobRequest>(&f[4..], 3), Err(JobWireError::TooLarge { .. })));
-        assert!(matches!(decode::<JobRequest>(&[0xff, 0xff], 100), Err(JobWireError::Malformed(_))));
+        assert!(matches!(decode::<JobRequest>(&f[4..], 3), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(decode::<JobRequest>(&[0xff, 0xff], 100), Err(FrameError::Malformed(_))));
     }
 
     #[test]

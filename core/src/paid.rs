@@ -8,6 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::wire::FrameError;
+use crate::wire::{self, Prefix};
+
 /// Version carried in every [`Hello`].
 /// Version 2: the Hello carries the deal's terms.
 pub const PAID_PROTOCOL_VERSION: u8 = 2;
@@ -101,30 +104,20 @@ pub enum PaidMessage {
     Receipt(SignedReceipt),
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum WireError {
-    #[error("message of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
-    TooLarge(usize),
-    #[error("malformed message: {0}")]
-    Malformed(String),
-}
-
 impl PaidMessage {
-    /// `u16` big-endian length, then the postcard bytes.
+    /// `u16` big-endian length, then the postcard bytes ([`crate::wire`]).
     pub fn frame(&self) -> Vec<u8> {
-        let body = postcard::to_stdvec(self).expect("paid messages serialize");
-        let mut out = Vec::with_capacity(body.len() + 2);
-        out.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        out.extend_from_slice(&body);
-        out
+        wire::encode(self, Prefix::U16)
     }
 
     /// Decodes a message body (without its length prefix).
-    pub fn decode(body: &[u8]) -> Result<Self, WireError> {
-        if body.len() > MAX_MESSAGE_BYTES {
-            return Err(WireError::TooLarge(body.len()));
-        }
-        postcard::from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))
+    pub fn decode(body: &[u8]) -> Result<Self, FrameError> {
+        wire::decode(body, MAX_MESSAGE_BYTES)
+    }
+
+    /// Reads the next message of a stream; `Ok(None)` at its clean end.
+    pub async fn read<R: tokio::io::AsyncRead + Unpin>(r: &mut R) -> Result<Option<Self>, FrameError> {
+        wire::read(r, Prefix::U16, MAX_MESSAGE_BYTES).await
     }
 }
 
@@ -152,9 +145,16 @@ pub struct Offer {
 /// The provider's default expiry margin, seconds (`PaidConfig::expiry_margin`).
 pub const DEFAULT_EXPIRY_MARGIN_SECS: u64 = 300;
 
+/// Why text is not an offer.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed offer: {0}")]
-pub struct OfferError(String);
+pub enum OfferError {
+    #[error("malformed offer: an offer starts with `bdcoffer`")]
+    Prefix,
+    #[error("malformed offer: not base32: {0}")]
+    Base32(#[source] data_encoding::DecodeError),
+    #[error("malformed offer: {0}")]
+    Decode(#[source] postcard::Error),
+}
 
 impl Offer {
     const PREFIX: &'static str = "bdcoffer";
@@ -175,12 +175,10 @@ impl std::fmt::Display for Offer {
 impl std::str::FromStr for Offer {
     type Err = OfferError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let rest =
-            s.trim().strip_prefix(Self::PREFIX).ok_or_else(|| OfferError("an offer starts with `bdcoffer`".into()))?;
-        let bytes = data_encoding::BASE32_NOPAD
-            .decode(rest.to_ascii_uppercase().as_bytes())
-            .map_err(|e| OfferError(e.to_string()))?;
-        postcard::from_bytes(&bytes).map_err(|e| OfferError(e.to_string()))
+        let rest = s.trim().strip_prefix(Self::PREFIX).ok_or(OfferError::Prefix)?;
+        let bytes =
+            data_encoding::BASE32_NOPAD.decode(rest.to_ascii_uppercase().as_bytes()).map_err(OfferError::Base32)?;
+        postcard::from_bytes(&bytes).map_err(OfferError::Decode)
     }
 }
 
@@ -214,8 +212,8 @@ mod tests {
         let len = u16::from_be_bytes([f[0], f[1]]) as usize;
         assert_eq!(len, f.len() - 2);
         assert_eq!(PaidMessage::decode(&f[2..]).unwrap(), m);
-        assert!(matches!(PaidMessage::decode(&vec![0u8; MAX_MESSAGE_BYTES + 1]), Err(WireError::TooLarge(_))));
-        assert!(matches!(PaidMessage::decode(&[9, 9, 9]), Err(WireError::Malformed(_))));
+        assert!(matches!(PaidMessage::decode(&vec![0u8; MAX_MESSAGE_BYTES + 1]), Err(FrameError::TooLarge { .. })));
+        assert!(matches!(PaidMessage::decode(&[9, 9, 9]), Err(FrameError::Malformed(_))));
     }
 
     #[test]

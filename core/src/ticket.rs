@@ -8,12 +8,17 @@ use std::str::FromStr;
 
 pub use iroh_blobs::ticket::BlobTicket;
 
-/// Why a ticket string was refused.
+/// Why a ticket string was refused (`shown`: its first characters).
 #[derive(Debug, thiserror::Error)]
-#[error("malformed ticket {shown:?}: {reason}")]
-pub struct TicketError {
-    shown: String,
-    reason: String,
+pub enum TicketError {
+    #[error("malformed ticket {shown:?}: a bdc ticket starts with `blob`")]
+    Prefix { shown: String },
+    #[error("malformed ticket {shown:?}: {source}")]
+    Parse {
+        shown: String,
+        #[source]
+        source: <BlobTicket as FromStr>::Err,
+    },
 }
 
 /// Parses a ticket, with an error that names what was wrong.
@@ -21,9 +26,9 @@ pub fn parse_ticket(s: &str) -> Result<BlobTicket, TicketError> {
     let t = s.trim();
     let shown: String = if t.len() > 24 { format!("{}…", &t[..t.floor_char_boundary(24)]) } else { t.to_string() };
     if !t.starts_with("blob") {
-        return Err(TicketError { shown, reason: "a bdc ticket starts with `blob`".into() });
+        return Err(TicketError::Prefix { shown });
     }
-    BlobTicket::from_str(t).map_err(|e| TicketError { shown, reason: e.to_string() })
+    BlobTicket::from_str(t).map_err(|source| TicketError::Parse { shown, source })
 }
 
 #[cfg(test)]

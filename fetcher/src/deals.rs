@@ -55,10 +55,10 @@ impl DealBook {
         let path = data_dir.join("deals.json");
         let deals = match std::fs::read(&path) {
             Ok(b) => {
-                serde_json::from_slice(&b).map_err(|e| PaidError::Book { path: path.clone(), reason: e.to_string() })?
+                serde_json::from_slice(&b).map_err(|e| PaidError::Book { path: path.clone(), source: e.into() })?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(PaidError::Book { path, reason: e.to_string() }),
+            Err(e) => return Err(PaidError::Book { path, source: e.into() }),
         };
         Ok(Self { path, deals })
     }
@@ -72,7 +72,7 @@ impl DealBook {
     pub(crate) fn save_with(&self, durable: bool) -> Result<(), PaidError> {
         let bytes = serde_json::to_vec_pretty(&self.deals).expect("deals serialize");
         bdc_core::keys::write_private_with(&self.path, &bytes, durable)
-            .map_err(|e| PaidError::Book { path: self.path.clone(), reason: e.to_string() })
+            .map_err(|e| PaidError::Book { path: self.path.clone(), source: e.into() })
     }
 
     pub fn get(&self, id: &B256) -> Option<&BuyerDeal> {

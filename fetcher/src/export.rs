@@ -14,8 +14,13 @@ pub enum ExportError {
     UnsafeName(#[from] bdc_core::paths::UnsafeName),
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("exporting {hash} to {path} failed: {reason}")]
-    Store { hash: Hash, path: PathBuf, reason: String },
+    #[error("exporting {hash} to {path} failed: {source}")]
+    Store {
+        hash: Hash,
+        path: PathBuf,
+        #[source]
+        source: iroh_blobs::api::RequestError,
+    },
 }
 
 /// One exported file.
@@ -37,7 +42,7 @@ pub async fn export_file(store: &Store, hash: Hash, out: &Path, name: &str) -> R
         Ok(size) => size,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            return Err(ExportError::Store { hash, path: target.clone(), reason: e.to_string() });
+            return Err(ExportError::Store { hash, path: target.clone(), source: e });
         }
     };
     std::fs::rename(&tmp, &target).map_err(|source| ExportError::Io { path: target.clone(), source })?;

@@ -69,14 +69,22 @@ pub struct FetchOptions {
 pub enum FetchError {
     #[error(transparent)]
     Net(#[from] NetError),
-    #[error("cannot open the fetcher store in {path}: {reason} (is another `bdc fetch` using this data dir?)")]
-    Store { path: PathBuf, reason: String },
+    #[error("cannot open the fetcher store in {path}: {source} (is another `bdc fetch` using this data dir?)")]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     #[error("the ticket carries no address for provider {0}")]
     NoAddress(EndpointId),
     #[error("provider {provider} did not answer within {secs}s (unreachable, or not serving)")]
     Timeout { provider: EndpointId, secs: u64 },
-    #[error("cannot connect to provider {provider}: {reason}")]
-    Connect { provider: EndpointId, reason: String },
+    #[error("cannot connect to provider {provider}: {source}")]
+    Connect {
+        provider: EndpointId,
+        #[source]
+        source: iroh::endpoint::ConnectError,
+    },
     #[error("provider {provider} refused the request for {root}: permission denied (not a free dataset there)")]
     Refused { provider: EndpointId, root: Hash },
     #[error("provider {provider} is rate limiting; try again later")]
@@ -84,9 +92,14 @@ pub enum FetchError {
     #[error("provider {provider} does not have {root}")]
     NotFound { provider: EndpointId, root: Hash },
     #[error(
-        "verification failed: provider {provider} sent data for {root} that does not match its hash ({detail}); nothing unverified was written"
+        "verification failed: provider {provider} sent data for {root} that does not match its hash ({source}); nothing unverified was written"
     )]
-    Verification { provider: EndpointId, root: Hash, detail: String },
+    Verification {
+        provider: EndpointId,
+        root: Hash,
+        #[source]
+        source: Box<DecodeError>,
+    },
     /// The provider reset the stream with iroh-blobs' internal-error code: it could not read
     /// its copy of the range, or the copy did not verify against its outboard (an honest
     /// provider never sends such bytes). Its fault, but not a lie: nothing it sent failed.
@@ -94,14 +107,22 @@ pub enum FetchError {
         "provider {provider} aborted the transfer of {root} after {verified} verified bytes with an internal error (it could not read its copy of that range, or the copy does not verify); nothing unverified was written: rerun to resume, or use another provider"
     )]
     ProviderAborted { provider: EndpointId, root: Hash, verified: u64 },
-    #[error("transfer from provider {provider} broke off: {reason} (rerun to resume)")]
-    Transfer { provider: EndpointId, reason: String },
+    #[error("transfer from provider {provider} broke off: {source} (rerun to resume)")]
+    Transfer {
+        provider: EndpointId,
+        #[source]
+        source: TransferError,
+    },
     #[error("provider {provider} sent an unsafe file name; refusing the whole dataset: {source}")]
     UnsafeName { provider: EndpointId, source: UnsafeName },
     #[error("provider {provider} sent a collection that lists {name:?} twice")]
     DuplicateName { provider: EndpointId, name: String },
-    #[error("dataset {root} is not a valid collection: {reason}")]
-    BadCollection { root: Hash, reason: String },
+    #[error("dataset {root} is not a valid collection: {source}")]
+    BadCollection {
+        root: Hash,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     #[error(transparent)]
     Export(#[from] ExportError),
     /// The local store failed to read or write (not the provider's fault).
@@ -122,18 +143,51 @@ pub enum FetchError {
     #[error("provider {provider} asks {price} base units per job, above the {max} allowed")]
     JobPriceTooHigh { provider: EndpointId, price: u128, max: u128 },
     /// The request itself is wrong (its arguments), before any provider is asked.
-    #[error("{0}")]
-    BadRequest(String),
+    #[error(transparent)]
+    BadRequest(#[from] BadRequest),
     #[error(transparent)]
     Paid(#[from] crate::paid::PaidError),
     #[error("provider {provider} closed the paid connection: {reason} (code {code})")]
     ProviderClosed { provider: EndpointId, code: u64, reason: &'static str },
 }
 
+/// How a transfer broke off (not a lie: what arrived verified).
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("the connection closed: {0}")]
+    Connection(#[source] iroh::endpoint::ConnectionError),
+    #[error(transparent)]
+    Get(Box<GetError>),
+    #[error("the provider's data does not decode: {0}")]
+    Decode(#[source] Box<DecodeError>),
+    #[error("the provider ended the transfer early")]
+    EndedEarly,
+}
+
+/// A request that is wrong before any provider is asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    #[error("no provider given")]
+    NoProvider,
+    #[error("--replicas {k} needs {k} providers, {given} given")]
+    TooFewReplicas { k: usize, given: usize },
+    #[error("tickets name different datasets: {0} and {1}")]
+    DifferentDatasets(Hash, Hash),
+}
+
 impl FetchError {
     /// A failure of the local store.
     pub fn store(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::LocalStore(Box::new(e))
+    }
+
+    /// The process exit code a command failing with this error ends with: 1 when what was
+    /// asked for failed verification or does not exist, 2 for any other error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Verification { .. } | Self::NotFound { .. } => 1,
+            _ => 2,
+        }
     }
 
     /// True when bytes the provider sent failed verification here.
@@ -207,11 +261,11 @@ pub struct Fetcher {
 impl Fetcher {
     pub async fn open(cfg: FetcherConfig) -> Result<Self, FetchError> {
         let store_dir = cfg.data_dir.join("store");
-        let store_err = |reason: String| FetchError::Store { path: store_dir.clone(), reason };
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| store_err(e.to_string()))?;
-        let key =
-            bdc_core::keys::load_or_create(&cfg.data_dir.join("node.key")).map_err(|e| store_err(e.to_string()))?;
-        let store = FsStore::load(&store_dir).await.map_err(|e| store_err(format!("{e:#}")))?;
+        let store_err =
+            |e: Box<dyn std::error::Error + Send + Sync>| FetchError::Store { path: store_dir.clone(), source: e };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| store_err(Box::new(e)))?;
+        let key = bdc_core::keys::load_or_create(&cfg.data_dir.join("node.key")).map_err(|e| store_err(Box::new(e)))?;
+        let store = FsStore::load(&store_dir).await.map_err(|e| store_err(e.into()))?;
         let endpoint = match bind_endpoint(&cfg.net, key, vec![]).await {
             Ok(ep) => ep,
             Err(e) => {
@@ -354,7 +408,7 @@ impl Fetcher {
             }
             let after = remote.local(content).await.map_err(FetchError::store)?;
             if !after.is_complete() {
-                return Err(FetchError::Transfer { provider, reason: "the provider ended the transfer early".into() });
+                return Err(FetchError::Transfer { provider, source: TransferError::EndedEarly });
             }
         }
         on(FetchEvent::Progress { done: total, total });
@@ -386,7 +440,7 @@ impl Fetcher {
         let secs = self.cfg.connect_timeout.as_secs().max(1);
         match tokio::time::timeout(self.cfg.connect_timeout, self.endpoint.connect(addr, alpn)).await {
             Err(_) => Err(FetchError::Timeout { provider, secs }),
-            Ok(Err(e)) => Err(FetchError::Connect { provider, reason: e.to_string() }),
+            Ok(Err(source)) => Err(FetchError::Connect { provider, source }),
             Ok(Ok(c)) => Ok(c),
         }
     }
@@ -405,9 +459,8 @@ impl Fetcher {
             return Ok(vec![(name, root)]);
         }
         let store: &iroh_blobs::api::Store = &self.store;
-        let collection = Collection::load(root, store)
-            .await
-            .map_err(|e| FetchError::BadCollection { root, reason: e.to_string() })?;
+        let collection =
+            Collection::load(root, store).await.map_err(|e| FetchError::BadCollection { root, source: Box::new(e) })?;
         let mut seen = HashSet::new();
         let mut files = Vec::with_capacity(collection.len());
         for (name, hash) in collection.iter() {
@@ -523,24 +576,23 @@ fn classify(e: GetError, provider: EndpointId, root: Hash, verified: u64) -> Fet
             return FetchError::RateLimited { provider };
         }
     }
-    match &e {
+    match e {
         GetError::Decode { source, .. } => match source {
-            DecodeError::LeafHashMismatch { .. } | DecodeError::ParentHashMismatch { .. } => {
-                FetchError::Verification { provider, root, detail: source.to_string() }
-            }
-            DecodeError::ChunkNotFound { .. }
+            // a hash mismatch is a lie; a missing chunk or parent means the provider stopped
+            // sending valid data: either way what it sent did not verify
+            DecodeError::LeafHashMismatch { .. }
+            | DecodeError::ParentHashMismatch { .. }
+            | DecodeError::ChunkNotFound { .. }
             | DecodeError::LeafNotFound { .. }
-            | DecodeError::ParentNotFound { .. } => FetchError::Verification {
-                provider,
-                root,
-                detail: format!("the provider stopped sending valid data: {source}"),
-            },
-            _ => FetchError::Transfer { provider, reason: source.to_string() },
+            | DecodeError::ParentNotFound { .. } => {
+                FetchError::Verification { provider, root, source: Box::new(source) }
+            }
+            other => FetchError::Transfer { provider, source: TransferError::Decode(Box::new(other)) },
         },
         GetError::AtBlobHeaderNext { source: iroh_blobs::get::fsm::AtBlobHeaderNextError::NotFound { .. }, .. } => {
             FetchError::NotFound { provider, root }
         }
-        GetError::LocalFailure { .. } => FetchError::store(e),
-        _ => FetchError::Transfer { provider, reason: format!("{e:#}") },
+        e @ GetError::LocalFailure { .. } => FetchError::store(e),
+        e => FetchError::Transfer { provider, source: TransferError::Get(Box::new(e)) },
     }
 }

@@ -15,13 +15,14 @@ use alloy::{
 };
 use bdc_contracts::{
     client::OpenDeal,
+    jobs::ResultSigError,
     receipt::{sign_hello_sync, sign_receipt_sync},
 };
 use bdc_core::{
-    BlobFormat,
+    BlobFormat, Hash,
     jobs::{
         JOBS_PROTOCOL_VERSION, JobPayment, JobRequest, JobSpec, JobUpdate, MAX_UPDATE_BYTES, ResultFormat,
-        SignedJobResult, codes, decode, frame,
+        SignedJobResult, codes, frame,
     },
     paid::SignedReceipt,
     protocol::JOBS_ALPN,
@@ -33,7 +34,7 @@ use iroh::{
 };
 
 use crate::{
-    FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher,
+    BadRequest, FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher,
     paid::{BuyerDeal, DealBook, PaidError, Wallet},
 };
 
@@ -63,16 +64,104 @@ pub enum JobEvent {
 pub enum JobError {
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// The provider ran the job and reports it failed; `reason` is the provider's text.
     #[error("job failed on provider {provider}: {name}: {reason} (code {code})")]
     Failed { provider: EndpointId, code: u32, name: &'static str, reason: String },
-    #[error("provider {provider} broke the jobs protocol: {reason}")]
-    Protocol { provider: EndpointId, reason: String },
-    #[error("rejected the result of provider {provider}: {reason}")]
-    Rejected { provider: EndpointId, reason: String },
+    #[error("provider {provider} broke the jobs protocol: {source}")]
+    Protocol {
+        provider: EndpointId,
+        #[source]
+        source: JobProtocolError,
+    },
+    #[error("rejected the result of provider {provider}: {source}")]
+    Rejected {
+        provider: EndpointId,
+        #[source]
+        source: Rejection,
+    },
     #[error(
-        "the {k} replicas disagree on the result ({roots}): the query is not deterministic, or a provider is wrong"
+        "the {k} replicas disagree on the result ({}): the query is not deterministic, or a provider is wrong",
+        roots.iter().map(|(p, r)| format!("{}: {r}", p.fmt_short())).collect::<Vec<_>>().join(", ")
     )]
-    Disagree { k: usize, roots: String },
+    Disagree { k: usize, roots: Vec<(EndpointId, Hash)> },
+}
+
+impl JobError {
+    /// The process exit code a command failing with this error ends with: 1 when the result
+    /// failed verification (a rejected or disagreeing signed result, bytes that do not verify)
+    /// or the dataset does not exist, 2 for any other error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Rejected { .. } | Self::Disagree { .. } => 1,
+            Self::Failed { code, .. } if *code == codes::UNKNOWN_DATASET => 1,
+            Self::Fetch(e) => e.exit_code(),
+            _ => 2,
+        }
+    }
+}
+
+/// How a provider broke `bdc/jobs/1` (or the stream to it broke).
+#[derive(Debug, thiserror::Error)]
+pub enum JobProtocolError {
+    #[error("cannot open a stream: {0}")]
+    Open(#[source] iroh::endpoint::ConnectionError),
+    #[error("cannot send {what}: {source}")]
+    Send {
+        what: &'static str,
+        #[source]
+        source: iroh::endpoint::WriteError,
+    },
+    #[error("cannot finish the stream: {0}")]
+    Finish(#[source] iroh::endpoint::ClosedStream),
+    #[error("image upload failed: {0}")]
+    Upload(#[source] std::io::Error),
+    #[error("cannot read an update: {0}")]
+    Read(#[source] bdc_core::wire::FrameError),
+    #[error("the stream ended without a result")]
+    NoResult,
+    #[error("asked for an image the job does not use")]
+    UnaskedImage,
+    #[error("asked for payment again after the job deal was sent")]
+    PaymentAgain,
+    #[error("acknowledged a receipt that was not sent")]
+    UnsentReceipt,
+    #[error("expected the receipt's acknowledgement, got {0}")]
+    NoAcknowledgement(&'static str),
+}
+
+/// Why a signed result was refused (see [`check_result`]): the provider's fault, never paid.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error(transparent)]
+    Signature(#[from] ResultSigError),
+    #[error("result signed by {signer}, expected the provider's address {expected}")]
+    NotTheProvider { signer: Address, expected: Address },
+    #[error("manifest is for dataset {manifest}, the job was for {asked}")]
+    Dataset { manifest: Hash, asked: Hash },
+    #[error("manifest names another query than the one sent")]
+    Query,
+    #[error("manifest says engine {manifest:?}, the job asked for {asked}")]
+    Engine { manifest: String, asked: &'static str },
+    #[error("manifest says format {manifest:?}, the job asked for {asked:?}")]
+    Format { manifest: String, asked: &'static str },
+    #[error("manifest names deal {manifest}, the job was paid by {paid}")]
+    Deal { manifest: B256, paid: B256 },
+    #[error("result is {got} bytes, the manifest says {manifest}")]
+    Size { got: u64, manifest: u64 },
+}
+
+/// The name of an update, for errors about the wrong one.
+fn update_name(u: &Option<JobUpdate>) -> &'static str {
+    match u {
+        None => "the end of the stream",
+        Some(JobUpdate::Queued { .. }) => "Queued",
+        Some(JobUpdate::Running) => "Running",
+        Some(JobUpdate::Done(_)) => "Done",
+        Some(JobUpdate::Failed { .. }) => "Failed",
+        Some(JobUpdate::SendImage) => "SendImage",
+        Some(JobUpdate::PaymentRequired { .. }) => "PaymentRequired",
+        Some(JobUpdate::Receipted { .. }) => "Receipted",
+    }
 }
 
 /// How a buyer pays for jobs on sold datasets: it opens one job deal per job (price per byte 0,
@@ -123,49 +212,37 @@ pub struct JobOutcome {
 /// Checks a signed result against the request: the signature recovers to the address the
 /// manifest claims (and to `expect`, when the buyer knows the provider's address), and the
 /// manifest is about this dataset, this query, in this format.
-pub fn check_result(req: &JobRequest, signed: &SignedJobResult, expect: Option<Address>) -> Result<Address, String> {
+pub fn check_result(req: &JobRequest, signed: &SignedJobResult, expect: Option<Address>) -> Result<Address, Rejection> {
     let signer = bdc_contracts::jobs::job_result_signer(signed)?;
-    if let Some(e) = expect
-        && e != signer
+    if let Some(expected) = expect
+        && expected != signer
     {
-        return Err(format!("result signed by {signer}, expected the provider's address {e}"));
+        return Err(Rejection::NotTheProvider { signer, expected });
     }
     let r = &signed.result;
     if r.dataset != req.dataset {
-        return Err(format!("manifest is for dataset {}, the job was for {}", r.dataset, req.dataset));
+        return Err(Rejection::Dataset { manifest: r.dataset, asked: req.dataset });
     }
     if r.query != req.spec.describe() || r.kind != req.spec.kind() {
-        return Err("manifest names another query than the one sent".into());
+        return Err(Rejection::Query);
     }
     if let JobSpec::Sql { engine, .. } = &req.spec
         && r.engine.split(' ').next() != Some(engine.as_str())
     {
-        return Err(format!("manifest says engine {:?}, the job asked for {}", r.engine, engine.as_str()));
+        return Err(Rejection::Engine { manifest: r.engine.clone(), asked: engine.as_str() });
     }
     if r.format != req.spec.result_format() {
-        return Err(format!("manifest says format {:?}, the job asked for {:?}", r.format, req.spec.result_format()));
+        return Err(Rejection::Format { manifest: r.format.clone(), asked: req.spec.result_format() });
     }
     let deal = req.payment.as_ref().map_or([0; 32], |p| p.deal_id);
     if r.deal_id != deal {
-        return Err(format!("manifest names deal {}, the job was paid by {}", B256::from(r.deal_id), B256::from(deal)));
+        return Err(Rejection::Deal { manifest: B256::from(r.deal_id), paid: B256::from(deal) });
     }
     Ok(signer)
 }
 
-async fn read_update(recv: &mut RecvStream) -> Result<Option<JobUpdate>, String> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(iroh::endpoint::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(e) => return Err(format!("stream broke: {e}")),
-    }
-    let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_UPDATE_BYTES {
-        return Err(format!("update of {n} bytes exceeds the {MAX_UPDATE_BYTES}-byte limit"));
-    }
-    let mut body = vec![0u8; n];
-    recv.read_exact(&mut body).await.map_err(|e| format!("stream broke: {e}"))?;
-    decode(&body, MAX_UPDATE_BYTES).map(Some).map_err(|e| e.to_string())
+async fn read_update(recv: &mut RecvStream) -> Result<Option<JobUpdate>, JobProtocolError> {
+    bdc_core::jobs::read(recv, MAX_UPDATE_BYTES).await.map_err(JobProtocolError::Read)
 }
 
 impl From<PaidError> for JobError {
@@ -320,7 +397,7 @@ impl Fetcher {
     /// Signs and sends the receipt for a fetched, verified paid job; the amount receipted.
     async fn pay_job(&self, ticket: &BlobTicket, mut u: Unpaid, pay: &JobPay) -> Result<u128, JobError> {
         let provider = ticket.addr().id;
-        let protocol = |reason: String| JobError::Protocol { provider, reason };
+        let protocol = |source: JobProtocolError| JobError::Protocol { provider, source };
         let chain = &pay.wallet.chain;
         let sig = sign_receipt_sync(&pay.wallet.signer, &chain.domain(), u.deal, U256::from(u.price))
             .map_err(|source| FetchError::Sign { what: "the receipt", source })?;
@@ -332,8 +409,11 @@ impl Fetcher {
             book.save()?;
         }
         let receipt = SignedReceipt { deal_id: u.deal.0, cumulative: u.price, sig: sig.as_bytes().to_vec() };
-        u.send.write_all(&frame(&receipt)).await.map_err(|e| protocol(format!("cannot send the receipt: {e}")))?;
-        u.send.finish().map_err(|e| protocol(e.to_string()))?;
+        u.send
+            .write_all(&frame(&receipt))
+            .await
+            .map_err(|source| protocol(JobProtocolError::Send { what: "the receipt", source }))?;
+        u.send.finish().map_err(|e| protocol(JobProtocolError::Finish(e)))?;
         let last = read_update(&mut u.recv).await.map_err(protocol)?;
         u.conn.close(0u32.into(), b"done");
         match last {
@@ -341,7 +421,7 @@ impl Fetcher {
             Some(JobUpdate::Failed { code, reason }) => {
                 Err(JobError::Failed { provider, code, name: codes::name(code), reason })
             }
-            other => Err(protocol(format!("expected the receipt's acknowledgement, got {other:?}"))),
+            other => Err(protocol(JobProtocolError::NoAcknowledgement(update_name(&other)))),
         }
     }
 
@@ -357,7 +437,7 @@ impl Fetcher {
         mut on: impl FnMut(JobEvent),
     ) -> Result<(SignedJobResult, Address, Option<Unpaid>), JobError> {
         let provider = ticket.addr().id;
-        let protocol = |reason: String| JobError::Protocol { provider, reason };
+        let protocol = |source: JobProtocolError| JobError::Protocol { provider, source };
         let mut payment: Option<(JobPayment, B256)> = None;
         let mut price = 0;
         'ask: loop {
@@ -369,39 +449,38 @@ impl Fetcher {
             };
             let paying = payment.is_some();
             let conn = self.connect(ticket, JOBS_ALPN).await?;
-            let (mut send, mut recv) =
-                conn.open_bi().await.map_err(|e| protocol(format!("cannot open a stream: {e}")))?;
-            send.write_all(&frame(&req)).await.map_err(|e| protocol(format!("cannot send the job: {e}")))?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| protocol(JobProtocolError::Open(e)))?;
+            send.write_all(&frame(&req))
+                .await
+                .map_err(|source| protocol(JobProtocolError::Send { what: "the job", source }))?;
             // a container job keeps the stream open in case the provider asks for the image; a
             // paid job keeps it open for the receipt
             let mut open = image.is_some() || paying;
             if !open {
-                send.finish().map_err(|e| protocol(e.to_string()))?;
+                send.finish().map_err(|e| protocol(JobProtocolError::Finish(e)))?;
             }
             let signed = loop {
                 let update = read_update(&mut recv).await.map_err(protocol)?;
                 if open && !paying && !matches!(update, Some(JobUpdate::SendImage)) {
-                    send.finish().map_err(|e| protocol(e.to_string()))?;
+                    send.finish().map_err(|e| protocol(JobProtocolError::Finish(e)))?;
                     open = false;
                 }
                 match update {
                     Some(JobUpdate::SendImage) => {
                         let (Some(path), true) = (image, open) else {
-                            return Err(protocol("asked for an image the job does not use".into()));
+                            return Err(protocol(JobProtocolError::UnaskedImage));
                         };
                         on(JobEvent::UploadingImage);
                         let mut f = tokio::fs::File::open(path)
                             .await
                             .map_err(|source| FetchError::Read { path: path.to_path_buf(), source })?;
-                        tokio::io::copy(&mut f, &mut send)
-                            .await
-                            .map_err(|e| protocol(format!("image upload failed: {e}")))?;
+                        tokio::io::copy(&mut f, &mut send).await.map_err(|e| protocol(JobProtocolError::Upload(e)))?;
                         if !paying {
-                            send.finish().map_err(|e| protocol(e.to_string()))?;
+                            send.finish().map_err(|e| protocol(JobProtocolError::Finish(e)))?;
                             open = false;
                         }
                     }
-                    None => return Err(protocol("the stream ended without a result".into())),
+                    None => return Err(protocol(JobProtocolError::NoResult)),
                     Some(JobUpdate::Queued { ahead, .. }) => on(JobEvent::Queued { ahead }),
                     Some(JobUpdate::Running) => on(JobEvent::Running),
                     Some(JobUpdate::Failed { code, reason }) => {
@@ -411,7 +490,7 @@ impl Fetcher {
                     Some(JobUpdate::PaymentRequired { price: p, provider: addr, chain_id, escrow, arbiters }) => {
                         conn.close(0u32.into(), b"done");
                         if paying {
-                            return Err(protocol("asked for payment again after the job deal was sent".into()));
+                            return Err(protocol(JobProtocolError::PaymentAgain));
                         }
                         let Some(pay) = pay else {
                             return Err(JobError::Failed {
@@ -436,16 +515,16 @@ impl Fetcher {
                         continue 'ask;
                     }
                     Some(JobUpdate::Receipted { .. }) => {
-                        return Err(protocol("acknowledged a receipt that was not sent".into()));
+                        return Err(protocol(JobProtocolError::UnsentReceipt));
                     }
                     Some(JobUpdate::Done(s)) => break *s,
                 }
             };
             let signer = match check_result(&req, &signed, expect_signer) {
                 Ok(s) => s,
-                Err(reason) => {
+                Err(source) => {
                     conn.close(0u32.into(), b"rejected");
-                    return Err(JobError::Rejected { provider, reason });
+                    return Err(JobError::Rejected { provider, source });
                 }
             };
             on(JobEvent::Done { rows: signed.result.rows, bytes: signed.result.bytes });
@@ -479,7 +558,7 @@ impl Fetcher {
         if !collection && fetch.total_bytes != signed.result.bytes {
             return Err(JobError::Rejected {
                 provider,
-                reason: format!("result is {} bytes, the manifest says {}", fetch.total_bytes, signed.result.bytes),
+                source: Rejection::Size { got: fetch.total_bytes, manifest: signed.result.bytes },
             });
         }
         let file = fetch.files.first().map(|f| f.path.clone()).unwrap_or_else(|| out.join(name));
@@ -508,19 +587,12 @@ impl Fetcher {
         mut on: impl FnMut(JobEvent),
     ) -> Result<JobOutcome, JobError> {
         let tickets: Vec<&BlobTicket> = replicas.iter().map(|(t, _)| t).collect();
-        let first = *tickets.first().ok_or_else(|| FetchError::BadRequest("no provider given".into()))?;
+        let first = *tickets.first().ok_or(FetchError::BadRequest(BadRequest::NoProvider))?;
         if k == 0 || k > tickets.len() {
-            return Err(
-                FetchError::BadRequest(format!("--replicas {k} needs {k} providers, {} given", tickets.len())).into()
-            );
+            return Err(FetchError::from(BadRequest::TooFewReplicas { k, given: tickets.len() }).into());
         }
         if let Some(t) = tickets[..k].iter().find(|t| t.hash() != first.hash()) {
-            return Err(FetchError::BadRequest(format!(
-                "tickets name different datasets: {} and {}",
-                first.hash(),
-                t.hash()
-            ))
-            .into());
+            return Err(FetchError::from(BadRequest::DifferentDatasets(first.hash(), t.hash())).into());
         }
         let runs = replicas[..k].iter().map(|(t, signer)| self.execute(t, spec.clone(), None, *signer, None, |_| {}));
         let results = n0_future::join_all(runs).await;
@@ -530,12 +602,8 @@ impl Fetcher {
         }
         let root = done[0].0.result.result_root;
         if done.iter().any(|(s, _, _)| s.result.result_root != root) {
-            let roots = tickets[..k]
-                .iter()
-                .zip(&done)
-                .map(|(t, (s, _, _))| format!("{}: {}", t.addr().id.fmt_short(), s.result.result_root))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let roots =
+                tickets[..k].iter().zip(&done).map(|(t, (s, _, _))| (t.addr().id, s.result.result_root)).collect();
             return Err(JobError::Disagree { k, roots });
         }
         let (signed, signer, _) = done.swap_remove(0);

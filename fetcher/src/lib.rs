@@ -13,6 +13,6 @@ pub mod fetch;
 pub mod jobs;
 pub mod paid;
 
-pub use fetch::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, FetcherConfig};
-pub use jobs::{JobError, JobEvent, JobOutcome, check_result};
+pub use fetch::{BadRequest, FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, FetcherConfig, TransferError};
+pub use jobs::{JobError, JobEvent, JobOutcome, JobProtocolError, Rejection, check_result};
 pub use paid::{BuyerDeal, DealBook, PaidError, PaidOptions, PaidReport, Wallet};

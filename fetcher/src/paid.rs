@@ -48,7 +48,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 pub use crate::deals::{BuyerDeal, DealBook};
 use crate::{
     deals::Resume,
-    fetch::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher},
+    fetch::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, TransferError},
 };
 
 /// A buyer's price ceiling unless it sets one: 1,000 BDC per GiB (BDC has 18 decimals).
@@ -96,8 +96,8 @@ impl PaidOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PaidError {
-    #[error("{0}")]
-    Offer(String),
+    #[error("the offer's ticket: {0}")]
+    Offer(#[source] bdc_core::ticket::TicketError),
     #[error("the offer's price {offered} per byte is above your maximum {max}")]
     PriceTooHigh { offered: u128, max: u128 },
     #[error(
@@ -122,14 +122,33 @@ pub enum PaidError {
     DealTooShort { duration: u64, margin: u64 },
     #[error(transparent)]
     Chain(#[from] ChainError),
-    #[error("deal book {path}: {reason}")]
-    Book { path: PathBuf, reason: String },
+    #[error("deal book {path}: {source}")]
+    Book {
+        path: PathBuf,
+        #[source]
+        source: BookError,
+    },
     #[error("signing failed: {0}")]
-    Sign(String),
+    Sign(#[source] bdc_contracts::ReceiptError),
+    #[error("cannot open the receipt stream: {0}")]
+    Open(#[source] iroh::endpoint::ConnectionError),
     #[error("cannot send to the provider: {0}")]
-    Stream(String),
+    Send(#[source] iroh::endpoint::WriteError),
+    #[error("cannot finish the receipt stream: {0}")]
+    Finish(#[source] iroh::endpoint::ClosedStream),
+    #[error("the receipt task stopped: {0}")]
+    Task(#[source] tokio::task::JoinError),
     #[error("the local store cannot commit what it verified")]
     Store(#[source] iroh_blobs::api::RequestError),
+}
+
+/// Why the deal book could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum BookError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("not a deal book: {0}")]
+    Json(#[from] serde_json::Error),
 }
 
 fn fmt_addrs(a: &[Address]) -> String {
@@ -196,8 +215,7 @@ impl PaidSession {
     pub(crate) async fn hello(&mut self, conn: &Connection) -> Result<(), FetchError> {
         let domain = self.chain.domain();
         let me = self.me;
-        let sig =
-            sign_hello_sync(&self.signer, &domain, self.deal.id, me).map_err(|e| PaidError::Sign(e.to_string()))?;
+        let sig = sign_hello_sync(&self.signer, &domain, self.deal.id, me).map_err(PaidError::Sign)?;
         let hello = PaidMessage::Hello(Hello {
             version: PAID_PROTOCOL_VERSION,
             deal_id: self.deal.id.0,
@@ -205,8 +223,8 @@ impl PaidSession {
             buyer_node: me.0,
             sig: sig.as_bytes().to_vec(),
         });
-        let mut send = conn.open_uni().await.map_err(|e| PaidError::Stream(e.to_string()))?;
-        send.write_all(&hello.frame()).await.map_err(|e| PaidError::Stream(e.to_string()))?;
+        let mut send = conn.open_uni().await.map_err(PaidError::Open)?;
+        send.write_all(&hello.frame()).await.map_err(PaidError::Send)?;
         let (tx, rx) = mpsc::unbounded_channel();
         self.tx = Some(tx);
         self.task = Some(tokio::spawn(receipts(
@@ -247,7 +265,7 @@ impl PaidSession {
                 let code = c.error_code.into_inner();
                 Err(FetchError::ProviderClosed { provider, code, reason: codes::name(code) })
             }
-            Ok(other) => Err(FetchError::Transfer { provider, reason: other.to_string() }),
+            Ok(other) => Err(FetchError::Transfer { provider, source: TransferError::Connection(other) }),
             Err(_) => {
                 // every byte verified and every receipt recorded in deals.json: the data is good;
                 // the provider only did not confirm storing the last receipt (it still redeems
@@ -281,7 +299,7 @@ impl PaidSession {
             match task.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
-                Err(e) => return Err(PaidError::Stream(e.to_string()).into()),
+                Err(e) => return Err(PaidError::Task(e).into()),
             }
         }
         Ok(())
@@ -332,8 +350,7 @@ async fn receipts(
         // for, them again. A no-op when no entry changed since the last receipt.
         store.sync_db().await.map_err(PaidError::Store)?;
         let amount = amount_for(verified, price).min(max);
-        let sig = sign_receipt_sync(&signer, &domain, deal.id, U256::from(amount))
-            .map_err(|e| PaidError::Sign(e.to_string()))?;
+        let sig = sign_receipt_sync(&signer, &domain, deal.id, U256::from(amount)).map_err(PaidError::Sign)?;
         // record first: a resumed run continues from the recorded count, so it must not lag
         // what we verified and signed, even if the send below fails. Each record replaces the
         // book atomically; only the final one is fsync'd, keeping the disk flush off the
@@ -349,14 +366,14 @@ async fn receipts(
             b.save_with(last)
         })
         .await
-        .map_err(|e| PaidError::Stream(e.to_string()))??;
+        .map_err(PaidError::Task)??;
         *signed.lock().expect("signed lock") = amount;
         let msg = PaidMessage::Receipt(SignedReceipt {
             deal_id: deal.id.0,
             cumulative: amount,
             sig: sig.as_bytes().to_vec(),
         });
-        send.write_all(&msg.frame()).await.map_err(|e| PaidError::Stream(e.to_string()))
+        send.write_all(&msg.frame()).await.map_err(PaidError::Send)
     };
     // a resumed deal: send the newest receipt the book recorded first, right after the Hello (a
     // buyer killed between recording and sending it still owes it; the provider, whose window
@@ -394,7 +411,7 @@ async fn receipts(
     if seen > last || seen == base {
         send_one(seen, &mut send, true).await?;
     }
-    send.finish().map_err(|e| PaidError::Stream(e.to_string()))?;
+    send.finish().map_err(PaidError::Finish)?;
     Ok(amount_for(seen, price).min(max))
 }
 
@@ -410,7 +427,7 @@ impl Fetcher {
         on: impl FnMut(FetchEvent),
     ) -> Result<PaidReport, FetchError> {
         let (chain, signer) = (&wallet.chain, &wallet.signer);
-        let ticket = parse_ticket(&offer.ticket).map_err(|e| PaidError::Offer(e.to_string()))?;
+        let ticket = parse_ticket(&offer.ticket).map_err(PaidError::Offer)?;
         let d = chain.deployment();
         let escrow = Address::from(offer.escrow);
         if offer.chain_id != d.chain_id || escrow != d.escrow {

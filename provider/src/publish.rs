@@ -66,10 +66,16 @@ pub enum PublishError {
     Name { path: PathBuf, source: UnsafeName },
     #[error("{0} contains a top-level {MANIFEST_NAME}, a name bdc reserves for the dataset manifest")]
     ReservedName(PathBuf),
-    #[error("importing {path} into the store failed: {reason}")]
-    Import { path: PathBuf, reason: String },
+    #[error("importing {path} into the store failed: {source}")]
+    Import {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("importing {0} into the store ended without a result")]
+    ImportUnfinished(PathBuf),
     #[error("storing the dataset failed: {0}")]
-    Store(String),
+    Store(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
 }
@@ -149,17 +155,14 @@ pub async fn publish(
                     break;
                 }
                 AddProgressItem::Error(e) => {
-                    return Err(PublishError::Import { path: input.path.clone(), reason: e.to_string() });
+                    return Err(PublishError::Import { path: input.path.clone(), source: Box::new(e) });
                 }
             }
             // copying and hashing each count for half of a file's progress when both happen
             let part = if opts.in_place { hashed } else { (copied + hashed) / 2 };
             progress(PublishProgress { done: done + part.min(input.size), total });
         }
-        let tag = tag.ok_or_else(|| PublishError::Import {
-            path: input.path.clone(),
-            reason: "the store ended the import without a result".into(),
-        })?;
+        let tag = tag.ok_or_else(|| PublishError::ImportUnfinished(input.path.clone()))?;
         done += input.size;
         progress(PublishProgress { done, total });
         let entry = FileEntry {
@@ -186,11 +189,11 @@ pub async fn publish(
             files: imported.iter().map(|(e, _)| e.clone()).collect(),
         };
         let mtag =
-            blobs.add_bytes(manifest.to_bytes()).temp_tag().await.map_err(|e| PublishError::Store(e.to_string()))?;
+            blobs.add_bytes(manifest.to_bytes()).temp_tag().await.map_err(|e| PublishError::Store(Box::new(e)))?;
         let collection: Collection = std::iter::once((MANIFEST_NAME.to_string(), mtag.hash()))
             .chain(imported.iter().map(|(e, _)| (e.name.clone(), e.hash)))
             .collect();
-        let ctag = collection.store(&store.store).await.map_err(|e| PublishError::Store(e.to_string()))?;
+        let ctag = collection.store(&store.store).await.map_err(|e| PublishError::Store(Box::new(e)))?;
         (ctag.hash(), BlobFormat::HashSeq)
     };
     // A named tag keeps the dataset alive in the store for good; the temp tags can go now.
@@ -199,7 +202,7 @@ pub async fn publish(
         .tags()
         .set(dataset_tag(&root), HashAndFormat { hash: root, format })
         .await
-        .map_err(|e| PublishError::Store(e.to_string()))?;
+        .map_err(|e| PublishError::Store(Box::new(e)))?;
     drop(imported);
 
     let rec = DatasetRecord {

@@ -32,19 +32,24 @@ pub fn file_columns(path: &Path, name: &str) -> Vec<Column> {
     }
 }
 
-fn read_schema(path: &Path, kind: &str) -> Result<Schema, String> {
-    let file = File::open(path).map_err(|e| e.to_string())?;
-    match kind {
-        "parquet" => ParquetRecordBatchReaderBuilder::try_new(file)
-            .map(|b| b.schema().as_ref().clone())
-            .map_err(|e| e.to_string()),
-        "csv" => Format::default()
-            .with_header(true)
-            .infer_schema(file, Some(INFER_RECORDS))
-            .map(|(s, _)| s)
-            .map_err(|e| e.to_string()),
-        _ => infer_json_schema(BufReader::new(file), Some(INFER_RECORDS)).map(|(s, _)| s).map_err(|e| e.to_string()),
-    }
+/// Why a file's schema could not be read.
+#[derive(Debug, thiserror::Error)]
+enum SchemaError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Parquet(#[from] datafusion::parquet::errors::ParquetError),
+    #[error(transparent)]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
+}
+
+fn read_schema(path: &Path, kind: &str) -> Result<Schema, SchemaError> {
+    let file = File::open(path)?;
+    Ok(match kind {
+        "parquet" => ParquetRecordBatchReaderBuilder::try_new(file)?.schema().as_ref().clone(),
+        "csv" => Format::default().with_header(true).infer_schema(file, Some(INFER_RECORDS))?.0,
+        _ => infer_json_schema(BufReader::new(file), Some(INFER_RECORDS))?.0,
+    })
 }
 
 #[cfg(test)]

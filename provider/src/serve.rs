@@ -79,8 +79,21 @@ pub enum ServeError {
     Net(#[from] NetError),
     #[error("dataset {0} is not in this provider's catalog")]
     UnknownDataset(Hash),
-    #[error("dataset {root} is not readable from the store: {reason}")]
-    BrokenDataset { root: Hash, reason: String },
+    #[error("dataset {root} is not readable from the store: {source}")]
+    BrokenDataset {
+        root: Hash,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("dataset {root}: blob {blob} is not complete in the store")]
+    IncompleteBlob { root: Hash, blob: Hash },
+    #[error("dataset {root}: its manifest names vendor {vendor:?}, not an address: {source}")]
+    BadVendor {
+        root: Hash,
+        vendor: String,
+        #[source]
+        source: alloy::hex::FromHexError,
+    },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
@@ -88,7 +101,7 @@ pub enum ServeError {
     #[error("dataset {0} is not sold here: serve with a chain configuration to sell datasets")]
     NotSelling(Hash),
     #[error("cannot set up the job runner: {0}")]
-    Jobs(String),
+    Jobs(#[source] std::io::Error),
 }
 
 /// What `serve` writes to `<data-dir>/serve.json` so other commands can make tickets.
@@ -172,13 +185,13 @@ impl Provider {
             for rec in store.catalog.iter() {
                 let files = crate::jobs::dataset_files(&store.store, rec.root, rec.format, &rec.name)
                     .await
-                    .map_err(|reason| ServeError::BrokenDataset { root: rec.root, reason })?;
+                    .map_err(|source| ServeError::BrokenDataset { root: rec.root, source })?;
                 datasets.insert(rec.root, crate::jobs::JobDataset { free: rec.free, files });
             }
             let handler =
                 JobsProtocol::new(jc.clone(), store.store.clone(), &store.dir, datasets, free.clone(), job_payments)
                     .await
-                    .map_err(|e| ServeError::Jobs(e.to_string()))?;
+                    .map_err(ServeError::Jobs)?;
             router = router.accept(JOBS_ALPN, handler);
         }
         let router = router.spawn();
@@ -258,18 +271,18 @@ async fn dataset_contents(
     format: BlobFormat,
 ) -> Result<(Arc<HashSet<Hash>>, u64), ServeError> {
     let blobs = store.store.blobs();
-    let broken = |reason: String| ServeError::BrokenDataset { root, reason };
+    let broken = |e: Box<dyn std::error::Error + Send + Sync>| ServeError::BrokenDataset { root, source: e };
     let mut hashes = vec![root];
     if format == BlobFormat::HashSeq {
-        let bytes = blobs.get_bytes(root).await.map_err(|e| broken(e.to_string()))?;
-        let seq = HashSeq::try_from(bytes).map_err(|e| broken(e.to_string()))?;
+        let bytes = blobs.get_bytes(root).await.map_err(|e| broken(Box::new(e)))?;
+        let seq = HashSeq::try_from(bytes).map_err(|e| broken(e.into()))?;
         hashes.extend(seq.iter());
     }
     let mut size = 0;
     for h in &hashes {
-        match blobs.status(*h).await.map_err(|e| broken(e.to_string()))? {
+        match blobs.status(*h).await.map_err(|e| broken(Box::new(e)))? {
             iroh_blobs::api::blobs::BlobStatus::Complete { size: s } => size += s,
-            _ => return Err(broken(format!("blob {h} is not complete in the store"))),
+            _ => return Err(ServeError::IncompleteBlob { root, blob: *h }),
         }
     }
     Ok((Arc::new(hashes.into_iter().collect()), size))
@@ -279,16 +292,21 @@ async fn dataset_contents(
 async fn manifest_vendors(store: &ProviderStore) -> Result<HashMap<Hash, Option<Address>>, ServeError> {
     let mut out = HashMap::new();
     for rec in store.catalog.iter().filter(|r| !r.free) {
-        let broken = |reason: String| ServeError::BrokenDataset { root: rec.root, reason };
+        let broken =
+            |e: Box<dyn std::error::Error + Send + Sync>| ServeError::BrokenDataset { root: rec.root, source: e };
         let Some(h) = store.manifest_hash(rec.root).await? else {
             out.insert(rec.root, None);
             continue;
         };
-        let bytes = store.store.blobs().get_bytes(h).await.map_err(|e| broken(e.to_string()))?;
-        let m = bdc_core::manifest::DatasetManifest::from_bytes(&bytes).map_err(|e| broken(e.to_string()))?;
+        let bytes = store.store.blobs().get_bytes(h).await.map_err(|e| broken(Box::new(e)))?;
+        let m = bdc_core::manifest::DatasetManifest::from_bytes(&bytes).map_err(|e| broken(Box::new(e)))?;
         let vendor = match m.vendor.as_deref() {
             None => None,
-            Some(v) => Some(v.parse::<Address>().map_err(|e| broken(format!("manifest vendor {v:?}: {e}")))?),
+            Some(v) => Some(v.parse::<Address>().map_err(|source| ServeError::BadVendor {
+                root: rec.root,
+                vendor: v.to_string(),
+                source,
+            })?),
         };
         out.insert(rec.root, vendor);
     }

@@ -19,13 +19,25 @@ pub enum StoreError {
     #[error("cannot create data dir {path}: {source}")]
     DataDir { path: PathBuf, source: std::io::Error },
     #[error(
-        "cannot open the blob store in {path}: {reason} (is another bdc process, e.g. `bdc provider serve`, using this data dir?)"
+        "cannot open the blob store in {path}: {source} (is another bdc process, e.g. `bdc provider serve`, using this data dir?)"
     )]
-    Open { path: PathBuf, reason: String },
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    #[error("dataset {root} is not complete in the store: {reason}")]
-    Incomplete { root: bdc_core::Hash, reason: String },
+    #[error("dataset {0} is not published here")]
+    NotPublished(bdc_core::Hash),
+    #[error("dataset {0} is missing blobs in the store")]
+    MissingBlobs(bdc_core::Hash),
+    #[error("dataset {root} is not readable in the store: {source}")]
+    Unreadable {
+        root: bdc_core::Hash,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Key(#[from] bdc_core::keys::KeyError),
 }
@@ -45,9 +57,8 @@ impl ProviderStore {
         let dir = std::path::absolute(dir).map_err(|source| StoreError::DataDir { path: dir.to_path_buf(), source })?;
         let catalog = Catalog::load(&dir)?;
         let store_dir = dir.join("store");
-        let store = FsStore::load(&store_dir)
-            .await
-            .map_err(|e| StoreError::Open { path: store_dir, reason: format!("{e:#}") })?;
+        let store =
+            FsStore::load(&store_dir).await.map_err(|e| StoreError::Open { path: store_dir, source: e.into() })?;
         Ok(Self { dir, store, catalog })
     }
 
@@ -67,17 +78,14 @@ impl ProviderStore {
     /// The hash of a published collection's `bdc.json` (what a vendor registers on chain as the
     /// manifest hash); None for a raw blob.
     pub async fn manifest_hash(&self, root: bdc_core::Hash) -> Result<Option<bdc_core::Hash>, StoreError> {
-        let rec = self
-            .catalog
-            .get(&root)
-            .ok_or_else(|| StoreError::Incomplete { root, reason: "not published here".into() })?;
+        let rec = self.catalog.get(&root).ok_or(StoreError::NotPublished(root))?;
         if rec.format != bdc_core::BlobFormat::HashSeq {
             return Ok(None);
         }
         let store: &iroh_blobs::api::Store = &self.store;
         let c = iroh_blobs::format::collection::Collection::load(root, store)
             .await
-            .map_err(|e| StoreError::Incomplete { root, reason: e.to_string() })?;
+            .map_err(|e| StoreError::Unreadable { root, source: Box::new(e) })?;
         Ok(c.iter().find(|(n, _)| n == bdc_core::protocol::MANIFEST_NAME).map(|(_, h)| *h))
     }
 
@@ -101,22 +109,22 @@ impl ProviderStore {
             .remote()
             .local(content)
             .await
-            .map_err(|e| StoreError::Incomplete { root, reason: e.to_string() })?;
+            .map_err(|e| StoreError::Unreadable { root, source: Box::new(e) })?;
         if !info.is_complete() {
-            return Err(StoreError::Incomplete { root, reason: "some blobs are missing".into() });
+            return Err(StoreError::MissingBlobs(root));
         }
         self.store
             .tags()
             .set(crate::publish::dataset_tag(&root), content)
             .await
-            .map_err(|e| StoreError::Incomplete { root, reason: e.to_string() })?;
+            .map_err(|e| StoreError::Unreadable { root, source: Box::new(e) })?;
         let (size, files) = match format {
             bdc_core::BlobFormat::Raw => (info.local_bytes(), 1),
             bdc_core::BlobFormat::HashSeq => {
                 let store: &iroh_blobs::api::Store = &self.store;
                 let c = iroh_blobs::format::collection::Collection::load(root, store)
                     .await
-                    .map_err(|e| StoreError::Incomplete { root, reason: e.to_string() })?;
+                    .map_err(|e| StoreError::Unreadable { root, source: Box::new(e) })?;
                 let mut size = 0;
                 for (_, h) in c.iter() {
                     if let Ok(iroh_blobs::api::blobs::BlobStatus::Complete { size: s }) =

@@ -176,7 +176,7 @@ where
             r => return r,
         }
     }
-    Err(FetchError::BadRequest("no provider to run the job on".into()).into())
+    Err(FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider).into())
 }
 
 pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {

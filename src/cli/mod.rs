@@ -112,13 +112,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// 1 when data failed verification or was not found, 2 for every other error.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
-    use bdc_fetcher::FetchError;
+    // the outermost error that knows its exit code decides
     for cause in e.chain() {
-        if let Some(fe) = cause.downcast_ref::<FetchError>() {
-            return match fe {
-                FetchError::Verification { .. } | FetchError::NotFound { .. } => 1,
-                _ => 2,
-            };
+        if let Some(e) = cause.downcast_ref::<bdc_fetcher::JobError>() {
+            return e.exit_code();
+        }
+        if let Some(e) = cause.downcast_ref::<bdc_fetcher::FetchError>() {
+            return e.exit_code();
         }
         if let Some(bdc_provider::PublishError::NotFound(_)) = cause.downcast_ref() {
             return 1;

@@ -297,10 +297,11 @@ async fn compute_prints_a_csv_result_and_one_line_errors() {
     let err = String::from_utf8(bad.stderr).unwrap();
     assert!(err.starts_with("error: job failed on provider") && err.contains("query refused"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    // a manifest signed by someone else than --provider-address is refused
+    // a manifest signed by someone else than --provider-address is refused: the result failed
+    // verification, exit 1 (as for data that does not verify)
     let other = alloy::signers::local::PrivateKeySigner::random().address().to_string();
     let wrong = run(s(&["compute", &ticket, "--sql", "SELECT 1", "--provider-address", &other])).await.unwrap();
-    assert_eq!(wrong.status.code(), Some(2));
+    assert_eq!(wrong.status.code(), Some(1));
     assert!(String::from_utf8(wrong.stderr).unwrap().contains("expected the provider's address"));
     let parquet = run(s(&["compute", &ticket, "--sql", "SELECT 1", "--format", "parquet"])).await.unwrap();
     assert!(String::from_utf8(parquet.stderr).unwrap().contains("not printed"));

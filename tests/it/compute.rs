@@ -357,22 +357,26 @@ impl iroh::protocol::ProtocolHandler for Liar {
 async fn tampered_or_foreign_manifests_are_rejected() {
     let tmp = tempfile::tempdir().unwrap();
     let key = PrivateKeySigner::random();
-    let bends: [(Bend, &str); 5] = [
-        (|s, _| s.result.rows += 1, "altered"),
-        (|s, _| s.result.result_root = bdc_core::Hash::new(b"other"), "altered"),
+    use bdc_contracts::jobs::ResultSigError;
+    use bdc_fetcher::Rejection;
+    type Expected = fn(&Rejection) -> bool;
+    let altered: Expected = |r| matches!(r, Rejection::Signature(ResultSigError::NotItsSigner { .. }));
+    let bends: [(Bend, Expected); 5] = [
+        (|s, _| s.result.rows += 1, altered),
+        (|s, _| s.result.result_root = bdc_core::Hash::new(b"other"), altered),
         (
             |s, _| {
                 s.result.query = "SELECT 2".into();
                 *s = bdc_contracts::jobs::sign_job_result(&PrivateKeySigner::random(), s.result.clone()).unwrap();
             },
-            "expected",
+            |r| matches!(r, Rejection::NotTheProvider { .. }),
         ),
         (
             |s, k| {
                 s.result.query = "SELECT 2".into();
                 *s = bdc_contracts::jobs::sign_job_result(k, s.result.clone()).unwrap();
             },
-            "another query",
+            |r| matches!(r, Rejection::Query),
         ),
         (
             |s, k| {
@@ -380,11 +384,11 @@ async fn tampered_or_foreign_manifests_are_rejected() {
                 s.result.engine = "ballista 55.0.0 (datafusion 55.2.0)".into();
                 *s = bdc_contracts::jobs::sign_job_result(k, s.result.clone()).unwrap();
             },
-            "engine",
+            |r| matches!(r, Rejection::Engine { .. }),
         ),
     ];
     let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
-    for (bend, needle) in bends {
+    for (bend, expected) in bends {
         let ep = bdc_core::net::bind_endpoint(
             &bdc_core::net::NetConfig::test(),
             iroh::SecretKey::generate(),
@@ -401,7 +405,18 @@ async fn tampered_or_foreign_manifests_are_rejected() {
             .run_job(&ticket, sql("SELECT 1", ResultFormat::Csv), Some(key.address()), tmp.path(), "r.csv", |_| {})
             .await
             .unwrap_err();
-        assert!(matches!(&err, JobError::Rejected { reason, .. } if reason.contains(needle)), "{needle}: {err}");
+        assert!(matches!(&err, JobError::Rejected { source, .. } if expected(source)), "{err}");
+        // the CLI exits 1 on a result that fails verification, as on data that does
+        let out = crate::common::bdc()
+            .arg("--data-dir")
+            .arg(tmp.path().join("cli"))
+            .args(["--quiet", "compute", &ticket.to_string(), "--sql", "SELECT 1", "--format", "csv"])
+            .args(["--provider-address", &format!("{:#x}", key.address()), "--bind", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("rejected the result"), "{stderr}");
         router.shutdown().await.unwrap();
     }
     fetcher.shutdown().await;
@@ -771,7 +786,7 @@ async fn replicas_accept_agreeing_results_and_refuse_disagreeing_ones() {
     // each result must be signed by its provider's known address: swapped, both are refused
     let swapped = [(ta, Some(kb.address())), (tb, Some(ka.address()))];
     let err = fetcher.run_replicated(&swapped, 2, sql(q, ResultFormat::Csv), &out, "s.csv", |_| {}).await.unwrap_err();
-    assert!(matches!(&err, JobError::Rejected { reason, .. } if reason.contains("expected")), "{err}");
+    assert!(matches!(&err, JobError::Rejected { source: bdc_fetcher::Rejection::NotTheProvider { .. }, .. }), "{err}");
     fetcher.shutdown().await;
     a.shutdown().await;
     b.shutdown().await;

@@ -92,7 +92,7 @@ pub enum Revert {
     Registry(DatasetRegistryErrors),
     Token(BDCTokenErrors),
     /// Revert data that is none of the contracts' custom errors (a require string, a panic).
-    Other(String),
+    Other(alloy::primitives::Bytes),
 }
 
 impl std::fmt::Display for Revert {
@@ -101,7 +101,10 @@ impl std::fmt::Display for Revert {
             Revert::Escrow(e) => write!(f, "{e:?}"),
             Revert::Registry(e) => write!(f, "{e:?}"),
             Revert::Token(e) => write!(f, "{e:?}"),
-            Revert::Other(s) => f.write_str(s),
+            Revert::Other(data) => match alloy::sol_types::decode_revert_reason(data) {
+                Some(reason) => f.write_str(&reason),
+                None => write!(f, "revert data {data}"),
+            },
         }
     }
 }
@@ -110,8 +113,14 @@ impl std::fmt::Display for Revert {
 pub enum ChainError {
     #[error("{call} reverted: {error}")]
     Reverted { call: &'static str, error: Revert },
-    #[error("{call} failed: {reason}")]
-    Rpc { call: &'static str, reason: String },
+    #[error("{call} failed: {source}")]
+    Rpc {
+        call: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("{call}: the node has no {what}")]
+    Missing { call: &'static str, what: &'static str },
     #[error("{call}: transaction {tx} failed on chain")]
     Failed { call: &'static str, tx: B256 },
     #[error("{call}: transaction {tx} emitted no {event} event")]
@@ -174,10 +183,10 @@ fn decode(call: &'static str, e: ContractError) -> ChainError {
         Revert::Registry(x)
     } else if let Some(x) = typed::<BDCTokenErrors>(&e) {
         Revert::Token(x)
-    } else if e.as_revert_data().is_some() {
-        Revert::Other(e.to_string())
+    } else if let Some(data) = e.as_revert_data() {
+        Revert::Other(data)
     } else {
-        return ChainError::Rpc { call, reason: e.to_string() };
+        return ChainError::Rpc { call, source: Box::new(e) };
     };
     ChainError::Reverted { call, error }
 }
@@ -187,7 +196,7 @@ macro_rules! send {
     ($name:literal, $call:expr) => {{
         let pending = $call.send().await.map_err(|e| decode($name, e))?;
         let receipt: TransactionReceipt =
-            pending.get_receipt().await.map_err(|e| ChainError::Rpc { call: $name, reason: e.to_string() })?;
+            pending.get_receipt().await.map_err(|e| ChainError::Rpc { call: $name, source: Box::new(e) })?;
         if !receipt.status() {
             return Err(ChainError::Failed { call: $name, tx: receipt.transaction_hash });
         }
@@ -399,7 +408,7 @@ impl<P: Provider + Clone> Contracts<P> {
             .provider
             .get_logs(&filter)
             .await
-            .map_err(|e| ChainError::Rpc { call: "eth_getLogs", reason: e.to_string() })?;
+            .map_err(|e| ChainError::Rpc { call: "eth_getLogs", source: Box::new(e) })?;
         Ok(logs.iter().filter_map(|l| Some(E::decode_log(&l.inner).ok()?.data)).collect())
     }
 
@@ -421,8 +430,8 @@ impl<P: Provider + Clone> Contracts<P> {
             .provider
             .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
             .await
-            .map_err(|e| ChainError::Rpc { call: "eth_getBlockByNumber", reason: e.to_string() })?
-            .ok_or(ChainError::Rpc { call: "eth_getBlockByNumber", reason: "no latest block".into() })?;
+            .map_err(|e| ChainError::Rpc { call: "eth_getBlockByNumber", source: Box::new(e) })?
+            .ok_or(ChainError::Missing { call: "eth_getBlockByNumber", what: "latest block" })?;
         Ok(b.header.timestamp)
     }
 
@@ -456,7 +465,7 @@ impl<P: Provider + Clone> Contracts<P> {
             .provider
             .get_logs(&filter)
             .await
-            .map_err(|e| ChainError::Rpc { call: "eth_getLogs", reason: e.to_string() })?;
+            .map_err(|e| ChainError::Rpc { call: "eth_getLogs", source: Box::new(e) })?;
         Ok(logs
             .into_iter()
             .filter_map(|l| {
@@ -471,7 +480,7 @@ impl<P: Provider + Clone> Contracts<P> {
         self.provider
             .get_block_number()
             .await
-            .map_err(|e| ChainError::Rpc { call: "eth_blockNumber", reason: e.to_string() })
+            .map_err(|e| ChainError::Rpc { call: "eth_blockNumber", source: Box::new(e) })
     }
 }
 

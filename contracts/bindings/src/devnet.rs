@@ -57,15 +57,29 @@ impl Default for DevnetConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum DevnetError {
     #[error(
-        "cannot start anvil ({path}): {reason}. Run `make tools` (npm ci in contracts/) or set BDC_ANVIL to an anvil binary"
+        "cannot start anvil ({path}): {source}. Run `make tools` (npm ci in contracts/) or set BDC_ANVIL to an anvil binary"
     )]
-    Anvil { path: String, reason: String },
-    #[error("deploying {contract} failed: {reason}")]
-    Deploy { contract: &'static str, reason: String },
+    Anvil {
+        path: String,
+        #[source]
+        source: alloy::node_bindings::NodeError,
+    },
+    #[error("deploying {contract} failed: {source}")]
+    Deploy {
+        contract: &'static str,
+        #[source]
+        source: alloy::contract::Error,
+    },
     #[error(transparent)]
     Chain(#[from] crate::ChainError),
-    #[error("devnet RPC failed: {0}")]
-    Rpc(String),
+    #[error("devnet RPC {call} failed: {source}")]
+    Rpc {
+        call: &'static str,
+        #[source]
+        source: alloy::transports::TransportError,
+    },
+    #[error("the devnet has no latest block")]
+    NoBlock,
 }
 
 /// A running anvil with bdc's contracts deployed.
@@ -106,18 +120,19 @@ impl Devnet {
         if let Some(bt) = cfg.block_time {
             anvil = anvil.block_time(bt);
         }
-        let anvil = anvil.try_spawn().map_err(|e| DevnetError::Anvil { path: shown, reason: e.to_string() })?;
+        let anvil = anvil.try_spawn().map_err(|source| DevnetError::Anvil { path: shown, source })?;
         let keys: Vec<PrivateKeySigner> = anvil.keys().iter().map(|k| PrivateKeySigner::from(k.clone())).collect();
         let url: Url = anvil.endpoint_url();
         let deployer = keys[0].clone();
         let provider = sending_provider().wallet(deployer.clone()).connect_http(url.clone()).erased();
-        let deploy_block = provider.get_block_number().await.map_err(|e| DevnetError::Rpc(e.to_string()))?;
+        let deploy_block =
+            provider.get_block_number().await.map_err(|source| DevnetError::Rpc { call: "eth_blockNumber", source })?;
         let token = BDCToken::deploy(provider.clone(), deployer.address(), U256::ZERO, true)
             .await
-            .map_err(|e| DevnetError::Deploy { contract: "BDCToken", reason: e.to_string() })?;
+            .map_err(|source| DevnetError::Deploy { contract: "BDCToken", source })?;
         let registry = DatasetRegistry::deploy(provider.clone())
             .await
-            .map_err(|e| DevnetError::Deploy { contract: "DatasetRegistry", reason: e.to_string() })?;
+            .map_err(|source| DevnetError::Deploy { contract: "DatasetRegistry", source })?;
         let escrow = TransferEscrow::deploy(
             provider.clone(),
             *token.address(),
@@ -127,7 +142,7 @@ impl Devnet {
             cfg.arbitration_period,
         )
         .await
-        .map_err(|e| DevnetError::Deploy { contract: "TransferEscrow", reason: e.to_string() })?;
+        .map_err(|source| DevnetError::Deploy { contract: "TransferEscrow", source })?;
         let deployment = Deployment {
             chain_id: anvil.chain_id(),
             token: *token.address(),
@@ -164,10 +179,14 @@ impl Devnet {
     /// Moves the chain's clock forward and mines a block.
     pub async fn advance_time(&self, secs: u64) -> Result<(), DevnetError> {
         let p = ProviderBuilder::new().connect_http(self.rpc_url());
-        let _: serde_json::Value =
-            p.raw_request("evm_increaseTime".into(), (secs,)).await.map_err(|e| DevnetError::Rpc(e.to_string()))?;
-        let _: serde_json::Value =
-            p.raw_request("evm_mine".into(), ()).await.map_err(|e| DevnetError::Rpc(e.to_string()))?;
+        let _: serde_json::Value = p
+            .raw_request("evm_increaseTime".into(), (secs,))
+            .await
+            .map_err(|source| DevnetError::Rpc { call: "evm_increaseTime", source })?;
+        let _: serde_json::Value = p
+            .raw_request("evm_mine".into(), ())
+            .await
+            .map_err(|source| DevnetError::Rpc { call: "evm_mine", source })?;
         Ok(())
     }
 
@@ -177,8 +196,8 @@ impl Devnet {
         let b = p
             .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
             .await
-            .map_err(|e| DevnetError::Rpc(e.to_string()))?
-            .ok_or_else(|| DevnetError::Rpc("no latest block".into()))?;
+            .map_err(|source| DevnetError::Rpc { call: "eth_getBlockByNumber", source })?
+            .ok_or(DevnetError::NoBlock)?;
         Ok(b.header.timestamp)
     }
 }

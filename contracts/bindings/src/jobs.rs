@@ -63,23 +63,35 @@ pub fn job_result_digest(r: &ResultManifest) -> B256 {
     to_eip712(r).eip712_signing_hash(&compute_domain())
 }
 
+/// Why a signed result manifest could not be made or does not check.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultSigError {
+    #[error("signing the result failed: {0}")]
+    Sign(#[source] alloy::signers::Error),
+    #[error("result signature is malformed: {0}")]
+    Malformed(#[source] alloy::primitives::SignatureError),
+    #[error(
+        "result manifest is not signed by the provider it names: signed by {signer}, claims {claimed} (manifest or signature altered)"
+    )]
+    NotItsSigner { signer: Address, claimed: Address },
+}
+
 /// Signs a result manifest.
-pub fn sign_job_result(signer: &(impl SignerSync + Signer), r: ResultManifest) -> Result<SignedJobResult, String> {
-    let sig = signer.sign_hash_sync(&job_result_digest(&r)).map_err(|e| format!("signing the result failed: {e}"))?;
+pub fn sign_job_result(
+    signer: &(impl SignerSync + Signer),
+    r: ResultManifest,
+) -> Result<SignedJobResult, ResultSigError> {
+    let sig = signer.sign_hash_sync(&job_result_digest(&r)).map_err(ResultSigError::Sign)?;
     Ok(SignedJobResult { result: r, signer: signer.address().into_array(), sig: sig.as_bytes().to_vec() })
 }
 
 /// Returns the address that signed `s.result`, and checks it is the address `s` claims.
-pub fn job_result_signer(s: &SignedJobResult) -> Result<Address, String> {
-    let sig = Signature::try_from(s.sig.as_slice()).map_err(|e| format!("result signature is malformed: {e}"))?;
-    let signer = sig
-        .recover_address_from_prehash(&job_result_digest(&s.result))
-        .map_err(|e| format!("result signature is malformed: {e}"))?;
+pub fn job_result_signer(s: &SignedJobResult) -> Result<Address, ResultSigError> {
+    let sig = Signature::try_from(s.sig.as_slice()).map_err(ResultSigError::Malformed)?;
+    let signer = sig.recover_address_from_prehash(&job_result_digest(&s.result)).map_err(ResultSigError::Malformed)?;
     let claimed = Address::from(s.signer);
     if signer != claimed {
-        return Err(format!(
-            "result manifest is not signed by the provider it names: signed by {signer}, claims {claimed} (manifest or signature altered)"
-        ));
+        return Err(ResultSigError::NotItsSigner { signer, claimed });
     }
     Ok(signer)
 }
@@ -115,7 +127,7 @@ mod tests {
         assert_eq!(signed.signer, key.address().into_array());
         let mut other = signed.clone();
         other.result.result_root = Hash::new(b"other");
-        assert!(job_result_signer(&other).unwrap_err().contains("altered"));
+        assert!(matches!(job_result_signer(&other).unwrap_err(), ResultSigError::NotItsSigner { .. }));
         let mut other = signed.clone();
         other.result.rows += 1;
         assert!(job_result_signer(&other).is_err());
@@ -127,6 +139,6 @@ mod tests {
         assert!(job_result_signer(&other).is_err());
         let mut other = signed;
         other.sig.truncate(10);
-        assert!(job_result_signer(&other).unwrap_err().contains("malformed"));
+        assert!(matches!(job_result_signer(&other).unwrap_err(), ResultSigError::Malformed(_)));
     }
 }

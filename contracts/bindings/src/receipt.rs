@@ -41,12 +41,16 @@ pub const DOMAIN_VERSION: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiptError {
-    #[error("receipt signature is malformed: {0}")]
-    Malformed(String),
+    #[error("a signature is 65 bytes, not {0}")]
+    Length(usize),
+    #[error("signature v = {0} (expected 27 or 28)")]
+    BadV(u8),
+    #[error("signature is malformed: {0}")]
+    Malformed(#[source] alloy::primitives::SignatureError),
     #[error("receipt for deal {deal} is signed by {signer}, not by the buyer {buyer}")]
     WrongSigner { deal: B256, signer: Address, buyer: Address },
-    #[error("signing the receipt failed: {0}")]
-    Sign(String),
+    #[error("signing failed: {0}")]
+    Sign(#[source] alloy::signers::Error),
 }
 
 /// The escrow's EIP-712 domain.
@@ -72,7 +76,7 @@ pub async fn sign_receipt(
     cumulative: U256,
 ) -> Result<Signature, ReceiptError> {
     let r = Receipt { dealId: deal_id, cumulativeAmount: cumulative };
-    signer.sign_hash(&receipt_digest(domain, &r)).await.map_err(|e| ReceiptError::Sign(e.to_string()))
+    signer.sign_hash(&receipt_digest(domain, &r)).await.map_err(ReceiptError::Sign)
 }
 
 /// Signs a receipt synchronously.
@@ -83,7 +87,7 @@ pub fn sign_receipt_sync(
     cumulative: U256,
 ) -> Result<Signature, ReceiptError> {
     let r = Receipt { dealId: deal_id, cumulativeAmount: cumulative };
-    signer.sign_hash_sync(&receipt_digest(domain, &r)).map_err(|e| ReceiptError::Sign(e.to_string()))
+    signer.sign_hash_sync(&receipt_digest(domain, &r)).map_err(ReceiptError::Sign)
 }
 
 /// Checks that `sig` over `receipt` was made by `buyer`.
@@ -108,7 +112,7 @@ pub fn sign_hello_sync(
     buyer_node: B256,
 ) -> Result<Signature, ReceiptError> {
     let h = Hello { dealId: deal_id, buyerNodeId: buyer_node };
-    signer.sign_hash_sync(&h.eip712_signing_hash(domain)).map_err(|e| ReceiptError::Sign(e.to_string()))
+    signer.sign_hash_sync(&h.eip712_signing_hash(domain)).map_err(ReceiptError::Sign)
 }
 
 /// Returns the address that signed `hello`.
@@ -127,14 +131,14 @@ pub fn receipt_signer(domain: &Eip712Domain, receipt: &Receipt, sig: &[u8]) -> R
 /// of what a peer sent turns a malleated signature into a redeemable one.
 pub fn recover_canonical(digest: &B256, sig: &[u8]) -> Result<(Address, [u8; 65]), ReceiptError> {
     if sig.len() != 65 {
-        return Err(ReceiptError::Malformed(format!("a signature is 65 bytes, not {}", sig.len())));
+        return Err(ReceiptError::Length(sig.len()));
     }
     if !matches!(sig[64], 0 | 1 | 27 | 28) {
-        return Err(ReceiptError::Malformed(format!("signature v = {} (expected 27 or 28)", sig[64])));
+        return Err(ReceiptError::BadV(sig[64]));
     }
-    let parsed = Signature::try_from(sig).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    let parsed = Signature::try_from(sig).map_err(ReceiptError::Malformed)?;
     let canonical = parsed.normalized_s();
-    let signer = canonical.recover_address_from_prehash(digest).map_err(|e| ReceiptError::Malformed(e.to_string()))?;
+    let signer = canonical.recover_address_from_prehash(digest).map_err(ReceiptError::Malformed)?;
     Ok((signer, canonical.as_bytes()))
 }
 
@@ -180,7 +184,7 @@ mod tests {
         assert!(verify_receipt(&escrow_domain(1, escrow), &r, &sig.as_bytes(), buyer.address()).is_err());
         let other = escrow_domain(31337, Address::repeat_byte(0xE6));
         assert!(verify_receipt(&other, &r, &sig.as_bytes(), buyer.address()).is_err());
-        assert!(matches!(verify_receipt(&d, &r, &[1, 2, 3], buyer.address()), Err(ReceiptError::Malformed(_))));
+        assert!(matches!(verify_receipt(&d, &r, &[1, 2, 3], buyer.address()), Err(ReceiptError::Length(3))));
     }
 
     #[test]
@@ -204,7 +208,7 @@ mod tests {
         // other lengths and v values are refused, not guessed at
         let mut v37 = good;
         v37[64] = 37;
-        assert!(matches!(receipt_signer_canonical(&d, &r, &v37), Err(ReceiptError::Malformed(_))));
-        assert!(matches!(receipt_signer_canonical(&d, &r, &good[..64]), Err(ReceiptError::Malformed(_))));
+        assert!(matches!(receipt_signer_canonical(&d, &r, &v37), Err(ReceiptError::BadV(37))));
+        assert!(matches!(receipt_signer_canonical(&d, &r, &good[..64]), Err(ReceiptError::Length(64))));
     }
 }

@@ -30,8 +30,39 @@ use super::rootfs::{self, Root, RootError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
+    /// The archive's structure is wrong in a way the message names.
     #[error("image archive: {0}")]
-    Bad(String),
+    Malformed(&'static str),
+    #[error("image archive: not a readable tar: {0}")]
+    NotTar(#[source] std::io::Error),
+    #[error("image archive: {entry} holds more bytes than the archive itself")]
+    Overlong { entry: String },
+    #[error("image archive: unsupported or malformed digest {digest:?}")]
+    BadDigest { digest: String },
+    #[error("image archive: blob {digest} missing: {source}")]
+    MissingBlob {
+        digest: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image archive: blob {digest} does not match its digest")]
+    DigestMismatch { digest: String },
+    #[error("image archive: no {what}: {source}")]
+    NoDocument {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("image archive: {what} is {len} bytes, over the {MAX_JSON_BYTES}-byte limit")]
+    DocumentTooLarge { what: String, len: u64 },
+    #[error("image archive: {what} is not JSON: {source}")]
+    NotJson {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("image archive: layer {digest}: media type {media:?} is not supported (tar or tar+gzip)")]
+    LayerMediaType { digest: String, media: String },
     #[error("image archive I/O at {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     /// An entry of the outer archive that must be a regular file is a link, device or FIFO.
@@ -53,10 +84,6 @@ pub enum ImageError {
     /// An entry that would be written outside the root or through a symlink.
     #[error("entry refused: {0}")]
     Entry(#[from] RootError),
-}
-
-fn bad(s: impl Into<String>) -> ImageError {
-    ImageError::Bad(s.into())
 }
 
 /// Bounds on what one image may unpack to.
@@ -168,7 +195,7 @@ fn extract_layout(archive: &Path, layout: &Path) -> Result<(), ImageError> {
     let mut budget = file.metadata().map_err(io(archive))?.len();
     std::fs::create_dir_all(layout.join("blobs/sha256")).map_err(io(layout))?;
     let mut ar = tar::Archive::new(BufReader::new(file));
-    let unreadable = |e: std::io::Error| bad(format!("not a readable tar: {e}"));
+    let unreadable = ImageError::NotTar;
     for entry in ar.entries().map_err(unreadable)? {
         let mut entry = entry.map_err(unreadable)?;
         let path = entry.path().map_err(unreadable)?.into_owned();
@@ -198,7 +225,7 @@ fn extract_layout(archive: &Path, layout: &Path) -> Result<(), ImageError> {
         };
         let n = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out).map_err(unreadable)?;
         if n > budget {
-            return Err(bad(format!("{name} holds more bytes than the archive itself")));
+            return Err(ImageError::Overlong { entry: name });
         }
         budget -= n;
     }
@@ -207,25 +234,27 @@ fn extract_layout(archive: &Path, layout: &Path) -> Result<(), ImageError> {
 
 /// Reads a blob of the layout, checking it against its digest.
 fn blob(layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
-    let hex = digest.strip_prefix("sha256:").ok_or_else(|| bad(format!("unsupported digest {digest:?}")))?;
+    let bad_digest = || ImageError::BadDigest { digest: digest.to_string() };
+    let hex = digest.strip_prefix("sha256:").ok_or_else(bad_digest)?;
     if hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(bad(format!("malformed digest {digest:?}")));
+        return Err(bad_digest());
     }
     let path = layout.join("blobs/sha256").join(hex.to_ascii_lowercase());
-    let got = file_sha256(&path).map_err(|e| bad(format!("blob {digest} missing: {e}")))?;
+    let got = file_sha256(&path).map_err(|source| ImageError::MissingBlob { digest: digest.to_string(), source })?;
     if hex::encode(got) != hex.to_lowercase() {
-        return Err(bad(format!("blob {digest} does not match its digest")));
+        return Err(ImageError::DigestMismatch { digest: digest.to_string() });
     }
     Ok(path)
 }
 
 fn read_json(path: &Path, what: &str) -> Result<serde_json::Value, ImageError> {
-    let len = std::fs::metadata(path).map_err(|e| bad(format!("no {what}: {e}")))?.len();
+    let len =
+        std::fs::metadata(path).map_err(|source| ImageError::NoDocument { what: what.to_string(), source })?.len();
     if len > MAX_JSON_BYTES {
-        return Err(bad(format!("{what} is {len} bytes, over the {MAX_JSON_BYTES}-byte limit")));
+        return Err(ImageError::DocumentTooLarge { what: what.to_string(), len });
     }
     let bytes = std::fs::read(path).map_err(|source| ImageError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_slice(&bytes).map_err(|e| bad(format!("{what} is not JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|source| ImageError::NotJson { what: what.to_string(), source })
 }
 
 fn json_blob(layout: &Path, digest: &str) -> Result<serde_json::Value, ImageError> {
@@ -265,11 +294,12 @@ impl<R: Read> Read for Counted<'_, R> {
 
 fn apply_layout(layout: &Path, root: &Root, limits: &UnpackLimits) -> Result<ImageInfo, ImageError> {
     let index = read_json(&layout.join("index.json"), "index.json (not an OCI archive?)")?;
-    let mut desc = index["manifests"].get(0).cloned().ok_or_else(|| bad("index.json lists no manifest"))?;
+    let mut desc = index["manifests"].get(0).cloned().ok_or(ImageError::Malformed("index.json lists no manifest"))?;
     let mut budget = Budget { limits: *limits, read: 0, written: 0, entries: 0 };
     // an image index may wrap the manifest (multi-platform): take the first linux/amd64 or the first
     for _ in 0..4 {
-        let digest = desc["digest"].as_str().ok_or_else(|| bad("manifest descriptor without digest"))?.to_string();
+        let digest =
+            desc["digest"].as_str().ok_or(ImageError::Malformed("manifest descriptor without digest"))?.to_string();
         let doc = json_blob(layout, &digest)?;
         if let Some(ms) = doc["manifests"].as_array() {
             desc = ms
@@ -277,13 +307,16 @@ fn apply_layout(layout: &Path, root: &Root, limits: &UnpackLimits) -> Result<Ima
                 .find(|m| m["platform"]["architecture"] == "amd64")
                 .or(ms.first())
                 .cloned()
-                .ok_or_else(|| bad("empty image index"))?;
+                .ok_or(ImageError::Malformed("empty image index"))?;
             continue;
         }
-        let config = json_blob(layout, doc["config"]["digest"].as_str().ok_or_else(|| bad("manifest has no config"))?)?;
+        let config = json_blob(
+            layout,
+            doc["config"]["digest"].as_str().ok_or(ImageError::Malformed("manifest has no config"))?,
+        )?;
         let layers = doc["layers"].as_array().cloned().unwrap_or_default();
         for l in &layers {
-            let d = l["digest"].as_str().ok_or_else(|| bad("layer without digest"))?;
+            let d = l["digest"].as_str().ok_or(ImageError::Malformed("layer without digest"))?;
             let media = l["mediaType"].as_str().unwrap_or("");
             let path = blob(layout, d)?;
             let f = File::open(&path).map_err(|source| ImageError::Io { path: path.clone(), source })?;
@@ -292,7 +325,7 @@ fn apply_layout(layout: &Path, root: &Root, limits: &UnpackLimits) -> Result<Ima
             } else if media.ends_with("tar") || media.is_empty() {
                 Box::new(BufReader::new(f))
             } else {
-                return Err(bad(format!("layer {d}: media type {media:?} is not supported (tar or tar+gzip)")));
+                return Err(ImageError::LayerMediaType { digest: d.to_string(), media: media.to_string() });
             };
             apply_layer(reader, root, &mut budget)
                 .map_err(|e| ImageError::Layer { digest: d.to_string(), source: Box::new(e) })?;
@@ -307,7 +340,7 @@ fn apply_layout(layout: &Path, root: &Root, limits: &UnpackLimits) -> Result<Ima
             unpacked_bytes: 0,
         });
     }
-    Err(bad("image indexes nested too deep"))
+    Err(ImageError::Malformed("image indexes nested too deep"))
 }
 
 /// Applies one layer tar on top of the root.
@@ -325,7 +358,7 @@ fn apply_layer(reader: impl Read, root: &Root, budget: &mut Budget) -> Result<()
 }
 
 fn apply_entries<R: Read>(ar: &mut tar::Archive<R>, root: &Root, budget: &mut Budget) -> Result<(), ImageError> {
-    let broken = |e: std::io::Error| bad(format!("unreadable tar: {e}"));
+    let broken = ImageError::NotTar;
     // entries this layer wrote: an opaque whiteout hides the lower layers' entries, not these
     let mut written: HashSet<Vec<OsString>> = HashSet::new();
     let mut opaque: Vec<Vec<OsString>> = Vec::new();
@@ -366,11 +399,13 @@ fn apply_entries<R: Read>(ar: &mut tar::Archive<R>, root: &Root, budget: &mut Bu
                 }
             }
             tar::EntryType::Symlink => {
-                let target = entry.link_name().map_err(broken)?.ok_or_else(|| bad("symlink without target"))?;
+                let target =
+                    entry.link_name().map_err(broken)?.ok_or(ImageError::Malformed("symlink without target"))?;
                 root.symlink(&comps, &target)?;
             }
             tar::EntryType::Link => {
-                let target = entry.link_name().map_err(broken)?.ok_or_else(|| bad("hard link without target"))?;
+                let target =
+                    entry.link_name().map_err(broken)?.ok_or(ImageError::Malformed("hard link without target"))?;
                 root.hardlink(&comps, &rootfs::clean(&target)?)?;
             }
             // devices and FIFOs have no place in a job's root (its /dev is the sandbox's own)

@@ -14,6 +14,7 @@
 //! the buyer refunds the deal after expiry.
 
 mod conjunction;
+mod failure;
 pub mod image;
 pub mod images;
 mod literal_cmp;
@@ -46,9 +47,10 @@ use bdc_core::{
     BlobFormat, Hash,
     jobs::{
         Engine, JOBS_PROTOCOL_VERSION, JobPayment, JobRequest, JobResult, JobSpec, JobUpdate, MAX_COMMAND_BYTES,
-        MAX_REQUEST_BYTES, MAX_SQL_BYTES, codes, decode, frame, table_kind,
+        MAX_REQUEST_BYTES, MAX_SQL_BYTES, frame, table_kind,
     },
     paid::SignedReceipt,
+    wire::HasErrorCode,
 };
 use iroh::{
     EndpointId,
@@ -58,6 +60,7 @@ use iroh::{
 use iroh_blobs::{format::collection::Collection, store::fs::FsStore};
 use tokio::sync::{Mutex, Semaphore};
 
+pub use failure::{FailureKind, JobFailure};
 use payment::{admit_job_deal, job_needs, take_receipt};
 use run::{ResultCap, collection_hashes, receive_image, run_container_job, run_job};
 pub use sandbox::Limits;
@@ -138,11 +141,11 @@ pub(crate) async fn dataset_files(
     root: Hash,
     format: BlobFormat,
     name: &str,
-) -> Result<Vec<(String, Hash)>, String> {
+) -> Result<Vec<(String, Hash)>, Box<dyn std::error::Error + Send + Sync>> {
     if format == BlobFormat::Raw {
         return Ok(vec![(name.to_string(), root)]);
     }
-    let c = Collection::load(root, store.as_ref()).await.map_err(|e| e.to_string())?;
+    let c = Collection::load(root, store.as_ref()).await.map_err(Box::new)?;
     Ok(c.iter().map(|(n, h)| (n.clone(), *h)).collect())
 }
 
@@ -253,23 +256,27 @@ impl ProtocolHandler for JobsProtocol {
 }
 
 /// A failure on the way: code and reason.
-type Fail = (u32, String);
+pub(crate) type Fail = JobFailure;
 
-async fn send_update(send: &mut SendStream, u: &JobUpdate) -> Result<(), String> {
-    send.write_all(&frame(u)).await.map_err(|e| format!("buyer went away: {e}"))
+/// The buyer's stream broke while the provider answered.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StreamError {
+    #[error("buyer went away: {0}")]
+    Write(#[from] iroh::endpoint::WriteError),
+    #[error("cannot finish the stream: {0}")]
+    Finish(#[from] iroh::endpoint::ClosedStream),
+}
+
+async fn send_update(send: &mut SendStream, u: &JobUpdate) -> Result<(), StreamError> {
+    Ok(send.write_all(&frame(u)).await?)
 }
 
 async fn read_request(recv: &mut RecvStream) -> Result<JobRequest, Fail> {
-    let malformed = |r: String| (codes::MALFORMED_REQUEST, r);
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.map_err(|e| malformed(format!("cannot read the request: {e}")))?;
-    let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_REQUEST_BYTES {
-        return Err(malformed(format!("request of {n} bytes exceeds the {MAX_REQUEST_BYTES}-byte limit")));
+    match bdc_core::jobs::read(recv, MAX_REQUEST_BYTES).await {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(JobFailure::new(FailureKind::Malformed, "the stream ended before the request")),
+        Err(e) => Err(JobFailure::caused(FailureKind::Malformed, "cannot read the request", e)),
     }
-    let mut body = vec![0u8; n];
-    recv.read_exact(&mut body).await.map_err(|e| malformed(format!("cannot read the request: {e}")))?;
-    decode(&body, MAX_REQUEST_BYTES).map_err(|e| malformed(e.to_string()))
 }
 
 async fn serve_job(
@@ -278,7 +285,7 @@ async fn serve_job(
     conn: Connection,
     mut send: SendStream,
     mut recv: RecvStream,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     // a buyer that goes away cancels its job, queued or running: dropping the job stops its
     // container (`sandbox::run`) and frees its queue slot and run permit
     let accepted = tokio::select! {
@@ -290,20 +297,20 @@ async fn serve_job(
     };
     let (update, paid) = match accepted {
         Ok(u) => u,
-        Err((code, reason)) => (JobUpdate::Failed { code, reason }, None),
+        Err(f) => (JobUpdate::Failed { code: f.code(), reason: f.reason }, None),
     };
     send_update(&mut send, &update).await?;
     if let (JobUpdate::Done(_), Some((deal, price))) = (&update, paid) {
         let last = match take_receipt(&shared, &deal, price, &mut recv).await {
             Ok(amount) => JobUpdate::Receipted { amount },
-            Err((code, reason)) => {
-                tracing::warn!(deal = %deal.id, %peer, code, "no payment for a finished job: {reason}");
-                JobUpdate::Failed { code, reason }
+            Err(f) => {
+                tracing::warn!(deal = %deal.id, %peer, code = f.code(), "no payment for a finished job: {f}");
+                JobUpdate::Failed { code: f.code(), reason: f.reason }
             }
         };
         send_update(&mut send, &last).await?;
     }
-    send.finish().map_err(|e| e.to_string())?;
+    send.finish()?;
     // wait until the buyer has read everything (or gone)
     let _ = send.stopped().await;
     Ok(())
@@ -321,38 +328,42 @@ async fn accept_job(
 ) -> Result<(JobUpdate, PaidJob), Fail> {
     let mut req = read_request(recv).await?;
     if req.version != JOBS_PROTOCOL_VERSION {
-        return Err((
-            codes::UNSUPPORTED_VERSION,
+        return Err(JobFailure::new(
+            FailureKind::UnsupportedVersion,
             format!("protocol version {} is not supported (this provider speaks {JOBS_PROTOCOL_VERSION})", req.version),
         ));
     }
     match &req.spec {
         JobSpec::Sql { query, .. } if query.len() > MAX_SQL_BYTES => {
-            return Err((codes::MALFORMED_REQUEST, format!("query of {} bytes exceeds {MAX_SQL_BYTES}", query.len())));
+            return Err(JobFailure::new(
+                FailureKind::Malformed,
+                format!("query of {} bytes exceeds {MAX_SQL_BYTES}", query.len()),
+            ));
         }
         JobSpec::Container { cmd, .. } if cmd.iter().map(|a| a.len() + 1).sum::<usize>() > MAX_COMMAND_BYTES => {
-            return Err((codes::MALFORMED_REQUEST, format!("command line exceeds {MAX_COMMAND_BYTES} bytes")));
+            return Err(JobFailure::new(
+                FailureKind::Malformed,
+                format!("command line exceeds {MAX_COMMAND_BYTES} bytes"),
+            ));
         }
         _ => {}
     }
     if let JobSpec::Sql { engine: Engine::Ballista, .. } = &req.spec
         && !cfg!(feature = "ballista")
     {
-        return Err((
-            codes::UNSUPPORTED_JOB,
-            "this provider runs SQL on DataFusion only: it was built without Ballista (cargo feature `ballista`)"
-                .into(),
+        return Err(JobFailure::new(
+            FailureKind::UnsupportedJob,
+            "this provider runs SQL on DataFusion only: it was built without Ballista (cargo feature `ballista`)",
         ));
     }
-    let ds = shared
-        .datasets
-        .get(&req.dataset)
-        .ok_or_else(|| (codes::UNKNOWN_DATASET, format!("dataset {} is not served here", req.dataset)))?;
+    let ds = shared.datasets.get(&req.dataset).ok_or_else(|| {
+        JobFailure::new(FailureKind::UnknownDataset, format!("dataset {} is not served here", req.dataset))
+    })?;
     // a full queue refuses before anything is paid for or uploaded
     let ahead = shared.waiting.fetch_add(1, Ordering::SeqCst);
     let _slot = Slot(&shared.waiting);
     if ahead >= shared.cfg.max_queue {
-        return Err((codes::BUSY, format!("{ahead} jobs are queued or running; try again later")));
+        return Err(JobFailure::new(FailureKind::Busy, format!("{ahead} jobs are queued or running; try again later")));
     }
     let mut paid = None;
     let mut cap = ResultCap { bytes: shared.cfg.max_result_bytes, priced: None };
@@ -360,8 +371,8 @@ async fn accept_job(
         req.payment = None;
     } else {
         let (Some(price), Some(pay)) = (shared.cfg.job_price, &shared.pay) else {
-            return Err((
-                codes::UNKNOWN_DATASET,
+            return Err(JobFailure::new(
+                FailureKind::UnknownDataset,
                 format!("dataset {} is sold here; this provider runs jobs on free datasets only", req.dataset),
             ));
         };
@@ -382,7 +393,10 @@ async fn accept_job(
         cap = ResultCap::sold(shared.cfg.max_result_bytes, price, pay.price_per_byte);
     }
     if matches!(req.spec, JobSpec::Sql { .. }) && !ds.files.iter().any(|(n, _)| table_kind(n).is_some()) {
-        return Err((codes::QUERY_REFUSED, format!("dataset {} has no Parquet, CSV or JSON-lines files", req.dataset)));
+        return Err(JobFailure::new(
+            FailureKind::QueryRefused,
+            format!("dataset {} has no Parquet, CSV or JSON-lines files", req.dataset),
+        ));
     }
     // a container's image: cached, or uploaded by the buyer now (before the job takes a slot)
     let image = match &req.spec {
@@ -393,9 +407,12 @@ async fn accept_job(
     };
     let job_id: [u8; 32] = rand::random();
     let running = ahead.saturating_sub(shared.cfg.concurrency.max(1) - 1) as u32;
-    send_update(send, &JobUpdate::Queued { job_id, ahead: running }).await.map_err(|e| (codes::INTERNAL, e))?;
-    let _permit = shared.permits.acquire().await.map_err(|_| (codes::INTERNAL, "runner closed".to_string()))?;
-    send_update(send, &JobUpdate::Running).await.map_err(|e| (codes::INTERNAL, e))?;
+    send_update(send, &JobUpdate::Queued { job_id, ahead: running })
+        .await
+        .map_err(|e| JobFailure::internal("cannot answer", e))?;
+    let _permit =
+        shared.permits.acquire().await.map_err(|_| JobFailure::new(FailureKind::Internal, "runner closed"))?;
+    send_update(send, &JobUpdate::Running).await.map_err(|e| JobFailure::internal("cannot answer", e))?;
     let started = Instant::now();
     let res = match &image {
         Some(img) => run_container_job(shared, &req, ds, job_id, peer, &img.image, cap).await,
@@ -404,36 +421,16 @@ async fn accept_job(
     let ms = started.elapsed().as_millis() as u64;
     match &res {
         Ok(r) => tracing::info!(job = %hex::encode(job_id), dataset = %req.dataset, rows = r.rows, ms, "job done"),
-        Err((code, reason)) => {
+        Err(f) => {
+            let (code, reason) = (f.code(), &f.reason);
             tracing::info!(job = %hex::encode(job_id), dataset = %req.dataset, code, reason, ms, "job failed")
         }
     }
     // a failed job on a sold dataset is not paid: what it says must not carry the data
-    let result = res.map_err(|f| if paid.is_some() { unpaid_failure(f) } else { f })?;
-    let signed = bdc_contracts::jobs::sign_job_result(&shared.cfg.signer, result).map_err(|e| (codes::INTERNAL, e))?;
+    let result = res.map_err(|f| if paid.is_some() { f.unpaid() } else { f })?;
+    let signed = bdc_contracts::jobs::sign_job_result(&shared.cfg.signer, result)
+        .map_err(|e| JobFailure::internal("cannot answer", e))?;
     Ok((JobUpdate::Done(Box::new(signed)), paid))
-}
-
-/// What the buyer of a failed job on a sold dataset is told. A failed job is not paid, and a
-/// query's run-time error quotes values (`Cannot cast string 'BTC-USD' …`), a program's stderr
-/// anything it read: one job at a time, for nothing, they would hand out the dataset. Reasons
-/// the provider writes itself, or that come from planning (no data is read then), stay.
-fn unpaid_failure((code, reason): Fail) -> Fail {
-    match code {
-        codes::QUERY_REFUSED
-        | codes::MEMORY_LIMIT
-        | codes::TIME_LIMIT
-        | codes::RESULT_TOO_LARGE
-        | codes::SANDBOX
-        | codes::MALFORMED_REQUEST => (code, reason),
-        _ => (
-            code,
-            format!(
-                "{}; the details are not returned for jobs on a sold dataset (they could carry its data, and a failed job is not paid)",
-                codes::name(code)
-            ),
-        ),
-    }
 }
 
 /// The store tag of a job's result: `bdc-job/<job id>/<buyer's EndpointId>`, hex. The result is

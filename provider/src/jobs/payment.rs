@@ -15,17 +15,17 @@ pub(super) async fn admit_job_deal(
 ) -> Result<Deal, Fail> {
     let admitted = pay.admit(p, peer, price, dataset).await.map_err(|e| match e {
         crate::paid::admission::AdmitError::Chain(_) | crate::paid::admission::AdmitError::Ledger(_) => {
-            (codes::INTERNAL, e.to_string())
+            JobFailure::from_error(FailureKind::Internal, e)
         }
-        _ => (codes::BAD_DEAL, e.to_string()),
+        _ => JobFailure::from_error(FailureKind::BadDeal, e),
     })?;
     let deal = admitted.deal;
     let (id, t) = (deal.id, &deal.terms);
     // the receipt comes after the queue, the run and the buyer's fetch: it must still be
     // redeemable then (the redeemer also needs the expiry margin admission checked)
     if admitted.now + needs.as_secs() >= t.expiry {
-        return Err((
-            codes::BAD_DEAL,
+        return Err(JobFailure::new(
+            FailureKind::BadDeal,
             format!(
                 "deal {id} expires too soon: in {} s, and the queue, run and receipt may take {} s",
                 t.expiry.saturating_sub(admitted.now),
@@ -43,9 +43,9 @@ pub(super) async fn admit_job_deal(
                 e.reserved = 1;
             }
         })
-        .map_err(|e| (codes::INTERNAL, e.to_string()))?;
+        .map_err(|e| JobFailure::from_error(FailureKind::Internal, e))?;
     if !fresh {
-        return Err((codes::BAD_DEAL, format!("deal {id} was already used for a job")));
+        return Err(JobFailure::new(FailureKind::BadDeal, format!("deal {id} was already used for a job")));
     }
     Ok(deal)
 }
@@ -70,23 +70,15 @@ pub(super) async fn take_receipt(
     price: u128,
     recv: &mut RecvStream,
 ) -> Result<u128, Fail> {
-    let pay = shared.pay.as_ref().ok_or((codes::INTERNAL, "no payments configured".to_string()))?;
-    let bad = |r: String| (codes::BAD_DEAL, r);
-    let read = async {
-        let mut len = [0u8; 4];
-        recv.read_exact(&mut len).await.map_err(|e| format!("no receipt: {e}"))?;
-        let n = u32::from_be_bytes(len) as usize;
-        if n > MAX_REQUEST_BYTES {
-            return Err(format!("receipt of {n} bytes exceeds the limit"));
-        }
-        let mut body = vec![0u8; n];
-        recv.read_exact(&mut body).await.map_err(|e| format!("no receipt: {e}"))?;
-        decode::<SignedReceipt>(&body, MAX_REQUEST_BYTES).map_err(|e| e.to_string())
+    let pay = shared.pay.as_ref().ok_or(JobFailure::new(FailureKind::Internal, "no payments configured"))?;
+    let bad = |r: String| JobFailure::new(FailureKind::BadDeal, r);
+    let read = bdc_core::jobs::read::<SignedReceipt, _>(recv, MAX_REQUEST_BYTES);
+    let r = match tokio::time::timeout(shared.cfg.receipt_timeout, read).await {
+        Err(_) => return Err(bad(format!("no receipt within {:?}", shared.cfg.receipt_timeout))),
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return Err(bad("the stream ended without a receipt".into())),
+        Ok(Err(e)) => return Err(JobFailure::caused(FailureKind::BadDeal, "no receipt", e)),
     };
-    let r = tokio::time::timeout(shared.cfg.receipt_timeout, read)
-        .await
-        .map_err(|_| bad(format!("no receipt within {:?}", shared.cfg.receipt_timeout)))?
-        .map_err(bad)?;
     if r.deal_id != deal.id.0 {
         return Err(bad(format!("receipt names deal {}, not {}", B256::from(r.deal_id), deal.id)));
     }
@@ -106,7 +98,7 @@ pub(super) async fn take_receipt(
                 e.sig = sig.clone();
             }
         })
-        .map_err(|e| (codes::INTERNAL, e.to_string()))?;
+        .map_err(|e| JobFailure::from_error(FailureKind::Internal, e))?;
     let _ = pay.redeem_tx.send(deal.id);
     tracing::info!(deal = %deal.id, amount = r.cumulative, "job receipt stored");
     Ok(r.cumulative)

@@ -42,18 +42,17 @@ pub(super) async fn run_job(
     owner: EndpointId,
     cap: ResultCap,
 ) -> Result<JobResult, Fail> {
-    let internal = |e: String| (codes::INTERNAL, e);
     let started_ms = now_ms();
-    let data = materialize(shared, req.dataset, ds).await.map_err(internal)?;
+    let data = materialize(shared, req.dataset, ds).await?;
     let JobSpec::Sql { query, format, engine } = &req.spec else {
-        return Err(internal("not a SQL job".into()));
+        return Err(JobFailure::new(FailureKind::Internal, "not a SQL job"));
     };
     let id = hex::encode(&job_id[..8]);
     let job_dir = shared.dir.join("run").join(&id);
     let _cleanup = RemoveOnDrop(job_dir.clone());
     let JobDirs { input, out, bundle, out_mount } = job_dirs(&job_dir, cap.bytes)?;
     std::fs::write(input.join("query.sql"), query)
-        .map_err(|e| internal(format!("cannot write {}: {e}", input.display())))?;
+        .map_err(|e| JobFailure::internal(format_args!("cannot write {}", input.display()), e))?;
     let limits = &shared.cfg.limits;
     let result_name = format!("result.{}", format.extension());
     // DataFusion's pool is the soft limit that fails a query cleanly; the cgroup is the hard one
@@ -101,7 +100,7 @@ pub(super) async fn run_job(
     if *engine == Engine::Ballista {
         // Ballista's scheduler and executor talk gRPC over `localhost`: name it (the root has no /etc)
         let etc = input.join("etc");
-        let io = |e: std::io::Error| internal(format!("cannot write {}: {e}", etc.display()));
+        let io = |e: std::io::Error| JobFailure::internal(format_args!("cannot write {}", etc.display()), e);
         std::fs::create_dir_all(&etc).map_err(io)?;
         std::fs::write(etc.join("hosts"), "127.0.0.1 localhost\n::1 localhost\n").map_err(io)?;
         std::fs::write(etc.join("nsswitch.conf"), "hosts: files dns\n").map_err(io)?;
@@ -110,10 +109,10 @@ pub(super) async fn run_job(
     }
     limits.file_bytes = Some(cap.bytes);
     sandbox::write_bundle(&bundle, None, &args, &env, "/", &binds, &limits)
-        .map_err(|e| (codes::SANDBOX, e.to_string()))?;
+        .map_err(|e| JobFailure::from_error(FailureKind::Sandbox, e))?;
     let outcome = sandbox::run(&shared.cfg.runc, &bundle, &format!("bdc-job-{id}"), &limits)
         .await
-        .map_err(|e| (codes::SANDBOX, e.to_string()))?;
+        .map_err(|e| JobFailure::from_error(FailureKind::Sandbox, e))?;
     if out_mount.is_full() {
         return Err(out_full(cap));
     }
@@ -122,18 +121,23 @@ pub(super) async fn run_job(
         Ok(r) => r,
         // a write error of the worker's CSV writer arrives as text; a result file that reached
         // the file-size limit says what happened
-        Err((code, reason))
-            if code == codes::RESULT_TOO_LARGE
-                || (code == codes::QUERY_FAILED && std::fs::metadata(&path).is_ok_and(|m| m.len() >= cap.bytes)) =>
+        Err(f)
+            if f.kind == FailureKind::ResultTooLarge
+                || (f.kind == FailureKind::QueryFailed
+                    && std::fs::metadata(&path).is_ok_and(|m| m.len() >= cap.bytes)) =>
         {
-            return Err((codes::RESULT_TOO_LARGE, format!("the result reached the limit of {cap} ({reason})")));
+            return Err(JobFailure::new(
+                FailureKind::ResultTooLarge,
+                format!("the result reached the limit of {cap} ({})", f.reason),
+            ));
         }
         Err(e) => return Err(e),
     };
-    let bytes =
-        std::fs::metadata(&path).map_err(|e| (codes::QUERY_FAILED, format!("the job wrote no result: {e}")))?.len();
+    let bytes = std::fs::metadata(&path)
+        .map_err(|e| JobFailure::new(FailureKind::QueryFailed, format!("the job wrote no result: {e}")))?
+        .len();
     if bytes > cap.bytes {
-        return Err((codes::RESULT_TOO_LARGE, format!("result of {bytes} bytes exceeds {cap}")));
+        return Err(JobFailure::new(FailureKind::ResultTooLarge, format!("result of {bytes} bytes exceeds {cap}")));
     }
     let tag = result_tag(job_id, owner);
     let content = shared
@@ -142,7 +146,7 @@ pub(super) async fn run_job(
         .add_path(&path)
         .with_named_tag(tag.as_bytes())
         .await
-        .map_err(|e| internal(format!("cannot store the result: {e}")))?;
+        .map_err(|e| JobFailure::internal("cannot store the result", e))?;
     shared.free.write().expect("free set lock").add_owned_blob(content.hash, owner);
     Ok(manifest(req, job_id, report.engine, content.hash, report.rows, bytes, started_ms))
 }
@@ -158,30 +162,34 @@ pub(super) fn worker_outcome(
         s.trim().lines().last().unwrap_or("").chars().take(2000).collect::<String>()
     };
     match outcome {
-        sandbox::Outcome::Exited { code: 0, stdout, .. } => serde_json::from_slice(&stdout)
-            .map_err(|e| (codes::INTERNAL, format!("worker report is not readable: {e}: {}", tail(&stdout)))),
+        sandbox::Outcome::Exited { code: 0, stdout, .. } => serde_json::from_slice(&stdout).map_err(|e| {
+            JobFailure::new(FailureKind::Internal, format!("worker report is not readable: {e}: {}", tail(&stdout)))
+        }),
         sandbox::Outcome::Exited { code: worker::FAILURE_EXIT, stderr, .. } => {
             match serde_json::from_str::<worker::WorkerFailure>(&tail(&stderr)) {
-                Ok(f) => Err((f.code, f.reason)),
-                Err(_) => Err((codes::QUERY_FAILED, tail(&stderr))),
+                Ok(f) => Err(JobFailure::new(FailureKind::from_code(f.code), f.reason)),
+                Err(_) => Err(JobFailure::new(FailureKind::QueryFailed, tail(&stderr))),
             }
         }
         sandbox::Outcome::Exited { code: 153, .. } => {
-            Err((codes::RESULT_TOO_LARGE, format!("the result file grew past the limit of {cap}")))
+            Err(JobFailure::new(FailureKind::ResultTooLarge, format!("the result file grew past the limit of {cap}")))
         }
-        sandbox::Outcome::Exited { code, stderr, .. } => {
-            Err((codes::QUERY_FAILED, format!("worker exited with status {code}: {}", tail(&stderr))))
-        }
-        sandbox::Outcome::OutOfMemory { .. } => Err((
-            codes::MEMORY_LIMIT,
+        sandbox::Outcome::Exited { code, stderr, .. } => Err(JobFailure::new(
+            FailureKind::QueryFailed,
+            format!("worker exited with status {code}: {}", tail(&stderr)),
+        )),
+        sandbox::Outcome::OutOfMemory { .. } => Err(JobFailure::new(
+            FailureKind::MemoryLimit,
             format!("killed at the sandbox memory limit of {} MiB", limits.memory_bytes >> 20),
         )),
-        sandbox::Outcome::WallTime => {
-            Err((codes::TIME_LIMIT, format!("ran past the wall-time limit of {} s", limits.wall_time.as_secs_f64())))
-        }
-        sandbox::Outcome::CpuTime => {
-            Err((codes::TIME_LIMIT, format!("used more than the CPU-time limit of {} s", limits.cpu_seconds)))
-        }
+        sandbox::Outcome::WallTime => Err(JobFailure::new(
+            FailureKind::TimeLimit,
+            format!("ran past the wall-time limit of {} s", limits.wall_time.as_secs_f64()),
+        )),
+        sandbox::Outcome::CpuTime => Err(JobFailure::new(
+            FailureKind::TimeLimit,
+            format!("used more than the CPU-time limit of {} s", limits.cpu_seconds),
+        )),
     }
 }
 
@@ -194,7 +202,7 @@ impl Drop for RemoveOnDrop {
 
 /// The dataset's files as plain files under `jobs/datasets/<root>/`, exported (and verified) from
 /// the store once and reused by later jobs.
-pub(super) async fn materialize(shared: &Shared, root: Hash, ds: &JobDataset) -> Result<PathBuf, String> {
+pub(super) async fn materialize(shared: &Shared, root: Hash, ds: &JobDataset) -> Result<PathBuf, JobFailure> {
     let dir = shared.dir.join("datasets").join(&*root.to_hex());
     let _guard = shared.materialize.lock().await;
     if dir.is_dir() {
@@ -202,13 +210,16 @@ pub(super) async fn materialize(shared: &Shared, root: Hash, ds: &JobDataset) ->
     }
     let tmp = shared.dir.join("datasets").join(format!(".{}.tmp", root.to_hex()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let create = |p: &Path| {
+        std::fs::create_dir_all(p).map_err(|e| JobFailure::internal(format_args!("cannot create {}", p.display()), e))
+    };
+    create(&tmp)?;
     for (name, hash) in &ds.files {
         // names were checked at publish time; check again, they become paths
-        bdc_core::paths::check_name(name).map_err(|e| e.to_string())?;
+        bdc_core::paths::check_name(name).map_err(|e| JobFailure::internal("a dataset file name is refused", e))?;
         let target = tmp.join(name);
         if let Some(p) = target.parent() {
-            std::fs::create_dir_all(p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+            create(p)?;
         }
         shared
             .store
@@ -216,9 +227,10 @@ pub(super) async fn materialize(shared: &Shared, root: Hash, ds: &JobDataset) ->
             .export(*hash, &target)
             .finish()
             .await
-            .map_err(|e| format!("cannot export {name} of dataset {root}: {e}"))?;
+            .map_err(|e| JobFailure::internal(format_args!("cannot export {name} of dataset {root}"), e))?;
     }
-    std::fs::rename(&tmp, &dir).map_err(|e| format!("cannot move {} into place: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &dir)
+        .map_err(|e| JobFailure::internal(format_args!("cannot move {} into place", tmp.display()), e))?;
     Ok(dir)
 }
 
@@ -235,15 +247,17 @@ pub(super) struct JobDirs {
 /// Prepares a job's directories; `out/` holds at most `out_bytes`.
 pub(super) fn job_dirs(job_dir: &Path, out_bytes: u64) -> Result<JobDirs, Fail> {
     let (input, out, bundle) = (job_dir.join("in"), job_dir.join("out"), job_dir.join("bundle"));
-    let io = |e: std::io::Error| (codes::INTERNAL, format!("cannot prepare job directory {}: {e}", job_dir.display()));
+    let io = |e: std::io::Error| {
+        JobFailure::new(FailureKind::Internal, format!("cannot prepare job directory {}: {e}", job_dir.display()))
+    };
     std::fs::create_dir_all(&input).map_err(io)?;
     std::fs::create_dir_all(&out).map_err(io)?;
     // tmpfs counts whole pages per file: room for the cap in pages plus a few more, so a result
     // just under the cap does not look like a job that filled /out; the cap itself is checked
     // on the bytes written (and per file by RLIMIT_FSIZE)
     let room = out_bytes.div_ceil(PAGE).saturating_add(OUT_SPARE_PAGES).saturating_mul(PAGE);
-    let out_mount =
-        sandbox::BoundedDir::mount(&out, room, sandbox::JOB_UID).map_err(|e| (codes::SANDBOX, e.to_string()))?;
+    let out_mount = sandbox::BoundedDir::mount(&out, room, sandbox::JOB_UID)
+        .map_err(|e| JobFailure::from_error(FailureKind::Sandbox, e))?;
     Ok(JobDirs { input, out, bundle, out_mount })
 }
 
@@ -253,7 +267,10 @@ pub(super) const OUT_SPARE_PAGES: u64 = 16;
 
 /// The failure of a job that filled its `/out`, whatever it did next.
 pub(super) fn out_full(cap: ResultCap) -> Fail {
-    (codes::RESULT_TOO_LARGE, format!("the job filled /out: it holds at most {cap} (or {} files)", sandbox::OUT_INODES))
+    JobFailure::new(
+        FailureKind::ResultTooLarge,
+        format!("the job filled /out: it holds at most {cap} (or {} files)", sandbox::OUT_INODES),
+    )
 }
 
 /// The most a job's result may hold. On a sold dataset that is also what the job's price buys
@@ -306,52 +323,56 @@ pub(super) async fn receive_image(
         return Ok(img);
     }
     if size > shared.cfg.max_image_bytes {
-        return Err((
-            codes::MALFORMED_REQUEST,
+        return Err(JobFailure::new(
+            FailureKind::Malformed,
             format!("image archive of {size} bytes exceeds this provider's {}-byte limit", shared.cfg.max_image_bytes),
         ));
     }
     let intake = |e: images::IntakeError| match e {
         images::IntakeError::UploadsBusy(_) | images::IntakeError::PeerBusy | images::IntakeError::NoRoom { .. } => {
-            (codes::BUSY, e.to_string())
+            JobFailure::from_error(FailureKind::Busy, e)
         }
-        images::IntakeError::Image(_) => (codes::SANDBOX, e.to_string()),
-        images::IntakeError::Task(_) => (codes::INTERNAL, e.to_string()),
+        images::IntakeError::Image(_) => JobFailure::from_error(FailureKind::Sandbox, e),
+        images::IntakeError::Task(_) => JobFailure::from_error(FailureKind::Internal, e),
     };
     let reservation = shared.images.reserve(size, *peer.as_bytes()).map_err(intake)?;
-    send_update(send, &JobUpdate::SendImage).await.map_err(|e| (codes::INTERNAL, e))?;
+    send_update(send, &JobUpdate::SendImage).await.map_err(|e| JobFailure::internal("cannot answer", e))?;
     let dir = shared.images.dir().to_path_buf();
     let upload = dir.join(format!(".upload-{}", hex::encode(rand::random::<[u8; 8]>())));
     let _cleanup = RemoveOnDrop(upload.clone());
     let receive = async {
         use tokio::io::AsyncWriteExt;
-        let mut f = tokio::fs::File::create(&upload).await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
+        let mut f =
+            tokio::fs::File::create(&upload).await.map_err(|e| JobFailure::from_error(FailureKind::Internal, e))?;
         let mut left = size;
         let mut buf = vec![0u8; 1 << 16];
         while left > 0 {
             let n = (left as usize).min(buf.len());
             recv.read_exact(&mut buf[..n])
                 .await
-                .map_err(|e| (codes::MALFORMED_REQUEST, format!("image upload broke off: {e}")))?;
-            f.write_all(&buf[..n]).await.map_err(|e| (codes::INTERNAL, e.to_string()))?;
+                .map_err(|e| JobFailure::new(FailureKind::Malformed, format!("image upload broke off: {e}")))?;
+            f.write_all(&buf[..n]).await.map_err(|e| JobFailure::from_error(FailureKind::Internal, e))?;
             left -= n as u64;
         }
-        f.flush().await.map_err(|e| (codes::INTERNAL, e.to_string()))
+        f.flush().await.map_err(|e| JobFailure::from_error(FailureKind::Internal, e))
     };
     // a floor of 1 MiB/s (plus 30 s): a slow sender cannot hold an upload slot for the whole
     // timeout with a trickle
     let limit = shared.cfg.image_upload_timeout.min(Duration::from_secs(30 + (size >> 20)));
     tokio::time::timeout(limit, receive).await.map_err(|_| {
-        (codes::MALFORMED_REQUEST, format!("image upload of {size} bytes took longer than {} s", limit.as_secs()))
+        JobFailure::new(
+            FailureKind::Malformed,
+            format!("image upload of {size} bytes took longer than {} s", limit.as_secs()),
+        )
     })??;
     let upload2 = upload.clone();
     let got = tokio::task::spawn_blocking(move || image::file_sha256(&upload2))
         .await
-        .map_err(|e| (codes::INTERNAL, e.to_string()))?
-        .map_err(|e| (codes::INTERNAL, e.to_string()))?;
+        .map_err(|e| JobFailure::from_error(FailureKind::Internal, e))?
+        .map_err(|e| JobFailure::from_error(FailureKind::Internal, e))?;
     if got != *sha {
-        return Err((
-            codes::MALFORMED_REQUEST,
+        return Err(JobFailure::new(
+            FailureKind::Malformed,
             format!("uploaded image has sha256 {}, the request named {}", hex::encode(got), hex::encode(sha)),
         ));
     }
@@ -368,12 +389,11 @@ pub(super) async fn run_container_job(
     img: &image::Image,
     cap: ResultCap,
 ) -> Result<JobResult, Fail> {
-    let internal = |e: String| (codes::INTERNAL, e);
     let JobSpec::Container { cmd, .. } = &req.spec else {
-        return Err(internal("not a container job".into()));
+        return Err(JobFailure::new(FailureKind::Internal, "not a container job"));
     };
     let started_ms = now_ms();
-    let data = materialize(shared, req.dataset, ds).await.map_err(internal)?;
+    let data = materialize(shared, req.dataset, ds).await?;
     let id = hex::encode(&job_id[..8]);
     let job_dir = shared.dir.join("run").join(&id);
     let _cleanup = RemoveOnDrop(job_dir.clone());
@@ -381,7 +401,7 @@ pub(super) async fn run_container_job(
     let mut args = img.info.entrypoint.clone();
     args.extend(if cmd.is_empty() { img.info.cmd.clone() } else { cmd.clone() });
     if args.is_empty() {
-        return Err((codes::MALFORMED_REQUEST, "no command given and the image has none".into()));
+        return Err(JobFailure::new(FailureKind::Malformed, "no command given and the image has none"));
     }
     let mut env = img.info.env.clone();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -395,10 +415,10 @@ pub(super) async fn run_container_job(
     let mut limits = shared.cfg.limits.clone();
     limits.file_bytes = Some(cap.bytes);
     sandbox::write_bundle(&bundle, Some(&img.rootfs), &args, &env, &cwd, &binds, &limits)
-        .map_err(|e| (codes::SANDBOX, e.to_string()))?;
+        .map_err(|e| JobFailure::from_error(FailureKind::Sandbox, e))?;
     let outcome = sandbox::run(&shared.cfg.runc, &bundle, &format!("bdc-job-{id}"), &limits)
         .await
-        .map_err(|e| (codes::SANDBOX, e.to_string()))?;
+        .map_err(|e| JobFailure::from_error(FailureKind::Sandbox, e))?;
     if out_mount.is_full() {
         return Err(out_full(cap));
     }
@@ -410,32 +430,42 @@ pub(super) async fn run_container_job(
     match outcome {
         sandbox::Outcome::Exited { code: 0, .. } => {}
         sandbox::Outcome::Exited { code: 153, .. } => {
-            return Err((codes::RESULT_TOO_LARGE, format!("a file in /out grew past the limit of {cap}")));
+            return Err(JobFailure::new(
+                FailureKind::ResultTooLarge,
+                format!("a file in /out grew past the limit of {cap}"),
+            ));
         }
         sandbox::Outcome::Exited { code, stderr, .. } => {
-            return Err((codes::PROGRAM_FAILED, format!("exited with status {code}: {}", tail(&stderr))));
+            return Err(JobFailure::new(
+                FailureKind::ProgramFailed,
+                format!("exited with status {code}: {}", tail(&stderr)),
+            ));
         }
         other => {
             return Err(worker_outcome(other, &limits, cap)
                 .err()
-                .unwrap_or((codes::INTERNAL, "unexpected outcome".into())));
+                .unwrap_or(JobFailure::new(FailureKind::Internal, "unexpected outcome")));
         }
     }
-    let files = output_files(&out).map_err(|e| (codes::PROGRAM_FAILED, e))?;
+    let files = output_files(&out)?;
     // names count too: the result collection carries them (empty files with data in their
     // names would otherwise pass any cap), as does its hash sequence
     let bytes: u64 = files.iter().map(|(rel, _, n)| n + rel.len() as u64 + 32).sum();
     if bytes > cap.bytes {
-        return Err((codes::RESULT_TOO_LARGE, format!("/out holds {bytes} bytes, over {cap}")));
+        return Err(JobFailure::new(FailureKind::ResultTooLarge, format!("/out holds {bytes} bytes, over {cap}")));
     }
     let blobs = shared.store.blobs();
     let mut tags = Vec::with_capacity(files.len());
     for (name, path, _) in &files {
-        let t = blobs.add_path(path).temp_tag().await.map_err(|e| internal(format!("cannot store {name}: {e}")))?;
+        let t = blobs
+            .add_path(path)
+            .temp_tag()
+            .await
+            .map_err(|e| JobFailure::internal(format_args!("cannot store {name}"), e))?;
         tags.push((name.clone(), t));
     }
     let collection: Collection = tags.iter().map(|(n, t)| (n.clone(), t.hash())).collect();
-    let ctag = collection.store(&shared.store).await.map_err(|e| internal(format!("cannot store the result: {e}")))?;
+    let ctag = collection.store(&shared.store).await.map_err(|e| JobFailure::internal("cannot store the result", e))?;
     let root = ctag.hash();
     let tag = result_tag(job_id, owner);
     shared
@@ -443,39 +473,47 @@ pub(super) async fn run_container_job(
         .tags()
         .set(tag, bdc_core::HashAndFormat { hash: root, format: BlobFormat::HashSeq })
         .await
-        .map_err(|e| internal(format!("cannot tag the result: {e}")))?;
-    let contents = collection_hashes(&shared.store, root).await.map_err(internal)?;
+        .map_err(|e| JobFailure::internal("cannot tag the result", e))?;
+    let contents = collection_hashes(&shared.store, root).await?;
     shared.free.write().expect("free set lock").add_owned_collection(root, contents, owner);
     let engine = format!("{} image {}", shared.runc_version, img.info.manifest_digest);
     Ok(manifest(req, job_id, engine, root, files.len() as u64, bytes, started_ms))
 }
 
 /// A collection's root and every blob of its hash sequence (names blob and files).
-pub(super) async fn collection_hashes(store: &FsStore, root: Hash) -> Result<Vec<Hash>, String> {
-    let bytes = store.blobs().get_bytes(root).await.map_err(|e| e.to_string())?;
-    let seq = iroh_blobs::hashseq::HashSeq::try_from(bytes).map_err(|e| e.to_string())?;
+pub(super) async fn collection_hashes(store: &FsStore, root: Hash) -> Result<Vec<Hash>, JobFailure> {
+    let bytes = store.blobs().get_bytes(root).await.map_err(|e| JobFailure::internal("cannot read the result", e))?;
+    let seq = iroh_blobs::hashseq::HashSeq::try_from(bytes)
+        .map_err(|e| JobFailure::internal("the result is not a collection", e))?;
     Ok(std::iter::once(root).chain(seq.iter()).collect())
 }
 
 /// Every regular file under `out`: (relative name, path, size). A symlink, device or FIFO is
 /// refused: the provider must never read through a link the job planted.
-pub(super) fn output_files(out: &Path) -> Result<Vec<(String, PathBuf, u64)>, String> {
+pub(super) fn output_files(out: &Path) -> Result<Vec<(String, PathBuf, u64)>, JobFailure> {
+    let failed =
+        |what: std::fmt::Arguments<'_>, e: std::io::Error| JobFailure::caused(FailureKind::ProgramFailed, what, e);
     let mut files = Vec::new();
     let mut stack = vec![out.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|e| format!("cannot read {}: {e}", d.display()))?;
+        let rd = std::fs::read_dir(&d).map_err(|e| failed(format_args!("cannot read {}", d.display()), e))?;
         for e in rd {
-            let e = e.map_err(|e| e.to_string())?;
+            let e = e.map_err(|e| failed(format_args!("cannot read {}", d.display()), e))?;
             let p = e.path();
-            let m = std::fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
-            let rel = p.strip_prefix(out).map_err(|e| e.to_string())?.to_string_lossy().into_owned();
+            let m =
+                std::fs::symlink_metadata(&p).map_err(|e| failed(format_args!("cannot read {}", p.display()), e))?;
+            let rel = p.strip_prefix(out).unwrap_or(&p).to_string_lossy().into_owned();
             if m.is_dir() {
                 stack.push(p);
             } else if m.is_file() {
-                bdc_core::paths::check_name(&rel).map_err(|e| format!("output name refused: {e}"))?;
+                bdc_core::paths::check_name(&rel)
+                    .map_err(|e| JobFailure::caused(FailureKind::ProgramFailed, "output name refused", e))?;
                 files.push((rel, p, m.len()));
             } else {
-                return Err(format!("/out/{rel} is not a regular file (links, devices and pipes are not results)"));
+                return Err(JobFailure::new(
+                    FailureKind::ProgramFailed,
+                    format!("/out/{rel} is not a regular file (links, devices and pipes are not results)"),
+                ));
             }
         }
     }

@@ -98,8 +98,11 @@ pub enum SandboxError {
     Spawn { runc: String, source: std::io::Error },
     #[error("cannot mount a size-bounded /out at {path} (runc jobs need root): {source}")]
     Mount { path: PathBuf, source: std::io::Error },
-    #[error("runc could not start the job: {0}")]
-    Runc(String),
+    #[error("runc could not be waited for: {0}")]
+    Wait(#[source] std::io::Error),
+    /// runc itself failed (its own error text, from its stderr).
+    #[error("runc could not start the job: {stderr}")]
+    Runc { stderr: String },
 }
 
 /// Largest stdout/stderr kept from a job.
@@ -602,7 +605,7 @@ pub async fn run(runc: &str, bundle: &Path, id: &str, limits: &Limits) -> Result
     if timed_out {
         return Ok(Outcome::WallTime);
     }
-    let status = status.expect("not timed out").map_err(|e| SandboxError::Runc(e.to_string()))?;
+    let status = status.expect("not timed out").map_err(SandboxError::Wait)?;
     let code = status.code().unwrap_or(-1);
     tracing::debug!(id, code, ms = started.elapsed().as_millis() as u64, "sandboxed job ended");
     // 128 + signal: 9 (SIGKILL: the cgroup's OOM killer, as we did not kill it) or 24 (SIGXCPU)
@@ -612,7 +615,7 @@ pub async fn run(runc: &str, bundle: &Path, id: &str, limits: &Limits) -> Result
         _ => {
             let text = String::from_utf8_lossy(&stderr);
             if code != 0 && text.contains("runc run failed") {
-                return Err(SandboxError::Runc(text.trim().to_string()));
+                return Err(SandboxError::Runc { stderr: text.trim().to_string() });
             }
             Ok(Outcome::Exited { code, stdout, stderr })
         }

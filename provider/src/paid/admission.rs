@@ -31,7 +31,7 @@ use bdc_contracts::{
     client::Terms,
     receipt::{Hello as HelloStruct, hello_signer},
 };
-use bdc_core::{Hash, paid::codes};
+use bdc_core::{Hash, paid::codes, wire::HasErrorCode};
 use iroh::EndpointId;
 
 use super::ledger::{Ledger, LedgerError};
@@ -48,7 +48,7 @@ pub struct SaleTerms {
 #[derive(Debug, thiserror::Error)]
 pub enum AdmitError {
     #[error("the terms sent do not decode: {0}")]
-    BadTerms(String),
+    BadTerms(#[source] alloy::sol_types::Error),
     #[error("the terms sent hash to {computed}, not to deal {claimed}")]
     TermsMismatch { claimed: B256, computed: B256 },
     #[error("the request is not signed by deal {deal}'s buyer {buyer}")]
@@ -87,9 +87,9 @@ pub enum AdmitError {
     Ledger(#[from] LedgerError),
 }
 
-impl AdmitError {
+impl HasErrorCode for AdmitError {
     /// The stable `bdc/paid/1` close code for this refusal.
-    pub fn paid_code(&self) -> u32 {
+    fn code(&self) -> u32 {
         match self {
             Self::BadTerms(_) | Self::TermsMismatch { .. } => codes::MALFORMED_MESSAGE,
             Self::BadSignature { .. } => codes::BAD_HELLO_SIGNATURE,
@@ -184,7 +184,7 @@ pub struct Admitted {
 impl Admission {
     /// Decodes the terms a buyer sent and checks they are deal `id`'s (offline).
     pub fn terms(id: B256, abi: &[u8]) -> Result<Terms, AdmitError> {
-        let terms = Terms::abi_decode(abi).map_err(|e| AdmitError::BadTerms(e.to_string()))?;
+        let terms = Terms::abi_decode(abi).map_err(AdmitError::BadTerms)?;
         let computed = keccak256(abi);
         if computed != id || terms.abi_encode() != abi {
             return Err(AdmitError::TermsMismatch { claimed: id, computed });

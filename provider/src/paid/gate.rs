@@ -136,7 +136,7 @@ impl GatedWriter {
             // the GET was authorized, so the Hello was admitted; wait anyway rather than assume
             self.gate = ready_gate(&self.shared, self.conn_id).await;
         }
-        let gate = self.gate.as_ref().ok_or_else(|| std::io::Error::other("no admitted deal on this connection"))?;
+        let gate = self.gate.as_ref().ok_or_else(|| std::io::Error::other(GateError::NoDeal))?;
         admit_group(&self.shared, self.conn_id, gate, size).await.map_err(std::io::Error::other)?;
         if let Some(rate) = self.shared.cfg.max_rate {
             tokio::time::sleep(Duration::from_secs_f64(size as f64 / rate.max(1) as f64)).await;
@@ -186,19 +186,30 @@ pub(super) async fn ready_gate(shared: &Shared, conn_id: u64) -> Option<Arc<Deal
 /// `sent − receipted ≤ window`, else waits for receipts (up to the stall timeout, then closes the
 /// connection). Before counting, the ledger's persisted bound of sent bytes is raised if needed,
 /// so a restarted provider still accepts receipts for everything that went out.
-pub(super) async fn admit_group(shared: &Shared, conn_id: u64, gate: &DealGate, size: u64) -> Result<(), &'static str> {
+pub(super) async fn admit_group(shared: &Shared, conn_id: u64, gate: &DealGate, size: u64) -> Result<(), GateError> {
+    let res = wait_for_window(shared, gate, size).await;
+    if let Err(e @ (GateError::Expiring | GateError::PaymentTimeout)) = &res {
+        tracing::warn!(deal = %gate.deal.id, "closing the paid connection: {e}");
+        if let Some(c) = shared.conns.lock().expect("conns lock").get(&conn_id) {
+            let code = e.code();
+            c.conn.close(VarInt::from_u32(code), codes::name(code as u64).as_bytes());
+        }
+        let _ = shared.redeem_tx.send(gate.deal.id);
+    }
+    if let Err(e @ GateError::Persist(_)) = &res {
+        tracing::error!(deal = %gate.deal.id, "{e}");
+    }
+    res
+}
+
+/// Counts one group of `size` bytes as sent once the window allows it; see [`admit_group`].
+async fn wait_for_window(shared: &Shared, gate: &DealGate, size: u64) -> Result<(), GateError> {
     let id = gate.deal.id;
     let deadline = tokio::time::Instant::now() + shared.cfg.stall_timeout;
     loop {
         // also after waiting for a receipt: no group goes out inside the expiry margin
         if tokio::time::Instant::now() >= gate.stop_at {
-            tracing::warn!(deal = %id, "deal entered its expiry margin: sending stops");
-            if let Some(c) = shared.conns.lock().expect("conns lock").get(&conn_id) {
-                c.conn
-                    .close(VarInt::from_u32(codes::DEAL_EXPIRING), codes::name(codes::DEAL_EXPIRING as u64).as_bytes());
-            }
-            let _ = shared.redeem_tx.send(id);
-            return Err("deal expiring");
+            return Err(GateError::Expiring);
         }
         let notified = gate.notify.notified();
         let reserve = {
@@ -216,14 +227,10 @@ pub(super) async fn admit_group(shared: &Shared, conn_id: u64, gate: &DealGate, 
         };
         if let Some(r) = reserve {
             let ledger = shared.ledger.clone();
-            let res = tokio::task::spawn_blocking(move || ledger.update(&id, |e| e.reserved = e.reserved.max(r)))
+            tokio::task::spawn_blocking(move || ledger.update(&id, |e| e.reserved = e.reserved.max(r)))
                 .await
-                .map_err(|e| crate::paid::ledger::LedgerError::from_join(&e))
-                .and_then(|r| r);
-            if let Err(e) = res {
-                tracing::error!(deal = %id, "cannot persist sent bytes: {e}");
-                return Err("cannot persist sent bytes");
-            }
+                .map_err(crate::paid::ledger::LedgerError::Task)
+                .and_then(|r| r)?;
             let mut s = gate.state.lock().expect("gate lock");
             s.reserved = s.reserved.max(r);
             continue;
@@ -232,14 +239,7 @@ pub(super) async fn admit_group(shared: &Shared, conn_id: u64, gate: &DealGate, 
             if tokio::time::Instant::now() >= gate.stop_at {
                 continue;
             }
-            tracing::warn!(deal = %id, "buyer stopped paying: closing after the stall timeout");
-            if let Some(c) = shared.conns.lock().expect("conns lock").get(&conn_id) {
-                c.conn.close(
-                    VarInt::from_u32(codes::PAYMENT_TIMEOUT),
-                    codes::name(codes::PAYMENT_TIMEOUT as u64).as_bytes(),
-                );
-            }
-            return Err("payment timeout");
+            return Err(GateError::PaymentTimeout);
         }
     }
 }

@@ -35,17 +35,17 @@ pub struct LedgerEntry {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("receipt ledger: {0}")]
-pub struct LedgerError(String);
-
-impl LedgerError {
-    pub(crate) fn from_join(e: &tokio::task::JoinError) -> Self {
-        LedgerError(format!("ledger task failed: {e}"))
-    }
+pub enum LedgerError {
+    #[error("receipt ledger: {0}")]
+    Db(#[from] redb::Error),
+    #[error("receipt ledger: an entry does not encode or decode: {0}")]
+    Entry(#[from] postcard::Error),
+    #[error("receipt ledger: the ledger task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-fn err(e: impl std::fmt::Display) -> LedgerError {
-    LedgerError(e.to_string())
+fn err(e: impl Into<redb::Error>) -> LedgerError {
+    LedgerError::Db(e.into())
 }
 
 #[derive(Debug)]
@@ -68,7 +68,7 @@ impl Ledger {
         let tx = self.db.begin_read().map_err(err)?;
         let t = tx.open_table(SALES).map_err(err)?;
         let v = t.get(root.as_slice()).map_err(err)?;
-        v.map(|v| postcard::from_bytes(v.value()).map_err(err)).transpose()
+        v.map(|v| postcard::from_bytes(v.value()).map_err(LedgerError::Entry)).transpose()
     }
 
     /// Pins the sale terms of `root`, unless some are pinned already; returns the pinned ones.
@@ -77,13 +77,13 @@ impl Ledger {
         let pinned = {
             let mut t = tx.open_table(SALES).map_err(err)?;
             let existing: Option<([u8; 20], u16)> = match t.get(root.as_slice()).map_err(err)? {
-                Some(v) => Some(postcard::from_bytes(v.value()).map_err(err)?),
+                Some(v) => Some(postcard::from_bytes(v.value()).map_err(LedgerError::Entry)?),
                 None => None,
             };
             match existing {
                 Some(p) => p,
                 None => {
-                    let bytes = postcard::to_stdvec(&terms).map_err(err)?;
+                    let bytes = postcard::to_stdvec(&terms).map_err(LedgerError::Entry)?;
                     t.insert(root.as_slice(), bytes.as_slice()).map_err(err)?;
                     terms
                 }
@@ -100,10 +100,10 @@ impl Ledger {
         let before = {
             let mut t = tx.open_table(SALES).map_err(err)?;
             let before: Option<([u8; 20], u16)> = match t.get(root.as_slice()).map_err(err)? {
-                Some(v) => Some(postcard::from_bytes(v.value()).map_err(err)?),
+                Some(v) => Some(postcard::from_bytes(v.value()).map_err(LedgerError::Entry)?),
                 None => None,
             };
-            let bytes = postcard::to_stdvec(&terms).map_err(err)?;
+            let bytes = postcard::to_stdvec(&terms).map_err(LedgerError::Entry)?;
             t.insert(root.as_slice(), bytes.as_slice()).map_err(err)?;
             before
         };
@@ -115,7 +115,7 @@ impl Ledger {
         let tx = self.db.begin_read().map_err(err)?;
         let t = tx.open_table(DEALS).map_err(err)?;
         let v = t.get(deal.as_slice()).map_err(err)?;
-        v.map(|v| postcard::from_bytes(v.value()).map_err(err)).transpose()
+        v.map(|v| postcard::from_bytes(v.value()).map_err(LedgerError::Entry)).transpose()
     }
 
     /// All entries.
@@ -125,7 +125,7 @@ impl Ledger {
         let mut out = Vec::new();
         for item in t.iter().map_err(err)? {
             let (k, v) = item.map_err(err)?;
-            out.push((B256::from_slice(k.value()), postcard::from_bytes(v.value()).map_err(err)?));
+            out.push((B256::from_slice(k.value()), postcard::from_bytes(v.value()).map_err(LedgerError::Entry)?));
         }
         Ok(out)
     }
@@ -136,11 +136,11 @@ impl Ledger {
         let entry = {
             let mut t = tx.open_table(DEALS).map_err(err)?;
             let mut e: LedgerEntry = match t.get(deal.as_slice()).map_err(err)? {
-                Some(v) => postcard::from_bytes(v.value()).map_err(err)?,
+                Some(v) => postcard::from_bytes(v.value()).map_err(LedgerError::Entry)?,
                 None => LedgerEntry::default(),
             };
             f(&mut e);
-            let bytes = postcard::to_stdvec(&e).map_err(err)?;
+            let bytes = postcard::to_stdvec(&e).map_err(LedgerError::Entry)?;
             t.insert(deal.as_slice(), bytes.as_slice()).map_err(err)?;
             e
         };

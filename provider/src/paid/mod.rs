@@ -20,6 +20,7 @@
 //! chain, many deals per transaction.
 
 pub mod admission;
+mod close;
 mod gate;
 pub mod ledger;
 mod receipts;
@@ -42,11 +43,12 @@ use bdc_contracts::{
 };
 use bdc_core::{
     Hash,
-    paid::{Hello, MAX_MESSAGE_BYTES, PAID_PROTOCOL_VERSION, PaidMessage, SignedReceipt, bytes_for, codes},
+    paid::{Hello, PAID_PROTOCOL_VERSION, PaidMessage, SignedReceipt, bytes_for, codes},
+    wire::HasErrorCode,
 };
 use iroh::{
     EndpointId,
-    endpoint::{Connection, RecvStream, VarInt},
+    endpoint::{Connection, VarInt},
     protocol::{AcceptError, ProtocolHandler},
 };
 use iroh_blobs::{
@@ -62,6 +64,7 @@ use self::{
     admission::{Admission, AdmitError, DealKind},
     ledger::{Ledger, LedgerError},
 };
+pub use close::{CloseReason, GateError, ReceiptRefusal};
 use gate::{DealGate, GateState, gate_events, prune_gates, ready_gate, serve_streams};
 use receipts::{check_receipt, store_receipts};
 
@@ -283,8 +286,16 @@ impl ProtocolHandler for PaidProtocol {
                 conn.close(VarInt::from_u32(codes::DONE), b"done");
                 Some(deal)
             }
-            Err((code, deal)) => {
-                tracing::warn!(%peer, code, reason = codes::name(code as u64), "closing paid connection");
+            Err(closed) => {
+                let (reason, deal) = *closed;
+                let code = reason.code();
+                match &reason {
+                    CloseReason::Ledger(_) => tracing::error!(%peer, code, "closing paid connection: {reason}"),
+                    CloseReason::Admit(e) if matches!(**e, AdmitError::Chain(_) | AdmitError::Ledger(_)) => {
+                        tracing::error!(%peer, code, "closing paid connection: {reason}")
+                    }
+                    _ => tracing::warn!(%peer, code, "closing paid connection: {reason}"),
+                }
                 conn.close(VarInt::from_u32(code), codes::name(code as u64).as_bytes());
                 deal
             }
@@ -303,26 +314,29 @@ impl ProtocolHandler for PaidProtocol {
     }
 }
 
-type ControlResult = Result<B256, (u32, Option<B256>)>;
+/// Ok(deal) when the buyer finished its stream normally; else why the connection closes, and the
+/// deal it was admitted for (boxed: the reason is large, the Ok path is hot).
+type ControlResult = Result<B256, Box<(CloseReason, Option<B256>)>>;
 
 /// Reads Hello and receipts. Ok(deal) when the buyer finished its stream normally.
 async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sender<Ready>) -> ControlResult {
-    let fail = |code| {
+    let fail = |reason: CloseReason| {
         let _ = ready.send(Some(Err(())));
-        Err((code, None))
+        Err(Box::new((reason, None)))
     };
     let mut recv = match tokio::time::timeout(shared.cfg.hello_timeout, conn.accept_uni()).await {
         Ok(Ok(r)) => r,
-        _ => return fail(codes::MALFORMED_MESSAGE),
+        _ => return fail(CloseReason::NoHello),
     };
-    let hello = match read_message(&mut recv).await {
+    let hello = match PaidMessage::read(&mut recv).await {
         Ok(Some(PaidMessage::Hello(h))) => h,
-        Ok(_) => return fail(codes::MALFORMED_MESSAGE),
-        Err(code) => return fail(code),
+        Ok(Some(PaidMessage::Receipt(_))) => return fail(CloseReason::ReceiptBeforeHello),
+        Ok(None) => return fail(CloseReason::NoHelloMessage),
+        Err(e) => return fail(e.into()),
     };
     let (gate, spent) = match admit(&shared, &conn, &hello).await {
         Ok(g) => g,
-        Err(code) => return fail(code),
+        Err(reason) => return fail(reason),
     };
     // a later connection of a deal whose window is all out on bytes nobody receipted: the buyer
     // may owe a receipt it recorded but never sent before it died, and sends it right after its
@@ -331,13 +345,13 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
     let mut first = None;
     if spent {
         let wait = RESUME_RECEIPT_WAIT.min(shared.cfg.hello_timeout);
-        let receipt = match tokio::time::timeout(wait, read_message(&mut recv)).await {
+        let receipt = match tokio::time::timeout(wait, PaidMessage::read(&mut recv)).await {
             Ok(Ok(Some(PaidMessage::Receipt(r)))) => Some(check_receipt(&shared, &gate, &r, 0)),
             _ => None,
         };
         match receipt {
             // a bad receipt is refused as what it is
-            Some(Err(code)) => return fail(code),
+            Some(Err(refusal)) => return fail(refusal.into()),
             Some(Ok(Some(p))) if gate.fits(p.bytes) => first = Some(p),
             other => {
                 // a valid receipt that frees no group is still money owed: store and redeem it
@@ -346,13 +360,12 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
                     let task = store_receipts(shared.clone(), gate.clone(), rx);
                     tx.send_replace(Some(p));
                     drop(tx);
-                    if let Err(code) = task.await {
-                        return fail(code);
+                    if let Err(e) = task.await {
+                        return fail(e.into());
                     }
                     let _ = shared.redeem_tx.send(gate.deal.id);
                 }
-                tracing::warn!(deal = %gate.deal.id, peer = %conn.remote_id(), "deal's window is spent");
-                return fail(codes::WINDOW_SPENT);
+                return fail(CloseReason::WindowSpent(gate.deal.id));
             }
         }
     }
@@ -371,30 +384,35 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
         tokio::select! {
             stored = &mut store => {
                 // the store task only ends early on a failed commit
-                let code = stored.unwrap_or(Err(codes::INTERNAL)).err().unwrap_or(codes::INTERNAL);
-                return Err((code, Some(id)));
+                let reason = match stored {
+                    Ok(Err(e)) => e.into(),
+                    Ok(Ok(())) => CloseReason::ReceiptTaskEnded,
+                    Err(e) => LedgerError::Task(e).into(),
+                };
+                return Err(Box::new((reason, Some(id))));
             }
-            msg = read_message(&mut recv) => match msg {
+            msg = PaidMessage::read(&mut recv) => match msg {
                 Ok(Some(PaidMessage::Receipt(r))) => match check_receipt(&shared, &gate, &r, newest) {
                     Ok(Some(p)) => {
                         newest = p.amount;
                         pending_tx.send_replace(Some(p));
                     }
                     Ok(None) => {}
-                    Err(code) => break Err(code),
+                    Err(refusal) => break Err(CloseReason::from(refusal)),
                 },
-                Ok(Some(PaidMessage::Hello(_))) => break Err(codes::MALFORMED_MESSAGE),
+                Ok(Some(PaidMessage::Hello(_))) => break Err(CloseReason::SecondHello),
                 Ok(None) => break Ok(()),
-                Err(code) => break Err(code),
+                Err(e) => break Err(e.into()),
             },
         }
     };
     // store what was verified before answering, also when closing on an error
     drop(pending_tx);
-    let stored = store.await.unwrap_or(Err(codes::INTERNAL));
+    let stored = store.await.map_err(LedgerError::Task).and_then(|r| r);
     match (end, stored) {
         (Ok(()), Ok(())) => Ok(id),
-        (Err(code), _) | (Ok(()), Err(code)) => Err((code, Some(id))),
+        (Err(reason), _) => Err(Box::new((reason, Some(id)))),
+        (Ok(()), Err(e)) => Err(Box::new((e.into(), Some(id)))),
     }
 }
 
@@ -412,52 +430,24 @@ fn supersede(shared: &Shared, conn: &Connection, deal: B256) {
     }
 }
 
-/// Reads one length-prefixed message; Ok(None) at a clean end of stream.
-async fn read_message(recv: &mut RecvStream) -> Result<Option<PaidMessage>, u32> {
-    let mut len = [0u8; 2];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(iroh::endpoint::ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(_) => return Err(codes::MALFORMED_MESSAGE),
-    }
-    let n = u16::from_be_bytes(len) as usize;
-    if n > MAX_MESSAGE_BYTES {
-        return Err(codes::MALFORMED_MESSAGE);
-    }
-    let mut body = vec![0u8; n];
-    recv.read_exact(&mut body).await.map_err(|_| codes::MALFORMED_MESSAGE)?;
-    PaidMessage::decode(&body).map(Some).map_err(|_| codes::MALFORMED_MESSAGE)
-}
-
 /// How long a connection of a deal whose window is spent waits for a receipt right after the
 /// Hello (the buyer sends it on the same stream, so it arrives within a round trip).
 const RESUME_RECEIPT_WAIT: Duration = Duration::from_secs(1);
 
 /// Checks a Hello (see [`admission`]) and returns the deal's gate, and whether its window is
 /// all out on bytes nobody receipted (a later connection of a deal whose earlier one died).
-async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<(Arc<DealGate>, bool), u32> {
+async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<(Arc<DealGate>, bool), CloseReason> {
     if hello.version != PAID_PROTOCOL_VERSION {
-        return Err(codes::UNSUPPORTED_VERSION);
+        return Err(CloseReason::Version(hello.version));
     }
     let id = B256::from(hello.deal_id);
     let peer = conn.remote_id();
     if hello.buyer_node != *peer.as_bytes() {
-        return Err(codes::BAD_HELLO_SIGNATURE);
+        return Err(CloseReason::NodeMismatch);
     }
     let kind = DealKind::Transfer { min_price: shared.cfg.price_per_byte };
-    let admitted = shared
-        .admission
-        .admit(id, &hello.terms, peer, &hello.sig, kind, |r| shared.datasets.contains_key(r))
-        .await
-        .map_err(|e| {
-            match &e {
-                AdmitError::Chain(_) | AdmitError::Ledger(_) => {
-                    tracing::error!(deal = %id, %peer, "cannot check the deal: {e}")
-                }
-                _ => tracing::warn!(deal = %id, %peer, "refused the deal: {e}"),
-            }
-            e.paid_code()
-        })?;
+    let admitted =
+        shared.admission.admit(id, &hello.terms, peer, &hello.sig, kind, |r| shared.datasets.contains_key(r)).await?;
     let deal = admitted.deal;
     if let Some(g) = shared.deals.lock().expect("deals lock").get(&id).cloned() {
         let receipted = g.state.lock().expect("gate lock").receipted_bytes;
@@ -466,13 +456,13 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<(Arc
     }
     let t = &deal.terms;
     let root = Hash::from_bytes(t.datasetRoot.0);
-    let allowed = shared.datasets.get(&root).cloned().ok_or(codes::NOT_THIS_PROVIDER)?;
+    let allowed = shared.datasets.get(&root).cloned().ok_or(CloseReason::NotSold(id))?;
     // the chain clock says how long until the margin; the gate counts it on the local clock
     // (and the deal watcher re-checks against the chain)
     let until_margin = t.expiry.saturating_sub(shared.cfg.expiry_margin.as_secs()).saturating_sub(admitted.now);
     let stop_at = tokio::time::Instant::now() + Duration::from_secs(until_margin.min(u32::MAX as u64));
     // first connection for this deal in this process: start from the ledger
-    let entry = shared.ledger.get(&id).map_err(|_| codes::INTERNAL)?.unwrap_or_default();
+    let entry = shared.ledger.get(&id)?.unwrap_or_default();
     let price: u128 = t.pricePerByte;
     let receipted_bytes = bytes_for(entry.amount, price);
     let gate = Arc::new(DealGate {
@@ -492,15 +482,12 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<(Arc
         }),
         notify: Notify::new(),
     });
-    shared
-        .ledger
-        .update(&id, |e| {
-            if e.terms_abi.is_empty() {
-                e.terms_abi = deal.terms.abi_encode();
-                e.expiry = t.expiry;
-            }
-        })
-        .map_err(|_| codes::INTERNAL)?;
+    shared.ledger.update(&id, |e| {
+        if e.terms_abi.is_empty() {
+            e.terms_abi = deal.terms.abi_encode();
+            e.expiry = t.expiry;
+        }
+    })?;
     let mut gates = shared.deals.lock().expect("deals lock");
     prune_gates(&mut gates, tokio::time::Instant::now());
     Ok((gates.entry(id).or_insert(gate).clone(), false))

@@ -16,32 +16,27 @@ pub(super) fn check_receipt(
     gate: &DealGate,
     r: &SignedReceipt,
     newest: u128,
-) -> Result<Option<Pending>, u32> {
+) -> Result<Option<Pending>, ReceiptRefusal> {
     let id = gate.deal.id;
     let t = &gate.deal.terms;
     if r.deal_id != id.0 {
-        tracing::warn!(deal = %id, "receipt for another deal");
-        return Err(codes::RECEIPT_FOR_OTHER_DEAL);
+        return Err(ReceiptRefusal::OtherDeal { deal: id, got: B256::from(r.deal_id) });
     }
     let receipt = Receipt { dealId: id, cumulativeAmount: alloy::primitives::U256::from(r.cumulative) };
     // the escrow accepts one form of each signature: store that one, never the bytes sent
     let sig = match receipt_signer_canonical(&shared.chain.domain(), &receipt, &r.sig) {
         Ok((a, canonical)) if a == t.buyer => canonical.to_vec(),
-        _ => {
-            tracing::warn!(deal = %id, "receipt not signed by the buyer");
-            return Err(codes::BAD_RECEIPT_SIGNATURE);
-        }
+        _ => return Err(ReceiptRefusal::BadSignature(id)),
     };
     if r.cumulative > t.maxAmount.to::<u128>() {
-        return Err(codes::RECEIPT_ABOVE_MAX);
+        return Err(ReceiptRefusal::AboveMax { amount: r.cumulative, max: t.maxAmount.to::<u128>() });
     }
     let bytes = bytes_for(r.cumulative, gate.price);
     let s = gate.state.lock().expect("gate lock");
     // a group is counted before it is written, so `sent` (plus what an earlier process may
     // have sent) covers all the buyer can have
     if bytes > s.sent + s.carry {
-        tracing::warn!(deal = %id, bytes, sent = s.sent, carry = s.carry, "receipt for more than was sent");
-        return Err(codes::RECEIPT_ABOVE_SENT);
+        return Err(ReceiptRefusal::AboveSent { bytes, sent: s.sent + s.carry });
     }
     if r.cumulative <= s.receipted_amount.max(newest) {
         return Ok(None);
@@ -56,7 +51,7 @@ pub(super) async fn store_receipts(
     shared: Arc<Shared>,
     gate: Arc<DealGate>,
     mut rx: watch::Receiver<Option<Pending>>,
-) -> Result<(), u32> {
+) -> Result<(), LedgerError> {
     let id = gate.deal.id;
     loop {
         let more = rx.changed().await.is_ok();
@@ -75,12 +70,8 @@ pub(super) async fn store_receipts(
                 })
             })
             .await
-            .map_err(|e| crate::paid::ledger::LedgerError::from_join(&e))
-            .and_then(|r| r)
-            .map_err(|e| {
-                tracing::error!(deal = %id, "cannot store receipt: {e}");
-                codes::INTERNAL
-            })?;
+            .map_err(LedgerError::Task)
+            .and_then(|r| r)?;
             let trigger = {
                 let mut s = gate.state.lock().expect("gate lock");
                 if p.amount > s.receipted_amount {
