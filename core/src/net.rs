@@ -32,10 +32,18 @@ impl Default for NetConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("invalid bind address {addr}: {reason}")]
-    BadBind { addr: SocketAddr, reason: String },
-    #[error("cannot bind iroh endpoint on {addr}: {reason}")]
-    Bind { addr: SocketAddr, reason: String },
+    #[error("invalid bind address {addr}: {source}")]
+    BadBind {
+        addr: SocketAddr,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("cannot bind iroh endpoint on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// Binds an endpoint per `cfg` with the given key and ALPNs.
@@ -48,8 +56,8 @@ pub async fn bind_endpoint(cfg: &NetConfig, key: SecretKey, alpns: Vec<Vec<u8>>)
         .clear_address_lookup()
         .clear_ip_transports()
         .bind_addr(cfg.bind)
-        .map_err(|e| NetError::BadBind { addr: cfg.bind, reason: e.to_string() })?;
-    builder.bind().await.map_err(|e| NetError::Bind { addr: cfg.bind, reason: e.to_string() })
+        .map_err(|e| NetError::BadBind { addr: cfg.bind, source: Box::new(e) })?;
+    builder.bind().await.map_err(|e| NetError::Bind { addr: cfg.bind, source: Box::new(e) })
 }
 
 /// The address others should dial: the endpoint's own view, plus its bound sockets (with an

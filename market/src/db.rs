@@ -6,10 +6,14 @@ use sqlx::{AnyPool, Row, any::AnyPoolOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("cannot open the market database {url}: {reason}")]
-    Open { url: String, reason: String },
+    #[error("cannot open the market database {url}: {source}")]
+    Open {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
     #[error("cannot migrate the market database: {0}")]
-    Migrate(String),
+    Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Query(#[from] sqlx::Error),
 }
@@ -42,12 +46,12 @@ impl Db {
             })
             .connect(url)
             .await
-            .map_err(|e| DbError::Open { url: redact(url), reason: e.to_string() })?;
+            .map_err(|source| DbError::Open { url: redact(url), source })?;
         if backend == "sqlite" {
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
             sqlx::query("PRAGMA synchronous = NORMAL").execute(&pool).await?;
         }
-        sqlx::migrate!("./migrations").run(&pool).await.map_err(|e| DbError::Migrate(e.to_string()))?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool, backend })
     }
 

@@ -31,7 +31,17 @@ pub enum IndexError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("chain: {0}")]
-    Chain(String),
+    Chain(#[from] bdc_contracts::ChainError),
+    #[error("chain: eth_getBlockByNumber({block}) failed: {source}")]
+    Block {
+        block: u64,
+        #[source]
+        source: alloy::transports::TransportError,
+    },
+    #[error("chain: block {0} vanished")]
+    Vanished(u64),
+    #[error("a stored event is unreadable: {0}")]
+    StoredEvent(#[from] serde_json::Error),
 }
 
 impl From<sqlx::Error> for IndexError {
@@ -196,7 +206,7 @@ impl Indexer {
             .provider()
             .get_block_by_number(BlockNumberOrTag::Number(n))
             .await
-            .map_err(|e| IndexError::Chain(format!("eth_getBlockByNumber({n}): {e}")))?;
+            .map_err(|source| IndexError::Block { block: n, source })?;
         Ok(b.map(|b| b.header.hash))
     }
 
@@ -216,7 +226,7 @@ impl Indexer {
                     .provider()
                     .get_block_by_number(BlockNumberOrTag::Number(block))
                     .await
-                    .map_err(|e| IndexError::Chain(format!("eth_getBlockByNumber({block}): {e}")))?
+                    .map_err(|source| IndexError::Block { block, source })?
                     .map(|b| b.header.timestamp)
                     .unwrap_or(0),
             };
@@ -227,7 +237,7 @@ impl Indexer {
 
     /// Indexes the next block range (or rolls back a reorg). Call until `cursor == head`.
     pub async fn step(&self) -> Result<Step, IndexError> {
-        let head = self.chain.head().await.map_err(|e| IndexError::Chain(e.to_string()))?;
+        let head = self.chain.head().await?;
         let first = self.chain.deployment().deploy_block;
         let cursor = self.db.cursor(CURSOR).await?;
         if let Some((n, hash)) = &cursor
@@ -243,16 +253,15 @@ impl Indexer {
             return Ok(Step { cursor: from - 1, head, applied: 0, rolled_back: 0 });
         }
         let to = head.min(from + self.batch - 1);
-        let map = |e: bdc_contracts::ChainError| IndexError::Chain(e.to_string());
         let mut logs: Vec<(Log, ChainEvent)> = Vec::new();
-        for (l, e) in self.chain.registry_events(from, to).await.map_err(map)? {
+        for (l, e) in self.chain.registry_events(from, to).await? {
             logs.extend(ChainEvent::from_registry(e).map(|e| (l, e)));
         }
-        for (l, e) in self.chain.escrow_events(from, to).await.map_err(map)? {
+        for (l, e) in self.chain.escrow_events(from, to).await? {
             logs.extend(ChainEvent::from_escrow(e).map(|e| (l, e)));
         }
         logs.sort_by_key(|(l, _)| (l.block_number, l.log_index));
-        let to_hash = self.block_hash(to).await?.ok_or_else(|| IndexError::Chain(format!("block {to} vanished")))?;
+        let to_hash = self.block_hash(to).await?.ok_or(IndexError::Vanished(to))?;
         let times = self.block_times(&logs).await?;
         let mut tx = self.db.pool.begin().await?;
         let mut applied = 0;
@@ -291,13 +300,12 @@ impl Indexer {
             .await?;
         let mut filled = 0;
         for r in rows {
-            let ev: ChainEvent = serde_json::from_str(&r.get::<String, _>(2))
-                .map_err(|e| IndexError::Chain(format!("stored event unreadable: {e}")))?;
+            let ev: ChainEvent = serde_json::from_str(&r.get::<String, _>(2))?;
             let ChainEvent::DealOpened { id, arbiter, .. } = &ev else { continue };
             if *arbiter != Address::ZERO {
                 continue;
             }
-            let Some(deal) = self.chain.find_deal(*id).await.map_err(|e| IndexError::Chain(e.to_string()))? else {
+            let Some(deal) = self.chain.find_deal(*id).await? else {
                 continue;
             };
             let mut ev = ev.clone();
@@ -347,8 +355,7 @@ impl Indexer {
             .fetch_all(&mut *tx)
             .await?;
         for r in rows {
-            let ev: ChainEvent = serde_json::from_str(&r.get::<String, _>(2))
-                .map_err(|e| IndexError::Chain(format!("stored event unreadable: {e}")))?;
+            let ev: ChainEvent = serde_json::from_str(&r.get::<String, _>(2))?;
             let at = At {
                 block: r.get::<i64, _>(0) as u64,
                 idx: r.get::<i64, _>(1) as u64,
