@@ -256,6 +256,7 @@ pub struct Fetcher {
     cfg: FetcherConfig,
     store: FsStore,
     endpoint: Endpoint,
+    metrics: std::sync::Arc<crate::metrics::FetcherMetrics>,
 }
 
 impl Fetcher {
@@ -273,7 +274,7 @@ impl Fetcher {
                 return Err(e.into());
             }
         };
-        Ok(Self { cfg, store, endpoint })
+        Ok(Self { cfg, store, endpoint, metrics: Default::default() })
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -304,7 +305,12 @@ impl Fetcher {
                     tracing::info!(attempt, "{e}: resuming");
                     tokio::time::sleep(abort_backoff(attempt)).await;
                 }
-                res => return res,
+                res => {
+                    if res.is_err() {
+                        self.metrics.fetches_failed.inc();
+                    }
+                    return res;
+                }
             }
         }
     }
@@ -392,6 +398,9 @@ impl Fetcher {
                     }
                     GetProgressItem::Error(e) => {
                         let e = classify(e, provider, root, done);
+                        if e.is_verification() {
+                            self.metrics.verification_failures.inc();
+                        }
                         if let Some(p) = paid.as_deref_mut() {
                             return Err(p.explain(&conn, e).await);
                         }
@@ -417,9 +426,12 @@ impl Fetcher {
         let mut exported = Vec::with_capacity(files.len());
         for (name, hash) in files {
             let f = export_file(store, hash, &out, &name).await?;
+            self.metrics.exported_bytes.inc_by(f.size);
             on(FetchEvent::Exported(f.clone()));
             exported.push(f);
         }
+        self.metrics.verified_bytes.inc_by(fetched);
+        self.metrics.fetches_completed.inc();
         Ok(FetchReport {
             root,
             provider,
@@ -429,6 +441,11 @@ impl Fetcher {
             files: exported,
             elapsed_ms: start.elapsed().as_millis() as u64,
         })
+    }
+
+    /// What this fetcher verified, refused and paid for since it was opened.
+    pub fn metrics(&self) -> &crate::metrics::FetcherMetrics {
+        &self.metrics
     }
 
     pub(crate) async fn connect(&self, ticket: &BlobTicket, alpn: &[u8]) -> Result<Connection, FetchError> {

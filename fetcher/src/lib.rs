@@ -11,6 +11,7 @@ pub mod deals;
 pub mod export;
 pub mod fetch;
 pub mod jobs;
+pub mod metrics;
 pub mod paid;
 
 pub use fetch::{BadRequest, FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, FetcherConfig, TransferError};

@@ -579,6 +579,13 @@ impl Fetcher {
                     continue;
                 }
             }
+            let ppb: u128 = deal.terms.pricePerByte;
+            if let Some(bytes) = paid.checked_div(ppb) {
+                self.metrics().paid_bytes.inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+            }
+            if fetch.is_err() {
+                self.metrics().fetches_failed.inc();
+            }
             return Ok(PaidReport {
                 fetch: fetch?,
                 deal: Some(deal.id),

@@ -25,7 +25,8 @@ use iroh_blobs::{
     BlobsProtocol,
     hashseq::HashSeq,
     provider::events::{
-        AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode, ThrottleMode,
+        AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode, RequestUpdate,
+        ThrottleMode, TransferAborted, TransferCompleted,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     access::FreeSet,
     jobs::{JobsConfig, JobsProtocol},
+    metrics::ProviderMetrics,
     paid::{PaidConfig, PaidProtocol, ledger::Ledger},
     store::{ProviderStore, StoreError},
 };
@@ -53,6 +55,8 @@ pub struct ServeConfig {
     pub paid: Option<PaidSetup>,
     /// Run compute jobs on `bdc/jobs/1`.
     pub jobs: Option<JobsConfig>,
+    /// Serve `GET /metrics` (OpenMetrics text: the provider's and its endpoint's metrics) here.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// What selling needs: terms, the chain, and the provider's payment address (whose key signs
@@ -67,7 +71,7 @@ pub struct PaidSetup {
 impl ServeConfig {
     /// Loopback, port 0, no limits: what tests use.
     pub fn test() -> Self {
-        Self { net: NetConfig::test(), max_rate: None, paid: None, jobs: None }
+        Self { net: NetConfig::test(), max_rate: None, paid: None, jobs: None, metrics_addr: None }
     }
 }
 
@@ -102,6 +106,12 @@ pub enum ServeError {
     NotSelling(Hash),
     #[error("cannot set up the job runner: {0}")]
     Jobs(#[source] std::io::Error),
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What `serve` writes to `<data-dir>/serve.json` so other commands can make tickets.
@@ -129,6 +139,8 @@ pub struct Provider {
     contents: HashMap<Hash, (Arc<HashSet<Hash>>, u64)>,
     paid: Option<PaidSetup>,
     paid_handler: Option<PaidProtocol>,
+    metrics: Arc<ProviderMetrics>,
+    metrics_server: Option<iroh_metrics::service::MetricsServer>,
 }
 
 impl Provider {
@@ -157,7 +169,8 @@ impl Provider {
             alpns.push(JOBS_ALPN.to_vec());
         }
         let endpoint = bind_endpoint(&cfg.net, key, alpns).await?;
-        let events = free_events(free.clone(), cfg.max_rate);
+        let metrics = Arc::new(ProviderMetrics::default());
+        let events = free_events(free.clone(), cfg.max_rate, metrics.clone());
         let blobs = BlobsProtocol::new(&store.store, Some(events));
         let mut router = Router::builder(endpoint.clone()).accept(FREE_ALPN, blobs);
         let mut job_payments = None;
@@ -170,10 +183,10 @@ impl Provider {
                 store.store.clone().into(),
                 ledger,
                 p.chain.clone(),
-                p.address,
-                endpoint.id(),
+                crate::paid::Seller { address: p.address, node: endpoint.id() },
                 p.cfg.clone(),
                 crate::paid::Datasets { contents: datasets, collections: collections.clone(), vendors },
+                metrics.clone(),
             )
             .await;
             job_payments = Some(handler.job_payments());
@@ -188,14 +201,32 @@ impl Provider {
                     .map_err(|source| ServeError::BrokenDataset { root: rec.root, source })?;
                 datasets.insert(rec.root, crate::jobs::JobDataset { free: rec.free, files });
             }
-            let handler =
-                JobsProtocol::new(jc.clone(), store.store.clone(), &store.dir, datasets, free.clone(), job_payments)
-                    .await
-                    .map_err(ServeError::Jobs)?;
+            let handler = JobsProtocol::new(
+                jc.clone(),
+                store.store.clone(),
+                &store.dir,
+                datasets,
+                free.clone(),
+                job_payments,
+                metrics.clone(),
+            )
+            .await
+            .map_err(ServeError::Jobs)?;
             router = router.accept(JOBS_ALPN, handler);
         }
         let router = router.spawn();
-        let this = Self { router, store, contents, paid: cfg.paid.clone(), paid_handler };
+        let metrics_server = match cfg.metrics_addr {
+            Some(addr) => {
+                let registry = crate::metrics::registry(metrics.clone());
+                let server = iroh_metrics::service::MetricsServer::spawn(addr, registry)
+                    .await
+                    .map_err(|source| ServeError::Metrics { addr, source })?;
+                tracing::info!(addr = %server.local_addr(), "metrics on /metrics");
+                Some(server)
+            }
+            None => None,
+        };
+        let this = Self { router, store, contents, paid: cfg.paid.clone(), paid_handler, metrics, metrics_server };
         let info = ServeInfo { addr: this.addr(), pid: std::process::id() };
         let path = this.store.dir.join(ServeInfo::FILE);
         bdc_core::keys::write_private(&path, &serde_json::to_vec_pretty(&info).expect("serializes"))
@@ -221,6 +252,16 @@ impl Provider {
     /// What this provider sells on, if it sells.
     pub fn paid_setup(&self) -> Option<&PaidSetup> {
         self.paid.as_ref()
+    }
+
+    /// The provider's metrics.
+    pub fn metrics(&self) -> &Arc<ProviderMetrics> {
+        &self.metrics
+    }
+
+    /// Where `GET /metrics` is served, when it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|m| m.local_addr())
     }
 
     /// Deal gates the paid protocol holds in memory (None when not selling).
@@ -315,11 +356,12 @@ async fn manifest_vendors(store: &ProviderStore) -> Result<HashMap<Hash, Option<
 
 /// The event handler of the free protocol: authorize GETs and Observes by hash (children only
 /// through a collection root), optionally cap the rate.
-fn free_events(free: Arc<RwLock<FreeSet>>, max_rate: Option<u64>) -> EventSender {
+fn free_events(free: Arc<RwLock<FreeSet>>, max_rate: Option<u64>, metrics: Arc<ProviderMetrics>) -> EventSender {
     let mask = EventMask {
         // intercepted (not notified) so a connection's peer is known before its first request
         connected: ConnectMode::Intercept,
-        get: RequestMode::Intercept,
+        // with transfer events: they count the bytes served
+        get: RequestMode::InterceptLog,
         get_many: RequestMode::Disabled,
         observe: ObserveMode::Intercept,
         throttle: if max_rate.is_some() { ThrottleMode::Intercept } else { ThrottleMode::None },
@@ -349,6 +391,16 @@ fn free_events(free: Arc<RwLock<FreeSet>>, max_rate: Option<u64>) -> EventSender
                     }
                     let res = if ok { Ok(()) } else { Err(AbortReason::Permission) };
                     msg.tx.send(res).await.ok();
+                    let (metrics, mut updates) = (metrics.clone(), msg.rx);
+                    tokio::spawn(async move {
+                        while let Ok(Some(u)) = updates.recv().await {
+                            if let RequestUpdate::Completed(TransferCompleted { stats })
+                            | RequestUpdate::Aborted(TransferAborted { stats }) = u
+                            {
+                                metrics.free_bytes_sent.inc_by(stats.payload_bytes_sent);
+                            }
+                        }
+                    });
                 }
                 ProviderMessage::ObserveRequestReceived(msg) => {
                     let peer = peers.get(&msg.connection_id);

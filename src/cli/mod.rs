@@ -26,10 +26,11 @@ pub struct Cli {
     /// <data-dir>/fetcher. Defaults to the user's data dir (e.g. ~/.local/share/bdc).
     #[arg(long, global = true, env = "BDC_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Log lifecycle events to stderr (BDC_LOG=<filter> for finer control).
-    #[arg(short, long, global = true)]
-    pub verbose: bool,
-    /// No progress bars.
+    /// More log on stderr: -v lifecycle events (info), -vv each request (debug), -vvv each
+    /// chunk group (trace). BDC_LOG=<filter> overrides (tracing's EnvFilter syntax).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress bars, and only errors in the log.
     #[arg(short, long, global = true)]
     pub quiet: bool,
     #[command(subcommand)]
@@ -107,6 +108,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Balance { addresses, chain, json } => chain::balance(addresses, chain, json).await,
         Command::Market(cmd) => market::run(cmd, &root.join("market")).await,
         Command::Bench(cmd) => crate::bench::run(cmd).await,
+    }
+}
+
+/// The log filter for `-v` counts and `--quiet` (BDC_LOG, when set, wins).
+pub fn log_filter(verbose: u8, quiet: bool) -> &'static str {
+    match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "info,bdc=debug,bdc_provider=debug,bdc_fetcher=debug,bdc_market=debug",
+        (false, _) => "debug,bdc=trace,bdc_provider=trace,bdc_fetcher=trace,bdc_market=trace",
     }
 }
 

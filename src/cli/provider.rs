@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// Cap each request's upload rate, bytes per second.
     #[arg(long)]
     pub max_rate: Option<u64>,
+    /// Serve Prometheus/OpenMetrics metrics on `http://ADDR/metrics` (bytes served, receipted
+    /// and redeemed, gate stalls, jobs by outcome).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
     /// Sell every published dataset on bdc/paid/1 (needs the chain options and a keystore).
     #[arg(long)]
     pub sell: bool,
@@ -301,7 +305,13 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
     } else {
         None
     };
-    let cfg = ServeConfig { net: NetConfig { bind: a.bind, relays: a.relays }, max_rate: a.max_rate, paid, jobs };
+    let cfg = ServeConfig {
+        net: NetConfig { bind: a.bind, relays: a.relays },
+        max_rate: a.max_rate,
+        paid,
+        jobs,
+        metrics_addr: a.metrics_addr,
+    };
     let provider = Provider::spawn(store, cfg).await?;
     eprintln!("serving as {} on {:?}", provider.addr().id, provider.bound_sockets());
     let free: Vec<DatasetRecord> = provider.store().catalog().iter().filter(|r| r.free).cloned().collect();

@@ -89,7 +89,9 @@ async fn setup_with(bytes: usize, tune: impl FnOnce(&mut PaidConfig)) -> Setup {
     let mut cfg = paid_config(&devnet);
     tune(&mut cfg);
     let paid = PaidSetup { cfg, chain: devnet.contracts(PROVIDER), address: devnet.address(PROVIDER) };
-    let provider = Provider::spawn(store, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap();
+    let metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    let provider =
+        Provider::spawn(store, ServeConfig { paid: Some(paid), metrics_addr, ..ServeConfig::test() }).await.unwrap();
     let offer = provider.offer(rec.root).unwrap();
     let index = Hash::new(blake3::hash(&other).as_bytes());
     Setup { devnet, provider, root: rec.root, offer, index, free_index, squatted, _tmp: tmp, dir }
@@ -112,6 +114,26 @@ async fn full_paid_download_pays_exactly_the_bytes_delivered() {
     assert_eq!(r.paid, r.fetch.fetched_bytes as u128 * PRICE, "paid for exactly the verified bytes");
     assert_eq!(r.fetch.fetched_bytes, s.offer.size, "a full download moves every blob once");
     wait_redeemed(&s.devnet, deal, U256::from(r.paid)).await;
+    // the provider's /metrics count what moved: every byte sent was receipted, and redeemed
+    let url = format!("http://{}/metrics", s.provider.metrics_addr().unwrap());
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if text.contains(&format!("bdc_provider_paid_bytes_redeemed_total {}", r.fetch.fetched_bytes)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for want in [
+        format!("bdc_provider_paid_bytes_sent_total {}", r.fetch.fetched_bytes),
+        format!("bdc_provider_paid_bytes_receipted_total {}", r.fetch.fetched_bytes),
+        format!("bdc_provider_paid_bytes_redeemed_total {}", r.fetch.fetched_bytes),
+        "bdc_provider_paid_connections_total 1".to_string(),
+        "bdc_provider_paid_connections_open 0".to_string(),
+        "bdc_provider_paid_closes_total{reason=\"done\"} 1".to_string(),
+    ] {
+        assert!(text.contains(&want), "{want} in {text}");
+    }
 
     // pending → withdrawn: provider + vendor royalty == the price of the bytes delivered
     s.devnet.advance_time(61).await.unwrap();

@@ -87,6 +87,19 @@ async fn free_collection_roundtrip_over_loopback() {
     // A second fetch is served from the local store: nothing dialed, nothing fetched.
     let again = fetcher.fetch(&ticket, &tmp.path().join("out2"), &FetchOptions::default(), |_| {}).await.unwrap();
     assert_eq!((again.fetched_bytes, again.local_bytes), (0, again.total_bytes));
+    // the provider counted the payload it served (transfer events arrive after the last byte)
+    let served = || provider.metrics().free_bytes_sent.get();
+    for _ in 0..50 {
+        if served() >= report.fetched_bytes {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(served(), report.fetched_bytes, "free bytes served: what the fetcher received");
+    let m = fetcher.metrics();
+    assert_eq!((m.verified_bytes.get(), m.fetches_completed.get()), (report.fetched_bytes, 2));
+    let files: u64 = report.files.iter().map(|f| f.size).sum();
+    assert_eq!(m.exported_bytes.get(), 2 * files, "both fetches exported every file");
     fetcher.shutdown().await;
     provider.shutdown().await;
 }
@@ -153,6 +166,8 @@ async fn corrupted_provider_store_fails_verification_and_writes_nothing() {
     assert_eq!(err.provider(), Some(provider.addr().id));
     assert!(err.to_string().contains(&provider.addr().id.to_string()), "names the provider: {err}");
     assert!(!out.join("big.bin").exists(), "no unverified output");
+    let m = fetcher.metrics();
+    assert_eq!((m.fetches_failed.get(), m.fetches_completed.get(), m.exported_bytes.get()), (1, 0, 0));
     fetcher.shutdown().await;
     provider.shutdown().await;
 }

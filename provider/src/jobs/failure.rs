@@ -68,6 +68,21 @@ impl FailureKind {
         .unwrap_or(Self::Internal)
     }
 
+    /// Whether the job was refused before it ran (rather than failed while running).
+    pub fn refused(self) -> bool {
+        matches!(
+            self,
+            Self::Malformed
+                | Self::UnsupportedVersion
+                | Self::UnknownDataset
+                | Self::QueryRefused
+                | Self::Busy
+                | Self::UnsupportedJob
+                | Self::PaymentRequired
+                | Self::BadDeal
+        )
+    }
+
     /// Whether a failure of this kind on a sold dataset may be told in full: the provider wrote
     /// the reason itself, or it comes from planning (no data is read then). A query's run-time
     /// error quotes values, a program's stderr anything it read.

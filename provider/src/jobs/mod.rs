@@ -59,6 +59,9 @@ use iroh::{
 };
 use iroh_blobs::{format::collection::Collection, store::fs::FsStore};
 use tokio::sync::{Mutex, Semaphore};
+use tracing::Instrument;
+
+use crate::metrics::{JobOutcome, OutcomeLabel};
 
 pub use failure::{FailureKind, JobFailure};
 use payment::{admit_job_deal, job_needs, take_receipt};
@@ -166,6 +169,7 @@ struct Shared {
     runc_version: String,
     /// Chain, ledger and redeemer for job deals, when the provider sells.
     pay: Option<JobPayments>,
+    metrics: Arc<crate::metrics::ProviderMetrics>,
 }
 
 /// The `bdc/jobs/1` handler.
@@ -182,6 +186,7 @@ impl JobsProtocol {
         datasets: HashMap<Hash, JobDataset>,
         free: Arc<RwLock<crate::access::FreeSet>>,
         pay: Option<JobPayments>,
+        metrics: Arc<crate::metrics::ProviderMetrics>,
     ) -> std::io::Result<Self> {
         let dir = data_dir.join("jobs");
         std::fs::create_dir_all(dir.join("run"))?;
@@ -230,6 +235,7 @@ impl JobsProtocol {
                 images,
                 runc_version,
                 pay,
+                metrics,
             }),
         })
     }
@@ -238,6 +244,7 @@ impl JobsProtocol {
 impl ProtocolHandler for JobsProtocol {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = conn.remote_id();
+        let span = tracing::info_span!("jobs_conn", peer = %peer.fmt_short(), id = conn.stable_id());
         loop {
             let (send, recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -245,11 +252,14 @@ impl ProtocolHandler for JobsProtocol {
             };
             let shared = self.shared.clone();
             let conn = conn.clone();
-            tokio::spawn(async move {
-                if let Err(e) = serve_job(shared, peer, conn, send, recv).await {
-                    tracing::warn!(%peer, "job stream: {e}");
+            tokio::spawn(
+                async move {
+                    if let Err(e) = serve_job(shared, peer, conn, send, recv).await {
+                        tracing::warn!("job stream: {e}");
+                    }
                 }
-            });
+                .instrument(tracing::info_span!(parent: &span, "job", id = tracing::field::Empty)),
+            );
         }
         Ok(())
     }
@@ -297,8 +307,15 @@ async fn serve_job(
     };
     let (update, paid) = match accepted {
         Ok(u) => u,
-        Err(f) => (JobUpdate::Failed { code: f.code(), reason: f.reason }, None),
+        Err(f) => {
+            let outcome = if f.kind.refused() { JobOutcome::Refused } else { JobOutcome::Failed };
+            shared.metrics.jobs.get_or_create(&OutcomeLabel { outcome }).inc();
+            (JobUpdate::Failed { code: f.code(), reason: f.reason }, None)
+        }
     };
+    if matches!(update, JobUpdate::Done(_)) {
+        shared.metrics.jobs.get_or_create(&OutcomeLabel { outcome: JobOutcome::Done }).inc();
+    }
     send_update(&mut send, &update).await?;
     if let (JobUpdate::Done(_), Some((deal, price))) = (&update, paid) {
         let last = match take_receipt(&shared, &deal, price, &mut recv).await {
@@ -362,6 +379,8 @@ async fn accept_job(
     // a full queue refuses before anything is paid for or uploaded
     let ahead = shared.waiting.fetch_add(1, Ordering::SeqCst);
     let _slot = Slot(&shared.waiting);
+    shared.metrics.jobs_active.inc();
+    let _active = Active(&shared.metrics);
     if ahead >= shared.cfg.max_queue {
         return Err(JobFailure::new(FailureKind::Busy, format!("{ahead} jobs are queued or running; try again later")));
     }
@@ -406,6 +425,7 @@ async fn accept_job(
         JobSpec::Sql { .. } => None,
     };
     let job_id: [u8; 32] = rand::random();
+    tracing::Span::current().record("id", hex::encode(&job_id[..8]));
     let running = ahead.saturating_sub(shared.cfg.concurrency.max(1) - 1) as u32;
     send_update(send, &JobUpdate::Queued { job_id, ahead: running })
         .await
@@ -444,6 +464,14 @@ fn result_owner(tag: &[u8]) -> Option<EndpointId> {
     let owner = std::str::from_utf8(tag).ok()?.strip_prefix(RESULT_TAG_PREFIX)?.split('/').nth(1)?;
     let bytes: [u8; 32] = hex::decode(owner).ok()?.try_into().ok()?;
     EndpointId::from_bytes(&bytes).ok()
+}
+
+/// Counts a job in the provider's metrics as active while alive.
+struct Active<'a>(&'a crate::metrics::ProviderMetrics);
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.jobs_active.dec();
+    }
 }
 
 /// Counts a job as waiting or running while alive.

@@ -1,6 +1,8 @@
 //! The receipt gate: one per deal, shared by its connections. GETs are authorized by the
 //! deal's dataset, and each payload group goes out only while `sent − receipted ≤ window`.
 
+use tracing::Instrument;
+
 use super::*;
 
 /// Gate state of one deal, shared by all its connections.
@@ -114,7 +116,7 @@ pub(super) async fn serve_streams(shared: Arc<Shared>, conn: Connection, events:
         while streams.try_join_next().is_some() {}
         let writer = GatedWriter { inner: send, shared: shared.clone(), conn_id, gate: None };
         let pair = StreamPair::new(conn_id, recv, writer, events.clone());
-        streams.spawn(iroh_blobs::provider::handle_stream(pair, shared.store.clone()));
+        streams.spawn(iroh_blobs::provider::handle_stream(pair, shared.store.clone()).in_current_span());
     }
     // the connection is gone: nothing a stream still writes can arrive
     streams.shutdown().await;
@@ -218,6 +220,7 @@ async fn wait_for_window(shared: &Shared, gate: &DealGate, size: u64) -> Result<
             if sent <= s.receipted_bytes.saturating_add(gate.window) {
                 if sent <= s.reserved {
                     s.sent = sent;
+                    shared.metrics.paid_bytes_sent.inc_by(size);
                     return Ok(());
                 }
                 Some(sent + gate.window)
@@ -235,6 +238,7 @@ async fn wait_for_window(shared: &Shared, gate: &DealGate, size: u64) -> Result<
             s.reserved = s.reserved.max(r);
             continue;
         }
+        shared.metrics.gate_stalls.inc();
         if tokio::time::timeout_at(deadline.min(gate.stop_at), notified).await.is_err() {
             if tokio::time::Instant::now() >= gate.stop_at {
                 continue;

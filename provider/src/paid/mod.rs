@@ -59,6 +59,7 @@ use iroh_blobs::{
     },
 };
 use tokio::sync::{Notify, mpsc, watch};
+use tracing::Instrument;
 
 use self::{
     admission::{Admission, AdmitError, DealKind},
@@ -129,6 +130,13 @@ struct ConnEntry {
     ready: watch::Receiver<Ready>,
 }
 
+/// Who sells: the payment address deals must name, and the node they must name.
+#[derive(Debug, Clone, Copy)]
+pub struct Seller {
+    pub address: Address,
+    pub node: EndpointId,
+}
+
 /// What a provider sells: per root, every blob hash of the dataset; which roots are
 /// collections; and the vendor each collection's manifest names.
 #[derive(Debug, Default)]
@@ -150,6 +158,7 @@ struct Shared {
     conns: Mutex<HashMap<u64, ConnEntry>>,
     deals: Mutex<HashMap<B256, Arc<DealGate>>>,
     redeem_tx: mpsc::UnboundedSender<B256>,
+    metrics: Arc<crate::metrics::ProviderMetrics>,
 }
 
 /// The `bdc/paid/1` protocol handler.
@@ -166,19 +175,24 @@ impl PaidProtocol {
         store: Store,
         ledger: Arc<Ledger>,
         chain: Contracts<DynProvider>,
-        me: Address,
-        node: EndpointId,
+        seller: Seller,
         cfg: PaidConfig,
         datasets: Datasets,
+        metrics: Arc<crate::metrics::ProviderMetrics>,
     ) -> Self {
+        let Seller { address: me, node } = seller;
         let (redeem_tx, redeem_rx) = mpsc::unbounded_channel();
-        tokio::spawn(redeemer::run(
-            ledger.clone(),
-            chain.clone(),
-            redeem_rx,
-            cfg.expiry_margin,
-            Duration::from_secs(2),
-        ));
+        tokio::spawn(
+            redeemer::run(
+                ledger.clone(),
+                chain.clone(),
+                redeem_rx,
+                cfg.expiry_margin,
+                Duration::from_secs(2),
+                metrics.clone(),
+            )
+            .instrument(tracing::info_span!("redeemer")),
+        );
         let admission = Arc::new(Admission {
             chain: chain.clone(),
             me,
@@ -211,6 +225,7 @@ impl PaidProtocol {
             conns: Mutex::new(HashMap::new()),
             deals: Mutex::new(HashMap::new()),
             redeem_tx,
+            metrics,
         });
         let events = gate_events(shared.clone());
         Self { shared, events }
@@ -273,22 +288,45 @@ impl JobPayments {
 
 impl ProtocolHandler for PaidProtocol {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let span = tracing::info_span!(
+            "paid_conn",
+            peer = %conn.remote_id().fmt_short(),
+            id = conn.stable_id(),
+            deal = tracing::field::Empty
+        );
+        self.serve_connection(conn).instrument(span).await
+    }
+}
+
+impl PaidProtocol {
+    /// One paid connection, inside its span: the Hello admits it to a deal, then receipts gate
+    /// its streams.
+    async fn serve_connection(&self, conn: Connection) -> Result<(), AcceptError> {
         let shared = self.shared.clone();
+        shared.metrics.paid_connections_open.inc();
+        let _open = OpenConnection(&shared.metrics);
         let conn_id = conn.stable_id() as u64;
         let (ready_tx, ready_rx) = watch::channel(None);
         shared.conns.lock().expect("conns lock").insert(conn_id, ConnEntry { conn: conn.clone(), ready: ready_rx });
         let peer = conn.remote_id();
-        let blobs = tokio::spawn(serve_streams(shared.clone(), conn.clone(), self.events.clone()));
-        let watcher = tokio::spawn(watch_deal(shared.clone(), conn.clone(), conn_id));
+        let blobs = tokio::spawn(serve_streams(shared.clone(), conn.clone(), self.events.clone()).in_current_span());
+        let watcher = tokio::spawn(watch_deal(shared.clone(), conn.clone(), conn_id).in_current_span());
         // The control stream decides the connection's fate; closing it also ends the blobs handler.
         let deal = match control_loop(shared.clone(), conn.clone(), ready_tx).await {
             Ok(deal) => {
                 conn.close(VarInt::from_u32(codes::DONE), b"done");
+                let reason = codes::name(codes::DONE as u64);
+                shared.metrics.paid_closes.get_or_create(&crate::metrics::CloseLabel { reason }).inc();
                 Some(deal)
             }
             Err(closed) => {
                 let (reason, deal) = *closed;
                 let code = reason.code();
+                shared
+                    .metrics
+                    .paid_closes
+                    .get_or_create(&crate::metrics::CloseLabel { reason: codes::name(code as u64) })
+                    .inc();
                 match &reason {
                     CloseReason::Ledger(_) => tracing::error!(%peer, code, "closing paid connection: {reason}"),
                     CloseReason::Admit(e) if matches!(**e, AdmitError::Chain(_) | AdmitError::Ledger(_)) => {
@@ -316,6 +354,14 @@ impl ProtocolHandler for PaidProtocol {
 
 /// Ok(deal) when the buyer finished its stream normally; else why the connection closes, and the
 /// deal it was admitted for (boxed: the reason is large, the Ok path is hot).
+/// Counts a paid connection as open while alive.
+struct OpenConnection<'a>(&'a crate::metrics::ProviderMetrics);
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.paid_connections_open.dec();
+    }
+}
+
 type ControlResult = Result<B256, Box<(CloseReason, Option<B256>)>>;
 
 /// Reads Hello and receipts. Ok(deal) when the buyer finished its stream normally.
@@ -370,7 +416,9 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
         }
     }
     let id = gate.deal.id;
-    tracing::info!(deal = %id, peer = %conn.remote_id(), window = gate.window, "paid connection admitted");
+    tracing::Span::current().record("deal", tracing::field::display(id));
+    shared.metrics.paid_connections.inc();
+    tracing::info!(window = gate.window, "paid connection admitted");
     supersede(&shared, &conn, id);
     let _ = ready.send(Some(Ok(gate.clone())));
     let mut newest = first.as_ref().map_or(0, |p| p.amount);

@@ -76,6 +76,7 @@ pub(super) async fn store_receipts(
                 let mut s = gate.state.lock().expect("gate lock");
                 if p.amount > s.receipted_amount {
                     s.receipted_amount = p.amount;
+                    shared.metrics.paid_bytes_receipted.inc_by(p.bytes.saturating_sub(s.receipted_bytes));
                     s.receipted_bytes = p.bytes;
                 }
                 let every = bdc_core::paid::amount_for(shared.cfg.redeem_every, gate.price);

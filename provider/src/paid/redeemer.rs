@@ -24,6 +24,7 @@ use bdc_contracts::{
 use tokio::sync::mpsc;
 
 use super::ledger::{Ledger, LedgerEntry};
+use crate::metrics::ProviderMetrics;
 
 /// Most deals in one transaction (a redeem costs ~40k gas; this stays far below a block).
 const MAX_BATCH: usize = 100;
@@ -35,9 +36,11 @@ pub(crate) async fn run(
     mut rx: mpsc::UnboundedReceiver<B256>,
     expiry_margin: Duration,
     sweep_every: Duration,
+    metrics: Arc<ProviderMetrics>,
 ) {
+    let m = &metrics;
     // first: whatever a previous run left unredeemed
-    sweep(&ledger, &chain, None).await;
+    sweep(&ledger, &chain, None, m).await;
     let mut tick = tokio::time::interval(sweep_every);
     tick.tick().await;
     // deals whose redeem did not go through (a failed simulation or transaction, or a refusal
@@ -53,23 +56,23 @@ pub(crate) async fn run(
                         due.insert(more);
                     }
                     due.append(&mut retry);
-                    redeem(&ledger, &chain, due.iter().copied().collect()).await;
+                    redeem(&ledger, &chain, due.iter().copied().collect(), m).await;
                     retry = still_due(&ledger, due);
                 }
                 None => break,
             },
             _ = tick.tick() => {
-                sweep(&ledger, &chain, Some(expiry_margin)).await;
+                sweep(&ledger, &chain, Some(expiry_margin), m).await;
                 if !retry.is_empty() {
                     let due = std::mem::take(&mut retry);
-                    redeem(&ledger, &chain, due.iter().copied().collect()).await;
+                    redeem(&ledger, &chain, due.iter().copied().collect(), m).await;
                     retry = still_due(&ledger, due);
                 }
             }
         }
     }
     // final flush on shutdown
-    sweep(&ledger, &chain, None).await;
+    sweep(&ledger, &chain, None, m).await;
 }
 
 /// Those of `ids` whose newest receipt is still unredeemed (and not lost).
@@ -82,7 +85,7 @@ fn redeemable(e: &LedgerEntry) -> bool {
 }
 
 /// Redeems deals with unredeemed receipts; with a margin, only those expiring within it.
-async fn sweep(ledger: &Ledger, chain: &Contracts<DynProvider>, margin: Option<Duration>) {
+async fn sweep(ledger: &Ledger, chain: &Contracts<DynProvider>, margin: Option<Duration>, m: &ProviderMetrics) {
     let entries = match ledger.all() {
         Ok(e) => e,
         Err(e) => {
@@ -100,12 +103,12 @@ async fn sweep(ledger: &Ledger, chain: &Contracts<DynProvider>, margin: Option<D
         .map(|(id, _)| id)
         .collect();
     if !due.is_empty() {
-        redeem(ledger, chain, due).await;
+        redeem(ledger, chain, due, m).await;
     }
 }
 
 /// Redeems the newest receipts of `ids` in as few transactions as possible.
-async fn redeem(ledger: &Ledger, chain: &Contracts<DynProvider>, ids: Vec<B256>) {
+async fn redeem(ledger: &Ledger, chain: &Contracts<DynProvider>, ids: Vec<B256>, m: &ProviderMetrics) {
     let mut batch: Vec<(B256, LedgerEntry, Terms)> = Vec::new();
     for id in ids {
         let e = match ledger.get(&id) {
@@ -152,7 +155,10 @@ async fn redeem(ledger: &Ledger, chain: &Contracts<DynProvider>, ids: Vec<B256>)
                     send.push(call);
                     sent.push((*id, e.amount));
                 }
-                Some(why) => record_failure(ledger, *id, e.amount, why),
+                Some(why) => {
+                    m.redeem_failures.inc();
+                    record_failure(ledger, *id, e.amount, why)
+                }
             }
         }
         if send.is_empty() {
@@ -161,18 +167,29 @@ async fn redeem(ledger: &Ledger, chain: &Contracts<DynProvider>, ids: Vec<B256>)
         let failed = match chain.redeem_batch(&send).await {
             Ok((added, failed)) => {
                 tracing::info!(deals = chunk.len(), %added, failed = failed.len(), "redeemed");
+                m.redeem_transactions.inc();
                 failed
             }
             Err(err) => {
                 tracing::warn!(deals = chunk.len(), "redeem failed, will retry: {err}");
+                m.redeem_failures.inc();
                 continue;
             }
         };
         for (id, amount) in sent {
             match failed.iter().find(|(f, _)| *f == id) {
                 // the chain moved between the simulation and the block
-                Some((_, why)) => record_failure(ledger, id, amount, *why),
+                Some((_, why)) => {
+                    m.redeem_failures.inc();
+                    record_failure(ledger, id, amount, *why)
+                }
                 None => {
+                    if let Some((_, e, t)) = chunk.iter().find(|(d, _, _)| *d == id) {
+                        let ppb: u128 = t.pricePerByte;
+                        if let Some(bytes) = amount.saturating_sub(e.redeemed).checked_div(ppb) {
+                            m.paid_bytes_redeemed.inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
+                        }
+                    }
                     if let Err(err) = ledger.update(&id, |x| x.redeemed = x.redeemed.max(amount)) {
                         tracing::error!(deal = %id, "redeemed on chain but cannot record it: {err}");
                     }
