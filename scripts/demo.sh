@@ -62,7 +62,7 @@ if [ "$(id -u)" = 0 ] && command -v runc >/dev/null; then
   "$BDC" --data-dir "$WORK/stimergy" provider publish "$WORK/kaiko-sample" --free \
     --name kaiko-sample --tag crypto --vendor "$VENDOR" >/dev/null
   echo "also published a free 500k-trade sample (trades.parquet) for queries next to the data"
-  JOBS=(--jobs --job-memory-mib 512)
+  JOBS=(--jobs --job-memory 512MiB)
 fi
 
 step "2. Kaiko registers the root on chain with a 10% royalty"

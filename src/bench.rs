@@ -38,10 +38,13 @@ pub enum BenchCmd {
     /// Five SQL queries on a generated trades Parquet file: `bdc compute` (sandboxed, signed,
     /// fetched) vs DataFusion in-process vs DuckDB (python3 with duckdb installed).
     Compute {
+        /// Rows of the generated trades file.
         #[arg(long, default_value_t = 20_000_000)]
         rows: u64,
+        /// Runs of each query per engine; medians are reported.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Threads each engine may use.
         #[arg(long, default_value_t = 2)]
         threads: usize,
         /// Where to put the file and stores (default: the system temp dir).
@@ -51,14 +54,17 @@ pub enum BenchCmd {
     /// Writes the synthetic trades Parquet file (ts, symbol, price, qty, side) the compute tests,
     /// benchmark and demo use.
     Trades {
+        /// Rows to write.
         #[arg(long, default_value_t = 1_000_000)]
         rows: u64,
+        /// The Parquet file to write.
         #[arg(short, long)]
         out: PathBuf,
     },
     /// Market search and match latency over many listings (SQLite, and Postgres when
     /// --database-url or BDC_TEST_POSTGRES_URL is set), and indexer throughput on a devnet.
     Market {
+        /// Listings to fill the market with.
         #[arg(long, default_value_t = 100_000)]
         listings: usize,
         /// A Postgres URL to measure too.

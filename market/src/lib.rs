@@ -60,6 +60,7 @@ pub struct Market {
     pub db: Db,
     server: JoinHandle<()>,
     indexer: JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Market {
@@ -88,8 +89,13 @@ impl Market {
             TcpListener::bind(cfg.bind).await.map_err(|source| MarketError::Bind { addr: cfg.bind, source })?;
         let addr = listener.local_addr().map_err(|source| MarketError::Bind { addr: cfg.bind, source })?;
         let app = api::router(st, cfg.limits);
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let server = tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+            // on shutdown: stop accepting, let requests in flight finish
+            let graceful = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(graceful).await {
                 tracing::error!("market server stopped: {e}");
             }
         });
@@ -109,11 +115,27 @@ impl Market {
             }
         });
         tracing::info!(%addr, backend = db.backend, "market serving");
-        Ok(Self { addr, db, server, indexer })
+        Ok(Self { addr, db, server, indexer, stop })
     }
 
+    /// Stops at once: the server and the indexer are aborted (what a test wants).
     pub fn shutdown(self) {
         self.server.abort();
         self.indexer.abort();
+    }
+
+    /// Stops gracefully: no new connections, requests in flight answered (for at most
+    /// `deadline`), the indexer stopped between steps (each step commits its events and cursor
+    /// together, so stopping loses nothing), the database closed.
+    pub async fn shutdown_gracefully(self, deadline: Duration) {
+        let _ = self.stop.send(true);
+        let mut server = self.server;
+        if tokio::time::timeout(deadline, &mut server).await.is_err() {
+            tracing::warn!("requests still in flight after {deadline:?}: stopping anyway");
+            server.abort();
+        }
+        self.indexer.abort();
+        let _ = self.indexer.await;
+        self.db.pool.close().await;
     }
 }

@@ -65,7 +65,7 @@ serve() { # (re)starts the provider; sets SERVE and TICKET (the address changes 
   # the provider's log (appended over restarts) says when a job is done and a receipt stored
   NO_COLOR=1 BDC_LOG=warn,bdc_provider=info "$BDC" --data-dir "$WORK/p" provider serve --bind 127.0.0.1:0 \
     --sell --arbiter "$ARBITER" --price-per-gib 1000000000000000000 --keystore "$WORK/keys/provider.json" \
-    --jobs --job-price "$JOB_PRICE" --runc "$RUNC" --job-memory-mib 512 --job-timeout-secs 60 \
+    --jobs --job-price "$JOB_PRICE" --runc "$RUNC" --job-memory 512MiB --job-timeout 60s \
     > "$WORK/serve.out" 2>> "$WORK/serve.err" &
   SERVE=$!
   for _ in $(seq 1 400); do grep -q bdcoffer "$WORK/serve.out" 2>/dev/null && break; sleep 0.05; done

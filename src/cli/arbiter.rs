@@ -25,6 +25,7 @@ pub enum ArbiterCmd {
     /// The dataset comes from this data dir's fetcher store: a sold dataset must be bought
     /// first (`bdc fetch <offer> --pay`, same --data-dir); a free one is fetched.
     Review {
+        /// The disputed deal id (0x…).
         id: B256,
         /// The evidence document: a file the buyer gave you, or a ticket of it as a raw blob
         /// (`bdc provider publish --raw`), fetched verified.
@@ -40,9 +41,9 @@ pub enum ArbiterCmd {
         /// Print the review as JSON.
         #[arg(long)]
         json: bool,
-        /// Seconds to wait for a provider when something must be fetched.
-        #[arg(long, default_value_t = 10)]
-        timeout: u64,
+        /// How long to wait for a provider when something must be fetched (e.g. 10s).
+        #[arg(long, default_value = "10s", value_name = "DURATION")]
+        timeout: super::units::Span,
         /// Wall-time limit of each re-run of a SQL job, seconds.
         #[arg(long, default_value_t = 600)]
         rerun_secs: u64,
@@ -62,6 +63,7 @@ pub enum ArbiterCmd {
     /// --to-buyer of it) goes back to the buyer or on to provider and vendor, and the bond to
     /// the side ruled for.
     Resolve {
+        /// The disputed deal id (0x…).
         id: B256,
         /// Whom the ruling is for.
         #[arg(long = "for", value_enum)]
@@ -70,6 +72,9 @@ pub enum ArbiterCmd {
         /// ruling for the buyer, none when ruling for the provider).
         #[arg(long)]
         to_buyer: Option<U256>,
+        /// Print the ruling as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         chain: ChainArgs,
     },
@@ -211,7 +216,7 @@ pub async fn run(cmd: ArbiterCmd, dir: &Path, quiet: bool) -> anyhow::Result<()>
                 }
             }
         }
-        ArbiterCmd::Resolve { id, side, to_buyer, chain } => {
+        ArbiterCmd::Resolve { id, side, to_buyer, json, chain } => {
             let (c, signer) = chain.connect()?;
             let deal = c.find_deal(id).await?.with_context(|| format!("no deal {id} on this escrow"))?;
             let t = &deal.terms;
@@ -249,6 +254,15 @@ pub async fn run(cmd: ArbiterCmd, dir: &Path, quiet: bool) -> anyhow::Result<()>
             let after = c.deal_state(id).await?;
             let settled = after.paid_out.saturating_sub(state.paid_out);
             let back = if back == U256::MAX { settled } else { back };
+            let for_buyer = side == Side::Buyer;
+            if json {
+                let doc = serde_json::json!({
+                    "deal": id, "for": if for_buyer { "buyer" } else { "provider" },
+                    "to_buyer": back.to_string(), "to_provider_and_vendor": settled.saturating_sub(back).to_string(),
+                });
+                println!("{doc}");
+                return Ok(());
+            }
             println!(
                 "ruled deal {id} for the {}: {} back to the buyer {}, {} to the provider {} and vendor, the bond to the {}",
                 if side == Side::Buyer { "buyer" } else { "provider" },

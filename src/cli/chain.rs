@@ -13,7 +13,8 @@ use bdc_contracts::{Contracts, Deployment, client::connect, devnet::BDC};
 use clap::{Args, Subcommand};
 
 /// Where the chain is and who signs.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Default, Args, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ChainArgs {
     /// Ethereum JSON-RPC URL.
     #[arg(long, env = "BDC_RPC_URL")]
@@ -83,17 +84,22 @@ fn password(file: Option<&Path>) -> anyhow::Result<String> {
 pub enum KeyCmd {
     /// Create a new encrypted keystore; prints its address.
     New {
+        /// Where to write the keystore (it must not exist).
         #[arg(long)]
         keystore: PathBuf,
+        /// File holding the password to encrypt it with (or set BDC_PASSWORD).
         #[arg(long, env = "BDC_PASSWORD_FILE")]
         password_file: Option<PathBuf>,
     },
     /// Encrypt an existing private key (hex, read from a file) into a keystore.
     Import {
+        /// Where to write the keystore (it must not exist).
         #[arg(long)]
         keystore: PathBuf,
+        /// File holding the private key, 32 bytes of hex.
         #[arg(long)]
         private_key_file: PathBuf,
+        /// File holding the password to encrypt it with (or set BDC_PASSWORD).
         #[arg(long, env = "BDC_PASSWORD_FILE")]
         password_file: Option<PathBuf>,
     },
@@ -133,6 +139,7 @@ pub fn key(cmd: KeyCmd) -> anyhow::Result<()> {
 pub enum DatasetCmd {
     /// Register a dataset root on chain with the keystore's account as vendor.
     Register {
+        /// The dataset's root (as `bdc provider publish` printed it).
         root: bdc_core::Hash,
         /// Royalty on every redeemed byte, basis points (1000 = 10%).
         #[arg(long, default_value_t = 0)]

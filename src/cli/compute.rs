@@ -18,6 +18,18 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::progress::human;
 
+/// `--format`'s values, listed in the help.
+fn result_formats() -> impl clap::builder::TypedValueParser<Value = ResultFormat> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["parquet", "csv"]).try_map(|s| s.parse::<ResultFormat>())
+}
+
+/// `--engine`'s values, listed in the help.
+fn engines() -> impl clap::builder::TypedValueParser<Value = Engine> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["datafusion", "ballista"]).try_map(|s| s.parse::<Engine>())
+}
+
 #[derive(Debug, Args)]
 pub struct ComputeArgs {
     /// The dataset's ticket (from `bdc provider serve` / `bdc provider ticket`): names the
@@ -52,19 +64,19 @@ pub struct ComputeArgs {
     /// directory for a container's files). Without it a SQL result is fetched as CSV and printed.
     #[arg(short, long)]
     pub out: Option<PathBuf>,
-    /// Result format: parquet or csv.
-    #[arg(long)]
+    /// Result format.
+    #[arg(long, value_parser = result_formats())]
     pub format: Option<ResultFormat>,
     /// The SQL engine: datafusion, or ballista (Apache DataFusion Ballista, on providers built
     /// with it); the signed manifest names the engine that ran.
-    #[arg(long, default_value = "datafusion", conflicts_with = "image")]
+    #[arg(long, default_value = "datafusion", conflicts_with = "image", value_parser = engines())]
     pub engine: Engine,
     /// Accept only a result manifest signed by this Ethereum address.
     #[arg(long)]
     pub provider_address: Option<alloy::primitives::Address>,
-    /// Seconds to wait for the provider to answer.
-    #[arg(long, default_value_t = 10)]
-    pub timeout: u64,
+    /// How long to wait for the provider to answer (e.g. 10s).
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub timeout: super::units::Span,
     /// Local UDP address to bind.
     #[arg(long, default_value = "0.0.0.0:0")]
     pub bind: SocketAddr,
@@ -82,9 +94,9 @@ pub struct ComputeArgs {
     /// Address that settles disputes on the job deal (required with --pay).
     #[arg(long)]
     pub arbiter: Option<alloy::primitives::Address>,
-    /// The job deal expires after this many seconds.
-    #[arg(long, default_value_t = 3600)]
-    pub deal_secs: u64,
+    /// The job deal expires after this long (e.g. 1h).
+    #[arg(long, default_value = "1h", value_name = "DURATION", alias = "deal-secs")]
+    pub deal_duration: super::units::Span,
     #[command(flatten)]
     pub chain: super::chain::ChainArgs,
 }
@@ -104,7 +116,7 @@ impl ComputeArgs {
         Ok(Some(bdc_fetcher::jobs::JobPay {
             wallet: bdc_fetcher::Wallet { chain, signer },
             arbiters: vec![arbiter],
-            deal_duration: Duration::from_secs(self.deal_secs),
+            deal_duration: self.deal_duration.0,
             max_price: Some(self.max_price),
         }))
     }

@@ -17,7 +17,11 @@ use super::chain::{ChainArgs, format_bdc};
 pub enum DealCmd {
     /// After expiry: return the unredeemed escrow to the buyer.
     Refund {
+        /// The deal id (0x…, as `bdc deals` lists it).
         id: B256,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         chain: ChainArgs,
     },
@@ -29,6 +33,7 @@ pub enum DealCmd {
     /// written to <data-dir>/fetcher/evidence/<deal>.json and its hash committed; give it to the
     /// arbiter (or publish it: `bdc provider publish --raw`), with the result file for a job.
     Dispute {
+        /// The deal id (0x…, as `bdc deals` lists it).
         id: B256,
         /// A prepared evidence file: its BLAKE3 hash (its root as a raw bdc blob, so the arbiter
         /// can fetch it verified once it is published) is committed on chain.
@@ -47,18 +52,29 @@ pub enum DealCmd {
         /// A note for the arbiter.
         #[arg(long, default_value = "")]
         note: String,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         chain: ChainArgs,
     },
     /// After the arbiter's deadline passed without a ruling: apply the default (anyone may call).
     Settle {
+        /// The deal id (0x…, as `bdc deals` lists it).
         id: B256,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         chain: ChainArgs,
     },
     /// After the dispute window: pay the pending pot to provider and vendor (anyone may call).
     Withdraw {
+        /// The deal id (0x…, as `bdc deals` lists it).
         id: B256,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         chain: ChainArgs,
     },
@@ -77,13 +93,17 @@ async fn terms_of(
 
 pub async fn deal(cmd: DealCmd, dir: &Path) -> anyhow::Result<()> {
     match cmd {
-        DealCmd::Refund { id, chain } => {
+        DealCmd::Refund { id, json, chain } => {
             let (c, _) = chain.connect()?;
             let t = terms_of(id, dir, &c).await?;
             let amount = c.refund(&t).await?;
-            println!("refunded {} to {}", format_bdc(amount), t.buyer);
+            if json {
+                println!("{}", serde_json::json!({"deal": id, "refunded": amount.to_string(), "to": t.buyer}));
+            } else {
+                println!("refunded {} to {}", format_bdc(amount), t.buyer);
+            }
         }
-        DealCmd::Dispute { id, evidence, result, manifest_claim, dataset, note, chain } => {
+        DealCmd::Dispute { id, evidence, result, manifest_claim, dataset, note, json, chain } => {
             let (c, signer) = chain.connect()?;
             let t = terms_of(id, dir, &c).await?;
             let claim = if manifest_claim {
@@ -118,25 +138,50 @@ pub async fn deal(cmd: DealCmd, dir: &Path) -> anyhow::Result<()> {
             let evidence = bytes.map(|b| B256::from(*Evidence::hash_of(&b).as_bytes())).unwrap_or(B256::ZERO);
             c.dispute(signer.address(), &t, evidence).await?;
             let rule_by = c.deal_state(id).await?.release_at;
-            println!("deal {id} disputed (evidence {evidence}); the arbiter {} rules by {rule_by}", t.arbiter);
+            if json {
+                let doc =
+                    serde_json::json!({"deal": id, "evidence": evidence, "arbiter": t.arbiter, "rule_by": rule_by});
+                println!("{doc}");
+            } else {
+                println!(
+                    "deal {id} disputed (evidence {evidence}); the arbiter {} rules by {}",
+                    t.arbiter,
+                    bdc_market_api::human::date(rule_by)
+                );
+            }
         }
-        DealCmd::Settle { id, chain } => {
+        DealCmd::Settle { id, json, chain } => {
             let (c, _) = chain.connect()?;
             let t = terms_of(id, dir, &c).await?;
             c.settle_dispute(&t).await?;
-            println!("deal {id} settled by default: the receipts stand, the bond went to the provider {}", t.provider);
+            if json {
+                println!("{}", serde_json::json!({"deal": id, "settled": true, "bond_to": t.provider}));
+            } else {
+                println!(
+                    "deal {id} settled by default: the receipts stand, the bond went to the provider {}",
+                    t.provider
+                );
+            }
         }
-        DealCmd::Withdraw { id, chain } => {
+        DealCmd::Withdraw { id, json, chain } => {
             let (c, _) = chain.connect()?;
             let t = terms_of(id, dir, &c).await?;
             let (p, v) = c.withdraw(&t).await?;
-            println!(
-                "paid {} to the provider {} and {} to the vendor {}",
-                format_bdc(p),
-                t.provider,
-                format_bdc(v),
-                t.vendor
-            );
+            if json {
+                let doc = serde_json::json!({
+                    "deal": id, "provider": t.provider, "to_provider": p.to_string(),
+                    "vendor": t.vendor, "to_vendor": v.to_string(),
+                });
+                println!("{doc}");
+            } else {
+                println!(
+                    "paid {} to the provider {} and {} to the vendor {}",
+                    format_bdc(p),
+                    t.provider,
+                    format_bdc(v),
+                    t.vendor
+                );
+            }
         }
     }
     Ok(())

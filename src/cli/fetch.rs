@@ -3,7 +3,6 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    time::Duration,
 };
 
 use alloy::{primitives::B256, signers::local::PrivateKeySigner};
@@ -34,9 +33,9 @@ pub struct FetchArgs {
     /// File name for a dataset published as a raw blob (default: its root).
     #[arg(long)]
     pub name: Option<String>,
-    /// Seconds to wait for the provider to answer.
-    #[arg(long, default_value_t = 10)]
-    pub timeout: u64,
+    /// How long to wait for the provider to answer (e.g. 10s).
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub timeout: super::units::Span,
     /// Local UDP address to bind.
     #[arg(long, default_value = "0.0.0.0:0")]
     pub bind: SocketAddr,
@@ -53,15 +52,15 @@ pub struct FetchArgs {
     /// the offer's size is the provider's (or the market's) word. --deposit overrides it.
     #[arg(long, default_value_t = bdc_fetcher::paid::DEFAULT_MAX_DEPOSIT)]
     pub max_deposit: u128,
-    /// Sign a receipt every this many verified bytes.
-    #[arg(long, default_value_t = 1 << 20)]
-    pub receipt_every: u64,
+    /// Sign a receipt each time this much more has verified (e.g. 1MiB).
+    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
+    pub receipt_every: super::units::Size,
     /// Escrow for a new deal, token base units (default: the full price of the dataset).
     #[arg(long)]
     pub deposit: Option<u128>,
-    /// A new deal expires after this many seconds.
-    #[arg(long, default_value_t = 86_400)]
-    pub deal_secs: u64,
+    /// A new deal expires after this long (e.g. 24h).
+    #[arg(long, default_value = "24h", value_name = "DURATION", alias = "deal-secs")]
+    pub deal_duration: super::units::Span,
     /// Address that settles disputes on a new deal (required with --pay; there is no default
     /// arbiter). It must be one the provider's offer accepts, or the deal is not opened.
     #[arg(long)]
@@ -158,9 +157,9 @@ async fn run_paid(a: FetchArgs, offer: bdc_core::paid::Offer, dir: &Path, quiet:
     let mut pay = bdc_fetcher::PaidOptions::new(vec![arbiter]);
     pay.max_price_per_byte = Some(bdc_core::paid::price_per_byte(a.max_price_per_gib));
     pay.max_deposit = a.max_deposit;
-    pay.receipt_every = a.receipt_every;
+    pay.receipt_every = a.receipt_every.0;
     pay.deposit = a.deposit;
-    pay.deal_duration = Duration::from_secs(a.deal_secs);
+    pay.deal_duration = a.deal_duration.0;
     let wallet = bdc_fetcher::Wallet { chain, signer };
     let pb = bytes_bar(0, "buying", quiet);
     let res =

@@ -62,8 +62,9 @@ pub async fn run(cmd: MarketCmd, dir: &Path) -> anyhow::Result<()> {
             };
             let market = bdc_market::Market::spawn(cfg, chain).await?;
             println!("market serving on http://{} ({})", market.addr, market.db.backend);
-            tokio::signal::ctrl_c().await.ok();
-            market.shutdown();
+            super::wait_for_signal().await?;
+            eprintln!("shutting down");
+            market.shutdown_gracefully(Duration::from_secs(10)).await;
             Ok(())
         }
         MarketCmd::Status { url, json } => {

@@ -9,6 +9,8 @@ mod fetch;
 mod market;
 mod pick;
 mod provider;
+mod serve;
+mod units;
 
 use std::path::PathBuf;
 
@@ -48,6 +50,7 @@ pub enum Command {
     Deals {
         #[command(flatten)]
         chain: chain::ChainArgs,
+        /// Print the deals as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -71,9 +74,11 @@ pub enum Command {
     Key(chain::KeyCmd),
     /// BDC balances of addresses.
     Balance {
+        /// Addresses (0x…) whose BDC balance to print.
         addresses: Vec<alloy::primitives::Address>,
         #[command(flatten)]
         chain: chain::ChainArgs,
+        /// Print the balances as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -147,12 +152,12 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 pub(crate) fn fetcher_config(
     dir: &std::path::Path,
     bind: std::net::SocketAddr,
-    timeout_secs: u64,
+    timeout: units::Span,
 ) -> bdc_fetcher::FetcherConfig {
     bdc_fetcher::FetcherConfig {
         data_dir: dir.to_path_buf(),
         net: bdc_core::net::NetConfig { bind, relays: false },
-        connect_timeout: std::time::Duration::from_secs(timeout_secs.max(1)),
+        connect_timeout: timeout.0.max(std::time::Duration::from_secs(1)),
     }
 }
 
@@ -170,4 +175,42 @@ pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     #[cfg(not(unix))]
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand's help renders, and every argument says what it is for.
+    #[test]
+    fn every_subcommand_has_help_and_every_argument_a_description() {
+        fn walk(cmd: &mut clap::Command, path: &str, missing: &mut Vec<String>, seen: &mut usize) {
+            let name = format!("{path} {}", cmd.get_name());
+            let help = cmd.render_long_help().to_string();
+            assert!(help.contains("Usage:"), "{name}: {help}");
+            *seen += 1;
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{name} --{id}"));
+                }
+            }
+            let subs: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+            for s in subs {
+                let sub = cmd.find_subcommand_mut(&s).expect("listed");
+                if !sub.is_hide_set() {
+                    walk(sub, &name, missing, seen);
+                }
+            }
+        }
+        let mut cmd = super::Cli::command();
+        cmd.build();
+        let (mut missing, mut seen) = (Vec::new(), 0);
+        walk(&mut cmd, "", &mut missing, &mut seen);
+        assert!(seen > 30, "walked {seen} commands");
+        assert!(missing.is_empty(), "arguments without help:\n{}", missing.join("\n"));
+    }
 }

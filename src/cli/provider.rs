@@ -1,9 +1,6 @@
 //! `bdc provider ...`
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use bdc_core::{Hash, net::NetConfig, ticket::BlobTicket};
@@ -12,6 +9,7 @@ use bdc_provider::{
 };
 use clap::{Args, Subcommand};
 
+use super::serve::ServeArgs;
 use crate::progress::{bytes_bar, human};
 
 #[derive(Debug, Subcommand)]
@@ -20,10 +18,13 @@ pub enum ProviderCmd {
     Publish(PublishArgs),
     /// Serve datasets over iroh until SIGINT/SIGTERM; prints a ticket per free dataset.
     Serve(Box<ServeArgs>),
+    /// Print an example provider config file (every `serve` flag, commented) to start from.
+    Config,
     /// Print the ticket of a published dataset (uses the address of the running `serve`).
     Ticket {
         /// Dataset root (hex or base32).
         root: Hash,
+        /// Print a JSON record (root, name, free, ticket).
         #[arg(long)]
         json: bool,
     },
@@ -34,6 +35,7 @@ pub enum ProviderCmd {
     },
     /// List published datasets.
     List {
+        /// Print the catalog as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -71,8 +73,10 @@ pub struct PublishArgs {
     /// Reference files in place instead of copying them into the store (they must not change).
     #[arg(long)]
     pub in_place: bool,
+    /// What the dataset holds, for buyers and search (in the manifest).
     #[arg(long, default_value = "")]
     pub description: String,
+    /// Its license, as the vendor states it (in the manifest).
     #[arg(long, default_value = "")]
     pub license: String,
     /// Tag for search (repeatable).
@@ -86,106 +90,15 @@ pub struct PublishArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// UDP address to bind.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    pub bind: SocketAddr,
-    /// Use n0's public relays (off by default: direct addresses only).
-    #[arg(long)]
-    pub relays: bool,
-    /// Cap each request's upload rate, bytes per second.
-    #[arg(long)]
-    pub max_rate: Option<u64>,
-    /// Serve Prometheus/OpenMetrics metrics on `http://ADDR/metrics` (bytes served, receipted
-    /// and redeemed, gate stalls, jobs by outcome).
-    #[arg(long, value_name = "ADDR")]
-    pub metrics_addr: Option<SocketAddr>,
-    /// Sell every published dataset on bdc/paid/1 (needs the chain options and a keystore).
-    #[arg(long)]
-    pub sell: bool,
-    /// Price, token base units per GiB (charged per byte, rounded down).
-    #[arg(long, default_value_t = 1_000_000_000_000_000_000)]
-    pub price_per_gib: u128,
-    /// Bytes sent ahead of receipts.
-    #[arg(long, default_value_t = 4 << 20)]
-    pub window: u64,
-    /// Redeem on chain every this many receipted bytes.
-    #[arg(long, default_value_t = 256 << 20)]
-    pub redeem_every: u64,
-    /// Seconds before a deal's expiry from which no buyer is admitted and nothing is sent
-    /// (bytes sent later might not be redeemed in time); deals are redeemed when they enter it.
-    #[arg(long, default_value_t = bdc_core::paid::DEFAULT_EXPIRY_MARGIN_SECS, value_name = "SECS")]
-    pub expiry_margin: u64,
-    /// Seconds a full window waits for a receipt before the connection is closed.
-    #[arg(long, default_value_t = 30)]
-    pub stall_timeout: u64,
-    /// An arbiter this provider accepts on its deals (repeatable; at least one with --sell).
-    /// Offers and listings name them; a deal naming another arbiter is refused.
-    #[arg(long = "arbiter", value_name = "ADDRESS")]
-    pub arbiters: Vec<alloy::primitives::Address>,
-    /// Refuse deals whose royalty is above this (basis points). Default: the royalty each
-    /// dataset was registered with when this provider first saw it (a later raise is refused).
-    #[arg(long)]
-    pub max_royalty_bps: Option<u16>,
-    /// Announce the sold datasets to this market (signed listings, refreshed before they expire).
-    #[arg(long, requires = "sell")]
-    pub market: Option<String>,
-    /// Region named in the listings.
-    #[arg(long, default_value = "local")]
-    pub region: String,
-    /// Serving capacity declared in the listings, MiB/s.
-    #[arg(long, default_value_t = 100)]
-    pub capacity_mibps: u64,
-    /// With --sell and --jobs: also run jobs on the sold datasets, at this price per job (token
-    /// base units), paid by a job deal the buyer opens (`bdc compute --pay`).
-    #[arg(long, requires_all = ["sell", "jobs"])]
-    pub job_price: Option<u128>,
-    /// Run compute jobs (SQL on DataFusion) on free datasets, on bdc/jobs/1, in a runc sandbox;
-    /// results are signed with the keystore's key.
-    #[arg(long)]
-    pub jobs: bool,
-    /// Send Ballista SQL jobs (`bdc compute --engine ballista`) to this scheduler, df://host:port;
-    /// its executors must see this provider's `jobs/datasets/` at the same path. Default: each
-    /// Ballista job starts a standalone scheduler and executor inside its own sandbox.
-    #[arg(long, requires = "jobs")]
-    pub ballista_scheduler: Option<String>,
-    /// Memory limit of one job's sandbox, MiB.
-    #[arg(long, default_value_t = 1024)]
-    pub job_memory_mib: u64,
-    /// CPU quota of one job, cores.
-    #[arg(long, default_value_t = 1.0)]
-    pub job_cpus: f64,
-    /// Wall-time limit of one job, seconds.
-    #[arg(long, default_value_t = 120)]
-    pub job_timeout_secs: u64,
-    /// Jobs run at once.
-    #[arg(long, default_value_t = 1)]
-    pub job_concurrency: usize,
-    /// The runc binary.
-    #[arg(long, default_value = "runc")]
-    pub runc: String,
-    /// Largest container image archive a buyer may upload, MiB.
-    #[arg(long, default_value_t = 512)]
-    pub max_image_mib: u64,
-    /// Most one image may unpack to, MiB (decompression bombs stop here).
-    #[arg(long, default_value_t = 2048)]
-    pub max_unpacked_image_mib: u64,
-    /// Disk for unpacked images and uploads in flight, MiB; the least recently used idle
-    /// images are evicted to stay under it.
-    #[arg(long, default_value_t = 8192)]
-    pub image_disk_budget_mib: u64,
-    /// Image uploads received at once (more are refused as busy).
-    #[arg(long, default_value_t = 2)]
-    pub max_image_uploads: usize,
-    #[command(flatten)]
-    pub chain: super::chain::ChainArgs,
-}
-
 pub async fn run(cmd: ProviderCmd, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     match cmd {
         ProviderCmd::Publish(a) => publish_cmd(a, dir, quiet).await,
-        ProviderCmd::Serve(a) => serve_cmd(*a, dir).await,
+        ProviderCmd::Serve(a) => serve_cmd(a.with_config_file()?, dir).await,
+        ProviderCmd::Config => {
+            let path = dirs::config_dir().unwrap_or_default().join("bdc").join("provider.toml");
+            print!("{}", super::serve::example_config(&path));
+            Ok(())
+        }
         ProviderCmd::Ticket { root, json } => ticket_cmd(root, json, dir),
         ProviderCmd::Repin { root, vendor, max_royalty_bps, chain } => {
             repin_cmd(root, vendor, max_royalty_bps, chain, dir).await
@@ -244,30 +157,11 @@ async fn publish_cmd(a: PublishArgs, dir: &Path, quiet: bool) -> anyhow::Result<
 
 async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
     let store = ProviderStore::open(dir).await?;
-    let paid = if a.sell {
+    let max_rate = a.net.max_rate.map(|s| s.0);
+    let paid = if a.sell.sell {
+        let cfg = a.sell.paid_config(max_rate)?;
         let (chain, signer) = a.chain.connect()?;
-        let cfg = bdc_provider::PaidConfig {
-            price_per_byte: bdc_core::paid::price_per_byte(a.price_per_gib),
-            window: a.window,
-            redeem_every: a.redeem_every,
-            stall_timeout: std::time::Duration::from_secs(a.stall_timeout),
-            max_rate: a.max_rate,
-            arbiters: a.arbiters.clone(),
-            max_royalty_bps: a.max_royalty_bps,
-            expiry_margin: std::time::Duration::from_secs(a.expiry_margin),
-            ..Default::default()
-        };
-        if cfg.arbiters.is_empty() {
-            anyhow::bail!("--sell needs at least one --arbiter ADDRESS: the arbiters you accept on your deals");
-        }
-        if cfg.price_per_byte == 0 {
-            anyhow::bail!(
-                "--price-per-gib {} is below one base unit per byte (minimum {})",
-                a.price_per_gib,
-                1u64 << 30
-            );
-        }
-        if let Some(job_price) = a.job_price
+        if let Some(job_price) = a.jobs.job_price
             && job_price < cfg.price_per_byte
         {
             anyhow::bail!(
@@ -278,44 +172,34 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
         }
         Some((bdc_provider::PaidSetup { cfg, chain, address: signer.address() }, signer))
     } else {
+        anyhow::ensure!(a.jobs.job_price.is_none(), "--job-price needs --sell and --jobs");
         None
     };
     let (paid, signer) = paid.map(|(p, s)| (Some(p), Some(s))).unwrap_or((None, None));
     let selling = paid.is_some();
-    let jobs = if a.jobs {
+    let jobs = if a.jobs.enabled {
         let signer = match &signer {
             Some(s) => s.clone(),
             None => a.chain.signer().context("--jobs signs results with the keystore's key")?,
         };
         let exe = std::env::current_exe().context("cannot find the bdc binary to run as the job worker")?;
-        let mut jc = bdc_provider::JobsConfig::new(exe, signer);
-        jc.runc = a.runc.clone();
-        jc.concurrency = a.job_concurrency.max(1);
-        jc.limits.memory_bytes = a.job_memory_mib << 20;
-        jc.limits.cpus = a.job_cpus;
-        jc.limits.wall_time = std::time::Duration::from_secs(a.job_timeout_secs.max(1));
-        jc.limits.cpu_seconds = (a.job_timeout_secs as f64 * a.job_cpus.max(0.01)).ceil() as u64 + 1;
-        jc.job_price = a.job_price;
-        jc.ballista_scheduler = a.ballista_scheduler.clone();
-        jc.max_image_bytes = a.max_image_mib << 20;
-        jc.images.unpack.max_unpacked_bytes = a.max_unpacked_image_mib << 20;
-        jc.images.disk_budget = a.image_disk_budget_mib << 20;
-        jc.images.max_uploads = a.max_image_uploads.max(1);
-        Some(jc)
+        Some(a.jobs.jobs_config(exe, signer))
     } else {
+        anyhow::ensure!(a.jobs.ballista_scheduler.is_none(), "--ballista-scheduler needs --jobs");
         None
     };
+    anyhow::ensure!(a.listing.market.is_none() || selling, "--market announces sold datasets: it needs --sell");
     let cfg = ServeConfig {
-        net: NetConfig { bind: a.bind, relays: a.relays },
-        max_rate: a.max_rate,
+        net: NetConfig { bind: a.bind(), relays: a.net.relays },
+        max_rate,
         paid,
         jobs,
-        metrics_addr: a.metrics_addr,
+        metrics_addr: a.net.metrics_addr,
     };
     let provider = Provider::spawn(store, cfg).await?;
     eprintln!("serving as {} on {:?}", provider.addr().id, provider.bound_sockets());
     let free: Vec<DatasetRecord> = provider.store().catalog().iter().filter(|r| r.free).cloned().collect();
-    if free.is_empty() && !a.sell {
+    if free.is_empty() && !a.sell.sell {
         eprintln!("no free datasets published (bdc provider publish <path> --free)");
     }
     for rec in free {
@@ -333,13 +217,13 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
         bdc_core::keys::write_private(&path, &serde_json::to_vec_pretty(&offers)?)?;
     }
     let provider = std::sync::Arc::new(provider);
-    let announcer = match (a.market, signer) {
+    let announcer = match (a.listing.market, signer) {
         (Some(market), Some(signer)) => {
             let ann = bdc_provider::Announce {
                 market,
                 signer,
-                region: a.region,
-                capacity_mibps: a.capacity_mibps,
+                region: a.listing.region.unwrap_or_else(|| "local".to_string()),
+                capacity_mibps: a.listing.capacity_mibps.unwrap_or(100),
                 ttl: std::time::Duration::from_secs(3600),
             };
             // the first announcement must work: a wrong URL or a refused listing is an error now

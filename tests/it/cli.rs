@@ -424,3 +424,37 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
     no_jobs.shutdown().await;
     provider.shutdown().await;
 }
+
+/// `bdc market serve` stops on SIGTERM (a service manager's stop): it finishes what it is doing
+/// and exits 0, instead of being killed by the default signal action.
+#[tokio::test(flavor = "multi_thread")]
+async fn market_serve_shuts_down_gracefully_on_sigterm() {
+    let devnet = bdc_contracts::Devnet::spawn_with(bdc_contracts::DevnetConfig::default()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, deployment) = crate::common::buyer_chain_files(&devnet, 1, &tmp.path().join("keys"));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_bdc"))
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args(["market", "serve", "--bind", "127.0.0.1:0", "--poll-ms", "100", "--deployment"])
+        .arg(&deployment)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stdout.take().unwrap()));
+    let line =
+        tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("the market's URL").to_string();
+    let status = bdc_market_api::MarketClient::new(&url).unwrap().status().await.unwrap();
+    assert_eq!(status.backend, "sqlite");
+    // SIGTERM, as systemd sends it
+    let pid = child.id().unwrap() as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let out =
+        tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shutting down"));
+    // and it comes back on the same database, caught up
+    assert!(tmp.path().join("market/market.db").exists());
+}
