@@ -81,10 +81,10 @@ reliability: tools
 
 ## bench: throughput tables (release build); see docs/BENCHMARKS.md
 bench: tools
-	$(CARGO) build --release --bin bdc
-	"$(CARGO_TARGET_DIR)/release/bdc" bench transfer --paid --size-mib $${BENCH_MIB:-1024}
-	"$(CARGO_TARGET_DIR)/release/bdc" bench transfer --paid --size-mib $${BENCH_MIB:-1024} --window-kib 131072 --receipt-every-kib 16384
-	bash scripts/with_postgres.sh "$(CARGO_TARGET_DIR)/release/bdc" bench market --listings $${BENCH_LISTINGS:-100000}
+	$(CARGO) build --release --bin bdc --bin bdc-bench
+	"$(CARGO_TARGET_DIR)/release/bdc-bench" transfer --paid --size-mib $${BENCH_MIB:-1024}
+	"$(CARGO_TARGET_DIR)/release/bdc-bench" transfer --paid --size-mib $${BENCH_MIB:-1024} --window-kib 131072 --receipt-every-kib 16384
+	bash scripts/with_postgres.sh "$(CARGO_TARGET_DIR)/release/bdc-bench" market --listings $${BENCH_LISTINGS:-100000}
 	bash scripts/ensure_sandbox.sh
 	python3 -c "import duckdb" 2>/dev/null || python3 -m pip install --quiet duckdb==2.0.1
-	"$(CARGO_TARGET_DIR)/release/bdc" bench compute --rows $${BENCH_ROWS:-20000000} --rounds 5
+	"$(CARGO_TARGET_DIR)/release/bdc-bench" compute --rows $${BENCH_ROWS:-20000000} --rounds 5

@@ -58,7 +58,7 @@ echo "root: $ROOT"
 JOBS=()
 if [ "$(id -u)" = 0 ] && command -v runc >/dev/null; then
   mkdir -p "$WORK/kaiko-sample"
-  "$BDC" bench trades --rows 500000 -o "$WORK/kaiko-sample/trades.parquet" >/dev/null
+  "$BDC" dataset sample-trades --rows 500000 -o "$WORK/kaiko-sample/trades.parquet" >/dev/null
   "$BDC" --data-dir "$WORK/stimergy" provider publish "$WORK/kaiko-sample" --free \
     --name kaiko-sample --tag crypto --vendor "$VENDOR" >/dev/null
   echo "also published a free 500k-trade sample (trades.parquet) for queries next to the data"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""DuckDB side of `bdc bench compute`: runs each query on a Parquet file, prints seconds as JSON.
+"""DuckDB side of `bdc-bench compute`: runs each query on a Parquet file, prints seconds as JSON.
 
 usage: duckdb_bench.py FILE.parquet ROUNDS THREADS < queries.json   ({"name": "SQL", ...})
 """

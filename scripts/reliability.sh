@@ -56,18 +56,19 @@ bash scripts/apt_install.sh "the market load test" wrk >/dev/null 2>&1 || comman
 PROFILE=${BDC_PROFILE:-release}
 if [ "$PROFILE" = dev ]; then
   BDC="$CARGO_TARGET_DIR/debug/bdc"
-  [ -x "$BDC" ] || cargo test --workspace $FEATURES --no-run >/dev/null
+  [ -x "$BDC" ] && [ -x "$CARGO_TARGET_DIR/debug/bdc-bench" ] || cargo test --workspace $FEATURES --no-run >/dev/null
 else
-  cargo build --profile "$PROFILE" --bin bdc $FEATURES
+  cargo build --profile "$PROFILE" --bin bdc --bin bdc-bench $FEATURES
   BDC="$CARGO_TARGET_DIR/$PROFILE/bdc"
 fi
+BENCH="$(dirname "$BDC")/bdc-bench"
 echo "binary: $BDC ($PROFILE profile)"
 LISTINGS=${LOAD_LISTINGS:-100000}
 SECS=${LOAD_SECS:-60}
 CONNS=${LOAD_CONNS:-10}
 DELAY=${LOAD_DELAY_MS:-50}
 PORT=${LOAD_PORT:-18490}
-"$BDC" bench market --listings "$LISTINGS" --serve "127.0.0.1:$PORT" --hold $((SECS + 120)) >"$log" 2>&1 &
+"$BENCH" market --listings "$LISTINGS" --serve "127.0.0.1:$PORT" --hold $((SECS + 120)) >"$log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -f "$log"' EXIT
 for _ in $(seq 1 600); do grep -q "^serving" "$log" && break; sleep 0.5; done

@@ -2,9 +2,7 @@
 //! libraries and maps errors to exit codes: 0 ok, 1 verification failed or not found, 2 any
 //! other error.
 
-mod bench;
 mod cli;
-mod compute_bench;
 mod progress;
 mod review;
 

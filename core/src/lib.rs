@@ -22,6 +22,7 @@ pub mod paid;
 pub mod paths;
 pub mod protocol;
 pub mod ticket;
+pub mod time;
 pub mod wire;
 
 pub use iroh_blobs::{BlobFormat, Hash, HashAndFormat};

@@ -237,6 +237,32 @@ mod tests {
         assert!("blobxyz".parse::<Offer>().is_err());
     }
 
+    proptest::proptest! {
+        /// A receipt for the bytes verified pays for exactly those bytes, never one more: the
+        /// amount for `b` bytes buys back `b`, and any amount buys at most what it pays for.
+        #[test]
+        fn amounts_and_bytes_round_trip_and_never_overpay(
+            bytes in proptest::prelude::any::<u64>(),
+            price in 1u128..(1u128 << 64),
+            amount in proptest::prelude::any::<u128>(),
+        ) {
+            proptest::prop_assert_eq!(bytes_for(amount_for(bytes, price), price), bytes);
+            let b = bytes_for(amount, price);
+            proptest::prop_assert!(amount_for(b, price) <= amount, "bytes_for never rounds up");
+            if b < u64::MAX {
+                proptest::prop_assert!(amount_for(b + 1, price) > amount, "and never leaves a whole byte unpaid");
+            }
+        }
+
+        /// A per-GiB price becomes the largest per-byte price whose GiB costs no more.
+        #[test]
+        fn per_gib_prices_round_down_to_bytes(per_gib in proptest::prelude::any::<u128>()) {
+            let p = price_per_byte(per_gib);
+            proptest::prop_assert!(p.saturating_mul(GIB) <= per_gib);
+            proptest::prop_assert!((p + 1).saturating_mul(GIB) > per_gib || p == u128::MAX / GIB);
+        }
+    }
+
     #[test]
     fn pricing_is_exact_and_rounds_down() {
         assert_eq!(price_per_byte(GIB * 5 + 3), 5);

@@ -5,7 +5,6 @@
 //! indexer loop, and serves the router of [`api`].
 
 pub mod api;
-pub mod bench;
 pub mod book;
 pub mod db;
 pub mod indexer;

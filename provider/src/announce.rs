@@ -1,7 +1,9 @@
 //! Announcing sold datasets to a market: one EIP-712-signed listing per dataset, posted to
 //! `<market>/listings` at start and again before it expires (see docs/MARKET.md).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use bdc_core::time::unix_now as now;
 
 use alloy::{primitives::B256, signers::local::PrivateKeySigner};
 use bdc_contracts::listing::{SignatureError, market_domain};
@@ -59,10 +61,6 @@ pub enum ManifestReadError {
     Store(#[source] iroh_blobs::api::ExportBaoError),
     #[error("it is not UTF-8: {0}")]
     Utf8(#[from] std::string::FromUtf8Error),
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Provider {

@@ -8,10 +8,7 @@
 //! The store deduplicates by hash, so publishing identical bytes again gives the same root and
 //! stores nothing new.
 
-use std::{
-    path::{Path, PathBuf},
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::path::{Path, PathBuf};
 
 use bdc_core::{
     BlobFormat, Hash, HashAndFormat,
@@ -219,9 +216,7 @@ pub async fn publish(
     Ok(rec)
 }
 
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub(crate) use bdc_core::time::unix_now;
 
 /// The store tag that keeps a published dataset.
 pub fn dataset_tag(root: &Hash) -> String {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # paid_job_kills.sh BDC ROUNDS [ROWS]: fault injection on paid SQL jobs. A devnet, a sample of
-# ROWS (5000) trades (`bdc bench trades`, one Parquet file) registered by its vendor and sold by a
+# ROWS (5000) trades (`bdc dataset sample-trades`, one Parquet file) registered by its vendor and sold by a
 # provider that also runs jobs on it (`serve --sell --jobs --job-price JOB_PRICE`, runc sandboxes:
 # needs root and runc, see scripts/ensure_sandbox.sh). Round 0 is a clean paid job (`bdc compute
 # --pay`): its CSV is the expected result, its duration T0. Each round a fresh buyer data dir runs
@@ -56,7 +56,7 @@ for role in vendor buyer provider; do
   "$BDC" key import --keystore "$WORK/keys/$role.json" --private-key-file "$WORK/$role.key" >/dev/null
 done
 mkdir -p "$WORK/data"
-"$BDC" bench trades --rows "$ROWS" -o "$WORK/data/trades.parquet" >/dev/null
+"$BDC" dataset sample-trades --rows "$ROWS" -o "$WORK/data/trades.parquet" >/dev/null
 ROOT=$("$BDC" --data-dir "$WORK/p" provider publish "$WORK/data" --name trades --vendor "$VENDOR" 2>/dev/null)
 "$BDC" --data-dir "$WORK/p" dataset register "$ROOT" --royalty-bps 1000 --keystore "$WORK/keys/vendor.json" >/dev/null
 runc_jobs() { "$RUNC" list -q 2>/dev/null | grep '^bdc-job-' | sort || true; }

@@ -154,6 +154,16 @@ pub enum DatasetCmd {
         #[command(flatten)]
         chain: ChainArgs,
     },
+    /// Write a synthetic trades Parquet file (ts, symbol, price, qty, side): the sample data of
+    /// the demo, the tests and the benchmarks; prints its path.
+    SampleTrades {
+        /// Rows to write.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+        /// The Parquet file to write.
+        #[arg(short, long)]
+        out: std::path::PathBuf,
+    },
 }
 
 pub async fn dataset(cmd: DatasetCmd, provider_dir: &std::path::Path) -> anyhow::Result<()> {
@@ -181,6 +191,11 @@ pub async fn dataset(cmd: DatasetCmd, provider_dir: &std::path::Path) -> anyhow:
             let mh = manifest_hash.map(|h| B256::from(*h.as_bytes())).unwrap_or(B256::ZERO);
             c.register_dataset(B256::from(*root.as_bytes()), royalty_bps, mh, price_hint).await?;
             eprintln!("registered {root} with vendor {} and {}% royalty", signer.address(), royalty_bps as f64 / 100.0);
+            Ok(())
+        }
+        DatasetCmd::SampleTrades { rows, out } => {
+            bdc_provider::jobs::worker::write_sample_trades(&out, rows.max(1)).await?;
+            println!("{}", out.display());
             Ok(())
         }
     }

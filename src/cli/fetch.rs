@@ -135,7 +135,7 @@ async fn run_from_market(a: FetchArgs, root: B256, dir: &Path, quiet: bool) -> a
 
 /// Posts a signed throughput report for `deal` to the market; a failure is a warning.
 async fn report_throughput(market: &str, signer: &PrivateKeySigner, d: &Deployment, deal: B256, bytes: u64, ms: u64) {
-    let issued = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_secs()).unwrap_or(0);
+    let issued = bdc_core::time::unix_now();
     let domain = market_domain(d.chain_id, d.registry);
     let res = async {
         let rep = SignedReport::sign(signer, &domain, deal, bytes, ms.max(1), issued)?;

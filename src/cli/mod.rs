@@ -87,9 +87,6 @@ pub enum Command {
     /// The market: chain index, listings, search, matchmaking, HTTP API and web pages.
     #[command(subcommand)]
     Market(market::MarketCmd),
-    /// Benchmarks that print a table (run with --release: `make bench`).
-    #[command(subcommand)]
-    Bench(crate::bench::BenchCmd),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -112,7 +109,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => chain::key(cmd),
         Command::Balance { addresses, chain, json } => chain::balance(addresses, chain, json).await,
         Command::Market(cmd) => market::run(cmd, &root.join("market")).await,
-        Command::Bench(cmd) => crate::bench::run(cmd).await,
     }
 }
 

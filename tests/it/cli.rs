@@ -15,13 +15,19 @@ fn help_lists_every_subcommand() {
     let out = bdc().arg("--help").output().unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
-    for cmd in ["provider", "fetch", "bench"] {
+    for cmd in ["provider", "fetch", "compute", "market", "dataset"] {
         assert!(text.contains(cmd), "{cmd} missing from --help:\n{text}");
     }
     let out = bdc().args(["provider", "--help"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    for cmd in ["publish", "serve", "ticket", "list"] {
+    for cmd in ["publish", "serve", "ticket", "list", "config"] {
         assert!(text.contains(cmd), "{cmd} missing from provider --help:\n{text}");
+    }
+    // serve's flags come in groups
+    let out = bdc().args(["provider", "serve", "--help"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for heading in ["Network:", "Selling (bdc/paid/1):", "Market listings:", "Compute jobs (bdc/jobs/1):", "Chain:"] {
+        assert!(text.contains(heading), "{heading} missing from serve --help:\n{text}");
     }
 }
 

@@ -9,7 +9,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use alloy::primitives::{Address, B256};
@@ -61,10 +61,7 @@ pub struct AppState {
     pub intake: Arc<crate::intake::Gate>,
 }
 
-/// Unix seconds now (0 if the clock is before 1970).
-pub fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
+pub use bdc_core::time::unix_now as now;
 
 fn parse_b256(what: &str, s: &str) -> ApiResult<B256> {
     s.parse::<B256>().map_err(|_| ApiError::BadRequest(format!("{what} must be 32 bytes of 0x-hex, got {s:?}")))

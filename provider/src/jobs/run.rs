@@ -29,9 +29,7 @@ pub(super) fn manifest(
     }
 }
 
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub(super) use bdc_core::time::unix_now_ms as now_ms;
 
 /// Runs one job in a fresh bundle; the unsigned result.
 pub(super) async fn run_job(

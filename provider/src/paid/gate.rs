@@ -24,7 +24,7 @@ impl DealGate {
     /// Whether, with receipts covering `receipted_bytes`, another chunk group may be sent.
     pub(super) fn fits(&self, receipted_bytes: u64) -> bool {
         let sent = self.state.lock().expect("gate lock").sent;
-        sent + bdc_core::protocol::CHUNK_GROUP_BYTES <= receipted_bytes.saturating_add(self.window)
+        window_allows(sent, bdc_core::protocol::CHUNK_GROUP_BYTES, receipted_bytes, self.window)
     }
 }
 
@@ -43,6 +43,12 @@ pub(super) struct GateState {
     pub(super) carry: u64,
     /// Amount at the last redeem trigger.
     pub(super) last_trigger: u128,
+}
+
+/// The unpaid-risk rule: `size` more bytes may go out only if afterwards
+/// `sent − receipted ≤ window`.
+pub(super) fn window_allows(sent: u64, size: u64, receipted: u64, window: u64) -> bool {
+    sent.saturating_add(size) <= receipted.saturating_add(window)
 }
 
 /// Gates kept for deals with no open connection before even those of live deals are dropped.
@@ -216,8 +222,8 @@ async fn wait_for_window(shared: &Shared, gate: &DealGate, size: u64) -> Result<
         let notified = gate.notify.notified();
         let reserve = {
             let mut s = gate.state.lock().expect("gate lock");
-            let sent = s.sent + size;
-            if sent <= s.receipted_bytes.saturating_add(gate.window) {
+            let sent = s.sent.saturating_add(size);
+            if window_allows(s.sent, size, s.receipted_bytes, gate.window) {
                 if sent <= s.reserved {
                     s.sent = sent;
                     shared.metrics.paid_bytes_sent.inc_by(size);
@@ -245,5 +251,43 @@ async fn wait_for_window(shared: &Shared, gate: &DealGate, size: u64) -> Result<
             }
             return Err(GateError::PaymentTimeout);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::window_allows;
+
+    proptest! {
+        /// Whatever the numbers, a group goes out only if afterwards the bytes sent beyond the
+        /// receipts are at most the window, and always goes out when they are.
+        #[test]
+        fn the_window_bounds_unpaid_bytes_exactly(
+            sent in any::<u64>(), size in 0u64..(1 << 20), receipted in any::<u64>(), window in 0u64..(1 << 40),
+        ) {
+            let allowed = window_allows(sent, size, receipted, window);
+            let after = sent as u128 + size as u128;
+            prop_assert_eq!(allowed, after <= receipted as u128 + window as u128);
+        }
+
+        /// A buyer that never pays gets at most the window, in whole groups, however it asks.
+        #[test]
+        fn a_buyer_that_never_pays_gets_at_most_the_window(window in 0u64..(64 << 20), group in 1u64..(64 << 10)) {
+            let mut sent = 0u64;
+            while window_allows(sent, group, 0, window) {
+                sent += group;
+            }
+            prop_assert!(sent <= window && window - sent < group);
+        }
+    }
+
+    #[test]
+    fn edges() {
+        assert!(window_allows(0, 16 << 10, 0, 16 << 10), "a window of one group lets one group out");
+        assert!(!window_allows(16 << 10, 1, 0, 16 << 10), "and not a byte more");
+        assert!(window_allows(u64::MAX - 1, 1, u64::MAX, 0), "no overflow at the top");
+        assert!(!window_allows(u64::MAX, 1, 0, 0));
     }
 }

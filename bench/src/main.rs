@@ -1,4 +1,12 @@
-//! `bdc bench ...`: benchmarks that print a table, each beside its peer in the same run.
+//! `bdc-bench`: benchmarks that print a table, each beside its peer in the same run (kept out
+//! of the product crates and the `bdc` binary; `make bench` runs them on a release build).
+//!
+//! - `transfer`: publish vs b3sum-style hashing, and loopback fetch throughput, free and paid.
+//! - `compute`: SQL through `bdc compute` vs DataFusion in process vs DuckDB.
+//! - `market`: search and match latency over many listings, and the indexer's throughput.
+
+mod compute;
+mod market;
 
 use std::{
     io::Write,
@@ -11,6 +19,47 @@ use bdc_fetcher::{FetchEvent, FetchOptions, Fetcher, FetcherConfig};
 use bdc_provider::{Provider, ProviderStore, PublishOptions, ServeConfig, publish};
 use clap::Subcommand;
 use rand::{RngCore, SeedableRng, rngs::StdRng};
+
+/// Benchmarks that print a table, each beside its peer in the same run.
+#[derive(Debug, clap::Parser)]
+#[command(name = "bdc-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: BenchCmd,
+}
+
+fn main() -> std::process::ExitCode {
+    use clap::Parser;
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BDC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// The `bdc` binary (the job worker of the compute benchmark): `BDC_BIN`, else beside this one.
+pub(crate) fn bdc_binary() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BDC_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe()?;
+    let bdc = me.with_file_name("bdc");
+    ensure!(bdc.is_file(), "no bdc binary beside {} (build it, or set BDC_BIN)", me.display());
+    Ok(bdc)
+}
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
@@ -51,16 +100,6 @@ pub enum BenchCmd {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Writes the synthetic trades Parquet file (ts, symbol, price, qty, side) the compute tests,
-    /// benchmark and demo use.
-    Trades {
-        /// Rows to write.
-        #[arg(long, default_value_t = 1_000_000)]
-        rows: u64,
-        /// The Parquet file to write.
-        #[arg(short, long)]
-        out: PathBuf,
-    },
     /// Market search and match latency over many listings (SQLite, and Postgres when
     /// --database-url or BDC_TEST_POSTGRES_URL is set), and indexer throughput on a devnet.
     Market {
@@ -100,18 +139,13 @@ pub async fn run(cmd: BenchCmd) -> anyhow::Result<()> {
             transfer(size_mib, dir, paid, rounds.max(1)).await
         }
         BenchCmd::Compute { rows, rounds, threads, dir } => {
-            crate::compute_bench::run(rows.max(1), rounds.max(1), dir, threads.max(1)).await
-        }
-        BenchCmd::Trades { rows, out } => {
-            bdc_provider::jobs::worker::write_sample_trades(&out, rows).await?;
-            println!("{}", out.display());
-            Ok(())
+            compute::run(rows.max(1), rounds.max(1), dir, threads.max(1)).await
         }
         BenchCmd::Market { listings, serve: Some(addr), hold, .. } => {
-            bdc_market::bench::serve(listings.max(1), addr, std::time::Duration::from_secs(hold)).await
+            market::serve(listings.max(1), addr, std::time::Duration::from_secs(hold)).await
         }
         BenchCmd::Market { listings, database_url, events, queries, serve: None, .. } => {
-            bdc_market::bench::run(listings.max(1), database_url, events, queries.max(1)).await
+            market::run(listings.max(1), database_url, events, queries.max(1)).await
         }
     }
 }

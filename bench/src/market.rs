@@ -1,12 +1,12 @@
-//! `bdc bench market`: search and match latency (p50/p99) over many listings, through the
+//! `bdc-bench market`: search and match latency (p50/p99) over many listings, through the
 //! market's real router (axum + tower stack, no network), and the indexer's throughput on a
 //! devnet.
 
 use std::time::Instant;
 
-use crate::{Db, Indexer, api};
 use alloy::providers::Provider;
 use anyhow::Context;
+use bdc_market::{Db, Indexer, api};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tower::ServiceExt;
 
@@ -24,7 +24,7 @@ const REGIONS: &[&str] = &["eu", "us", "asia"];
 async fn fill(db: &Db, datasets: usize, listings: usize) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(7);
     let mut tx = db.pool.begin().await?;
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let now = bdc_core::time::unix_now() as i64;
     for i in 0..datasets {
         let root = format!("0x{:064x}", i + 1);
         let ex = EXCHANGES[rng.random_range(0..EXCHANGES.len())];
@@ -49,7 +49,7 @@ async fn fill(db: &Db, datasets: usize, listings: usize) -> anyhow::Result<()> {
         .bind(rng.random_range(1i64 << 20..1i64 << 36))
         .execute(&mut *tx)
         .await?;
-        for t in crate::db::terms(&format!("{name} {ex} {kind}")) {
+        for t in bdc_market::db::terms(&format!("{name} {ex} {kind}")) {
             sqlx::query("INSERT INTO terms (term, root, name) VALUES ($1, $2, $3) ON CONFLICT (term, root) DO NOTHING")
                 .bind(t)
                 .bind(&root)
@@ -124,7 +124,7 @@ pub async fn serve(listings: usize, addr: std::net::SocketAddr, hold: std::time:
         registry: Default::default(),
         metrics: Default::default(),
         index: Default::default(),
-        book: crate::book::OfferBook::new(),
+        book: bdc_market::book::OfferBook::new(),
         intake: Default::default(),
     };
     let app = api::router(st, api::Limits::default());
@@ -149,7 +149,7 @@ pub async fn run(listings: usize, database_url: Option<String>, events: usize, q
     let devnet = bdc_contracts::Devnet::spawn_with(bdc_contracts::DevnetConfig::default()).await?;
     let d = devnet.deployment.clone();
     for url in backends {
-        let db = Db::connect(&url).await.with_context(|| format!("bench database {}", crate::db::redact(&url)))?;
+        let db = Db::connect(&url).await.with_context(|| format!("bench database {}", bdc_market::db::redact(&url)))?;
         for t in ["terms", "listings", "dataset_meta", "datasets"] {
             sqlx::query(&format!("DELETE FROM {t}")).execute(&db.pool).await?;
         }
@@ -171,7 +171,7 @@ pub async fn run(listings: usize, database_url: Option<String>, events: usize, q
             registry: d.registry,
             metrics: Default::default(),
             index: Default::default(),
-            book: crate::book::OfferBook::new(),
+            book: bdc_market::book::OfferBook::new(),
             intake: Default::default(),
         };
         let app = api::router(st, api::Limits::default());

@@ -1,4 +1,4 @@
-//! `bdc bench compute`: five queries on one generated trades Parquet file, through `bdc compute`
+//! `bdc-bench compute`: five queries on one generated trades Parquet file, through `bdc compute`
 //! (provider + runc sandbox + worker + signed result + verified fetch, in one process on
 //! loopback), DataFusion in-process, and DuckDB (Python, `scripts/duckdb_bench.py`), medians
 //! side by side; plus the sandbox start (a `SELECT 1` job) and bytes moved vs the dataset.
@@ -52,7 +52,7 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
             ctx.sql(q).await?.collect().await?;
             xs.push(t.elapsed().as_secs_f64());
         }
-        direct.push(crate::bench::median(xs.into_iter()));
+        direct.push(crate::median(xs.into_iter()));
     }
 
     // bdc compute: a provider with jobs, in place (no copy of the file into the store)
@@ -60,7 +60,7 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
     let opts = PublishOptions { free: true, in_place: true, name: Some("trades".into()), ..Default::default() };
     let rec = publish(&mut store, &data, &opts, |_| {}).await?;
     let signer = alloy::signers::local::PrivateKeySigner::random();
-    let mut jc = JobsConfig::new(std::env::current_exe()?, signer);
+    let mut jc = JobsConfig::new(crate::bdc_binary()?, signer);
     jc.threads = threads;
     jc.limits.cpus = threads as f64;
     jc.limits.memory_bytes = 8 << 30;
@@ -86,7 +86,7 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
     for _ in 0..rounds.max(5) {
         starts.push(job("SELECT 1").await?.0);
     }
-    let start = crate::bench::median(starts.into_iter());
+    let start = crate::median(starts.into_iter());
     // each round pairs the query's job with a `SELECT 1` job run right before or after it (the
     // order alternates), so the start subtracted is the one the machine gave that round
     let mut compute = Vec::new();
@@ -107,9 +107,9 @@ pub async fn run(rows: u64, rounds: usize, dir: Option<PathBuf>, threads: usize)
             nets.push(secs - one);
             moved = moved.max(bytes);
         }
-        compute.push(crate::bench::median(xs.into_iter()));
+        compute.push(crate::median(xs.into_iter()));
         let (lo, hi) = nets.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), x| (l.min(*x), h.max(*x)));
-        paired.push((crate::bench::median(nets.into_iter()), lo, hi));
+        paired.push((crate::median(nets.into_iter()), lo, hi));
     }
     fetcher.shutdown().await;
     provider.shutdown().await;
@@ -187,5 +187,5 @@ fn duckdb(
         secs: std::collections::HashMap<String, Vec<f64>>,
     }
     let o: Out = serde_json::from_slice(&out.stdout)?;
-    Ok((o.version, o.secs.into_iter().map(|(k, v)| (k, crate::bench::median(v.into_iter()))).collect()))
+    Ok((o.version, o.secs.into_iter().map(|(k, v)| (k, crate::median(v.into_iter()))).collect()))
 }
