@@ -75,6 +75,8 @@ pub enum PublishError {
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error("the publishing task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Progress of a publish, in payload bytes hashed so far out of the total.
@@ -97,36 +99,10 @@ pub async fn publish(
     opts: &PublishOptions,
     mut progress: impl FnMut(PublishProgress),
 ) -> Result<DatasetRecord, PublishError> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(PublishError::NotFound(path.to_path_buf()));
-        }
-        Err(source) => {
-            return Err(PublishError::Io { path: path.to_path_buf(), source });
-        }
-    };
-    let abs = std::path::absolute(path).map_err(|source| PublishError::Io { path: path.to_path_buf(), source })?;
-    let default_name = abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
-    let inputs = if meta.is_dir() {
-        if opts.raw {
-            return Err(PublishError::RawNeedsFile(path.to_path_buf()));
-        }
-        let mut v = Vec::new();
-        walk(&abs, &abs, &mut v)?;
-        if v.is_empty() {
-            return Err(PublishError::Empty(path.to_path_buf()));
-        }
-        if v.iter().any(|i| i.name == MANIFEST_NAME) {
-            return Err(PublishError::ReservedName(path.to_path_buf()));
-        }
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
-    } else {
-        let name = name_from_relative(Path::new(&default_name))
-            .map_err(|source| PublishError::Name { path: path.to_path_buf(), source })?;
-        vec![Input { name, path: abs.clone(), size: meta.len() }]
-    };
+    // the directory walk and the stat calls are blocking file work: off the async workers
+    let (p, raw) = (path.to_path_buf(), opts.raw);
+    let (default_name, inputs) =
+        tokio::task::spawn_blocking(move || inputs_of(&p, raw)).await.map_err(PublishError::Task)??;
 
     let total: u64 = inputs.iter().map(|i| i.size).sum();
     let mode = if opts.in_place { ImportMode::TryReference } else { ImportMode::Copy };
@@ -167,7 +143,13 @@ pub async fn publish(
             size: input.size,
             hash: tag.hash(),
             media_type: media_type(&input.name).to_string(),
-            columns: crate::schema::file_columns(&input.path, &input.name),
+            // reading a schema reads the file: blocking work
+            columns: {
+                let (p, n) = (input.path.clone(), input.name.clone());
+                tokio::task::spawn_blocking(move || crate::schema::file_columns(&p, &n))
+                    .await
+                    .map_err(PublishError::Task)?
+            },
         };
         imported.push((entry, tag));
     }
@@ -223,25 +205,55 @@ pub fn dataset_tag(root: &Hash) -> String {
     format!("bdc/dataset/{root}")
 }
 
-fn walk(base: &Path, dir: &Path, out: &mut Vec<Input>) -> Result<(), PublishError> {
-    let io = |source| PublishError::Io { path: dir.to_path_buf(), source };
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let path = entry.path();
-        let ft = entry.file_type().map_err(|source| PublishError::Io { path: path.clone(), source })?;
-        if ft.is_dir() {
-            walk(base, &path, out)?;
-            continue;
+/// The files to publish for `path` (a file, or every file under a folder, sorted by name), with
+/// its absolute path and default dataset name. Blocking file work.
+fn inputs_of(path: &Path, raw: bool) -> Result<(String, Vec<Input>), PublishError> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(PublishError::NotFound(path.to_path_buf()));
         }
-        // Follow symlinks to files; skip symlinked directories (no cycles) and special files.
-        let meta = std::fs::metadata(&path).map_err(|source| PublishError::Io { path: path.clone(), source })?;
-        if !meta.is_file() {
-            tracing::warn!(path = %path.display(), "skipping: not a regular file");
-            continue;
+        Err(source) => {
+            return Err(PublishError::Io { path: path.to_path_buf(), source });
         }
-        let rel = path.strip_prefix(base).expect("walked path is under its base");
-        let name = name_from_relative(rel).map_err(|source| PublishError::Name { path: path.clone(), source })?;
-        out.push(Input { name, path, size: meta.len() });
+    };
+    let abs = std::path::absolute(path).map_err(|source| PublishError::Io { path: path.to_path_buf(), source })?;
+    let default_name = abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "dataset".into());
+    if !meta.is_dir() {
+        let name = name_from_relative(Path::new(&default_name))
+            .map_err(|source| PublishError::Name { path: path.to_path_buf(), source })?;
+        let inputs = vec![Input { name, path: abs, size: meta.len() }];
+        return Ok((default_name, inputs));
     }
-    Ok(())
+    if raw {
+        return Err(PublishError::RawNeedsFile(path.to_path_buf()));
+    }
+    let mut inputs = Vec::new();
+    // symlinks to files are followed; symlinked directories are not walked (no cycles)
+    for entry in walkdir::WalkDir::new(&abs).follow_links(false).sort_by_file_name() {
+        let entry = entry.map_err(|e| {
+            let at = e.path().unwrap_or(&abs).to_path_buf();
+            PublishError::Io { path: at, source: e.into() }
+        })?;
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let p = entry.path();
+        let meta = std::fs::metadata(p).map_err(|source| PublishError::Io { path: p.to_path_buf(), source })?;
+        if !meta.is_file() {
+            tracing::warn!(path = %p.display(), "skipping: not a regular file");
+            continue;
+        }
+        let rel = p.strip_prefix(&abs).expect("walked path is under its base");
+        let name = name_from_relative(rel).map_err(|source| PublishError::Name { path: p.to_path_buf(), source })?;
+        inputs.push(Input { name, path: p.to_path_buf(), size: meta.len() });
+    }
+    if inputs.is_empty() {
+        return Err(PublishError::Empty(path.to_path_buf()));
+    }
+    if inputs.iter().any(|i| i.name == MANIFEST_NAME) {
+        return Err(PublishError::ReservedName(path.to_path_buf()));
+    }
+    inputs.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((default_name, inputs))
 }

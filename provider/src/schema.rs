@@ -32,9 +32,9 @@ pub fn file_columns(path: &Path, name: &str) -> Vec<Column> {
     }
 }
 
-/// Why a file's schema could not be read.
+/// Why a tabular file (Parquet, CSV, JSON lines) could not be read.
 #[derive(Debug, thiserror::Error)]
-enum SchemaError {
+pub enum TableReadError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -43,7 +43,7 @@ enum SchemaError {
     Arrow(#[from] datafusion::arrow::error::ArrowError),
 }
 
-fn read_schema(path: &Path, kind: &str) -> Result<Schema, SchemaError> {
+fn read_schema(path: &Path, kind: &str) -> Result<Schema, TableReadError> {
     let file = File::open(path)?;
     Ok(match kind {
         "parquet" => ParquetRecordBatchReaderBuilder::try_new(file)?.schema().as_ref().clone(),

@@ -97,16 +97,8 @@ pub fn multiset_difference<T: Ord + Clone>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>)
     (only_a, only_b)
 }
 
-/// Why a result file does not read as its format.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    #[error(transparent)]
-    Parquet(#[from] datafusion::parquet::errors::ParquetError),
-    #[error(transparent)]
-    Arrow(#[from] datafusion::arrow::error::ArrowError),
-}
+/// Why a result file does not read as its format (the provider's error for tabular files).
+pub use bdc_provider::schema::TableReadError as ReadError;
 
 /// Reads a result file in `format`. An error says why it is not a readable file of that format.
 pub fn read(path: &Path, format: ResultFormat) -> Result<Rows, ReadError> {

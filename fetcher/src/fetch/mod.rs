@@ -18,8 +18,8 @@ use std::{
 
 use bdc_core::{
     BlobFormat, Hash,
-    net::{NetConfig, NetError, bind_endpoint},
-    paths::{UnsafeName, check_name},
+    net::{NetConfig, bind_endpoint},
+    paths::check_name,
     protocol::{FREE_ALPN, PAID_ALPN},
     ticket::BlobTicket,
 };
@@ -29,13 +29,17 @@ use iroh_blobs::{
     HashAndFormat,
     api::remote::GetProgressItem,
     format::collection::Collection,
-    get::{GetError, fsm::DecodeError},
-    protocol::{ChunkRanges, ChunkRangesExt, ERR_INTERNAL, ERR_LIMIT, ERR_PERMISSION, GetRequest},
+    protocol::{ChunkRanges, ChunkRangesExt, GetRequest},
     store::fs::FsStore,
 };
 use serde::Serialize;
 
 use crate::export::{ExportError, ExportedFile, export_file};
+
+mod error;
+
+use error::classify;
+pub use error::{BadRequest, FetchError, TransferError};
 
 /// Where the fetcher keeps its store and how it dials.
 #[derive(Debug, Clone)]
@@ -62,158 +66,6 @@ impl FetcherConfig {
 pub struct FetchOptions {
     /// File name for a raw blob (defaults to the root's hex).
     pub raw_name: Option<String>,
-}
-
-/// Why a fetch failed. Errors caused by the provider name it, so callers can score providers.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error(transparent)]
-    Net(#[from] NetError),
-    #[error("cannot open the fetcher store in {path}: {source} (is another `bdc fetch` using this data dir?)")]
-    Store {
-        path: PathBuf,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
-    },
-    #[error("the ticket carries no address for provider {0}")]
-    NoAddress(EndpointId),
-    #[error("provider {provider} did not answer within {secs}s (unreachable, or not serving)")]
-    Timeout { provider: EndpointId, secs: u64 },
-    #[error("cannot connect to provider {provider}: {source}")]
-    Connect {
-        provider: EndpointId,
-        #[source]
-        source: iroh::endpoint::ConnectError,
-    },
-    #[error("provider {provider} refused the request for {root}: permission denied (not a free dataset there)")]
-    Refused { provider: EndpointId, root: Hash },
-    #[error("provider {provider} is rate limiting; try again later")]
-    RateLimited { provider: EndpointId },
-    #[error("provider {provider} does not have {root}")]
-    NotFound { provider: EndpointId, root: Hash },
-    #[error(
-        "verification failed: provider {provider} sent data for {root} that does not match its hash ({source}); nothing unverified was written"
-    )]
-    Verification {
-        provider: EndpointId,
-        root: Hash,
-        #[source]
-        source: Box<DecodeError>,
-    },
-    /// The provider reset the stream with iroh-blobs' internal-error code: it could not read
-    /// its copy of the range, or the copy did not verify against its outboard (an honest
-    /// provider never sends such bytes). Its fault, but not a lie: nothing it sent failed.
-    #[error(
-        "provider {provider} aborted the transfer of {root} after {verified} verified bytes with an internal error (it could not read its copy of that range, or the copy does not verify); nothing unverified was written: rerun to resume, or use another provider"
-    )]
-    ProviderAborted { provider: EndpointId, root: Hash, verified: u64 },
-    #[error("transfer from provider {provider} broke off: {source} (rerun to resume)")]
-    Transfer {
-        provider: EndpointId,
-        #[source]
-        source: TransferError,
-    },
-    #[error("provider {provider} sent an unsafe file name; refusing the whole dataset: {source}")]
-    UnsafeName { provider: EndpointId, source: UnsafeName },
-    #[error("provider {provider} sent a collection that lists {name:?} twice")]
-    DuplicateName { provider: EndpointId, name: String },
-    #[error("dataset {root} is not a valid collection: {source}")]
-    BadCollection {
-        root: Hash,
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync + 'static>,
-    },
-    #[error(transparent)]
-    Export(#[from] ExportError),
-    /// The local store failed to read or write (not the provider's fault).
-    #[error("local store failure: {0}")]
-    LocalStore(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot sign {what}: {source}")]
-    Sign {
-        what: &'static str,
-        #[source]
-        source: bdc_contracts::ReceiptError,
-    },
-    #[error("provider {provider} asks {price} base units per job, above the {max} allowed")]
-    JobPriceTooHigh { provider: EndpointId, price: u128, max: u128 },
-    /// The request itself is wrong (its arguments), before any provider is asked.
-    #[error(transparent)]
-    BadRequest(#[from] BadRequest),
-    #[error(transparent)]
-    Paid(#[from] crate::paid::PaidError),
-    #[error("provider {provider} closed the paid connection: {reason} (code {code})")]
-    ProviderClosed { provider: EndpointId, code: u64, reason: &'static str },
-}
-
-/// How a transfer broke off (not a lie: what arrived verified).
-#[derive(Debug, thiserror::Error)]
-pub enum TransferError {
-    #[error("the connection closed: {0}")]
-    Connection(#[source] iroh::endpoint::ConnectionError),
-    #[error(transparent)]
-    Get(Box<GetError>),
-    #[error("the provider's data does not decode: {0}")]
-    Decode(#[source] Box<DecodeError>),
-    #[error("the provider ended the transfer early")]
-    EndedEarly,
-}
-
-/// A request that is wrong before any provider is asked.
-#[derive(Debug, thiserror::Error)]
-pub enum BadRequest {
-    #[error("no provider given")]
-    NoProvider,
-    #[error("--replicas {k} needs {k} providers, {given} given")]
-    TooFewReplicas { k: usize, given: usize },
-    #[error("tickets name different datasets: {0} and {1}")]
-    DifferentDatasets(Hash, Hash),
-}
-
-impl FetchError {
-    /// A failure of the local store.
-    pub fn store(e: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Self::LocalStore(Box::new(e))
-    }
-
-    /// The process exit code a command failing with this error ends with: 1 when what was
-    /// asked for failed verification or does not exist, 2 for any other error.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Self::Verification { .. } | Self::NotFound { .. } => 1,
-            _ => 2,
-        }
-    }
-
-    /// True when bytes the provider sent failed verification here.
-    pub fn is_verification(&self) -> bool {
-        matches!(self, Self::Verification { .. })
-    }
-
-    /// The provider this error blames, if any: a caller with other sources moves off it.
-    pub fn provider(&self) -> Option<EndpointId> {
-        match self {
-            Self::Timeout { provider, .. }
-            | Self::Connect { provider, .. }
-            | Self::Refused { provider, .. }
-            | Self::RateLimited { provider }
-            | Self::NotFound { provider, .. }
-            | Self::Verification { provider, .. }
-            | Self::ProviderAborted { provider, .. }
-            | Self::Transfer { provider, .. }
-            | Self::UnsafeName { provider, .. }
-            | Self::DuplicateName { provider, .. }
-            | Self::ProviderClosed { provider, .. }
-            | Self::JobPriceTooHigh { provider, .. } => Some(*provider),
-            Self::NoAddress(provider) => Some(*provider),
-            _ => None,
-        }
-    }
 }
 
 /// Progress events of a fetch.
@@ -573,43 +425,4 @@ pub(crate) const ABORT_RETRIES: u32 = 2;
 /// The wait before resume `attempt` (1, 2, …): growing, with jitter so buyers spread out.
 pub(crate) fn abort_backoff(attempt: u32) -> Duration {
     Duration::from_millis(200 * u64::from(attempt) + rand::random::<u64>() % 300)
-}
-
-/// Maps a get error to whose fault it was.
-///
-/// `verified` is how many payload bytes had verified when the error happened.
-fn classify(e: GetError, provider: EndpointId, root: Hash, verified: u64) -> FetchError {
-    if let Some(code) = e.iroh_error_code() {
-        if code == ERR_INTERNAL {
-            // A bdc/iroh-blobs provider validates what it reads from disk against the outboard
-            // and resets the stream instead of sending bytes that do not verify; a read error
-            // of its store ends the same way. Either way the buyer verified all it received.
-            return FetchError::ProviderAborted { provider, root, verified };
-        }
-        if code == ERR_PERMISSION {
-            return FetchError::Refused { provider, root };
-        }
-        if code == ERR_LIMIT {
-            return FetchError::RateLimited { provider };
-        }
-    }
-    match e {
-        GetError::Decode { source, .. } => match source {
-            // a hash mismatch is a lie; a missing chunk or parent means the provider stopped
-            // sending valid data: either way what it sent did not verify
-            DecodeError::LeafHashMismatch { .. }
-            | DecodeError::ParentHashMismatch { .. }
-            | DecodeError::ChunkNotFound { .. }
-            | DecodeError::LeafNotFound { .. }
-            | DecodeError::ParentNotFound { .. } => {
-                FetchError::Verification { provider, root, source: Box::new(source) }
-            }
-            other => FetchError::Transfer { provider, source: TransferError::Decode(Box::new(other)) },
-        },
-        GetError::AtBlobHeaderNext { source: iroh_blobs::get::fsm::AtBlobHeaderNextError::NotFound { .. }, .. } => {
-            FetchError::NotFound { provider, root }
-        }
-        e @ GetError::LocalFailure { .. } => FetchError::store(e),
-        e => FetchError::Transfer { provider, source: TransferError::Get(Box::new(e)) },
-    }
 }
