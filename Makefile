@@ -81,7 +81,8 @@ reliability: tools
 
 ## bench: throughput tables (release build); see docs/BENCHMARKS.md
 bench: tools
-	$(CARGO) build --release --bin bdc --bin bdc-bench
+	$(CARGO) build --release --bin bdc
+	$(CARGO) build --release -p bdc-bench --bin bdc-bench
 	"$(CARGO_TARGET_DIR)/release/bdc-bench" transfer --paid --size-mib $${BENCH_MIB:-1024}
 	"$(CARGO_TARGET_DIR)/release/bdc-bench" transfer --paid --size-mib $${BENCH_MIB:-1024} --window-kib 131072 --receipt-every-kib 16384
 	bash scripts/with_postgres.sh "$(CARGO_TARGET_DIR)/release/bdc-bench" market --listings $${BENCH_LISTINGS:-100000}

@@ -58,7 +58,8 @@ if [ "$PROFILE" = dev ]; then
   BDC="$CARGO_TARGET_DIR/debug/bdc"
   [ -x "$BDC" ] && [ -x "$CARGO_TARGET_DIR/debug/bdc-bench" ] || cargo test --workspace $FEATURES --no-run >/dev/null
 else
-  cargo build --profile "$PROFILE" --bin bdc --bin bdc-bench $FEATURES
+  cargo build --profile "$PROFILE" --bin bdc $FEATURES
+  cargo build --profile "$PROFILE" -p bdc-bench --bin bdc-bench
   BDC="$CARGO_TARGET_DIR/$PROFILE/bdc"
 fi
 BENCH="$(dirname "$BDC")/bdc-bench"
