@@ -140,6 +140,12 @@ pub enum PaidError {
     Task(#[source] tokio::task::JoinError),
     #[error("the local store cannot commit what it verified")]
     Store(#[source] iroh_blobs::api::RequestError),
+    /// The dataset's own manifest (covered by its root) names another vendor than the registry
+    /// entry the deal pays: a squatter registered the root. Only the manifest was paid for.
+    #[error(
+        "the dataset's manifest names vendor {manifest}, but the deal pays the registered vendor {registered} (a squatted root): stopped after the manifest"
+    )]
+    VendorMismatch { manifest: String, registered: Address },
 }
 
 /// Why the deal book could not be read or written.
@@ -212,6 +218,11 @@ pub(crate) struct PaidSession {
 
 impl PaidSession {
     /// Opens the receipt stream and sends the Hello.
+    /// The vendor the deal pays its royalty to (what the registry named when it was opened).
+    pub(crate) fn vendor(&self) -> Address {
+        self.deal.terms.vendor
+    }
+
     pub(crate) async fn hello(&mut self, conn: &Connection) -> Result<(), FetchError> {
         let domain = self.chain.domain();
         let me = self.me;

@@ -27,7 +27,7 @@ use futures_lite::StreamExt;
 use iroh::{Endpoint, EndpointId, endpoint::Connection};
 use iroh_blobs::{
     HashAndFormat,
-    api::remote::GetProgressItem,
+    api::{blobs::BlobStatus, remote::GetProgressItem},
     format::collection::Collection,
     protocol::{ChunkRanges, ChunkRangesExt, GetRequest},
     store::fs::FsStore,
@@ -229,6 +229,16 @@ impl Fetcher {
             conn = Some(c);
         }
         let files = self.file_list(ticket, provider, opts).await?;
+        // a paid collection: its manifest names the vendor (the root commits to it); the deal
+        // pays the registry's vendor. Check them before paying for more than the manifest.
+        if let (Some(p), Some(c)) = (paid.as_deref_mut(), &conn)
+            && let Some((_, manifest)) = files.iter().find(|(n, _)| n == bdc_core::protocol::MANIFEST_NAME)
+            && let Err(e) = self.check_vendor(c, *manifest, provider, p, &mut fetched).await
+        {
+            p.verified(fetched);
+            let _ = p.finish(c).await;
+            return Err(e);
+        }
         let (total, local_now) = self.payload_state(&files).await?;
         on(FetchEvent::Plan { total, local: local_now });
 
@@ -311,6 +321,43 @@ impl Fetcher {
             Err(_) => Err(FetchError::Timeout { provider, secs }),
             Ok(Err(source)) => Err(FetchError::Connect { provider, source }),
             Ok(Ok(c)) => Ok(c),
+        }
+    }
+
+    /// Fetches the manifest in full (paying for it) and checks that the vendor it names is the one
+    /// the deal pays. A manifest that names no vendor cannot be checked (raw blobs, unvendored
+    /// collections: SECURITY.md).
+    async fn check_vendor(
+        &self,
+        c: &Connection,
+        manifest: Hash,
+        provider: EndpointId,
+        p: &crate::paid::PaidSession,
+        fetched: &mut u64,
+    ) -> Result<(), FetchError> {
+        let blobs = self.store.blobs();
+        if !matches!(blobs.status(manifest).await.map_err(FetchError::store)?, BlobStatus::Complete { .. }) {
+            let mut stream = self.store.remote().execute_get(c.clone(), GetRequest::blob(manifest)).stream();
+            while let Some(item) = stream.next().await {
+                match item {
+                    GetProgressItem::Progress(n) => p.verified(*fetched + n),
+                    GetProgressItem::Done(stats) => {
+                        *fetched += stats.payload_bytes_read;
+                        break;
+                    }
+                    GetProgressItem::Error(e) => return Err(classify(e, provider, manifest, 0)),
+                }
+            }
+        }
+        let bytes = blobs.get_bytes(manifest).await.map_err(FetchError::store)?;
+        let m = bdc_core::manifest::DatasetManifest::from_bytes(&bytes)
+            .map_err(|e| FetchError::BadCollection { root: manifest, source: Box::new(e) })?;
+        let registered = p.vendor();
+        match m.vendor.as_deref() {
+            Some(v) if v.parse::<alloy::primitives::Address>().ok() != Some(registered) => {
+                Err(crate::paid::PaidError::VendorMismatch { manifest: v.to_string(), registered }.into())
+            }
+            _ => Ok(()),
         }
     }
 

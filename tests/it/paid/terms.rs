@@ -1,6 +1,9 @@
 //! What a deal must agree to before a byte is sent: signature forms the escrow redeems, the
 //! arbiter, the vendor and royalty, and what a GET may read.
 
+use bdc_core::ticket::BlobTicket;
+use iroh_blobs::BlobFormat;
+
 use super::*;
 
 /// A buyer signing receipts in the forms alloy accepts but the escrow reverts on would be
@@ -223,4 +226,79 @@ async fn children_of_a_plain_blob_are_refused_on_both_protocols() {
     store.remote().execute_get(free, GetRequest::blob(s.free_index)).await.unwrap();
     assert!(store.blobs().has(s.free_index).await.unwrap());
     s.provider.shutdown().await;
+}
+
+/// A hostile provider (here: one that serves without any check) sells a root a squatter
+/// registered first: the deal pays the squatter's royalty. The dataset's own manifest, covered
+/// by the root, names the real vendor: the buyer reads it first and stops, paying for the
+/// manifest only, and writes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_buyer_stops_at_the_manifest_of_a_squatted_root() {
+    let s = setup(64 << 10).await;
+    // the hostile provider's own copy of the squatted dataset (same bytes, same root)
+    let mut store = ProviderStore::open(&s.dir.join("hostile")).await.unwrap();
+    let vendored = PublishOptions { vendor: Some(format!("{:#x}", s.devnet.address(VENDOR))), ..Default::default() };
+    let root = publish(&mut store, &s.dir.join("vendored"), &vendored, |_| {}).await.unwrap().root;
+    assert_eq!(root, s.squatted);
+    let blobs: iroh_blobs::api::Store = store.blobs().clone().into();
+    let ep = bdc_core::net::bind_endpoint(
+        &bdc_core::net::NetConfig::test(),
+        iroh::SecretKey::generate(),
+        vec![bdc_core::protocol::PAID_ALPN.to_vec()],
+    )
+    .await
+    .unwrap();
+    let router = iroh::protocol::Router::builder(ep.clone())
+        .accept(bdc_core::protocol::PAID_ALPN, Unchecked { store: blobs })
+        .spawn();
+    let ticket = BlobTicket::new(bdc_core::net::dialable_addr(&ep), root, BlobFormat::HashSeq);
+    let offer = Offer { ticket: ticket.to_string(), ..s.offer.clone() };
+    let buyer = s.devnet.contracts(BUYER);
+    let fetcher = Fetcher::open(FetcherConfig::test(s.dir.join("buyer"))).await.unwrap();
+    let mut pay = PaidOptions::new(vec![s.devnet.address(ARBITER)]);
+    pay.receipt_every = 16 << 10;
+    let wallet = Wallet { chain: buyer.clone(), signer: s.devnet.signer(BUYER) };
+    let out = s.dir.join("out-squatted");
+    let err = fetcher.fetch_paid(&offer, &wallet, &out, &FetchOptions::default(), &pay, |_| {}).await.unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Paid(PaidError::VendorMismatch { registered, .. }) if *registered == s.devnet.address(SQUATTER)),
+        "{err}"
+    );
+    assert!(!out.join("data.bin").exists(), "nothing exported");
+    // it paid for the probe and the manifest, never for the 20 KB file
+    let book = bdc_fetcher::DealBook::load(&s.dir.join("buyer")).unwrap();
+    let deal = book.deals.iter().find(|d| d.root == root).expect("a deal was opened");
+    assert!(deal.paid < 20_000 * PRICE, "paid {} for bytes it never wanted", deal.paid);
+    fetcher.shutdown().await;
+    router.shutdown().await.unwrap();
+    store.shutdown().await;
+    s.provider.shutdown().await;
+}
+
+/// Serves `bdc/paid/1` GETs without a gate or any check of the deal (a provider that does not
+/// care whom the deal pays), and ignores the Hello and receipts.
+#[derive(Debug, Clone)]
+struct Unchecked {
+    store: iroh_blobs::api::Store,
+}
+
+impl iroh::protocol::ProtocolHandler for Unchecked {
+    async fn accept(&self, conn: Connection) -> Result<(), iroh::protocol::AcceptError> {
+        let control = conn.clone();
+        tokio::spawn(async move {
+            if let Ok(mut recv) = control.accept_uni().await {
+                let _ = recv.read_to_end(1 << 20).await;
+            }
+        });
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let pair = iroh_blobs::provider::StreamPair::new(
+                conn.stable_id() as u64,
+                recv,
+                send,
+                iroh_blobs::provider::events::EventSender::DEFAULT,
+            );
+            tokio::spawn(iroh_blobs::provider::handle_stream(pair, self.store.clone()));
+        }
+        Ok(())
+    }
 }
