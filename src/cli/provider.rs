@@ -186,6 +186,8 @@ async fn serve_cmd(a: ServeArgs, dir: &Path) -> anyhow::Result<()> {
         Some(a.jobs.jobs_config(exe, signer))
     } else {
         anyhow::ensure!(a.jobs.ballista_scheduler.is_none(), "--ballista-scheduler needs --jobs");
+        anyhow::ensure!(a.jobs.job_price.is_none(), "--job-price needs --jobs: it is the price of a job");
+        anyhow::ensure!(!a.jobs.container_jobs_on_sold, "--container-jobs-on-sold needs --jobs");
         None
     };
     anyhow::ensure!(a.listing.market.is_none() || selling, "--market announces sold datasets: it needs --sell");

@@ -88,6 +88,7 @@ pub struct SellArgs {
     pub sell: bool,
     /// Price, token base units per GiB, charged per byte rounded down [default: 10^18, 1 BDC].
     #[arg(long, value_name = "BASE_UNITS")]
+    #[serde(deserialize_with = "base_units")]
     pub price_per_gib: Option<u128>,
     /// Bytes sent ahead of receipts: what this provider risks per deal [default: 4 MiB].
     #[arg(long, value_name = "SIZE")]
@@ -138,7 +139,14 @@ pub struct JobArgs {
     /// With --sell: also run jobs on the sold datasets, at this price per job (token base
     /// units), paid by a job deal the buyer opens (`bdc compute --pay`).
     #[arg(long, value_name = "BASE_UNITS")]
+    #[serde(deserialize_with = "base_units")]
     pub job_price: Option<u128>,
+    /// With --job-price: also run container jobs on the sold datasets. Off by default: a program
+    /// can compress what it copies out, so the result cap (what the job price buys of the data,
+    /// at the data's price) does not bound how much of the data leaves; SQL results are capped
+    /// by the data they hold.
+    #[arg(long)]
+    pub container_jobs_on_sold: bool,
     /// Send Ballista SQL jobs (`bdc compute --engine ballista`) to this scheduler, df://host:port;
     /// its executors must see this provider's `jobs/datasets/` at the same path. Default: each
     /// Ballista job starts a standalone scheduler and executor inside its own sandbox.
@@ -175,6 +183,26 @@ pub struct JobArgs {
 }
 
 /// `a` where the command line gave it, else the file's.
+/// A token amount in the config file: a TOML integer holds at most 2^63-1 base units (9.2 BDC),
+/// so larger amounts are written as a decimal string.
+fn base_units<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u128>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Units {
+        Int(u64),
+        Text(String),
+    }
+    Ok(match Option::<Units>::deserialize(d)? {
+        None => None,
+        Some(Units::Int(n)) => Some(n.into()),
+        Some(Units::Text(t)) => Some(t.trim().parse().map_err(|_| {
+            serde::de::Error::custom(format_args!("{t:?} is not an amount of base units (a whole number)"))
+        })?),
+    })
+}
+
+/// A switch (`sell`, `jobs`, ...) given on the command line or in the file is on: a flag cannot
+/// turn off a switch the file turns on.
 macro_rules! take {
     ($a:ident, $f:ident; $($field:ident),* ; bools $($flag:ident),* ; vecs $($v:ident),*) => {
         $( if $a.$field.is_none() { $a.$field = $f.$field; } )*
@@ -206,7 +234,8 @@ impl ServeArgs {
             bools sell; vecs arbiters);
         take!(l, fl; market, region, capacity_mibps; bools; vecs);
         take!(j, fj; job_price, ballista_scheduler, job_memory, job_cpus, job_timeout, job_concurrency, runc,
-            max_image, max_unpacked_image, image_disk_budget, max_image_uploads; bools enabled; vecs);
+            max_image, max_unpacked_image, image_disk_budget, max_image_uploads; bools enabled, container_jobs_on_sold;
+            vecs);
         take!(c, fc; rpc_url, deployment, keystore, password_file; bools; vecs);
         Ok(self)
     }
@@ -262,6 +291,7 @@ impl JobArgs {
         // the CPU-time rlimit: the wall time at the CPU quota, and a second
         jc.limits.cpu_seconds = (jc.limits.wall_time.as_secs_f64() * jc.limits.cpus.max(0.01)).ceil() as u64 + 1;
         jc.job_price = self.job_price;
+        jc.containers_on_sold = self.container_jobs_on_sold;
         jc.ballista_scheduler = self.ballista_scheduler.clone();
         jc.max_image_bytes = self.max_image.map_or(jc.max_image_bytes, |s| s.0);
         jc.images.unpack.max_unpacked_bytes =
@@ -345,7 +375,21 @@ mod tests {
     fn the_example_config_file_parses() {
         let text = example_config(Path::new("provider.toml"));
         let file: ServeArgs = toml::from_str(&text).unwrap();
-        assert!(file.sell.sell && file.jobs.enabled);
+        // the switches are left to the command line: a flag cannot turn off the file's
+        assert!(!file.sell.sell && !file.jobs.enabled && !file.jobs.container_jobs_on_sold);
         assert_eq!(file.sell.window, Some(Size(4 << 20)));
+        assert_eq!(file.sell.price_per_gib, Some(DEFAULT_PRICE_PER_GIB));
+    }
+
+    #[test]
+    fn config_amounts_are_whole_base_units_as_numbers_or_strings() {
+        let read = |t: &str| toml::from_str::<ServeArgs>(t).map(|a| (a.sell.price_per_gib, a.jobs.job_price));
+        assert_eq!(read("[sell]\nprice_per_gib = 5\n").unwrap(), (Some(5), None));
+        // 1000 BDC does not fit a TOML integer
+        let big = read("[sell]\nprice_per_gib = \"1000000000000000000000\"\n[jobs]\njob_price = \"7\"\n").unwrap();
+        assert_eq!(big, (Some(1_000_000_000_000_000_000_000), Some(7)));
+        let err = read("[jobs]\njob_price = \"1.5\"\n").unwrap_err().to_string();
+        assert!(err.contains("\"1.5\" is not an amount of base units"), "{err}");
+        assert!(read("[sell]\nprice_per_gib = -1\n").is_err(), "a negative price");
     }
 }

@@ -108,6 +108,10 @@ pub struct JobsConfig {
     /// provider's `jobs/datasets/` at the same path; the worker then shares the host's network.
     /// None: each Ballista job starts a standalone cluster inside its own sandbox.
     pub ballista_scheduler: Option<String>,
+    /// Run container jobs on sold datasets too. Off by default: a program can compress the data
+    /// it copies to /out, so the result cap (what the job price buys of the data) does not bound
+    /// how much data leaves; only a vendor that accepts that should turn this on.
+    pub containers_on_sold: bool,
 }
 
 impl JobsConfig {
@@ -127,6 +131,7 @@ impl JobsConfig {
             job_price: None,
             receipt_timeout: Duration::from_secs(600),
             ballista_scheduler: None,
+            containers_on_sold: false,
         }
     }
 }
@@ -389,6 +394,16 @@ async fn accept_job(
     if ds.free {
         req.payment = None;
     } else {
+        if matches!(req.spec, JobSpec::Container { .. }) && !shared.cfg.containers_on_sold {
+            return Err(JobFailure::new(
+                FailureKind::UnsupportedJob,
+                format!(
+                    "dataset {} is sold here, and this provider runs no container jobs on sold datasets: a program \
+                     can compress what it copies out past the result cap (SQL jobs are capped by their data)",
+                    req.dataset
+                ),
+            ));
+        }
         let (Some(price), Some(pay)) = (shared.cfg.job_price, &shared.pay) else {
             return Err(JobFailure::new(
                 FailureKind::UnknownDataset,

@@ -137,6 +137,14 @@ pub(super) async fn run_job(
     if bytes > cap.bytes {
         return Err(JobFailure::new(FailureKind::ResultTooLarge, format!("result of {bytes} bytes exceeds {cap}")));
     }
+    // on a sold dataset the cap is on the data, not on what a compressed format makes of it
+    if cap.priced.is_some() && report.data_bytes > cap.bytes {
+        let _ = std::fs::remove_file(&path);
+        return Err(JobFailure::new(
+            FailureKind::ResultTooLarge,
+            format!("the result holds {} bytes of data ({bytes} bytes as a file), over {cap}", report.data_bytes),
+        ));
+    }
     let tag = result_tag(job_id, owner);
     let content = shared
         .store

@@ -64,6 +64,10 @@ pub struct WorkerArgs<'a> {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WorkerReport {
     pub rows: u64,
+    /// Bytes of data the result holds in memory (Arrow buffers of its rows), whatever the file
+    /// format compresses them to: what a result on a sold dataset is capped by.
+    #[serde(default)]
+    pub data_bytes: u64,
     pub engine: String,
 }
 
@@ -213,6 +217,7 @@ pub async fn run_sql(args: &WorkerArgs<'_>) -> Result<WorkerReport, WorkerFailur
         WorkerFailure::new(code, format!("cannot write the result: {e}"))
     };
     let mut rows = 0u64;
+    let mut data_bytes = 0u64;
     enum Sink {
         Parquet(ArrowWriter<std::fs::File>),
         Csv(CsvWriter<std::io::BufWriter<std::fs::File>>),
@@ -230,6 +235,7 @@ pub async fn run_sql(args: &WorkerArgs<'_>) -> Result<WorkerReport, WorkerFailur
     while let Some(batch) = stream.next().await {
         let batch = batch.map_err(|e| classify(&e, false))?;
         rows += batch.num_rows() as u64;
+        data_bytes = data_bytes.saturating_add(batch_data_bytes(&batch));
         write(&mut sink, &batch)?;
     }
     match sink {
@@ -241,7 +247,16 @@ pub async fn run_sql(args: &WorkerArgs<'_>) -> Result<WorkerReport, WorkerFailur
             std::io::Write::flush(&mut inner).map_err(|e| write_err(&e))?;
         }
     }
-    Ok(WorkerReport { rows, engine: engine_name(args.engine) })
+    Ok(WorkerReport { rows, data_bytes, engine: engine_name(args.engine) })
+}
+
+/// The bytes of data a batch's rows hold (a slice counts its own rows, not its parent buffer).
+fn batch_data_bytes(batch: &RecordBatch) -> u64 {
+    batch
+        .columns()
+        .iter()
+        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()) as u64)
+        .sum()
 }
 
 /// Whether an error, or one of its sources, is the file-size limit or a full file system.

@@ -49,6 +49,8 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     let key = devnet.signer(3);
     let mut jc = jobs_config(&key);
     jc.job_price = Some(JOB_PRICE);
+    // this vendor accepts container jobs on its sold data (off by default, tested at the end)
+    jc.containers_on_sold = true;
     // the data sells at 100 per byte: one job's price buys 50,000 bytes of it
     const PRICE_PER_BYTE: u128 = 100;
     let paid = PaidSetup {
@@ -186,6 +188,9 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     for (spec, what) in [
         (sql("SELECT * FROM trades", ResultFormat::Csv), "sql"),
         (sql("SELECT * FROM trades", ResultFormat::Parquet), "sql parquet"),
+        // five symbols dictionary-encode to a few KB of Parquet: the file fits the cap, the
+        // 20,000 values it carries do not
+        (sql("SELECT symbol FROM trades LIMIT 20000", ResultFormat::Parquet), "compressed parquet"),
     ] {
         let err = fetcher.run_paid_job(&ticket, spec, None, &pay, &out, "all.csv", |_| {}).await.unwrap_err();
         match &err {
@@ -193,6 +198,9 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
                 assert_eq!(*code, codes::RESULT_TOO_LARGE, "{what}: {reason}");
                 let cap = (JOB_PRICE / PRICE_PER_BYTE).to_string();
                 assert!(reason.contains(&cap) && reason.contains("sold dataset"), "{what}: {reason}");
+                if what == "compressed parquet" {
+                    assert!(reason.contains("bytes of data"), "{what}: caught by its data, not its file: {reason}");
+                }
             }
             other => panic!("{what}: expected RESULT_TOO_LARGE, got {other:?}"),
         }
@@ -242,5 +250,33 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
 
     devnet.advance_time(3_700).await.unwrap();
     assert_eq!(buyer.refund(&failed.terms().unwrap()).await.unwrap(), U256::from(JOB_PRICE));
+    provider.shutdown().await;
+
+    // by default a provider runs no container on a sold dataset (a program can compress what it
+    // copies out past the cap): refused before any deal is opened
+    let store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
+    let mut jc = jobs_config(&key);
+    jc.job_price = Some(JOB_PRICE);
+    let paid = PaidSetup {
+        cfg: PaidConfig { arbiters: vec![devnet.address(0)], price_per_byte: PRICE_PER_BYTE, ..Default::default() },
+        chain: devnet.contracts(3),
+        address: devnet.address(3),
+    };
+    let provider =
+        Provider::spawn(store, ServeConfig { paid: Some(paid), jobs: Some(jc), ..ServeConfig::test() }).await.unwrap();
+    let ticket = provider.ticket(rec.root).unwrap();
+    let deals_before = DealBook::load(&fdir).unwrap().deals.len();
+    let err = fetcher
+        .run_container(&ticket, &image, sh("cp -r /data /out/"), None, Some(&pay), &tmp.path().join("gz"), |_| {})
+        .await
+        .unwrap_err();
+    match &err {
+        JobError::Failed { code, reason, .. } => {
+            assert_eq!(*code, codes::UNSUPPORTED_JOB, "{reason}");
+            assert!(reason.contains("no container jobs on sold datasets"), "{reason}");
+        }
+        other => panic!("expected UNSUPPORTED_JOB, got {other:?}"),
+    }
+    assert_eq!(DealBook::load(&fdir).unwrap().deals.len(), deals_before, "no deal for a refused job");
     provider.shutdown().await;
 }
