@@ -17,6 +17,12 @@ pub fn date(unix_secs: u64) -> String {
     if unix_secs == 0 {
         return "—".to_string();
     }
+    // RFC 3339 stops at 9999-12-31 23:59:59 (and the formatter panics past it): a chain's or a
+    // peer's absurd time shows as the number it is
+    const LAST_RFC3339: u64 = 253_402_300_799;
+    if unix_secs > LAST_RFC3339 {
+        return format!("{unix_secs} (unix seconds)");
+    }
     let t = UNIX_EPOCH + Duration::from_secs(unix_secs);
     let s = humantime::format_rfc3339_seconds(t).to_string();
     format!("{} UTC", s.trim_end_matches('Z').replacen('T', " ", 1))
@@ -52,6 +58,11 @@ mod tests {
         assert_eq!(date(1_796_661_375), "2026-12-07 16:36:15 UTC");
         assert_eq!(day(1_796_661_375), "2026-12-07");
         assert_eq!(date(0), "—");
+        // the last second RFC 3339 can write, and past it (the formatter would panic)
+        assert_eq!(date(253_402_300_799), "9999-12-31 23:59:59 UTC");
+        assert_eq!(date(253_402_300_800), "253402300800 (unix seconds)");
+        assert_eq!(date(u64::MAX), format!("{} (unix seconds)", u64::MAX));
+        assert_eq!(day(u64::MAX), u64::MAX.to_string());
         assert_eq!(bdc(Amount(99_999_023_037_963_261_130), 6), "99.999023 BDC");
         assert_eq!(bdc(Amount(10u128.pow(18)), 6), "1 BDC");
         assert_eq!(bdc(Amount(5), 6), "< 0.000001 BDC");

@@ -53,6 +53,13 @@ pub(super) async fn post_listing(
     if l.region.len() > 32 || l.region.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-')) {
         return Err(ApiError::BadRequest("region must be up to 32 characters of [A-Za-z0-9-]".into()));
     }
+    // stored as BIGINT: a value past 2^63 would read back negative (and rank as 0)
+    if i64::try_from(l.window).is_err() || i64::try_from(l.capacity_mibps).is_err() {
+        return Err(ApiError::BadRequest(format!(
+            "window ({}) and capacity_mibps ({}) must each be below 2^63",
+            l.window, l.capacity_mibps
+        )));
+    }
     let ppb: u128 = l.price_per_byte.0;
     let root = format!("{:#x}", l.dataset_root);
     let Some(reg) = sqlx::query("SELECT manifest_hash, vendor FROM datasets WHERE root = $1")

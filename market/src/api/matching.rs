@@ -157,10 +157,27 @@ pub(super) async fn post_match(
             continue;
         };
         let attrs = c.attrs;
+        // one unreadable stored row (written by an older version, or damaged) costs its offer,
+        // not the whole answer
+        let parsed = (|| -> ApiResult<_> {
+            Ok((
+                stored("root", &r.root)?,
+                stored("provider", &r.provider)?,
+                stored("node id", &r.node_id)?,
+                stored("signature", &r.signature)?,
+            ))
+        })();
+        let (root, provider, node_id, signature) = match parsed {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(provider = %r.provider, root = %r.root, error = %e, "skipping a stored listing");
+                continue;
+            }
+        };
         let listing = ListingBody {
-            dataset_root: stored("root", &r.root)?,
-            provider: stored("provider", &r.provider)?,
-            provider_node_id: stored("node id", &r.node_id)?,
+            dataset_root: root,
+            provider,
+            provider_node_id: node_id,
             price_per_byte: stored_amount(&r.price_per_byte),
             window: r.window_bytes.max(0) as u64,
             addrs: split_list(&r.addrs),
@@ -178,7 +195,7 @@ pub(super) async fn post_match(
             price_per_byte: listing.price_per_byte,
             window: listing.window,
             size: (attrs.size_gib * (1u64 << 30) as f64).round() as u64,
-            signature: stored("signature", &r.signature)?,
+            signature,
             listing,
             attributes: attrs,
             criteria,

@@ -179,7 +179,8 @@ pub async fn deal(db: &Db, id: &str) -> ApiResult<DealRecord> {
         state: d.state,
         buyer_won: d.buyer_won == 1,
         opened_block: d.opened_block.max(0) as u64,
-        arbiter: stored("arbiter", &d.arbiter)?,
+        // deals indexed before migration 0006 hold '' (no arbiter recorded): the zero address
+        arbiter: if d.arbiter.is_empty() { Default::default() } else { stored("arbiter", &d.arbiter)? },
         // the last dispute: the arbiter's deadline (unix seconds) and the evidence committed
         dispute: (d.rule_by > 0).then_some(DisputeInfo { rule_by: d.rule_by as u64, evidence: d.evidence }),
         buyer_escrowed_unspent: buyer_escrowed.into(),

@@ -194,3 +194,52 @@ async fn pages_render_from_the_same_records() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(String::from_utf8(body).unwrap().contains("deal id must be 32 bytes"));
 }
+
+#[tokio::test]
+async fn rows_from_older_versions_or_damaged_cost_only_themselves() {
+    let (app, tmp) = app().await;
+    let db = Db::connect(&format!("sqlite://{}?mode=rwc", tmp.path().join("m.db").display())).await.unwrap();
+    const OTHER: &str = "0x5555555555555555555555555555555555555555";
+    const OLD_DEAL: &str = "0x6666666666666666666666666666666666666666666666666666666666666666";
+    for q in [
+        // a listing whose stored signature does not parse
+        format!(
+            "INSERT INTO listings (provider, root, node_id, addrs, region, price_per_byte, price_gib, window_bytes, \
+             capacity_mibps, issued_at, expires_at, signature, arbiters) VALUES ('{OTHER}', '{ROOT}', '{DEAL}', \
+             '127.0.0.1:4001', 'eu', '1', 0.000000001, 4194304, 100, {}, {}, 'garbage', '{VENDOR}')",
+            now() - 10,
+            now() + 3600,
+        ),
+        // a deal indexed before deals recorded their arbiter (and their opening time)
+        format!(
+            "INSERT INTO deals (id, buyer, provider, root, price_per_byte, max_amount, window_bytes, expiry, \
+             opened_block, redeemed, refunded, state, buyer_won) VALUES ('{OLD_DEAL}', '{VENDOR}', \
+             '{PROVIDER}', '{ROOT}', '1', '100', 0, 0, 1, '7', '0', 'open', 0)"
+        ),
+        // a second sale on the day of the first, one on the day before, one long before the window
+        format!(
+            "INSERT INTO deals (id, buyer, provider, root, price_per_byte, max_amount, window_bytes, expiry, \
+             opened_block, redeemed, refunded, state, buyer_won, arbiter, opened_at) VALUES \
+             ('0x01{0}', '{VENDOR}', '{PROVIDER}', '{ROOT}', '1', '100', 0, 0, 1, '3', '0', 'open', 0, '{VENDOR}', 1796601800), \
+             ('0x02{0}', '{VENDOR}', '{PROVIDER}', '{ROOT}', '1', '100', 0, 0, 1, '5', '0', 'open', 0, '{VENDOR}', 1796601700 - 86400), \
+             ('0x03{0}', '{VENDOR}', '{PROVIDER}', '{ROOT}', '1', '100', 0, 0, 1, '9', '0', 'open', 0, '{VENDOR}', 1796601700 - 91 * 86400)",
+            "7".repeat(62)
+        ),
+    ] {
+        sqlx::query(&q).execute(&db.pool).await.unwrap();
+    }
+    let old: DealRecord = get(&app, &format!("/deals/{OLD_DEAL}")).await;
+    assert_eq!((old.arbiter, old.redeemed.0), (Address::ZERO, 7), "no arbiter recorded reads as the zero address");
+    let d: DatasetDetail = get(&app, &format!("/datasets/{ROOT}")).await;
+    assert_eq!(d.offers.len(), 2, "the damaged listing's provider and node id still parse");
+    let days: Vec<(u64, u64, u128)> = d.sales.iter().map(|s| (s.day, s.deals, s.redeemed.0)).collect();
+    let day = 1_796_601_700 / 86_400 * 86_400;
+    assert_eq!(
+        days,
+        [(day - 86_400, 1, 5), (day, 2, 500_000_000_000_000_003)],
+        "90 days up to the newest sale, per day; deals with no opening time are left out"
+    );
+    let m: MatchResponse = get_post(&app, "/match", &format!("{{\"root\":\"{ROOT}\"}}")).await;
+    assert_eq!(m.offers.len(), 1, "the listing with an unreadable signature is skipped, not a 500");
+    assert_eq!(format!("{:#x}", m.offers[0].provider), PROVIDER);
+}

@@ -277,6 +277,15 @@ async fn suite(db_url: String) {
             400,
         ),
         (
+            "window past 2^63 (stored as BIGINT, it would read back negative)",
+            {
+                let mut l = listing(root_btc, &provider, 1, "eu", t + 20);
+                l.window = 1 << 63;
+                serde_json::to_string(&sign(devnet, &provider, l, &m_btc)).unwrap()
+            },
+            400,
+        ),
+        (
             "squatted: the manifest names another vendor than the registry",
             {
                 let mut m: Value = serde_json::from_str(&m_eth).unwrap();
