@@ -199,8 +199,7 @@ pub(super) async fn admit_group(shared: &Shared, conn_id: u64, gate: &DealGate, 
     if let Err(e @ (GateError::Expiring | GateError::PaymentTimeout)) = &res {
         tracing::warn!(deal = %gate.deal.id, "closing the paid connection: {e}");
         if let Some(c) = shared.conns.lock().expect("conns lock").get(&conn_id) {
-            let code = e.code();
-            c.conn.close(VarInt::from_u32(code), codes::name(code as u64).as_bytes());
+            super::close_paid(shared, &c.conn, e.code());
         }
         let _ = shared.redeem_tx.send(gate.deal.id);
     }

@@ -314,19 +314,12 @@ impl PaidProtocol {
         // The control stream decides the connection's fate; closing it also ends the blobs handler.
         let deal = match control_loop(shared.clone(), conn.clone(), ready_tx).await {
             Ok(deal) => {
-                conn.close(VarInt::from_u32(codes::DONE), b"done");
-                let reason = codes::name(codes::DONE as u64);
-                shared.metrics.paid_closes.get_or_create(&crate::metrics::CloseLabel { reason }).inc();
+                close_paid(&shared, &conn, codes::DONE);
                 Some(deal)
             }
             Err(closed) => {
                 let (reason, deal) = *closed;
                 let code = reason.code();
-                shared
-                    .metrics
-                    .paid_closes
-                    .get_or_create(&crate::metrics::CloseLabel { reason: codes::name(code as u64) })
-                    .inc();
                 match &reason {
                     CloseReason::Ledger(_) => tracing::error!(%peer, code, "closing paid connection: {reason}"),
                     CloseReason::Admit(e) if matches!(**e, AdmitError::Chain(_) | AdmitError::Ledger(_)) => {
@@ -334,7 +327,7 @@ impl PaidProtocol {
                     }
                     _ => tracing::warn!(%peer, code, "closing paid connection: {reason}"),
                 }
-                conn.close(VarInt::from_u32(code), codes::name(code as u64).as_bytes());
+                close_paid(&shared, &conn, code);
                 deal
             }
         };
@@ -464,6 +457,18 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
     }
 }
 
+/// Closes a paid connection with `code` and counts it under that reason, unless something closed
+/// it first (the gate, the deal watcher, a newer connection): a connection is counted once, by
+/// the reason its buyer was told.
+fn close_paid(shared: &Shared, conn: &Connection, code: u32) {
+    if conn.close_reason().is_some() {
+        return;
+    }
+    let reason = codes::name(code as u64);
+    shared.metrics.paid_closes.get_or_create(&crate::metrics::CloseLabel { reason }).inc();
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
 /// Closes the older connections of `deal` from the same buyer node: a buyer that restarted
 /// reconnects before the provider notices its old connection died, and the old one's streams
 /// would keep taking the deal's window (bytes written into a dead connection are never paid).
@@ -473,7 +478,7 @@ fn supersede(shared: &Shared, conn: &Connection, deal: B256) {
         let same_deal = matches!(&*e.ready.borrow(), Some(Ok(g)) if g.deal.id == deal);
         if *id != me && same_deal && e.conn.remote_id() == peer {
             tracing::info!(%deal, %peer, "a newer connection of the same buyer took over the deal");
-            e.conn.close(VarInt::from_u32(codes::SUPERSEDED), codes::name(codes::SUPERSEDED as u64).as_bytes());
+            close_paid(shared, &e.conn, codes::SUPERSEDED);
         }
     }
 }
@@ -564,7 +569,7 @@ async fn watch_deal(shared: Arc<Shared>, conn: Connection, conn_id: u64) {
             continue;
         };
         tracing::warn!(deal = %id, disputed = state.disputed, refunded = state.refunded, code, "deal no longer open: closing");
-        conn.close(VarInt::from_u32(code), codes::name(code as u64).as_bytes());
+        close_paid(&shared, &conn, code);
         let _ = shared.redeem_tx.send(id);
         return;
     }

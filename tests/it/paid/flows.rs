@@ -405,5 +405,31 @@ async fn a_newer_connection_of_the_same_buyer_supersedes_the_old_one() {
         fetch_paying(&again, &mut send2, small, |n| receipt(&s, BUYER, deal.id, (32 + n) as u128 * PRICE)).await,
         Ok(32)
     );
+    send2.finish().unwrap();
+    assert_eq!(close_code(&again).await, codes::DONE as u64);
+    // each connection counts once, under the reason its buyer was told (the old one's control
+    // stream also ended after it was closed: that is not a second close)
+    let url = format!("http://{}/metrics", s.provider.metrics_addr().unwrap());
+    let mut closes = Vec::new();
+    for _ in 0..50 {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        closes = text
+            .lines()
+            .filter(|l| l.starts_with("bdc_provider_paid_closes_total{"))
+            .map(str::to_string)
+            .collect::<Vec<_>>();
+        if closes.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    closes.sort();
+    assert_eq!(
+        closes,
+        [
+            format!("bdc_provider_paid_closes_total{{reason=\"{}\"}} 1", codes::name(codes::SUPERSEDED as u64)),
+            "bdc_provider_paid_closes_total{reason=\"done\"} 1".to_string(),
+        ]
+    );
     s.provider.shutdown().await;
 }
