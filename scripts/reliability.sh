@@ -56,9 +56,11 @@ bash scripts/apt_install.sh "the market load test" wrk >/dev/null 2>&1 || comman
 PROFILE=${BDC_PROFILE:-release}
 if [ "$PROFILE" = dev ]; then
   BDC="$CARGO_TARGET_DIR/debug/bdc"
-  [ -x "$BDC" ] && [ -x "$CARGO_TARGET_DIR/debug/bdc-bench" ] || cargo test --workspace $FEATURES --no-run >/dev/null
+  [ -x "$BDC" ] || cargo test --workspace $FEATURES --no-run >/dev/null
+  # no test builds bdc-bench's binary: build it on its own
+  [ -x "$CARGO_TARGET_DIR/debug/bdc-bench" ] || cargo build -p bdc-bench --bin bdc-bench
 else
-  cargo build --profile "$PROFILE" --bin bdc $FEATURES
+  cargo build --profile "$PROFILE" -p bdc --bin bdc $FEATURES
   cargo build --profile "$PROFILE" -p bdc-bench --bin bdc-bench
   BDC="$CARGO_TARGET_DIR/$PROFILE/bdc"
 fi
