@@ -214,10 +214,25 @@ pub(crate) struct PaidSession {
     signed: Arc<Mutex<u128>>,
     /// Our own EndpointId, bound to the deal by the Hello.
     me: B256,
+    /// The connection dialled before the deal was opened (no escrow for an unreachable
+    /// provider), and when.
+    dialled: Option<(Connection, std::time::Instant)>,
 }
 
+/// A connection dialled before opening a deal is used for the Hello if it is younger than this
+/// (a provider closes a paid connection that sends no Hello within its hello timeout, 10 s by
+/// default; opening a deal on a real chain can take longer): else the session dials again.
+const DIALLED_MAX_AGE: Duration = Duration::from_secs(5);
+
 impl PaidSession {
-    /// Opens the receipt stream and sends the Hello.
+    /// The connection dialled before the deal was opened, if it is still fresh and open.
+    pub(crate) fn take_dialled(&mut self) -> Option<Connection> {
+        self.dialled
+            .take()
+            .filter(|(c, at)| at.elapsed() < DIALLED_MAX_AGE && c.close_reason().is_none())
+            .map(|(c, _)| c)
+    }
+
     /// The vendor the deal pays its royalty to (what the registry named when it was opened).
     pub(crate) fn vendor(&self) -> Address {
         self.deal.terms.vendor
@@ -504,9 +519,14 @@ impl Fetcher {
                 }
             }
             let reused = reuse.is_some();
+            let mut dialled = None;
             let (deal, base) = match reuse {
                 Some(x) => x,
                 None => {
+                    // no escrow for a provider that cannot be reached: dial it first (the
+                    // session sends its Hello on this connection if it is still fresh)
+                    dialled =
+                        Some((self.connect(&ticket, bdc_core::protocol::PAID_ALPN).await?, std::time::Instant::now()));
                     let max_amount = pay.deposit.unwrap_or_else(|| offer.full_price()).max(1);
                     let req = OpenDeal {
                         provider: Address::from(offer.provider),
@@ -561,6 +581,7 @@ impl Fetcher {
                 close_timeout: pay.close_timeout,
                 signed: signed.clone(),
                 me: B256::from(*self.endpoint().id().as_bytes()),
+                dialled,
             };
             let fetch = self.run(&ticket, out, opts, Some(&mut session), &mut on).await;
             let paid = *signed.lock().expect("signed lock");

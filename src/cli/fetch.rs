@@ -75,7 +75,7 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     }
     if a.pay || a.ticket.trim().starts_with("bdcoffer") {
         let offer: bdc_core::paid::Offer = a.ticket.parse()?;
-        return run_paid(a, offer, dir, quiet).await;
+        return run_paid(a, vec![(offer, None)], dir, quiet).await;
     }
     let ticket = parse_ticket(&a.ticket)?;
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
@@ -116,21 +116,28 @@ async fn run_from_market(a: FetchArgs, root: B256, dir: &Path, quiet: bool) -> a
     let chain = a.chain.connect_readonly()?;
     let d = chain.deployment();
     let offers = super::pick::offers(&market, root, &a.matching, 5, d).await?;
-    let top = &offers[0];
-    let offer = bdc_core::paid::Offer {
-        ticket: top.ticket.to_string(),
-        provider: top.provider.into_array(),
-        price_per_byte: top.price_per_byte,
-        window: top.listing.window,
-        size: top.size.saturating_add(DEPOSIT_SLACK),
-        chain_id: d.chain_id,
-        escrow: d.escrow.into_array(),
-        arbiters: top.arbiters.iter().map(|a| a.into_array()).collect(),
-        // listings do not carry the margin: assume the default
-        expiry_margin: bdc_core::paid::DEFAULT_EXPIRY_MARGIN_SECS,
-    };
-    eprintln!("{}", top.picked(offers.len()));
-    run_paid(a, offer, dir, quiet).await
+    let n = offers.len();
+    let mut seen = std::collections::HashSet::new();
+    let offers = offers
+        .into_iter()
+        .filter(|o| seen.insert(o.provider))
+        .map(|o| {
+            let offer = bdc_core::paid::Offer {
+                ticket: o.ticket.to_string(),
+                provider: o.provider.into_array(),
+                price_per_byte: o.price_per_byte,
+                window: o.listing.window,
+                size: o.size.saturating_add(DEPOSIT_SLACK),
+                chain_id: d.chain_id,
+                escrow: d.escrow.into_array(),
+                arbiters: o.arbiters.iter().map(|a| a.into_array()).collect(),
+                // listings do not carry the margin: assume the default
+                expiry_margin: bdc_core::paid::DEFAULT_EXPIRY_MARGIN_SECS,
+            };
+            (offer, Some(o.picked(n)))
+        })
+        .collect();
+    run_paid(a, offers, dir, quiet).await
 }
 
 /// Posts a signed throughput report for `deal` to the market; a failure is a warning.
@@ -149,7 +156,16 @@ async fn report_throughput(market: &str, signer: &PrivateKeySigner, d: &Deployme
     }
 }
 
-async fn run_paid(a: FetchArgs, offer: bdc_core::paid::Offer, dir: &Path, quiet: bool) -> anyhow::Result<()> {
+/// Buys the dataset from the first of `offers` that serves it: a provider that cannot be
+/// reached, refuses, stalls, breaks off or lies is left for the next offer, said on stderr
+/// (what it verified stays in the store, so the next one sends only the rest; a deal opened
+/// with it keeps what it paid, and its unspent escrow returns at expiry: `bdc deals refund`).
+async fn run_paid(
+    a: FetchArgs,
+    offers: Vec<(bdc_core::paid::Offer, Option<String>)>,
+    dir: &Path,
+    quiet: bool,
+) -> anyhow::Result<()> {
     let (chain, signer) = a.chain.connect()?;
     let arbiter = a.arbiter.context("--arbiter is required to open a paid deal (who settles disputes)")?;
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
@@ -161,10 +177,27 @@ async fn run_paid(a: FetchArgs, offer: bdc_core::paid::Offer, dir: &Path, quiet:
     pay.deposit = a.deposit;
     pay.deal_duration = a.deal_duration.0;
     let wallet = bdc_fetcher::Wallet { chain, signer };
-    let pb = bytes_bar(0, "buying", quiet);
-    let res =
-        fetcher.fetch_paid(&offer, &wallet, &a.out, &FetchOptions { raw_name: a.name }, &pay, |ev| show(&pb, ev)).await;
-    pb.finish_and_clear();
+    let opts = FetchOptions { raw_name: a.name.clone() };
+    let mut res = Err(bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider));
+    for (i, (offer, picked)) in offers.iter().enumerate() {
+        if let Some(line) = picked {
+            eprintln!("{line}");
+        }
+        let pb = bytes_bar(0, "buying", quiet);
+        res = fetcher.fetch_paid(offer, &wallet, &a.out, &opts, &pay, |ev| show(&pb, ev)).await;
+        pb.finish_and_clear();
+        match &res {
+            Err(e) if i + 1 < offers.len() && e.another_provider_may_serve() => {
+                eprintln!(
+                    "warning: provider {:#x} failed: {e}; moving to the next offer ({} of {})",
+                    alloy::primitives::Address::from(offer.provider),
+                    i + 2,
+                    offers.len()
+                );
+            }
+            _ => break,
+        }
+    }
     fetcher.shutdown().await;
     let r = res?;
     if let (Some(market), Some(deal)) = (&a.market, r.deal)

@@ -240,3 +240,97 @@ fn png_ink(path: &std::path::Path) -> (u32, u32, f64) {
     let ink = pixels.chunks(px).filter(|p| p.iter().take(3).any(|&c| c < 200)).count();
     (info.width, info.height, ink as f64 / (info.width as f64 * info.height as f64))
 }
+
+/// `bdc fetch <root> --market` moves past a provider that cannot serve to the next offer, in
+/// one command, says so, and escrows nothing for the one it could not reach.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_by_root_moves_past_a_dead_provider_to_the_next_offer() {
+    let devnet = Devnet::spawn_with(DevnetConfig::default()).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    random_file(&dir.join("ds/trades.csv"), 96 << 10, 7);
+    let opts = PublishOptions { name: Some("failover".into()), ..Default::default() };
+    // two providers of the same root: publishing is deterministic
+    let mut roots = Vec::new();
+    for p in ["a", "b"] {
+        let mut store = ProviderStore::open(&dir.join(p)).await.unwrap();
+        roots.push(publish(&mut store, &dir.join("ds"), &opts, |_| {}).await.unwrap().root);
+        store.shutdown().await;
+    }
+    assert_eq!(roots[0], roots[1]);
+    let root = B256::from(*roots[0].as_bytes());
+    let market = Market::spawn(
+        MarketConfig {
+            database_url: format!("sqlite://{}?mode=rwc", dir.join("market.db").display()),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            poll: Duration::from_millis(100),
+            limits: Limits::default(),
+            reputation: Default::default(),
+        },
+        devnet.contracts(0),
+    )
+    .await
+    .unwrap();
+    // b is the cheaper, so the market ranks it first
+    let mut providers = Vec::new();
+    for (p, account, price) in [("a", 3, 1_000_000_000u128), ("b", 4, 500_000_000)] {
+        let setup = PaidSetup {
+            cfg: PaidConfig { arbiters: vec![devnet.address(0)], price_per_byte: price, ..Default::default() },
+            chain: devnet.contracts(account),
+            address: devnet.address(account),
+        };
+        let store = ProviderStore::open(&dir.join(p)).await.unwrap();
+        let provider = Provider::spawn(store, ServeConfig { paid: Some(setup), ..ServeConfig::test() }).await.unwrap();
+        let ann = Announce {
+            market: format!("http://{}", market.addr),
+            signer: devnet.signer(account),
+            region: "eu".into(),
+            capacity_mibps: 50,
+            ttl: Duration::from_secs(600),
+        };
+        if providers.is_empty() {
+            let listings = provider.listings(&ann).await.unwrap();
+            let manifest_hash = B256::from(*blake3::hash(listings[0].manifest.as_bytes()).as_bytes());
+            devnet.contracts(1).register_dataset(root, 100, manifest_hash, 0).await.unwrap();
+        }
+        assert_eq!(crate::common::announce_when_indexed(&provider, &ann).await, Ok(1));
+        providers.push(provider);
+    }
+    // b dies after listing: its offer is still the market's first
+    let b = providers.pop().unwrap();
+    b.shutdown().await;
+
+    let buyer = dir.join("buyer");
+    let (keystore, deployment) = buyer_chain_files(&devnet, 2, &buyer);
+    let out = bdc()
+        .args(["fetch", &format!("{root:#x}"), "-q", "--timeout", "2s", "--market"])
+        .arg(format!("http://{}", market.addr))
+        .arg("--arbiter")
+        .arg(format!("{:#x}", devnet.address(0)))
+        .arg("--data-dir")
+        .arg(buyer.join("data"))
+        .arg("--deployment")
+        .arg(&deployment)
+        .arg("--keystore")
+        .arg(&keystore)
+        .arg("-o")
+        .arg(buyer.join("out"))
+        .env("BDC_PASSWORD", "pw")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let (a, b) = (format!("{:#x}", devnet.address(3)), format!("{:#x}", devnet.address(4)));
+    let picked_b = err.find(&format!("market picked provider {b}")).expect(&err);
+    let moved = err.find(&format!("warning: provider {b} failed")).expect(&err);
+    let picked_a = err.find(&format!("market picked provider {a}")).expect(&err);
+    assert!(picked_b < moved && moved < picked_a, "{err}");
+    assert!(err.contains("moving to the next offer (2 of 2)"), "{err}");
+    assert_eq!(std::fs::read(buyer.join("out/trades.csv")).unwrap(), std::fs::read(dir.join("ds/trades.csv")).unwrap());
+    // one deal, with a: the unreachable provider was dialled before any escrow
+    let book = bdc_fetcher::DealBook::load(&buyer.join("data/fetcher")).unwrap();
+    let providers_paid: Vec<_> = book.deals.iter().map(|d| d.terms().unwrap().provider).collect();
+    assert_eq!(providers_paid, [devnet.address(3)], "{err}");
+    market.shutdown();
+    providers.pop().unwrap().shutdown().await;
+}

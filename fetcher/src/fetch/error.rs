@@ -142,6 +142,31 @@ impl FetchError {
         matches!(self, Self::Verification { .. })
     }
 
+    /// Whether another provider of the same dataset may succeed where this one failed: this one
+    /// could not be reached, refused, stalled, broke off, lied, or its offer does not fit the
+    /// buyer's limits. Not for failures of the buyer's own side (store, wallet, chain, deal
+    /// book, output dir) or of the dataset itself (a squatted root), which follow it anywhere.
+    pub fn another_provider_may_serve(&self) -> bool {
+        use crate::paid::PaidError as P;
+        match self {
+            Self::Paid(p) => matches!(
+                p,
+                P::Offer(_)
+                    | P::PriceTooHigh { .. }
+                    | P::DepositTooHigh { .. }
+                    | P::WindowTooSmall { .. }
+                    | P::ArbiterNotAccepted { .. }
+                    | P::DealTooShort { .. }
+                    | P::Open(_)
+                    | P::Send(_)
+                    | P::Finish(_)
+            ),
+            // names and collections verify against the root: every provider serves the same ones
+            Self::UnsafeName { .. } | Self::DuplicateName { .. } => false,
+            other => other.provider().is_some(),
+        }
+    }
+
     /// The provider this error blames, if any: a caller with other sources moves off it.
     pub fn provider(&self) -> Option<EndpointId> {
         match self {
@@ -199,5 +224,44 @@ pub(super) fn classify(e: GetError, provider: EndpointId, root: Hash, verified: 
         }
         e @ GetError::LocalFailure { .. } => FetchError::store(e),
         e => FetchError::Transfer { provider, source: TransferError::Get(Box::new(e)) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::paid::PaidError;
+
+    #[test]
+    fn failover_moves_off_a_provider_only_for_what_another_could_change() {
+        let provider = iroh::SecretKey::from_bytes(&[7; 32]).public();
+        let root = Hash::new(b"root");
+        let elsewhere = [
+            FetchError::Timeout { provider, secs: 2 },
+            FetchError::NoAddress(provider),
+            FetchError::RateLimited { provider },
+            FetchError::NotFound { provider, root },
+            FetchError::ProviderAborted { provider, root, verified: 5 },
+            FetchError::ProviderClosed { provider, code: 20, reason: "terms" },
+            PaidError::PriceTooHigh { offered: 2, max: 1 }.into(),
+            PaidError::DepositTooHigh { needed: 2, max: 1 }.into(),
+        ];
+        for e in &elsewhere {
+            assert!(e.another_provider_may_serve(), "{e}");
+        }
+        let here = [
+            FetchError::DuplicateName { provider, name: "a".into() },
+            FetchError::BadRequest(BadRequest::NoProvider),
+            FetchError::store(std::io::Error::other("disk full")),
+            PaidError::VendorMismatch { manifest: "0x1".into(), registered: alloy::primitives::Address::ZERO }.into(),
+            PaidError::Book {
+                path: "deals.json".into(),
+                source: crate::paid::BookError::Io(std::io::Error::other("x")),
+            }
+            .into(),
+        ];
+        for e in &here {
+            assert!(!e.another_provider_may_serve(), "{e}");
+        }
     }
 }

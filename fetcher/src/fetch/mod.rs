@@ -197,7 +197,10 @@ impl Fetcher {
             let c = match paid.as_deref_mut() {
                 None => self.connect(ticket, FREE_ALPN).await?,
                 Some(p) => {
-                    let c = self.connect(ticket, PAID_ALPN).await?;
+                    let c = match p.take_dialled() {
+                        Some(c) => c,
+                        None => self.connect(ticket, PAID_ALPN).await?,
+                    };
                     p.hello(&c).await?;
                     c
                 }
