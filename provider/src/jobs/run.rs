@@ -135,14 +135,17 @@ pub(super) async fn run_job(
         .map_err(|e| JobFailure::new(FailureKind::QueryFailed, format!("the job wrote no result: {e}")))?
         .len();
     if bytes > cap.bytes {
-        return Err(JobFailure::new(FailureKind::ResultTooLarge, format!("result of {bytes} bytes exceeds {cap}")));
+        // no sizes in the reason: a failed job is refunded, and a size the query chose would
+        // carry a number out of the data for free
+        let _ = std::fs::remove_file(&path);
+        return Err(JobFailure::new(FailureKind::ResultTooLarge, format!("the result file is over {cap}")));
     }
     // on a sold dataset the cap is on the data, not on what a compressed format makes of it
     if cap.priced.is_some() && report.data_bytes > cap.bytes {
         let _ = std::fs::remove_file(&path);
         return Err(JobFailure::new(
             FailureKind::ResultTooLarge,
-            format!("the result holds {} bytes of data ({bytes} bytes as a file), over {cap}", report.data_bytes),
+            format!("the bytes of data in the result are over {cap}"),
         ));
     }
     let tag = result_tag(job_id, owner);

@@ -66,7 +66,6 @@ pub struct WorkerReport {
     pub rows: u64,
     /// Bytes of data the result holds in memory (Arrow buffers of its rows), whatever the file
     /// format compresses them to: what a result on a sold dataset is capped by.
-    #[serde(default)]
     pub data_bytes: u64,
     pub engine: String,
 }
@@ -250,13 +249,50 @@ pub async fn run_sql(args: &WorkerArgs<'_>) -> Result<WorkerReport, WorkerFailur
     Ok(WorkerReport { rows, data_bytes, engine: engine_name(args.engine) })
 }
 
-/// The bytes of data a batch's rows hold (a slice counts its own rows, not its parent buffer).
+/// The bytes of data a batch's rows hold, as plain Arrow arrays (a slice counts its own rows,
+/// not its parent buffer). Encodings that store a value once for many rows — dictionaries, run
+/// ends, string views — are counted by the values each row holds (cast to the plain type), so
+/// a query cannot shrink what it takes out of a sold dataset by choosing its encoding. A column
+/// whose type nests such an encoding, or that does not cast, counts as unbounded: a sold
+/// dataset's job refuses it (a free one ignores the count).
 fn batch_data_bytes(batch: &RecordBatch) -> u64 {
-    batch
-        .columns()
-        .iter()
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()) as u64)
-        .sum()
+    batch.columns().iter().map(|c| column_data_bytes(c.as_ref())).fold(0, u64::saturating_add)
+}
+
+fn column_data_bytes(c: &dyn datafusion::arrow::array::Array) -> u64 {
+    use datafusion::arrow::{compute::cast, datatypes::DataType as T};
+    let plain = match c.data_type() {
+        T::Dictionary(_, v) => cast(c, v),
+        T::RunEndEncoded(_, v) => cast(c, v.data_type()),
+        T::Utf8View => cast(c, &T::LargeUtf8),
+        T::BinaryView => cast(c, &T::LargeBinary),
+        _ => return if encodes_compactly(c.data_type()) { u64::MAX } else { slice_bytes(c) },
+    };
+    match plain {
+        Ok(p) if !encodes_compactly(p.data_type()) => slice_bytes(p.as_ref()),
+        _ => u64::MAX,
+    }
+}
+
+fn slice_bytes(c: &dyn datafusion::arrow::array::Array) -> u64 {
+    c.to_data().get_slice_memory_size().unwrap_or_else(|_| c.get_array_memory_size()) as u64
+}
+
+/// Whether `t` is, or nests, a type that stores one value for many rows.
+fn encodes_compactly(t: &datafusion::arrow::datatypes::DataType) -> bool {
+    use datafusion::arrow::datatypes::DataType as T;
+    match t {
+        T::Dictionary(..)
+        | T::RunEndEncoded(..)
+        | T::Utf8View
+        | T::BinaryView
+        | T::ListView(_)
+        | T::LargeListView(_) => true,
+        T::List(f) | T::LargeList(f) | T::FixedSizeList(f, _) | T::Map(f, _) => encodes_compactly(f.data_type()),
+        T::Struct(fs) => fs.iter().any(|f| encodes_compactly(f.data_type())),
+        T::Union(fs, _) => fs.iter().any(|(_, f)| encodes_compactly(f.data_type())),
+        _ => false,
+    }
 }
 
 /// Whether an error, or one of its sources, is the file-size limit or a full file system.
@@ -290,4 +326,52 @@ pub async fn write_sample_trades(path: &Path, rows: u64) -> Result<(), DataFusio
     );
     ctx.sql(&sql).await?.collect().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::{
+        array::{
+            Array, ArrayRef, DictionaryArray, Int8Array, Int32Array, ListArray, RunArray, StringArray, StringViewArray,
+        },
+        datatypes::{Int8Type, Int32Type},
+    };
+
+    use super::*;
+
+    #[test]
+    fn compact_encodings_count_the_values_each_row_holds() {
+        let long = "x".repeat(1_000);
+        let rows = 500;
+        let plain: ArrayRef = Arc::new(StringArray::from(vec![long.as_str(); rows]));
+        let floor = (rows * long.len()) as u64;
+        // one dictionary value, one run, or views over one buffer: the same data as 500 strings
+        let dict: ArrayRef = Arc::new(DictionaryArray::<Int8Type>::new(
+            Int8Array::from(vec![0i8; rows]),
+            Arc::new(StringArray::from(vec![long.as_str()])),
+        ));
+        let runs: ArrayRef = Arc::new(
+            RunArray::<Int32Type>::try_new(
+                &Int32Array::from(vec![rows as i32]),
+                &StringArray::from(vec![long.as_str()]),
+            )
+            .unwrap(),
+        );
+        let views: ArrayRef = Arc::new(StringViewArray::from(vec![long.as_str(); rows]));
+        for (what, a) in [("plain", &plain), ("dictionary", &dict), ("run ends", &runs), ("views", &views)] {
+            let n = column_data_bytes(a.as_ref());
+            assert!(n >= floor && n < floor * 2, "{what}: {n} bytes counted for {floor} bytes of strings");
+        }
+        // a dictionary nested in a list cannot be counted: unbounded (a sold dataset refuses it)
+        let values =
+            DictionaryArray::<Int8Type>::new(Int8Array::from(vec![0i8; 4]), Arc::new(StringArray::from(vec!["a"])));
+        let field = Arc::new(datafusion::arrow::datatypes::Field::new("item", values.data_type().clone(), true));
+        let offsets = datafusion::arrow::buffer::OffsetBuffer::new(vec![0i32, 2, 4].into());
+        let nested: ArrayRef = Arc::new(ListArray::new(field, offsets, Arc::new(values), None));
+        assert_eq!(column_data_bytes(nested.as_ref()), u64::MAX);
+        // a slice counts its own rows
+        assert!(column_data_bytes(plain.slice(0, 10).as_ref()) < floor / 10);
+    }
 }

@@ -191,6 +191,15 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
         // five symbols dictionary-encode to a few KB of Parquet: the file fits the cap, the
         // 20,000 values it carries do not
         (sql("SELECT symbol FROM trades LIMIT 20000", ResultFormat::Parquet), "compressed parquet"),
+        // the query picks a compact encoding itself: one dictionary value per row counts as the
+        // value, not as its 1-byte key
+        (
+            sql(
+                "SELECT arrow_cast(symbol, 'Dictionary(Int8, Utf8)') AS s FROM trades LIMIT 20000",
+                ResultFormat::Parquet,
+            ),
+            "dictionary parquet",
+        ),
     ] {
         let err = fetcher.run_paid_job(&ticket, spec, None, &pay, &out, "all.csv", |_| {}).await.unwrap_err();
         match &err {
@@ -198,8 +207,10 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
                 assert_eq!(*code, codes::RESULT_TOO_LARGE, "{what}: {reason}");
                 let cap = (JOB_PRICE / PRICE_PER_BYTE).to_string();
                 assert!(reason.contains(&cap) && reason.contains("sold dataset"), "{what}: {reason}");
-                if what == "compressed parquet" {
+                if what.ends_with(" parquet") && what != "sql parquet" {
                     assert!(reason.contains("bytes of data"), "{what}: caught by its data, not its file: {reason}");
+                    // and says no size the query chose (a refunded job must carry no number out)
+                    assert!(!reason.contains("20000") && !reason.contains("bytes as a file"), "{what}: {reason}");
                 }
             }
             other => panic!("{what}: expected RESULT_TOO_LARGE, got {other:?}"),
