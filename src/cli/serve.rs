@@ -182,7 +182,6 @@ pub struct JobArgs {
     pub max_image_uploads: Option<usize>,
 }
 
-/// `a` where the command line gave it, else the file's.
 /// A token amount in the config file: a TOML integer holds at most 2^63-1 base units (9.2 BDC),
 /// so larger amounts are written as a decimal string.
 fn base_units<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u128>, D::Error> {
@@ -201,8 +200,9 @@ fn base_units<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u128>, D:
     })
 }
 
-/// A switch (`sell`, `jobs`, ...) given on the command line or in the file is on: a flag cannot
-/// turn off a switch the file turns on.
+/// Each value from the command line where it gave one, else the file's. A switch (`sell`,
+/// `jobs`, ...) given on the command line or in the file is on: a flag cannot turn off a switch
+/// the file turns on.
 macro_rules! take {
     ($a:ident, $f:ident; $($field:ident),* ; bools $($flag:ident),* ; vecs $($v:ident),*) => {
         $( if $a.$field.is_none() { $a.$field = $f.$field; } )*

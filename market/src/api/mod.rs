@@ -185,6 +185,11 @@ fn stored<T: std::str::FromStr>(what: &'static str, s: &str) -> ApiResult<T> {
     s.parse().map_err(|_| ApiError::Internal(format!("stored {what} {s:?} does not parse").into()))
 }
 
+/// A stored value that parsed, or None with a warning (the row it is in is left out).
+fn readable<T>(v: ApiResult<T>) -> Option<T> {
+    v.map_err(|e| tracing::warn!(error = %e, "skipping an unreadable stored row")).ok()
+}
+
 /// A decimal amount the database holds.
 fn stored_amount(s: &str) -> bdc_market_api::Amount {
     // amounts above 2^128 (a registry's price hint can be any uint256) show as the maximum

@@ -74,29 +74,30 @@ pub async fn provider(db: &Db, id: &str, weights: &crate::reputation::Weights) -
         reputation: rep,
         listings: listings
             .into_iter()
-            .map(|r| {
-                Ok(ProviderListing {
-                    root: stored("root", &r.root)?,
+            // an unreadable stored row costs its own line, not the page
+            .filter_map(|r| {
+                Some(ProviderListing {
+                    root: readable(stored("root", &r.root))?,
                     name: r.name.unwrap_or_default(),
                     price_gib: r.price_gib,
                     region: r.region,
                     expires_at: r.expires_at.max(0) as u64,
                 })
             })
-            .collect::<ApiResult<_>>()?,
+            .collect(),
         deals: deals
             .into_iter()
-            .map(|r| {
-                Ok(DealSummary {
-                    id: stored("deal id", &r.id)?,
-                    root: stored("root", &r.root)?,
+            .filter_map(|r| {
+                Some(DealSummary {
+                    id: readable(stored("deal id", &r.id))?,
+                    root: readable(stored("root", &r.root))?,
                     state: r.state,
                     redeemed: stored_amount(&r.redeemed),
                     max_amount: stored_amount(&r.max_amount),
                     opened_block: r.opened_block.max(0) as u64,
                 })
             })
-            .collect::<ApiResult<_>>()?,
+            .collect(),
         throughput,
     })
 }

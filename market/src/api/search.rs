@@ -395,8 +395,9 @@ pub async fn dataset(db: &Db, root: &str) -> ApiResult<DatasetDetail> {
     })
 }
 
-/// Deals of a dataset opened per day (UTC), and what they redeemed, the newest 90 days with
-/// deals, oldest first. Deals indexed before block times were kept count at day 0.
+/// Deals of a dataset opened per day (UTC), and what they redeemed, over the 90 days up to its
+/// newest sale, oldest first (at most the newest 20,000 deals; deals indexed before block times
+/// were kept have no day and are left out).
 async fn sales(db: &Db, root: &str) -> ApiResult<Vec<SalesDay>> {
     // the 90 days up to the newest sale, through the (root, opened_at) index, newest first and
     // at most SALES_ROWS deals: a root with a million deals costs a bounded read here, not a
