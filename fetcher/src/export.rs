@@ -21,6 +21,13 @@ pub enum ExportError {
         #[source]
         source: iroh_blobs::api::RequestError,
     },
+    #[error("exporting a range of {hash} to {path} failed: {source}")]
+    Range {
+        hash: Hash,
+        path: PathBuf,
+        #[source]
+        source: iroh_blobs::api::Error,
+    },
 }
 
 /// One exported file.
@@ -47,4 +54,56 @@ pub async fn export_file(store: &Store, hash: Hash, out: &Path, name: &str) -> R
     };
     std::fs::rename(&tmp, &target).map_err(|source| ExportError::Io { path: target.clone(), source })?;
     Ok(ExportedFile { name: name.to_string(), path: target, size })
+}
+
+/// Exports bytes `range` of blob `hash` (verified in `store`) to `out/name` atomically.
+pub async fn export_range(
+    store: &Store,
+    hash: Hash,
+    out: &Path,
+    name: &str,
+    range: std::ops::Range<u64>,
+) -> Result<ExportedFile, ExportError> {
+    use futures_lite::StreamExt;
+    use iroh_blobs::api::proto::ExportRangesItem;
+    use std::io::Write;
+
+    let target = join_checked(out, name)?;
+    let parent = target.parent().unwrap_or(out).to_path_buf();
+    std::fs::create_dir_all(&parent).map_err(|source| ExportError::Io { path: parent.clone(), source })?;
+    let file_name = target.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = parent.join(format!(".{file_name}.bdc-partial"));
+    let io = |source| ExportError::Io { path: tmp.clone(), source };
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+    // the data of the range comes in ascending order, clipped to the blob's size
+    let mut next = range.start;
+    let mut stream = store.blobs().export_ranges(hash, range.clone()).stream();
+    let res = async {
+        while let Some(item) = stream.next().await {
+            match item {
+                ExportRangesItem::Size(_) => {}
+                ExportRangesItem::Data(leaf) => {
+                    if leaf.offset != next {
+                        let e = format!("the store gave bytes at {} where {next} was due", leaf.offset);
+                        return Err(io(std::io::Error::other(e)));
+                    }
+                    next = leaf.offset + leaf.data.len() as u64;
+                    file.write_all(&leaf.data).map_err(io)?;
+                }
+                ExportRangesItem::Error(e) => {
+                    return Err(ExportError::Range { hash, path: target.clone(), source: e });
+                }
+            }
+        }
+        file.flush().map_err(io)?;
+        Ok(())
+    }
+    .await;
+    drop(file);
+    if let Err(e) = res {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, &target).map_err(|source| ExportError::Io { path: target.clone(), source })?;
+    Ok(ExportedFile { name: name.to_string(), path: target, size: next.saturating_sub(range.start) })
 }

@@ -14,6 +14,8 @@ pub mod jobs;
 pub mod metrics;
 pub mod paid;
 
-pub use fetch::{BadRequest, FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, FetcherConfig, TransferError};
+pub use fetch::{
+    BadRequest, FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, FetcherConfig, Select, TransferError,
+};
 pub use jobs::{JobError, JobEvent, JobOutcome, JobProtocolError, Rejection, check_result};
 pub use paid::{BuyerDeal, DealBook, PaidError, PaidOptions, PaidReport, Wallet};

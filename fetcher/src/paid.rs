@@ -219,6 +219,10 @@ pub(crate) struct PaidSession {
     dialled: Option<(Connection, std::time::Instant)>,
 }
 
+/// How often a buyer asks again when the provider does not know its deal yet (its chain node
+/// lags the buyer's), waiting 1, 2, 3 s.
+const UNKNOWN_DEAL_RETRIES: u32 = 3;
+
 /// A connection dialled before opening a deal is used for the Hello if it is younger than this
 /// (a provider closes a paid connection that sends no Hello within its hello timeout, 10 s by
 /// default; opening a deal on a real chain can take longer): else the session dials again.
@@ -454,6 +458,7 @@ impl Fetcher {
     ) -> Result<PaidReport, FetchError> {
         let (chain, signer) = (&wallet.chain, &wallet.signer);
         let ticket = parse_ticket(&offer.ticket).map_err(PaidError::Offer)?;
+        opts.select.check_format(ticket.format())?;
         let d = chain.deployment();
         let escrow = Address::from(offer.escrow);
         if offer.chain_id != d.chain_id || escrow != d.escrow {
@@ -482,14 +487,14 @@ impl Fetcher {
         if pay.receipt_every + bdc_core::protocol::CHUNK_GROUP_BYTES > offer.window {
             return Err(PaidError::WindowTooSmall { every: pay.receipt_every, window: offer.window }.into());
         }
-        let local = self.store().remote().local(ticket.hash_and_format()).await.map_err(FetchError::store)?;
-        if local.is_complete() {
+        if self.holds(&ticket, opts).await? {
             let fetch = self.run(&ticket, out, opts, None, on).await?;
             return Ok(PaidReport { fetch, deal: None, paid: 0, price_per_byte: offer.price_per_byte });
         }
         let mut on = on;
         let mut retried = false;
         let mut aborts = 0;
+        let mut unknown = 0;
         loop {
             let book = Arc::new(Mutex::new(DealBook::load(self.data_dir())?));
             let root = ticket.hash();
@@ -592,6 +597,17 @@ impl Fetcher {
                 aborts += 1;
                 tracing::info!(deal = %deal.id, attempt = aborts, "{e}: resuming");
                 tokio::time::sleep(crate::fetch::abort_backoff(aborts)).await;
+                continue;
+            }
+            // the provider's chain node has not seen the deal yet (it was opened a moment ago):
+            // ask again on the same deal rather than give up on a provider that will serve it
+            if let Err(FetchError::ProviderClosed { code, .. }) = &fetch
+                && *code == codes::UNKNOWN_DEAL as u64
+                && unknown < UNKNOWN_DEAL_RETRIES
+            {
+                unknown += 1;
+                tracing::info!(deal = %deal.id, attempt = unknown, "the provider does not know the deal yet: asking again");
+                tokio::time::sleep(Duration::from_secs(unknown as u64)).await;
                 continue;
             }
             // a deal the provider refuses for good (its window spent by a killed run, terms or

@@ -307,7 +307,7 @@ async fn load_evidence(
             ticket.hash(),
             ticket.format()
         );
-        let opts = FetchOptions { raw_name: Some("evidence.json".into()) };
+        let opts = FetchOptions { raw_name: Some("evidence.json".into()), ..Default::default() };
         if !quiet {
             eprintln!("fetching the evidence {}", ticket.hash());
         }

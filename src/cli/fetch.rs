@@ -30,9 +30,18 @@ pub struct FetchArgs {
     /// Output directory; the dataset's files are written under it.
     #[arg(short, long)]
     pub out: PathBuf,
-    /// File name for a dataset published as a raw blob (default: its root).
+    /// File name for a dataset published as a raw blob (default: its root; with --range,
+    /// `<root>.<start>-<end>`).
     #[arg(long)]
     pub name: Option<String>,
+    /// Only the files of a collection whose names match this pattern (`*.csv`, `2026-*/**`);
+    /// repeatable. Only their bytes are requested, verified and paid for.
+    #[arg(long, value_name = "GLOB")]
+    pub include: Vec<String>,
+    /// Only bytes START..END of a raw blob (`0..1MiB`): the 16 KiB groups covering them are
+    /// requested, verified and paid for, and exactly those bytes are written.
+    #[arg(long, value_name = "START..END", conflicts_with = "include")]
+    pub range: Option<super::units::ByteRange>,
     /// How long to wait for the provider to answer (e.g. 10s).
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub timeout: super::units::Span,
@@ -81,7 +90,7 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     let fetcher = Fetcher::open(cfg).await?;
     let pb = bytes_bar(0, "fetching", quiet);
-    let opts = FetchOptions { raw_name: a.name };
+    let opts = fetch_options(&a)?;
     let res = fetcher.fetch(&ticket, &a.out, &opts, |ev| show(&pb, ev)).await;
     pb.finish_and_clear();
     fetcher.shutdown().await;
@@ -104,6 +113,15 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What of the dataset to fetch: all of it, `--include` files, or a `--range` of bytes.
+fn fetch_options(a: &FetchArgs) -> anyhow::Result<FetchOptions> {
+    let select = match &a.range {
+        Some(r) => bdc_fetcher::Select::range(r.0.clone())?,
+        None => bdc_fetcher::Select::files(&a.include)?,
+    };
+    Ok(FetchOptions { raw_name: a.name.clone(), select })
+}
+
 /// Bytes added to a market offer's file sizes for the dataset's manifest and collection blobs
 /// when sizing the deposit of a new deal (what is not spent is refunded after expiry).
 const DEPOSIT_SLACK: u64 = 1 << 20;
@@ -117,10 +135,11 @@ async fn run_from_market(a: FetchArgs, root: B256, dir: &Path, quiet: bool) -> a
     let d = chain.deployment();
     let offers = super::pick::offers(&market, root, &a.matching, 5, d).await?;
     let n = offers.len();
-    let mut seen = std::collections::HashSet::new();
+    let (mut seen, mut seen_nodes) = (std::collections::HashSet::new(), std::collections::HashSet::new());
     let offers = offers
         .into_iter()
-        .filter(|o| seen.insert(o.provider))
+        // one try per provider, and per node (a listing can name another's node id)
+        .filter(|o| seen.insert(o.provider) & seen_nodes.insert(o.ticket.addr().id))
         .map(|o| {
             let offer = bdc_core::paid::Offer {
                 ticket: o.ticket.to_string(),
@@ -177,7 +196,7 @@ async fn run_paid(
     pay.deposit = a.deposit;
     pay.deal_duration = a.deal_duration.0;
     let wallet = bdc_fetcher::Wallet { chain, signer };
-    let opts = FetchOptions { raw_name: a.name.clone() };
+    let opts = fetch_options(&a)?;
     let mut res = Err(bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider));
     for (i, (offer, picked)) in offers.iter().enumerate() {
         if let Some(line) = picked {

@@ -55,6 +55,34 @@ impl fmt::Display for Span {
     }
 }
 
+/// A byte range `START..END` (END exclusive), each a size: `0..1MiB`, `4096..8192`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByteRange(pub std::ops::Range<u64>);
+
+/// A range that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ByteRangeError {
+    #[error("expected START..END (e.g. 0..1MiB), got {0:?}")]
+    Shape(String),
+    #[error(transparent)]
+    Size(#[from] SizeError),
+    #[error("{0}..{1} is empty: END must be above START")]
+    Empty(u64, u64),
+}
+
+impl FromStr for ByteRange {
+    type Err = ByteRangeError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = s.split_once("..").ok_or_else(|| ByteRangeError::Shape(s.to_string()))?;
+        let (start, end) = (a.parse::<Size>()?.0, b.parse::<Size>()?.0);
+        if end <= start {
+            return Err(ByteRangeError::Empty(start, end));
+        }
+        Ok(Self(start..end))
+    }
+}
+
 /// A config-file value: a string in the flag's syntax, or a plain integer.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -98,5 +126,10 @@ mod tests {
         assert!("soon".parse::<Span>().is_err());
         assert_eq!(Size(4 << 20).to_string(), "4 MiB");
         assert_eq!(Span(Duration::from_secs(300)).to_string(), "5m");
+        assert_eq!("0..1MiB".parse::<ByteRange>().unwrap(), ByteRange(0..1 << 20));
+        assert_eq!("4096..8192".parse::<ByteRange>().unwrap(), ByteRange(4096..8192));
+        assert!(matches!("5..5".parse::<ByteRange>(), Err(ByteRangeError::Empty(5, 5))));
+        assert!(matches!("100".parse::<ByteRange>(), Err(ByteRangeError::Shape(_))));
+        assert!(matches!("x..1".parse::<ByteRange>(), Err(ByteRangeError::Size(_))));
     }
 }

@@ -196,3 +196,48 @@ async fn collection_with_escaping_names_is_refused_before_any_write() {
         provider.shutdown().await;
     }
 }
+
+/// `--range`: bytes START..END of a raw blob, verified against its root; only the 16 KiB groups
+/// that cover them move, and a second range takes only what the first did not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_byte_range_of_a_raw_blob_moves_only_its_chunk_groups() {
+    use bdc_fetcher::{BadRequest, Select};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = random_file(&tmp.path().join("big.bin"), (1 << 20) + 100, 8);
+    let mut store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
+    let opts = PublishOptions { raw: true, free: true, ..Default::default() };
+    let rec = publish(&mut store, &tmp.path().join("big.bin"), &opts, |_| {}).await.unwrap();
+    let provider = Provider::spawn(store, ServeConfig::test()).await.unwrap();
+    let ticket = provider.ticket(rec.root).unwrap();
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let out = tmp.path().join("out");
+    let range = |r: std::ops::Range<u64>| FetchOptions { select: Select::range(r).unwrap(), ..Default::default() };
+
+    let r = fetcher.fetch(&ticket, &out, &range(100_000..300_000), |_| {}).await.unwrap();
+    let name = format!("{}.100000-300000", rec.root.to_hex());
+    assert_eq!(r.files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), [name.as_str()]);
+    assert_eq!(std::fs::read(out.join(&name)).unwrap(), &data[100_000..300_000]);
+    // the groups covering it (98,304..311,296) and the last chunk (the size), nothing else
+    assert!(r.fetched_bytes >= 200_000 && r.fetched_bytes <= 212_992 + 1_124, "{r:?}");
+    // an overlapping range moves only what is new
+    let named = FetchOptions { raw_name: Some("tail.bin".into()), ..range(250_000..(1 << 20) + 100) };
+    let r2 = fetcher.fetch(&ticket, &out, &named, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(out.join("tail.bin")).unwrap(), &data[250_000..]);
+    // (what the first left out, give or take the chunk group at its edge)
+    assert!(r2.fetched_bytes <= (1 << 20) + 100 - 311_296 + 16_384, "{r2:?}");
+    // a range held already: nothing moves, the file is written again
+    std::fs::remove_file(out.join(&name)).unwrap();
+    let r3 = fetcher.fetch(&ticket, &out, &range(100_000..300_000), |_| {}).await.unwrap();
+    assert_eq!(r3.fetched_bytes, 0, "{r3:?}");
+    assert_eq!(std::fs::read(out.join(&name)).unwrap(), &data[100_000..300_000]);
+
+    // past the end, or a collection's option on a blob: clear errors, nothing written
+    let err = fetcher.fetch(&ticket, &out, &range(0..(1 << 20) + 101), |_| {}).await.unwrap_err();
+    assert!(matches!(err, FetchError::BadRequest(BadRequest::RangePastEnd { size: 1_048_676, .. })), "{err}");
+    assert!(err.to_string().contains("past the end"), "{err}");
+    let files = FetchOptions { select: Select::files(&["*.csv"]).unwrap(), ..Default::default() };
+    let err = fetcher.fetch(&ticket, &out, &files, |_| {}).await.unwrap_err();
+    assert!(matches!(err, FetchError::BadRequest(BadRequest::IncludeNeedsCollection)), "{err}");
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2, "only the ranges asked for were written");
+    provider.shutdown().await;
+}

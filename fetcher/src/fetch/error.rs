@@ -120,6 +120,18 @@ pub enum BadRequest {
     TooFewReplicas { k: usize, given: usize },
     #[error("tickets name different datasets: {0} and {1}")]
     DifferentDatasets(Hash, Hash),
+    #[error("--include {pattern:?} is not a valid pattern: {reason}")]
+    BadPattern { pattern: String, reason: &'static str },
+    #[error("--include picks files of a collection; this dataset is a single blob (use --range START..END)")]
+    IncludeNeedsCollection,
+    #[error("--range picks bytes of a single blob; this dataset is a collection (use --include GLOB)")]
+    RangeNeedsBlob,
+    #[error("--range {start}..{end} is empty")]
+    EmptyRange { start: u64, end: u64 },
+    #[error("--range {start}..{end} runs past the end of the blob ({size} bytes)")]
+    RangePastEnd { start: u64, end: u64, size: u64 },
+    #[error("--include {patterns} matches none of the dataset's {files} files")]
+    NothingMatches { patterns: String, files: usize },
 }
 
 impl FetchError {

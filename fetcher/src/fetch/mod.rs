@@ -34,12 +34,15 @@ use iroh_blobs::{
 };
 use serde::Serialize;
 
-use crate::export::{ExportError, ExportedFile, export_file};
+use crate::export::{ExportError, ExportedFile, export_file, export_range};
 
 mod error;
+mod select;
 
 use error::classify;
 pub use error::{BadRequest, FetchError, TransferError};
+pub use select::Select;
+use select::Selection;
 
 /// Where the fetcher keeps its store and how it dials.
 #[derive(Debug, Clone)]
@@ -64,8 +67,10 @@ impl FetcherConfig {
 /// Per-fetch options.
 #[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
-    /// File name for a raw blob (defaults to the root's hex).
+    /// File name for a raw blob (defaults to the root's hex; with a range, `<root>.<start>-<end>`).
     pub raw_name: Option<String>,
+    /// What to fetch of the dataset: all of it, files by pattern, or a byte range.
+    pub select: Select,
 }
 
 /// Progress events of a fetch.
@@ -183,17 +188,20 @@ impl Fetcher {
         let content = ticket.hash_and_format();
         let provider = ticket.addr().id;
         let remote = self.store.remote();
-        let local = remote.local(content).await.map_err(FetchError::store)?;
-        // what is here before this run (a resume), counted over the files only; and whether the
-        // sizes and names are already verified locally, in which case they are not asked again
-        // (which also keeps a paid resume from paying twice for the same probe bytes)
+        opts.select.check_format(ticket.format())?;
+        // what is here before this run (a resume), counted over the wanted files only; and
+        // whether the sizes and names are already verified locally, in which case they are not
+        // asked again (which also keeps a paid resume from paying twice for the same probe bytes)
         let (local_before, sizes_known) = match self.file_list(ticket, provider, opts).await {
-            Ok(files) => (self.payload_state(&files).await?.1, self.sizes_known(&files).await?),
+            Ok(files) => {
+                let sel = self.selection(ticket, &files, opts).await.ok().flatten();
+                (self.wanted_state(&files, sel.as_ref()).await?.1, self.sizes_known(&files).await?)
+            }
             Err(_) => (0, false),
         };
         let mut fetched = 0;
         let mut conn = None;
-        if !local.is_complete() {
+        if !self.holds(ticket, opts).await? {
             let c = match paid.as_deref_mut() {
                 None => self.connect(ticket, FREE_ALPN).await?,
                 Some(p) => {
@@ -242,11 +250,30 @@ impl Fetcher {
             let _ = p.finish(c).await;
             return Err(e);
         }
-        let (total, local_now) = self.payload_state(&files).await?;
+        // a partial purchase: the patterns and the range are checked against the verified names
+        // and size (a mistake costs the probe, which is paid for as what it is)
+        let sel = match self.selection(ticket, &files, opts).await {
+            Ok(sel) => sel,
+            Err(e) => {
+                if let (Some(p), Some(c)) = (paid.as_deref_mut(), &conn) {
+                    p.verified(fetched);
+                    let _ = p.finish(c).await;
+                }
+                return Err(e);
+            }
+        };
+        let (total, local_now) = self.wanted_state(&files, sel.as_ref()).await?;
         on(FetchEvent::Plan { total, local: local_now });
 
         if let Some(conn) = conn {
-            let mut stream = remote.fetch(conn.clone(), content).stream();
+            let get = match &sel {
+                None => remote.fetch(conn.clone(), content),
+                Some(s) => {
+                    let have = remote.local_for_request(s.request.clone()).await.map_err(FetchError::store)?;
+                    remote.execute_get(conn.clone(), have.missing())
+                }
+            };
+            let mut stream = get.stream();
             let mut done = local_now;
             while let Some(item) = stream.next().await {
                 match item {
@@ -280,8 +307,7 @@ impl Fetcher {
                 }
                 None => conn.close(0u32.into(), b"done"),
             }
-            let after = remote.local(content).await.map_err(FetchError::store)?;
-            if !after.is_complete() {
+            if !self.holds(ticket, opts).await? {
                 return Err(FetchError::Transfer { provider, source: TransferError::EndedEarly });
             }
         }
@@ -289,11 +315,22 @@ impl Fetcher {
 
         let store: &iroh_blobs::api::Store = &self.store;
         let mut exported = Vec::with_capacity(files.len());
-        for (name, hash) in files {
-            let f = export_file(store, hash, &out, &name).await?;
-            self.metrics.exported_bytes.inc_by(f.size);
-            on(FetchEvent::Exported(f.clone()));
-            exported.push(f);
+        match sel {
+            Some(Selection { range: Some(r), .. }) => {
+                let name = opts.raw_name.clone().unwrap_or_else(|| format!("{}.{}-{}", root.to_hex(), r.start, r.end));
+                let f = export_range(store, root, &out, &name, r).await?;
+                self.metrics.exported_bytes.inc_by(f.size);
+                on(FetchEvent::Exported(f.clone()));
+                exported.push(f);
+            }
+            sel => {
+                for (name, hash) in sel.map(|s| s.files).unwrap_or(files) {
+                    let f = export_file(store, hash, &out, &name).await?;
+                    self.metrics.exported_bytes.inc_by(f.size);
+                    on(FetchEvent::Exported(f.clone()));
+                    exported.push(f);
+                }
+            }
         }
         self.metrics.verified_bytes.inc_by(fetched);
         self.metrics.fetches_completed.inc();
@@ -434,6 +471,53 @@ impl Fetcher {
             p.verified(*fetched);
         }
         Ok(())
+    }
+
+    /// The part of the dataset `opts` selects, from the (verified) file list; None for all.
+    async fn selection(
+        &self,
+        ticket: &BlobTicket,
+        files: &[(String, Hash)],
+        opts: &FetchOptions,
+    ) -> Result<Option<Selection>, FetchError> {
+        let size = match opts.select {
+            Select::Range(_) => {
+                self.store.blobs().observe(ticket.hash()).await.map_err(FetchError::store)?.validated_size()
+            }
+            _ => None,
+        };
+        Ok(select::selection(&opts.select, ticket.hash(), files, size)?)
+    }
+
+    /// Whether the store already holds, verified, all that `opts` asks of the dataset.
+    pub(crate) async fn holds(&self, ticket: &BlobTicket, opts: &FetchOptions) -> Result<bool, FetchError> {
+        let remote = self.store.remote();
+        if let Select::All = opts.select {
+            return Ok(remote.local(ticket.hash_and_format()).await.map_err(FetchError::store)?.is_complete());
+        }
+        let Ok(files) = self.file_list(ticket, ticket.addr().id, opts).await else {
+            return Ok(false);
+        };
+        match self.selection(ticket, &files, opts).await {
+            Ok(Some(s)) => Ok(remote.local_for_request(s.request).await.map_err(FetchError::store)?.is_complete()),
+            // the size is not verified yet, or the selection is wrong: asked (and said) after the probe
+            _ => Ok(false),
+        }
+    }
+
+    /// (total, bytes present locally) of what is wanted: every file, the selected files, or the
+    /// selected range of a raw blob (counted in the chunk groups that cover it, at most its length).
+    async fn wanted_state(&self, files: &[(String, Hash)], sel: Option<&Selection>) -> Result<(u64, u64), FetchError> {
+        match sel {
+            None => self.payload_state(files).await,
+            Some(Selection { range: Some(r), request, .. }) => {
+                let bits = self.store.blobs().observe(request.hash).await.map_err(FetchError::store)?;
+                let total = r.end.min(bits.size()).saturating_sub(r.start);
+                let have = self.store.remote().local_for_request(request.clone()).await.map_err(FetchError::store)?;
+                Ok((total, have.local_bytes().min(total)))
+            }
+            Some(s) => self.payload_state(&s.files).await,
+        }
     }
 
     /// Whether every file's size is already verified in the store.

@@ -418,7 +418,7 @@ impl Fetcher {
         let collection = signed.result.format == "collection";
         let format = if collection { BlobFormat::HashSeq } else { BlobFormat::Raw };
         let result_ticket = BlobTicket::new(ticket.addr().clone(), signed.result.result_root, format);
-        let opts = FetchOptions { raw_name: Some(name.to_string()) };
+        let opts = FetchOptions { raw_name: Some(name.to_string()), ..Default::default() };
         let fetch = self.fetch(&result_ticket, out, &opts, |e| on(JobEvent::Fetch(e))).await?;
         if !collection && fetch.total_bytes != signed.result.bytes {
             return Err(JobError::Rejected {

@@ -82,7 +82,7 @@ async fn sql_job_result_equals_datafusion_direct_and_is_signed() {
     std::fs::copy(fetcher.data_dir().join("node.key"), tmp.path().join("f2/node.key")).unwrap();
     let other = Fetcher::open(FetcherConfig::test(tmp.path().join("f2"))).await.unwrap();
     let root = BlobTicket::new(provider.addr(), big.signed.result.result_root, BlobFormat::Raw);
-    let opts = bdc_fetcher::FetchOptions { raw_name: Some("again.csv".into()) };
+    let opts = bdc_fetcher::FetchOptions { raw_name: Some("again.csv".into()), ..Default::default() };
     let err = other.fetch(&root, &out, &opts, |_| {}).await.unwrap_err();
     assert!(matches!(err, bdc_fetcher::FetchError::ProviderAborted { .. }), "{err}");
     assert!(!out.join("again.csv").exists(), "nothing unverified written");
