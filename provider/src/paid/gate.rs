@@ -199,7 +199,7 @@ pub(super) async fn admit_group(shared: &Shared, conn_id: u64, gate: &DealGate, 
     if let Err(e @ (GateError::Expiring | GateError::PaymentTimeout)) = &res {
         tracing::warn!(deal = %gate.deal.id, "closing the paid connection: {e}");
         if let Some(c) = shared.conns.lock().expect("conns lock").get(&conn_id) {
-            super::close_paid(shared, &c.conn, e.code());
+            super::close_paid(shared, &c.conn, &c.closed, e.code());
         }
         let _ = shared.redeem_tx.send(gate.deal.id);
     }

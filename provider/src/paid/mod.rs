@@ -28,7 +28,10 @@ mod redeemer;
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -128,6 +131,9 @@ type Ready = Option<Result<Arc<DealGate>, ()>>;
 struct ConnEntry {
     conn: Connection,
     ready: watch::Receiver<Ready>,
+    /// Set by whoever closes the connection first (control loop, gate, deal watcher, a newer
+    /// connection): that one counts the close.
+    closed: Arc<AtomicBool>,
 }
 
 /// Who sells: the payment address deals must name, and the node they must name.
@@ -307,18 +313,20 @@ impl PaidProtocol {
         let _open = OpenConnection(&shared.metrics);
         let conn_id = conn.stable_id() as u64;
         let (ready_tx, ready_rx) = watch::channel(None);
-        shared.conns.lock().expect("conns lock").insert(conn_id, ConnEntry { conn: conn.clone(), ready: ready_rx });
+        let closed = Arc::new(AtomicBool::new(false));
+        let entry = ConnEntry { conn: conn.clone(), ready: ready_rx, closed: closed.clone() };
+        shared.conns.lock().expect("conns lock").insert(conn_id, entry);
         let peer = conn.remote_id();
         let blobs = tokio::spawn(serve_streams(shared.clone(), conn.clone(), self.events.clone()).in_current_span());
-        let watcher = tokio::spawn(watch_deal(shared.clone(), conn.clone(), conn_id).in_current_span());
+        let watcher = tokio::spawn(watch_deal(shared.clone(), conn.clone(), conn_id, closed.clone()).in_current_span());
         // The control stream decides the connection's fate; closing it also ends the blobs handler.
         let deal = match control_loop(shared.clone(), conn.clone(), ready_tx).await {
             Ok(deal) => {
-                close_paid(&shared, &conn, codes::DONE);
+                close_paid(&shared, &conn, &closed, codes::DONE);
                 Some(deal)
             }
-            Err(closed) => {
-                let (reason, deal) = *closed;
+            Err(ended) => {
+                let (reason, deal) = *ended;
                 let code = reason.code();
                 match &reason {
                     CloseReason::Ledger(_) => tracing::error!(%peer, code, "closing paid connection: {reason}"),
@@ -327,7 +335,7 @@ impl PaidProtocol {
                     }
                     _ => tracing::warn!(%peer, code, "closing paid connection: {reason}"),
                 }
-                close_paid(&shared, &conn, code);
+                close_paid(&shared, &conn, &closed, code);
                 deal
             }
         };
@@ -458,10 +466,11 @@ async fn control_loop(shared: Arc<Shared>, conn: Connection, ready: watch::Sende
 }
 
 /// Closes a paid connection with `code` and counts it under that reason, unless something closed
-/// it first (the gate, the deal watcher, a newer connection): a connection is counted once, by
-/// the reason its buyer was told.
-fn close_paid(shared: &Shared, conn: &Connection, code: u32) {
-    if conn.close_reason().is_some() {
+/// it first (the control loop, the gate, the deal watcher, a newer connection): a connection is
+/// counted once, by the first close. A connection the buyer closed or lost is counted by the
+/// control loop, under the reason it ended with.
+fn close_paid(shared: &Shared, conn: &Connection, closed: &AtomicBool, code: u32) {
+    if closed.swap(true, Ordering::SeqCst) {
         return;
     }
     let reason = codes::name(code as u64);
@@ -478,7 +487,7 @@ fn supersede(shared: &Shared, conn: &Connection, deal: B256) {
         let same_deal = matches!(&*e.ready.borrow(), Some(Ok(g)) if g.deal.id == deal);
         if *id != me && same_deal && e.conn.remote_id() == peer {
             tracing::info!(%deal, %peer, "a newer connection of the same buyer took over the deal");
-            close_paid(shared, &e.conn, codes::SUPERSEDED);
+            close_paid(shared, &e.conn, &e.closed, codes::SUPERSEDED);
         }
     }
 }
@@ -549,7 +558,7 @@ async fn admit(shared: &Shared, conn: &Connection, hello: &Hello) -> Result<(Arc
 /// While the connection lives, re-reads its deal from the chain and closes the connection once
 /// the deal is no longer open (disputed, refunded, or past expiry: bytes sent then could never be
 /// redeemed).
-async fn watch_deal(shared: Arc<Shared>, conn: Connection, conn_id: u64) {
+async fn watch_deal(shared: Arc<Shared>, conn: Connection, conn_id: u64, closed: Arc<AtomicBool>) {
     let Some(gate) = ready_gate(&shared, conn_id).await else { return };
     let id = gate.deal.id;
     loop {
@@ -569,7 +578,7 @@ async fn watch_deal(shared: Arc<Shared>, conn: Connection, conn_id: u64) {
             continue;
         };
         tracing::warn!(deal = %id, disputed = state.disputed, refunded = state.refunded, code, "deal no longer open: closing");
-        close_paid(&shared, &conn, code);
+        close_paid(&shared, &conn, &closed, code);
         let _ = shared.redeem_tx.send(id);
         return;
     }
