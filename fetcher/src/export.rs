@@ -77,11 +77,12 @@ pub async fn export_range(
     let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
     // the data of the range comes in ascending order, clipped to the blob's size
     let mut next = range.start;
+    let mut size = None;
     let mut stream = store.blobs().export_ranges(hash, range.clone()).stream();
     let res = async {
         while let Some(item) = stream.next().await {
             match item {
-                ExportRangesItem::Size(_) => {}
+                ExportRangesItem::Size(s) => size = Some(s),
                 ExportRangesItem::Data(leaf) => {
                     if leaf.offset != next {
                         let e = format!("the store gave bytes at {} where {next} was due", leaf.offset);
@@ -94,6 +95,12 @@ pub async fn export_range(
                     return Err(ExportError::Range { hash, path: target.clone(), source: e });
                 }
             }
+        }
+        // the whole range, inside the blob, or nothing (the store clips a range to its size)
+        if size.is_none_or(|s| range.end > s) || next != range.end {
+            let e =
+                format!("the store holds {}..{next} of {}..{} (size {size:?})", range.start, range.start, range.end);
+            return Err(io(std::io::Error::other(e)));
         }
         file.flush().map_err(io)?;
         Ok(())

@@ -195,7 +195,9 @@ impl Fetcher {
         let (local_before, sizes_known) = match self.file_list(ticket, provider, opts).await {
             Ok(files) => {
                 let sel = self.selection(ticket, &files, opts).await.ok().flatten();
-                (self.wanted_state(&files, sel.as_ref()).await?.1, self.sizes_known(&files).await?)
+                // with files chosen by name, the names are what the probe is for
+                let known = matches!(opts.select, Select::Files(_)) || self.sizes_known(&files).await?;
+                (self.wanted_state(&files, sel.as_ref()).await?.1, known)
             }
             Err(_) => (0, false),
         };
@@ -218,6 +220,11 @@ impl Fetcher {
             // bad names before any file byte is requested
             let req = if sizes_known {
                 None
+            } else if let Select::Files(_) = opts.select {
+                // a partial purchase asks only the hash sequence and the names: a last chunk of
+                // every file would cost up to a 16 KiB group of each file not bought (the chosen
+                // files' sizes verify as they arrive)
+                GetRequest::builder().root(ChunkRanges::all()).next(ChunkRanges::all()).build(root).into()
             } else if ticket.format() == BlobFormat::HashSeq {
                 GetRequest::builder()
                     .root(ChunkRanges::all())
@@ -262,6 +269,21 @@ impl Fetcher {
                 return Err(e);
             }
         };
+        // the chosen files' sizes: the last chunk of each (part of what is bought anyway)
+        if let (Some(s), Some(c), Select::Files(_)) = (&sel, &conn, &opts.select)
+            && !self.sizes_known(&s.files).await?
+        {
+            let mut b = GetRequest::builder();
+            for (offset, _) in s.request.ranges.iter_non_empty_infinite().filter(|(o, _)| *o >= 2) {
+                b = b.child(offset - 1, ChunkRanges::last_chunk());
+            }
+            if let Err(e) = self.probe(c, b.build(root), provider, content, paid.as_deref(), &mut fetched).await {
+                return Err(match paid.as_deref_mut() {
+                    Some(p) => p.explain(c, e).await,
+                    None => e,
+                });
+            }
+        }
         let (total, local_now) = self.wanted_state(&files, sel.as_ref()).await?;
         on(FetchEvent::Plan { total, local: local_now });
 
@@ -498,10 +520,11 @@ impl Fetcher {
         let Ok(files) = self.file_list(ticket, ticket.addr().id, opts).await else {
             return Ok(false);
         };
-        match self.selection(ticket, &files, opts).await {
-            Ok(Some(s)) => Ok(remote.local_for_request(s.request).await.map_err(FetchError::store)?.is_complete()),
-            // the size is not verified yet, or the selection is wrong: asked (and said) after the probe
-            _ => Ok(false),
+        // a selection that is wrong against verified names or size is said now, before any deal
+        // (a range's size not yet verified is checked after the probe)
+        match self.selection(ticket, &files, opts).await? {
+            Some(s) => Ok(remote.local_for_request(s.request).await.map_err(FetchError::store)?.is_complete()),
+            None => Ok(remote.local(ticket.hash_and_format()).await.map_err(FetchError::store)?.is_complete()),
         }
     }
 

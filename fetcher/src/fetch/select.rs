@@ -11,6 +11,10 @@ use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt, GetRequest};
 
 use super::BadRequest;
 
+/// How names match: as a shell does, `*` and `?` stop at `/` (`**/` crosses folders), case counts.
+const MATCH: glob::MatchOptions =
+    glob::MatchOptions { case_sensitive: true, require_literal_separator: true, require_literal_leading_dot: false };
+
 /// What a fetch asks for.
 #[derive(Debug, Clone, Default)]
 pub enum Select {
@@ -81,7 +85,7 @@ pub(super) fn selection(
             let mut b = GetRequest::builder().root(ChunkRanges::all()).child(0, ChunkRanges::all());
             let mut chosen = Vec::new();
             for (k, (name, hash)) in files.iter().enumerate() {
-                if patterns.iter().any(|p| p.matches(name)) {
+                if patterns.iter().any(|p| p.matches_with(name, MATCH)) {
                     b = b.child(k as u64 + 1, ChunkRanges::all());
                     chosen.push((name.clone(), *hash));
                 }
@@ -131,6 +135,11 @@ mod tests {
         assert_eq!(asked, [0, 1, 3, 4]);
         let err = selection(&Select::files(&["*.xlsx"]).unwrap(), root, &files(), None).unwrap_err();
         assert!(matches!(err, BadRequest::NothingMatches { files: 4, .. }), "{err}");
+        // `*` stops at a folder, as in a shell; `**/` crosses folders
+        let top = selection(&Select::files(&["*.csv"]).unwrap(), root, &files(), None);
+        assert!(matches!(top, Err(BadRequest::NothingMatches { .. })), "{top:?}");
+        let deep = selection(&Select::files(&["**/*.csv"]).unwrap(), root, &files(), None).unwrap().unwrap();
+        assert_eq!(deep.files.len(), 2);
         assert!(matches!(Select::files(&["[a-"]), Err(BadRequest::BadPattern { .. })));
         assert!(matches!(Select::files::<&str>(&[]), Ok(Select::All)));
     }

@@ -431,15 +431,20 @@ impl Fetcher {
         let mut retried = false;
         let mut aborts = 0;
         let mut unknown = 0;
+        let mut carry: Option<(Deal, u64)> = None;
         loop {
             let book = Arc::new(Mutex::new(DealBook::load(self.data_dir())?));
             let root = ticket.hash();
             let node = B256::from(*ticket.addr().id.as_bytes());
             let now = chain.chain_time().await.map_err(PaidError::from)?;
             // reuse an open deal for this dataset and provider, if it has time and money left
-            let mut reuse = None;
-            let candidates: Vec<BuyerDeal> =
-                book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).cloned().collect();
+            // a deal the provider did not know yet is asked again as it is
+            let mut reuse = carry.take();
+            let candidates: Vec<BuyerDeal> = if reuse.is_some() {
+                Vec::new()
+            } else {
+                book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).cloned().collect()
+            };
             for cand in candidates {
                 let Ok(t) = cand.terms() else { continue };
                 if cand.spent
@@ -542,6 +547,8 @@ impl Fetcher {
                 && unknown < UNKNOWN_DEAL_RETRIES
             {
                 unknown += 1;
+                let verified = book.lock().expect("book lock").get(&deal.id).map(|d| d.verified).unwrap_or(base);
+                carry = Some((deal.clone(), verified));
                 tracing::info!(deal = %deal.id, attempt = unknown, "the provider does not know the deal yet: asking again");
                 tokio::time::sleep(Duration::from_secs(unknown as u64)).await;
                 continue;
