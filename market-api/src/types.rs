@@ -35,6 +35,10 @@ pub struct ListingBody {
     pub price_per_byte: Amount,
     /// Bytes the provider sends ahead of receipts (its risk per deal).
     pub window: u64,
+    /// Every byte of the dataset the provider sells (all its blobs), in the provider's signed
+    /// word: what a buyer sizes its deposit by (the market's own figures are not signed).
+    #[serde(default)]
+    pub size: u64,
     /// The node's direct socket addresses.
     pub addrs: Vec<String>,
     pub region: String,
@@ -480,6 +484,7 @@ impl ListingBody {
             providerNodeId: self.provider_node_id,
             pricePerByte: alloy::primitives::U256::from(self.price_per_byte.0),
             window: self.window,
+            size: self.size,
             addrs: self.addrs.join(","),
             region: self.region.clone(),
             capacityMiBps: self.capacity_mibps,
@@ -535,5 +540,37 @@ impl SignedReport {
             millis: self.millis,
             issuedAt: self.issued_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy::signers::local::PrivateKeySigner;
+
+    use super::*;
+
+    #[test]
+    fn the_signed_size_cannot_be_changed_by_whoever_relays_the_listing() {
+        let key = PrivateKeySigner::random();
+        let domain = bdc_contracts::listing::market_domain(31337, Address::repeat_byte(9));
+        let body = ListingBody {
+            dataset_root: B256::repeat_byte(1),
+            provider: key.address(),
+            provider_node_id: B256::repeat_byte(2),
+            price_per_byte: Amount(1_000),
+            window: 4 << 20,
+            size: 3 << 20,
+            addrs: vec!["127.0.0.1:4433".into()],
+            region: "eu".into(),
+            capacity_mibps: 100,
+            arbiters: vec![Address::repeat_byte(3)],
+            issued_at: 1,
+            expires_at: 2,
+        };
+        let mut signed = SignedListing::sign(&key, &domain, body, String::new()).unwrap();
+        assert_eq!(signed.signer(&domain).unwrap(), key.address());
+        // a market that inflates the size (so buyers escrow more) no longer has the provider's word
+        signed.listing.size = 3 << 30;
+        assert_ne!(signed.signer(&domain).unwrap(), key.address());
     }
 }

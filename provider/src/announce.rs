@@ -89,6 +89,7 @@ impl Provider {
                 provider_node_id: B256::from(*node.id.as_bytes()),
                 price_per_byte: paid.cfg.price_per_byte.into(),
                 window: paid.cfg.window,
+                size: self.offer(rec.root).map(|o| o.size).unwrap_or(0),
                 addrs: addrs.clone(),
                 region: a.region.clone(),
                 capacity_mibps: a.capacity_mibps,

@@ -122,10 +122,6 @@ fn fetch_options(a: &FetchArgs) -> anyhow::Result<FetchOptions> {
     Ok(FetchOptions { raw_name: a.name.clone(), select })
 }
 
-/// Bytes added to a market offer's file sizes for the dataset's manifest and collection blobs
-/// when sizing the deposit of a new deal (what is not spent is refunded after expiry).
-const DEPOSIT_SLACK: u64 = 1 << 20;
-
 /// `bdc fetch <root> --market URL`: the market ranks the dataset's offers; the buyer checks the
 /// top offer's listing signature itself (the market is trusted to rank, not to speak for the
 /// provider), then buys from it.
@@ -146,7 +142,7 @@ async fn run_from_market(a: FetchArgs, root: B256, dir: &Path, quiet: bool) -> a
                 provider: o.provider.into_array(),
                 price_per_byte: o.price_per_byte,
                 window: o.listing.window,
-                size: o.size.saturating_add(DEPOSIT_SLACK),
+                size: o.size,
                 chain_id: d.chain_id,
                 escrow: d.escrow.into_array(),
                 arbiters: o.arbiters.iter().map(|a| a.into_array()).collect(),

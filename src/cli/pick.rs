@@ -33,7 +33,8 @@ pub struct MarketOffer {
     /// The listing's signer: the provider's Ethereum address.
     pub provider: Address,
     pub price_per_byte: u128,
-    /// The dataset's size as the market knows it.
+    /// The dataset's size in the provider's signed word (all its blobs): what a deposit is
+    /// sized by. The market's own figures are not signed, so it could inflate them.
     pub size: u64,
     /// The arbiters the provider's signed listing accepts.
     pub arbiters: Vec<Address>,
@@ -95,6 +96,7 @@ fn checked(o: MatchedOffer, root: B256, domain: &alloy::sol_types::Eip712Domain)
     let signed = bdc_market_api::SignedListing { listing, manifest: String::new(), signature: o.signature };
     let signer = signed.signer(domain).context("the market's offer")?;
     let listing = signed.listing;
+    anyhow::ensure!(listing.size > 0, "the market's offer from {:#x} signs no dataset size", listing.provider);
     anyhow::ensure!(
         signer == listing.provider && listing.dataset_root == root,
         "the market's offer is not a listing of {root:#x} signed by its provider {:#x} (signed by {signer:#x})",
@@ -111,7 +113,7 @@ fn checked(o: MatchedOffer, root: B256, domain: &alloy::sol_types::Eip712Domain)
         ticket: BlobTicket::new(addr, Hash::from_bytes(root.0), BlobFormat::HashSeq),
         provider: listing.provider,
         price_per_byte: listing.price_per_byte.0,
-        size: o.size,
+        size: listing.size,
         arbiters: listing.arbiters.clone(),
         score: o.score,
         criteria: o.criteria,

@@ -331,6 +331,9 @@ async fn fetch_by_root_moves_past_a_dead_provider_to_the_next_offer() {
     let book = bdc_fetcher::DealBook::load(&buyer.join("data/fetcher")).unwrap();
     let providers_paid: Vec<_> = book.deals.iter().map(|d| d.terms().unwrap().provider).collect();
     assert_eq!(providers_paid, [devnet.address(3)], "{err}");
+    // the deposit is the size a signed in its listing, at its price (not the market's figure)
+    let signed_size = providers[0].offer(roots[0]).unwrap().size;
+    assert_eq!(book.deals[0].terms().unwrap().maxAmount.to::<u128>(), signed_size as u128 * 1_000_000_000);
     market.shutdown();
     providers.pop().unwrap().shutdown().await;
 }

@@ -13,9 +13,10 @@ use alloy::{
 };
 
 sol! {
-    /// A provider's offer of one dataset. `addrs` are the node's direct socket addresses,
-    /// comma separated; `arbiters` the arbiters the provider accepts on a deal;
-    /// `issuedAt`/`expiresAt` are unix seconds.
+    /// A provider's offer of one dataset. `size` is every byte of the dataset the provider
+    /// sells (all its blobs: what a buyer's deposit is sized by); `addrs` are the node's direct
+    /// socket addresses, comma separated; `arbiters` the arbiters the provider accepts on a
+    /// deal; `issuedAt`/`expiresAt` are unix seconds.
     #[derive(Debug, PartialEq, Eq)]
     struct Listing {
         bytes32 datasetRoot;
@@ -23,6 +24,7 @@ sol! {
         bytes32 providerNodeId;
         uint256 pricePerByte;
         uint64 window;
+        uint64 size;
         string addrs;
         string region;
         uint64 capacityMiBps;

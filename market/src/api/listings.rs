@@ -54,10 +54,10 @@ pub(super) async fn post_listing(
         return Err(ApiError::BadRequest("region must be up to 32 characters of [A-Za-z0-9-]".into()));
     }
     // stored as BIGINT: a value past 2^63 would read back negative (and rank as 0)
-    if i64::try_from(l.window).is_err() || i64::try_from(l.capacity_mibps).is_err() {
+    if [l.window, l.capacity_mibps, l.size].iter().any(|v| i64::try_from(*v).is_err()) {
         return Err(ApiError::BadRequest(format!(
-            "window ({}) and capacity_mibps ({}) must each be below 2^63",
-            l.window, l.capacity_mibps
+            "window ({}), capacity_mibps ({}) and size ({}) must each be below 2^63",
+            l.window, l.capacity_mibps, l.size
         )));
     }
     let ppb: u128 = l.price_per_byte.0;
@@ -135,13 +135,14 @@ pub(super) async fn post_listing(
     };
     sqlx::query(
         "INSERT INTO listings (provider, root, node_id, addrs, region, price_per_byte, price_gib, window_bytes, \
-         capacity_mibps, issued_at, expires_at, signature, arbiters) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         capacity_mibps, issued_at, expires_at, signature, arbiters, size_bytes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
          ON CONFLICT (provider, root) DO UPDATE SET node_id = excluded.node_id, addrs = excluded.addrs, \
          arbiters = excluded.arbiters, \
          region = excluded.region, price_per_byte = excluded.price_per_byte, price_gib = excluded.price_gib, \
          window_bytes = excluded.window_bytes, capacity_mibps = excluded.capacity_mibps, \
-         issued_at = excluded.issued_at, expires_at = excluded.expires_at, signature = excluded.signature",
+         issued_at = excluded.issued_at, expires_at = excluded.expires_at, signature = excluded.signature, \
+         size_bytes = excluded.size_bytes",
     )
     .bind(&provider)
     .bind(&root)
@@ -156,6 +157,7 @@ pub(super) async fn post_listing(
     .bind(l.expires_at as i64)
     .bind(sl.signature.to_string())
     .bind(arbiters.join(","))
+    .bind(l.size as i64)
     .execute(&mut *tx)
     .await?;
     if write_meta {

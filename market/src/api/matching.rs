@@ -103,6 +103,7 @@ struct ListingRow {
     expires_at: i64,
     signature: String,
     arbiters: String,
+    size_bytes: i64,
 }
 
 /// Rank current offers with CEL: `require` (bool) and `rank` (named numeric criteria).
@@ -141,7 +142,7 @@ pub(super) async fn post_match(
     if !keys.is_empty() {
         let sql = format!(
             "SELECT provider, root, node_id, addrs, price_per_byte, window_bytes, capacity_mibps, issued_at, \
-             expires_at, signature, arbiters FROM listings WHERE {}",
+             expires_at, signature, arbiters, size_bytes FROM listings WHERE {}",
             keys.join(" OR ")
         );
         for r in b.apply(sqlx::query_as::<_, ListingRow>(&sql)).fetch_all(&st.db.pool).await? {
@@ -180,6 +181,7 @@ pub(super) async fn post_match(
             provider_node_id: node_id,
             price_per_byte: stored_amount(&r.price_per_byte),
             window: r.window_bytes.max(0) as u64,
+            size: r.size_bytes.max(0) as u64,
             addrs: split_list(&r.addrs),
             region: attrs.region.clone(),
             capacity_mibps: r.capacity_mibps.max(0) as u64,

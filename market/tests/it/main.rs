@@ -54,6 +54,7 @@ fn listing(root: B256, provider: &PrivateKeySigner, price_per_byte: u128, region
         provider_node_id: B256::repeat_byte(7),
         price_per_byte: price_per_byte.into(),
         window: 8 << 20,
+        size: 3 << 20,
         addrs: vec!["127.0.0.1:4433".into()],
         region: region.into(),
         capacity_mibps: 200,
