@@ -90,24 +90,7 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     // a buyer fetches by root alone: the market picks the provider, the buyer checks the signed
     // listing, pays, and reports the throughput it measured, signed with its key
     let buyer = dir.join("buyer");
-    let (keystore, deployment) = buyer_chain_files(&devnet, 2, &buyer);
-    let fetch = |extra: &[&str]| {
-        bdc()
-            .args(["fetch", &format!("{root:#x}"), "-q", "--market", &ann.market, "--arbiter"])
-            .arg(format!("{:#x}", devnet.address(0)))
-            .arg("--data-dir")
-            .arg(buyer.join("data"))
-            .arg("--deployment")
-            .arg(&deployment)
-            .arg("--keystore")
-            .arg(&keystore)
-            .arg("-o")
-            .arg(buyer.join("out"))
-            .args(extra)
-            .env("BDC_PASSWORD", "pw")
-            .output()
-            .unwrap()
-    };
+    let fetch = fetch_by_root(&devnet, &ann.market, root, &buyer);
     let refused = fetch(&["--require", "price_gib < 0.0"]);
     assert_eq!(refused.status.code(), Some(2));
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -182,6 +165,34 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     }
     market.shutdown();
     provider.shutdown().await;
+}
+
+/// `bdc fetch <root> --market URL` as devnet account 2 (paying, arbiter account 0), into
+/// `buyer/out`, with `extra` arguments.
+fn fetch_by_root<'a>(
+    devnet: &Devnet,
+    market: &'a str,
+    root: B256,
+    buyer: &'a std::path::Path,
+) -> impl Fn(&[&str]) -> std::process::Output + 'a {
+    let (keystore, deployment) = buyer_chain_files(devnet, 2, buyer);
+    let arbiter = format!("{:#x}", devnet.address(0));
+    move |extra: &[&str]| {
+        bdc()
+            .args(["fetch", &format!("{root:#x}"), "-q", "--market", market, "--arbiter", &arbiter])
+            .arg("--data-dir")
+            .arg(buyer.join("data"))
+            .arg("--deployment")
+            .arg(&deployment)
+            .arg("--keystore")
+            .arg(&keystore)
+            .arg("-o")
+            .arg(buyer.join("out"))
+            .args(extra)
+            .env("BDC_PASSWORD", "pw")
+            .output()
+            .unwrap()
+    }
 }
 
 /// Debian's chromium, if installed; `make test` (BDC_REQUIRE_CHROMIUM) requires it.
@@ -301,23 +312,7 @@ async fn fetch_by_root_moves_past_a_dead_provider_to_the_next_offer() {
     b.shutdown().await;
 
     let buyer = dir.join("buyer");
-    let (keystore, deployment) = buyer_chain_files(&devnet, 2, &buyer);
-    let out = bdc()
-        .args(["fetch", &format!("{root:#x}"), "-q", "--timeout", "2s", "--market"])
-        .arg(format!("http://{}", market.addr))
-        .arg("--arbiter")
-        .arg(format!("{:#x}", devnet.address(0)))
-        .arg("--data-dir")
-        .arg(buyer.join("data"))
-        .arg("--deployment")
-        .arg(&deployment)
-        .arg("--keystore")
-        .arg(&keystore)
-        .arg("-o")
-        .arg(buyer.join("out"))
-        .env("BDC_PASSWORD", "pw")
-        .output()
-        .unwrap();
+    let out = fetch_by_root(&devnet, &format!("http://{}", market.addr), root, &buyer)(&["--timeout", "2s"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let (a, b) = (format!("{:#x}", devnet.address(3)), format!("{:#x}", devnet.address(4)));
