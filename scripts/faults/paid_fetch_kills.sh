@@ -85,7 +85,12 @@ if redeemed > signed: errs.append(f"redeemed {redeemed} > signed {signed}")
 if last_redeemed != last_signed: errs.append(f"last deal redeemed {last_redeemed} != signed {last_signed}")
 if errs: print("  violation:", "; ".join(errs)); sys.exit(1)
 PY
-  [ $ok = 1 ] || violations=$((violations + 1))
+  if [ $ok = 0 ]; then
+    violations=$((violations + 1))
+    # what the provider said about redeeming (its log spans the kills): the cause, next time
+    echo "  provider log (redeems and errors):"
+    grep -aiE "redeem|error|ledger" "$WORK/serve.err" | tail -15 | sed 's/^/    /'
+  fi
   printf 'round %3d: killed the %-8s after %4s s: %d deal(s), verified %d B (%d B twice), signed %s, redeemed %s %s\n' \
     "$r" "$victim" "$delay" "$n" "$verified" "$over" "$signed" "$redeemed" "$([ $ok = 1 ] && echo ok || echo VIOLATION)"
   rm -rf "$WORK/out$r"

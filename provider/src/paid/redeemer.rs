@@ -39,13 +39,14 @@ pub(crate) async fn run(
     metrics: Arc<ProviderMetrics>,
 ) {
     let m = &metrics;
-    // first: whatever a previous run left unredeemed
-    sweep(&ledger, &chain, None, m).await;
-    let mut tick = tokio::time::interval(sweep_every);
-    tick.tick().await;
     // deals whose redeem did not go through (a failed simulation or transaction, or a refusal
     // that may pass): tried again every tick rather than only at the next trigger or at expiry
-    let mut retry = BTreeSet::new();
+    // first: whatever a previous run left unredeemed (a provider killed right after its last
+    // receipt was stored), kept for the next tick if it does not go through now
+    let first = sweep(&ledger, &chain, None, m).await;
+    let mut retry = still_due(&ledger, first);
+    let mut tick = tokio::time::interval(sweep_every);
+    tick.tick().await;
     loop {
         tokio::select! {
             id = rx.recv() => match id {
@@ -62,7 +63,8 @@ pub(crate) async fn run(
                 None => break,
             },
             _ = tick.tick() => {
-                sweep(&ledger, &chain, Some(expiry_margin), m).await;
+                let swept = sweep(&ledger, &chain, Some(expiry_margin), m).await;
+                retry.extend(still_due(&ledger, swept));
                 if !retry.is_empty() {
                     let due = std::mem::take(&mut retry);
                     redeem(&ledger, &chain, due.iter().copied().collect(), m).await;
@@ -84,13 +86,19 @@ fn redeemable(e: &LedgerEntry) -> bool {
     !e.lost && e.amount > e.redeemed && !e.terms_abi.is_empty()
 }
 
-/// Redeems deals with unredeemed receipts; with a margin, only those expiring within it.
-async fn sweep(ledger: &Ledger, chain: &Contracts<DynProvider>, margin: Option<Duration>, m: &ProviderMetrics) {
+/// Redeems deals with unredeemed receipts; with a margin, only those expiring within it. The
+/// deals it tried.
+async fn sweep(
+    ledger: &Ledger,
+    chain: &Contracts<DynProvider>,
+    margin: Option<Duration>,
+    m: &ProviderMetrics,
+) -> BTreeSet<B256> {
     let entries = match ledger.all() {
         Ok(e) => e,
         Err(e) => {
             tracing::error!("redeemer cannot read the ledger: {e}");
-            return;
+            return BTreeSet::new();
         }
     };
     let now = match margin {
@@ -103,8 +111,9 @@ async fn sweep(ledger: &Ledger, chain: &Contracts<DynProvider>, margin: Option<D
         .map(|(id, _)| id)
         .collect();
     if !due.is_empty() {
-        redeem(ledger, chain, due, m).await;
+        redeem(ledger, chain, due.clone(), m).await;
     }
+    due.into_iter().collect()
 }
 
 /// Redeems the newest receipts of `ids` in as few transactions as possible.
