@@ -20,7 +20,10 @@ pub struct FetchArgs {
     /// A ticket (`blob…`, from `bdc provider serve` / `bdc provider ticket`; any iroh-blobs
     /// ticket works), an offer (`bdcoffer…`, from `serve --sell` / `bdc provider offer`), or a
     /// dataset root (0x…, with --market: the market picks the provider and the fetch is paid).
-    pub ticket: String,
+    /// Several tickets or offers of the same dataset: tried in turn while a provider cannot
+    /// serve (a duplicate provider is tried once).
+    #[arg(required = true, value_name = "TICKET")]
+    pub tickets: Vec<String>,
     /// A market (`bdc market serve`): picks the provider of a dataset root, and receives a
     /// throughput report signed with the buyer's key after a paid download.
     #[arg(long, env = "BDC_MARKET")]
@@ -79,20 +82,40 @@ pub struct FetchArgs {
 }
 
 pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
-    if let Ok(root) = a.ticket.trim().parse::<B256>() {
+    let first = a.tickets[0].trim();
+    if let Ok(root) = first.parse::<B256>() {
+        anyhow::ensure!(a.tickets.len() == 1, "a dataset root comes alone: the market picks its providers");
         return run_from_market(a, root, dir, quiet).await;
     }
-    if a.pay || a.ticket.trim().starts_with("bdcoffer") {
-        let offer: bdc_core::paid::Offer = a.ticket.parse()?;
-        return run_paid(a, vec![(offer, None)], dir, quiet).await;
+    if a.pay || first.starts_with("bdcoffer") {
+        let offers =
+            a.tickets.iter().map(|t| t.trim().parse::<bdc_core::paid::Offer>()).collect::<Result<Vec<_>, _>>()?;
+        let tickets = offers.iter().map(|o| parse_ticket(&o.ticket)).collect::<Result<Vec<_>, _>>()?;
+        let keep = one_per_provider(&tickets)?;
+        let offers = offers.into_iter().zip(keep).filter(|(_, k)| *k).map(|(o, _)| (o, None)).collect();
+        return run_paid(a, offers, dir, quiet).await;
     }
-    let ticket = parse_ticket(&a.ticket)?;
+    let tickets = a.tickets.iter().map(|t| parse_ticket(t)).collect::<Result<Vec<_>, _>>()?;
+    let keep = one_per_provider(&tickets)?;
+    let tickets: Vec<_> = tickets.into_iter().zip(keep).filter(|(_, k)| *k).map(|(t, _)| t).collect();
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     let fetcher = Fetcher::open(cfg).await?;
-    let pb = bytes_bar(0, "fetching", quiet);
     let opts = fetch_options(&a)?;
-    let res = fetcher.fetch(&ticket, &a.out, &opts, |ev| show(&pb, ev)).await;
-    pb.finish_and_clear();
+    let mut res = Err(bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider));
+    for (i, ticket) in tickets.iter().enumerate() {
+        let pb = bytes_bar(0, "fetching", quiet);
+        res = fetcher.fetch(ticket, &a.out, &opts, |ev| show(&pb, ev)).await;
+        pb.finish_and_clear();
+        match &res {
+            Err(e) if i + 1 < tickets.len() && e.another_provider_may_serve() => eprintln!(
+                "warning: provider {} failed: {e}; moving to the next ticket ({} of {})",
+                ticket.addr().id.fmt_short(),
+                i + 2,
+                tickets.len()
+            ),
+            _ => break,
+        }
+    }
     fetcher.shutdown().await;
     let report = res?;
     if a.json {
@@ -111,6 +134,24 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Which of `tickets` to try: all must name the same dataset; a provider (node) named twice is
+/// tried once, with a warning.
+fn one_per_provider(tickets: &[bdc_core::ticket::BlobTicket]) -> anyhow::Result<Vec<bool>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = Vec::with_capacity(tickets.len());
+    for t in tickets {
+        if t.hash() != tickets[0].hash() {
+            return Err(bdc_fetcher::BadRequest::DifferentDatasets(tickets[0].hash(), t.hash()).into());
+        }
+        let new = seen.insert(t.addr().id);
+        if !new {
+            eprintln!("warning: provider {} is given twice: trying it once", t.addr().id.fmt_short());
+        }
+        keep.push(new);
+    }
+    Ok(keep)
 }
 
 /// What of the dataset to fetch: all of it, `--include` files, or a `--range` of bytes.

@@ -464,3 +464,50 @@ async fn market_serve_shuts_down_gracefully_on_sigterm() {
     // and it comes back on the same database, caught up
     assert!(tmp.path().join("market/market.db").exists());
 }
+
+/// Several tickets of one dataset: a dead provider is left for the next, a provider given twice
+/// is tried once, and tickets of different datasets are refused before anything is dialled.
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_moves_past_a_dead_ticket_and_refuses_mixed_datasets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = random_file(&tmp.path().join("ds/a.bin"), 300_000, 31);
+    random_file(&tmp.path().join("other.bin"), 1_000, 32);
+    let free = PublishOptions { free: true, ..Default::default() };
+    let mut tickets = Vec::new();
+    let mut providers = Vec::new();
+    for p in ["p1", "p2"] {
+        let mut store = ProviderStore::open(&tmp.path().join(p)).await.unwrap();
+        let rec = publish(&mut store, &tmp.path().join("ds"), &free, |_| {}).await.unwrap();
+        let other = publish(&mut store, &tmp.path().join("other.bin"), &free, |_| {}).await.unwrap();
+        let provider = Provider::spawn(store, ServeConfig::test()).await.unwrap();
+        tickets
+            .push((provider.ticket(rec.root).unwrap().to_string(), provider.ticket(other.root).unwrap().to_string()));
+        providers.push(provider);
+    }
+    // the first provider dies; its ticket still names it
+    providers.remove(0).shutdown().await;
+    let dir = tmp.path().join("buyer");
+    let out = tmp.path().join("out");
+    let (dead, alive, other) = (tickets[0].0.clone(), tickets[1].0.clone(), tickets[1].1.clone());
+    let run = {
+        let (dir, out) = (dir.clone(), out.clone());
+        move |args: Vec<String>| {
+            let (dir, out) = (dir.clone(), out.clone());
+            tokio::task::spawn_blocking(move || {
+                bdc().arg("--data-dir").arg(&dir).arg("fetch").args(args).arg("-o").arg(&out).output().unwrap()
+            })
+        }
+    };
+    let res = run(vec![dead, alive.clone(), alive.clone(), "--timeout".into(), "2s".into()]).await.unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "{err}");
+    assert!(err.contains("is given twice: trying it once"), "{err}");
+    assert!(err.contains("moving to the next ticket (2 of 2)"), "{err}");
+    assert_eq!(std::fs::read(out.join("a.bin")).unwrap(), data);
+    // two datasets on one command line: a clear error, exit 2, nothing fetched
+    let res = run(vec![other, alive]).await.unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(2), "{err}");
+    assert!(err.contains("tickets name different datasets"), "{err}");
+    providers.remove(0).shutdown().await;
+}
