@@ -28,13 +28,28 @@ async fn raw_job(
     }
 }
 
+/// A provider that sells its data at `price_per_byte` (account 3, arbiter account 0) and runs jobs.
+async fn selling(
+    store: ProviderStore,
+    devnet: &bdc_contracts::Devnet,
+    jc: bdc_provider::JobsConfig,
+    price_per_byte: u128,
+) -> Provider {
+    use bdc_provider::{PaidConfig, PaidSetup};
+    let paid = PaidSetup {
+        cfg: PaidConfig { arbiters: vec![devnet.address(0)], price_per_byte, ..Default::default() },
+        chain: devnet.contracts(3),
+        address: devnet.address(3),
+    };
+    Provider::spawn(store, ServeConfig { paid: Some(paid), jobs: Some(jc), ..ServeConfig::test() }).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     use alloy::primitives::{B256, U256};
     use bdc_contracts::{Devnet, DevnetConfig, client::OpenDeal, receipt::sign_hello_sync};
     use bdc_core::jobs::{JobPayment, JobUpdate};
     use bdc_fetcher::{DealBook, Wallet, jobs::JobPay};
-    use bdc_provider::{PaidConfig, PaidSetup};
     const JOB_PRICE: u128 = 5_000_000;
 
     let devnet = Devnet::spawn_with(DevnetConfig { dispute_window: 60, ..Default::default() }).await.unwrap();
@@ -53,13 +68,7 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     jc.containers_on_sold = true;
     // the data sells at 100 per byte: one job's price buys 50,000 bytes of it
     const PRICE_PER_BYTE: u128 = 100;
-    let paid = PaidSetup {
-        cfg: PaidConfig { arbiters: vec![devnet.address(0)], price_per_byte: PRICE_PER_BYTE, ..Default::default() },
-        chain: devnet.contracts(3),
-        address: devnet.address(3),
-    };
-    let provider =
-        Provider::spawn(store, ServeConfig { paid: Some(paid), jobs: Some(jc), ..ServeConfig::test() }).await.unwrap();
+    let provider = selling(store, &devnet, jc, PRICE_PER_BYTE).await;
     let ticket = provider.ticket(rec.root).unwrap();
     let fdir = tmp.path().join("f");
     let fetcher = Fetcher::open(FetcherConfig::test(fdir.clone())).await.unwrap();
@@ -268,13 +277,7 @@ async fn paid_jobs_pay_on_the_verified_result_and_failed_ones_refund() {
     let store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
     let mut jc = jobs_config(&key);
     jc.job_price = Some(JOB_PRICE);
-    let paid = PaidSetup {
-        cfg: PaidConfig { arbiters: vec![devnet.address(0)], price_per_byte: PRICE_PER_BYTE, ..Default::default() },
-        chain: devnet.contracts(3),
-        address: devnet.address(3),
-    };
-    let provider =
-        Provider::spawn(store, ServeConfig { paid: Some(paid), jobs: Some(jc), ..ServeConfig::test() }).await.unwrap();
+    let provider = selling(store, &devnet, jc, PRICE_PER_BYTE).await;
     let ticket = provider.ticket(rec.root).unwrap();
     let deals_before = DealBook::load(&fdir).unwrap().deals.len();
     let err = fetcher
