@@ -172,23 +172,20 @@ fn next_offer(e: &JobError) -> bool {
 }
 
 /// Runs `job` on the targets in turn while a provider cannot take it (see [`next_offer`]).
-async fn first_taker<T, F, Fut>(targets: &[Target], mut job: F) -> Result<T, JobError>
+async fn first_taker<T, F, Fut>(targets: &[Target], job: F) -> Result<T, JobError>
 where
     F: FnMut(Target) -> Fut,
     Fut: std::future::Future<Output = Result<T, JobError>>,
 {
-    for (i, t) in targets.iter().enumerate() {
-        if let Some(line) = &t.picked {
-            eprintln!("{line}");
-        }
-        match job(t.clone()).await {
-            Err(e) if i + 1 < targets.len() && next_offer(&e) => {
-                eprintln!("warning: {e}; trying the next offer");
-            }
-            r => return r,
-        }
-    }
-    Err(FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider).into())
+    super::pick::first_that_serves(
+        targets,
+        "offer",
+        |t| (format!("provider {}", t.ticket.addr().id.fmt_short()), t.picked.clone()),
+        next_offer,
+        FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider).into(),
+        job,
+    )
+    .await
 }
 
 pub async fn run(a: ComputeArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {

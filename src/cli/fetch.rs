@@ -101,21 +101,23 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     let cfg = super::fetcher_config(dir, a.bind, a.timeout);
     let fetcher = Fetcher::open(cfg).await?;
     let opts = fetch_options(&a)?;
-    let mut res = Err(bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider));
-    for (i, ticket) in tickets.iter().enumerate() {
-        let pb = bytes_bar(0, "fetching", quiet);
-        res = fetcher.fetch(ticket, &a.out, &opts, |ev| show(&pb, ev)).await;
-        pb.finish_and_clear();
-        match &res {
-            Err(e) if i + 1 < tickets.len() && e.another_provider_may_serve() => eprintln!(
-                "warning: provider {} failed: {e}; moving to the next ticket ({} of {})",
-                ticket.addr().id.fmt_short(),
-                i + 2,
-                tickets.len()
-            ),
-            _ => break,
-        }
-    }
+    let res = super::pick::first_that_serves(
+        &tickets,
+        "ticket",
+        |t| (format!("provider {}", t.addr().id.fmt_short()), None),
+        bdc_fetcher::FetchError::another_provider_may_serve,
+        bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider),
+        |ticket| {
+            let (fetcher, opts, out) = (&fetcher, &opts, &a.out);
+            async move {
+                let pb = bytes_bar(0, "fetching", quiet);
+                let res = fetcher.fetch(&ticket, out, opts, |ev| show(&pb, ev)).await;
+                pb.finish_and_clear();
+                res
+            }
+        },
+    )
+    .await;
     fetcher.shutdown().await;
     let report = res?;
     if a.json {
@@ -234,26 +236,23 @@ async fn run_paid(
     pay.deal_duration = a.deal_duration.0;
     let wallet = bdc_fetcher::Wallet { chain, signer };
     let opts = fetch_options(&a)?;
-    let mut res = Err(bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider));
-    for (i, (offer, picked)) in offers.iter().enumerate() {
-        if let Some(line) = picked {
-            eprintln!("{line}");
-        }
-        let pb = bytes_bar(0, "buying", quiet);
-        res = fetcher.fetch_paid(offer, &wallet, &a.out, &opts, &pay, |ev| show(&pb, ev)).await;
-        pb.finish_and_clear();
-        match &res {
-            Err(e) if i + 1 < offers.len() && e.another_provider_may_serve() => {
-                eprintln!(
-                    "warning: provider {:#x} failed: {e}; moving to the next offer ({} of {})",
-                    alloy::primitives::Address::from(offer.provider),
-                    i + 2,
-                    offers.len()
-                );
+    let res = super::pick::first_that_serves(
+        &offers,
+        "offer",
+        |(o, picked)| (format!("provider {:#x}", alloy::primitives::Address::from(o.provider)), picked.clone()),
+        bdc_fetcher::FetchError::another_provider_may_serve,
+        bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider),
+        |(offer, _)| {
+            let (fetcher, wallet, opts, pay, out) = (&fetcher, &wallet, &opts, &pay, &a.out);
+            async move {
+                let pb = bytes_bar(0, "buying", quiet);
+                let res = fetcher.fetch_paid(&offer, wallet, out, opts, pay, |ev| show(&pb, ev)).await;
+                pb.finish_and_clear();
+                res
             }
-            _ => break,
-        }
-    }
+        },
+    )
+    .await;
     fetcher.shutdown().await;
     let r = res?;
     if let (Some(market), Some(deal)) = (&a.market, r.deal)

@@ -120,3 +120,37 @@ fn checked(o: MatchedOffer, root: B256, domain: &alloy::sol_types::Eip712Domain)
         listing,
     })
 }
+
+/// Tries `candidates` in turn (printing each one's `picked` line, if any) and returns the first
+/// success. A failure for which `next` says another candidate may serve is said on stderr —
+/// `warning: {who} failed: {e}; moving to the next {kind} (i of n)` — and the next is tried; any
+/// other failure, or the last one, is returned. `none` when there is no candidate.
+pub async fn first_that_serves<C, T, E, F, Fut>(
+    candidates: &[C],
+    kind: &str,
+    describe: impl Fn(&C) -> (String, Option<String>),
+    next: impl Fn(&E) -> bool,
+    none: E,
+    mut attempt: F,
+) -> Result<T, E>
+where
+    C: Clone,
+    E: std::fmt::Display,
+    F: FnMut(C) -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let n = candidates.len();
+    for (i, c) in candidates.iter().enumerate() {
+        let (who, picked) = describe(c);
+        if let Some(line) = picked {
+            eprintln!("{line}");
+        }
+        match attempt(c.clone()).await {
+            Err(e) if i + 1 < n && next(&e) => {
+                eprintln!("warning: {who} failed: {e}; moving to the next {kind} ({} of {n})", i + 2)
+            }
+            r => return r,
+        }
+    }
+    Err(none)
+}

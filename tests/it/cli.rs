@@ -423,7 +423,7 @@ async fn compute_pay_buys_one_job_on_a_sold_dataset() {
         err.find(&format!("market picked provider {:#x}", devnet.address(3))),
     );
     assert!(first.is_some() && first < second, "the cheaper offer first, then the next: {err}");
-    assert!(err.contains("trying the next offer"), "{err}");
+    assert!(err.contains("failed: ") && err.contains("moving to the next offer (2 of"), "{err}");
     assert!(err.to_lowercase().contains(&format!("signed by {:#x}", devnet.address(3))), "{err}");
     assert_eq!(String::from_utf8(by_root.stdout).unwrap(), "side,n\nbuy,500\nsell,500\n");
     market.shutdown();
