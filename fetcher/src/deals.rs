@@ -25,6 +25,11 @@ pub struct BuyerDeal {
     /// reused.
     #[serde(default)]
     pub spent: bool,
+    /// Newest cumulative amount the provider confirmed storing (it closed the connection with
+    /// `DONE` after the final receipt). Below `paid`: a receipt the buyer signed may never have
+    /// arrived, and the next fetch of the dataset delivers it.
+    #[serde(default)]
+    pub confirmed: u128,
 }
 
 /// Why a deal book entry's terms do not decode.

@@ -249,6 +249,7 @@ impl Fetcher {
             verified: 0,
             paid: 0,
             spent: false,
+            confirmed: 0,
         });
         book.save()?;
         let me = B256::from(*self.endpoint().id().as_bytes());

@@ -49,6 +49,7 @@ pub use crate::deals::{BuyerDeal, DealBook};
 pub use error::{BookError, PaidError};
 
 mod error;
+mod settle;
 use crate::{
     deals::Resume,
     fetch::{FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, TransferError},
@@ -226,7 +227,9 @@ impl PaidSession {
         self.stop().await?;
         let provider = conn.remote_id();
         match tokio::time::timeout(self.close_timeout, conn.closed()).await {
-            Ok(ConnectionError::ApplicationClosed(c)) if c.error_code.into_inner() == codes::DONE as u64 => Ok(()),
+            Ok(ConnectionError::ApplicationClosed(c)) if c.error_code.into_inner() == codes::DONE as u64 => {
+                self.confirmed()
+            }
             Ok(ConnectionError::ApplicationClosed(c)) => {
                 let code = c.error_code.into_inner();
                 Err(FetchError::ProviderClosed { provider, code, reason: codes::name(code) })
@@ -241,6 +244,16 @@ impl PaidSession {
                 Ok(())
             }
         }
+    }
+
+    /// The provider closed with `DONE` after our final receipt: it stored it.
+    fn confirmed(&self) -> Result<(), FetchError> {
+        let amount = *self.signed.lock().expect("signed lock");
+        let mut b = self.book.lock().expect("book lock");
+        if let Some(d) = b.deals.iter_mut().find(|d| d.id == self.deal.id) {
+            d.confirmed = d.confirmed.max(amount);
+        }
+        Ok(b.save()?)
     }
 
     /// After a failed transfer: send the final receipt if possible, and prefer the provider's
@@ -424,6 +437,9 @@ impl Fetcher {
             return Err(PaidError::WindowTooSmall { every: pay.receipt_every, window: offer.window }.into());
         }
         if self.holds(&ticket, opts).await? {
+            // nothing to fetch, but maybe a receipt to deliver: the run that verified the last
+            // byte may have lost its connection before the provider stored its final receipt
+            self.settle(&ticket, offer, wallet, pay).await;
             let fetch = self.run(&ticket, out, opts, None, on).await?;
             return Ok(PaidReport { fetch, deal: None, paid: 0, price_per_byte: offer.price_per_byte });
         }
@@ -494,6 +510,7 @@ impl Fetcher {
                         verified: 0,
                         paid: 0,
                         spent: false,
+                        confirmed: 0,
                     });
                     b.save()?;
                     (deal, 0)

@@ -246,27 +246,7 @@ async fn a_provider_killed_mid_transfer_redeems_what_it_stored_and_the_buyer_res
     let devnet = Devnet::spawn_with(DevnetConfig { dispute_window: 60, ..Default::default() }).await.unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let deployment = dir.join("devnet.json");
-    let info = serde_json::json!({ "rpc_url": devnet.rpc_url().to_string(), "deployment": devnet.deployment });
-    std::fs::write(&deployment, info.to_string()).unwrap();
-    let pw = dir.join("pw");
-    std::fs::write(&pw, "secret\n").unwrap();
-    std::fs::write(dir.join("p.key"), devnet.signer(PROVIDER).to_bytes().to_string()).unwrap();
-    let keystore = dir.join("provider.json");
-    let st = crate::common::bdc()
-        .args(["key", "import", "--keystore"])
-        .arg(&keystore)
-        .arg("--private-key-file")
-        .arg(dir.join("p.key"))
-        .arg("--password-file")
-        .arg(&pw)
-        .output()
-        .unwrap();
-    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
-    assert_eq!(
-        String::from_utf8(st.stdout).unwrap().trim().to_lowercase(),
-        format!("{:?}", devnet.address(PROVIDER)).to_lowercase()
-    );
+    let (keystore, deployment, pw) = chain_files(&devnet, PROVIDER, dir);
 
     let node = dir.join("node");
     random_file(&dir.join("ds/big.bin"), 6 << 20, 31);
@@ -431,5 +411,63 @@ async fn a_newer_connection_of_the_same_buyer_supersedes_the_old_one() {
             "bdc_provider_paid_closes_total{reason=\"done\"} 1".to_string(),
         ]
     );
+    s.provider.shutdown().await;
+}
+
+/// A run verified the whole dataset and recorded its final receipt, but the connection broke
+/// before the provider stored it (the provider killed, the network gone). The next fetch finds
+/// everything in its store and fetches nothing, yet still delivers that receipt: the provider is
+/// paid for every byte the buyer verified. The second deal here is left as such a run leaves it:
+/// served to the end, receipted by the provider up to 100 KiB short, recorded in full in the
+/// buyer's book.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_final_receipt_the_provider_never_stored_is_delivered_by_the_next_fetch() {
+    let s = setup(400 << 10).await;
+    let buyer_dir = s.dir.join("buyer");
+    let fetcher = Fetcher::open(FetcherConfig::test(buyer_dir.clone())).await.unwrap();
+    let wallet = Wallet { chain: s.devnet.contracts(BUYER), signer: s.devnet.signer(BUYER) };
+    let mut pay = PaidOptions::new(vec![s.devnet.address(ARBITER)]);
+    pay.receipt_every = 64 << 10;
+    pay.deal_duration = Duration::from_secs(3_600);
+    let opts = FetchOptions::default();
+    let fetch = async |out: &str| fetcher.fetch_paid(&s.offer, &wallet, &s.dir.join(out), &opts, &pay, |_| {}).await;
+    let first = fetch("out1").await.unwrap();
+    let full = s.offer.size as u128 * PRICE;
+    assert_eq!(first.paid, full);
+    let book = bdc_fetcher::DealBook::load(&buyer_dir).unwrap();
+    assert_eq!(book.get(&first.deal.unwrap()).unwrap().confirmed, full, "the provider confirmed the final receipt");
+
+    // the broken run: everything sent, the provider stored receipts up to 100 KiB short
+    let (conn, mut send, deal, _ep) = raw_buyer(&s).await;
+    let short = (s.offer.size - (100 << 10)) as u128 * PRICE;
+    let pay_short = |n: u64| receipt(&s, BUYER, deal.id, (n as u128 * PRICE).min(short));
+    fetch_paying(&conn, &mut send, GetRequest::all(s.root), pay_short).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(close_code(&conn).await, codes::DONE as u64);
+    wait_redeemed(&s.devnet, deal.id, U256::from(short)).await;
+    let mut book = bdc_fetcher::DealBook::load(&buyer_dir).unwrap();
+    book.deals.push(bdc_fetcher::BuyerDeal {
+        id: deal.id,
+        terms: hex::encode(deal.terms.abi_encode()),
+        root: s.root,
+        verified: s.offer.size,
+        paid: full,
+        spent: false,
+        confirmed: 0,
+    });
+    book.save().unwrap();
+
+    // nothing left to fetch, one receipt left to deliver
+    let again = fetch("out2").await.unwrap();
+    assert_eq!((again.deal, again.fetch.fetched_bytes), (None, 0), "served from the store");
+    wait_redeemed(&s.devnet, deal.id, U256::from(full)).await;
+    let book = bdc_fetcher::DealBook::load(&buyer_dir).unwrap();
+    assert_eq!(book.get(&deal.id).unwrap().confirmed, full);
+    // confirmed deals are not delivered again: the first deal's connection was the only other one
+    fetch("out3").await.unwrap();
+    let url = format!("http://{}/metrics", s.provider.metrics_addr().unwrap());
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert!(text.contains("bdc_provider_paid_connections_total 3"), "{text}");
+    fetcher.shutdown().await;
     s.provider.shutdown().await;
 }

@@ -264,3 +264,17 @@ async fn set_royalty(devnet: &Devnet, who: usize, root: B256, bps: u16) {
         .await
         .unwrap();
 }
+
+/// Account `who`'s chain files for the CLI under `dir/<who>`: its keystore, the deployment, and
+/// a file holding the keystore's password.
+fn chain_files(
+    devnet: &Devnet,
+    who: usize,
+    dir: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = dir.join(format!("account-{who}"));
+    let (keystore, deployment) = crate::common::buyer_chain_files(devnet, who, &dir);
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "pw\n").unwrap();
+    (keystore, deployment, pw)
+}

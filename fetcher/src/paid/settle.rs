@@ -1,0 +1,120 @@
+//! Delivering receipts the buyer signed but its provider never confirmed.
+//!
+//! A run that verified the dataset's last byte records its final receipt, sends it, and waits
+//! for the provider to close with `DONE`, which it does only after storing the receipt. If the
+//! connection breaks in between (the provider killed, the network gone), the provider may never
+//! have stored it: the buyer owes it, yet the next fetch finds the whole dataset in its store and
+//! would dial nobody. So a fetch that finds everything held first delivers, on a connection of
+//! its own, the newest receipt of each open deal for this dataset and provider that the provider
+//! has not confirmed: a Hello, that receipt, the end of the stream. The provider takes it like a
+//! resumed connection that asks for nothing, stores the receipt and redeems it.
+
+use bdc_core::{protocol::PAID_ALPN, ticket::BlobTicket};
+
+use super::*;
+
+impl Fetcher {
+    /// Delivers the unconfirmed receipts of `offer`'s provider for the dataset of `ticket`. Best
+    /// effort: a provider that cannot be reached is told on the next fetch of the dataset.
+    pub(super) async fn settle(&self, ticket: &BlobTicket, offer: &Offer, wallet: &Wallet, pay: &PaidOptions) {
+        let owed = match self.unconfirmed(ticket, offer, wallet).await {
+            Ok(owed) => owed,
+            Err(e) => {
+                tracing::warn!("cannot look for receipts the provider has not confirmed: {e}");
+                return;
+            }
+        };
+        for (deal, verified) in owed {
+            let id = deal.id;
+            match self.deliver(ticket, wallet, pay, deal, verified).await {
+                Ok(()) => tracing::info!(deal = %id, "delivered the last receipt the provider had not confirmed"),
+                Err(e) => tracing::warn!(
+                    deal = %id,
+                    "cannot deliver the last receipt to the provider ({e}); the next fetch of this dataset tries again"
+                ),
+            }
+        }
+    }
+
+    /// Open transfer deals of this buyer for the dataset with the provider of `offer` whose
+    /// newest signed receipt the provider has not confirmed, with the bytes it pays for.
+    async fn unconfirmed(
+        &self,
+        ticket: &BlobTicket,
+        offer: &Offer,
+        wallet: &Wallet,
+    ) -> Result<Vec<(Deal, u64)>, FetchError> {
+        let book = DealBook::load(self.data_dir())?;
+        let node = B256::from(*ticket.addr().id.as_bytes());
+        let mut owed = Vec::new();
+        let mut now = None;
+        for d in book.deals.iter().filter(|d| d.root == ticket.hash() && !d.spent && d.paid > d.confirmed) {
+            let Ok(terms) = d.terms() else { continue };
+            // job deals pay per job, not per byte; another provider's deal is not this one's
+            if terms.pricePerByte == 0
+                || terms.providerNodeId != node
+                || terms.provider != Address::from(offer.provider)
+            {
+                continue;
+            }
+            let now = match now {
+                Some(n) => n,
+                None => *now.insert(wallet.chain.chain_time().await.map_err(PaidError::from)?),
+            };
+            // an expired deal can no longer be redeemed: its provider refuses the Hello
+            if terms.expiry <= now {
+                continue;
+            }
+            owed.push((Deal { id: d.id, terms }, d.verified));
+        }
+        Ok(owed)
+    }
+
+    /// One connection for `deal`: the Hello, the receipt for `verified` bytes, the end.
+    async fn deliver(
+        &self,
+        ticket: &BlobTicket,
+        wallet: &Wallet,
+        pay: &PaidOptions,
+        deal: Deal,
+        verified: u64,
+    ) -> Result<(), FetchError> {
+        let book = Arc::new(Mutex::new(DealBook::load(self.data_dir())?));
+        let signed = book.lock().expect("book lock").get(&deal.id).map_or(0, |d| d.paid);
+        let conn = self.connect(ticket, PAID_ALPN).await?;
+        let id = deal.id;
+        let mut session = PaidSession {
+            price: deal.terms.pricePerByte,
+            deal,
+            // the receipt task sends the receipt for `base` right after the Hello, and again
+            // as the final one (the provider ignores a receipt it already has)
+            resume: Resume { base: verified, skip: 0 },
+            every: pay.receipt_every,
+            signer: wallet.signer.clone(),
+            store: (**self.store()).clone(),
+            chain: wallet.chain.clone(),
+            book: book.clone(),
+            tx: None,
+            run_verified: Arc::new(AtomicU64::new(0)),
+            next_wake: AtomicU64::new(pay.receipt_every),
+            task: None,
+            close_timeout: pay.close_timeout,
+            signed: Arc::new(Mutex::new(signed)),
+            me: B256::from(*self.endpoint().id().as_bytes()),
+            dialled: None,
+        };
+        session.hello(&conn).await?;
+        let done = session.finish(&conn).await;
+        // a deal the provider refuses for good is not offered again
+        if let Err(FetchError::ProviderClosed { code, .. }) = &done
+            && deal_refused_for_good(*code)
+        {
+            let mut b = book.lock().expect("book lock");
+            if let Some(d) = b.deals.iter_mut().find(|d| d.id == id) {
+                d.spent = true;
+            }
+            b.save()?;
+        }
+        done
+    }
+}
