@@ -125,15 +125,17 @@ impl ProviderStore {
                 let c = iroh_blobs::format::collection::Collection::load(root, store)
                     .await
                     .map_err(|e| StoreError::Unreadable { root, source: Box::new(e) })?;
+                // the dataset's files, as `publish` counts them: not its manifest
+                let files: Vec<_> = c.iter().filter(|(n, _)| n != bdc_core::protocol::MANIFEST_NAME).collect();
                 let mut size = 0;
-                for (_, h) in c.iter() {
+                for (_, h) in &files {
                     if let Ok(iroh_blobs::api::blobs::BlobStatus::Complete { size: s }) =
                         self.store.blobs().status(*h).await
                     {
                         size += s;
                     }
                 }
-                (size, c.len())
+                (size, files.len())
             }
         };
         let rec = crate::DatasetRecord {

@@ -17,19 +17,8 @@ use crate::progress::{bytes_bar, human};
 
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// A ticket (`blob…`, from `bdc provider serve` / `bdc provider ticket`; any iroh-blobs
-    /// ticket works), an offer (`bdcoffer…`, from `serve --sell` / `bdc provider offer`), or a
-    /// dataset root (0x…, with --market: the market picks the provider and the fetch is paid).
-    /// Several tickets or offers of the same dataset: tried in turn while a provider cannot
-    /// serve (a duplicate provider is tried once).
-    #[arg(required = true, value_name = "TICKET")]
-    pub tickets: Vec<String>,
-    /// A market (`bdc market serve`): picks the provider of a dataset root, and receives a
-    /// throughput report signed with the buyer's key after a paid download.
-    #[arg(long, env = "BDC_MARKET")]
-    pub market: Option<String>,
     #[command(flatten)]
-    pub matching: super::pick::MatchArgs,
+    pub src: SourceArgs,
     /// Output directory; the dataset's files are written under it.
     #[arg(short, long)]
     pub out: PathBuf,
@@ -45,15 +34,34 @@ pub struct FetchArgs {
     /// requested, verified and paid for, and exactly those bytes are written.
     #[arg(long, value_name = "START..END", conflicts_with = "include")]
     pub range: Option<super::units::ByteRange>,
+    /// Print a JSON report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where a dataset comes from and how it is paid for: what `bdc fetch` and
+/// `bdc provider mirror` share.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// A ticket (`blob…`, from `bdc provider serve` / `bdc provider ticket`; any iroh-blobs
+    /// ticket works), an offer (`bdcoffer…`, from `serve --sell` / `bdc provider offer`), or a
+    /// dataset root (0x…, with --market: the market picks the provider and the fetch is paid).
+    /// Several tickets or offers of the same dataset: tried in turn while a provider cannot
+    /// serve (a duplicate provider is tried once).
+    #[arg(required = true, value_name = "TICKET")]
+    pub tickets: Vec<String>,
+    /// A market (`bdc market serve`): picks the provider of a dataset root, and receives a
+    /// throughput report signed with the buyer's key after a paid download.
+    #[arg(long, env = "BDC_MARKET")]
+    pub market: Option<String>,
+    #[command(flatten)]
+    pub matching: super::pick::MatchArgs,
     /// How long to wait for the provider to answer (e.g. 10s).
     #[arg(long, default_value = "10s", value_name = "DURATION")]
     pub timeout: super::units::Span,
     /// Local UDP address to bind.
     #[arg(long, default_value = "0.0.0.0:0")]
     pub bind: SocketAddr,
-    /// Print a JSON report.
-    #[arg(long)]
-    pub json: bool,
     /// Pay for the download (needed for an offer, `bdcoffer…`): opens or reuses a deal.
     #[arg(long)]
     pub pay: bool,
@@ -81,26 +89,46 @@ pub struct FetchArgs {
     pub chain: super::chain::ChainArgs,
 }
 
+/// Where a fetch puts the dataset, and how it reports.
+pub(crate) struct Target {
+    pub out: PathBuf,
+    pub opts: FetchOptions,
+    pub json: bool,
+    /// Fetch into this store (a mirror's provider store) instead of the fetcher's own.
+    pub store: Option<iroh_blobs::store::fs::FsStore>,
+}
+
 pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
-    let first = a.tickets[0].trim();
+    let opts = fetch_options(&a)?;
+    let to = Target { out: a.out, opts, json: a.json, store: None };
+    fetch(a.src, to, dir, quiet).await.map(|_| ())
+}
+
+/// Fetches the dataset `src` names into `to`, free or paid, moving to the next provider while
+/// one cannot serve; prints what it did. The dataset's root and format.
+pub(crate) async fn fetch(
+    src: SourceArgs,
+    to: Target,
+    dir: &Path,
+    quiet: bool,
+) -> anyhow::Result<(bdc_core::Hash, bdc_core::BlobFormat)> {
+    let first = src.tickets[0].trim();
     if let Ok(root) = first.parse::<B256>() {
-        anyhow::ensure!(a.tickets.len() == 1, "a dataset root comes alone: the market picks its providers");
-        return run_from_market(a, root, dir, quiet).await;
+        anyhow::ensure!(src.tickets.len() == 1, "a dataset root comes alone: the market picks its providers");
+        return run_from_market(src, to, root, dir, quiet).await;
     }
-    if a.pay || first.starts_with("bdcoffer") {
+    if src.pay || first.starts_with("bdcoffer") {
         let offers =
-            a.tickets.iter().map(|t| t.trim().parse::<bdc_core::paid::Offer>()).collect::<Result<Vec<_>, _>>()?;
+            src.tickets.iter().map(|t| t.trim().parse::<bdc_core::paid::Offer>()).collect::<Result<Vec<_>, _>>()?;
         let tickets = offers.iter().map(|o| parse_ticket(&o.ticket)).collect::<Result<Vec<_>, _>>()?;
         let keep = one_per_provider(&tickets)?;
         let offers = offers.into_iter().zip(keep).filter(|(_, k)| *k).map(|(o, _)| (o, None)).collect();
-        return run_paid(a, offers, dir, quiet).await;
+        return run_paid(src, to, offers, dir, quiet).await;
     }
-    let tickets = a.tickets.iter().map(|t| parse_ticket(t)).collect::<Result<Vec<_>, _>>()?;
+    let tickets = src.tickets.iter().map(|t| parse_ticket(t)).collect::<Result<Vec<_>, _>>()?;
     let keep = one_per_provider(&tickets)?;
     let tickets: Vec<_> = tickets.into_iter().zip(keep).filter(|(_, k)| *k).map(|(t, _)| t).collect();
-    let cfg = super::fetcher_config(dir, a.bind, a.timeout);
-    let fetcher = Fetcher::open(cfg).await?;
-    let opts = fetch_options(&a)?;
+    let fetcher = open_fetcher(super::fetcher_config(dir, src.bind, src.timeout), &to).await?;
     let res = super::pick::first_that_serves(
         &tickets,
         "ticket",
@@ -108,7 +136,7 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
         bdc_fetcher::FetchError::another_provider_may_serve,
         bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider),
         |ticket| {
-            let (fetcher, opts, out) = (&fetcher, &opts, &a.out);
+            let (fetcher, opts, out) = (&fetcher, &to.opts, &to.out);
             async move {
                 let pb = bytes_bar(0, "fetching", quiet);
                 let res = fetcher.fetch(&ticket, out, opts, |ev| show(&pb, ev)).await;
@@ -120,7 +148,7 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
     .await;
     fetcher.shutdown().await;
     let report = res?;
-    if a.json {
+    if to.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         eprintln!(
@@ -135,7 +163,15 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
             println!("{}", f.path.display());
         }
     }
-    Ok(())
+    Ok((report.root, tickets[0].format()))
+}
+
+/// The fetcher `to` wants: its own store, or the one it lends.
+async fn open_fetcher(cfg: bdc_fetcher::FetcherConfig, to: &Target) -> Result<Fetcher, bdc_fetcher::FetchError> {
+    match &to.store {
+        Some(store) => Fetcher::with_store(cfg, store.clone()).await,
+        None => Fetcher::open(cfg).await,
+    }
 }
 
 /// Which of `tickets` to try: all must name the same dataset; a provider (node) named twice is
@@ -162,17 +198,23 @@ fn fetch_options(a: &FetchArgs) -> anyhow::Result<FetchOptions> {
         Some(r) => bdc_fetcher::Select::range(r.0.clone())?,
         None => bdc_fetcher::Select::files(&a.include)?,
     };
-    Ok(FetchOptions { raw_name: a.name.clone(), select })
+    Ok(FetchOptions { raw_name: a.name.clone(), select, store_only: false })
 }
 
 /// `bdc fetch <root> --market URL`: the market ranks the dataset's offers; the buyer checks the
 /// top offer's listing signature itself (the market is trusted to rank, not to speak for the
 /// provider), then buys from it.
-async fn run_from_market(a: FetchArgs, root: B256, dir: &Path, quiet: bool) -> anyhow::Result<()> {
-    let market = a.market.clone().context("a dataset root needs --market URL (or BDC_MARKET) to find a provider")?;
-    let chain = a.chain.connect_readonly()?;
+async fn run_from_market(
+    src: SourceArgs,
+    to: Target,
+    root: B256,
+    dir: &Path,
+    quiet: bool,
+) -> anyhow::Result<(bdc_core::Hash, bdc_core::BlobFormat)> {
+    let market = src.market.clone().context("a dataset root needs --market URL (or BDC_MARKET) to find a provider")?;
+    let chain = src.chain.connect_readonly()?;
     let d = chain.deployment();
-    let offers = super::pick::offers(&market, root, &a.matching, 5, d).await?;
+    let offers = super::pick::offers(&market, root, &src.matching, 5, d).await?;
     let n = offers.len();
     let (mut seen, mut seen_nodes) = (std::collections::HashSet::new(), std::collections::HashSet::new());
     let offers = offers
@@ -195,7 +237,7 @@ async fn run_from_market(a: FetchArgs, root: B256, dir: &Path, quiet: bool) -> a
             (offer, Some(o.picked(n)))
         })
         .collect();
-    run_paid(a, offers, dir, quiet).await
+    run_paid(src, to, offers, dir, quiet).await
 }
 
 /// Posts a signed throughput report for `deal` to the market; a failure is a warning.
@@ -219,15 +261,19 @@ async fn report_throughput(market: &str, signer: &PrivateKeySigner, d: &Deployme
 /// (what it verified stays in the store, so the next one sends only the rest; a deal opened
 /// with it keeps what it paid, and its unspent escrow returns at expiry: `bdc deals refund`).
 async fn run_paid(
-    a: FetchArgs,
+    a: SourceArgs,
+    to: Target,
     offers: Vec<(bdc_core::paid::Offer, Option<String>)>,
     dir: &Path,
     quiet: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(bdc_core::Hash, bdc_core::BlobFormat)> {
     let (chain, signer) = a.chain.connect()?;
     let arbiter = a.arbiter.context("--arbiter is required to open a paid deal (who settles disputes)")?;
-    let cfg = super::fetcher_config(dir, a.bind, a.timeout);
-    let fetcher = Fetcher::open(cfg).await?;
+    let format = match offers.first() {
+        Some((o, _)) => parse_ticket(&o.ticket)?.format(),
+        None => return Err(bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider).into()),
+    };
+    let fetcher = open_fetcher(super::fetcher_config(dir, a.bind, a.timeout), &to).await?;
     let mut pay = bdc_fetcher::PaidOptions::new(vec![arbiter]);
     pay.max_price_per_byte = Some(bdc_core::paid::price_per_byte(a.max_price_per_gib));
     pay.max_deposit = a.max_deposit;
@@ -235,7 +281,6 @@ async fn run_paid(
     pay.deposit = a.deposit;
     pay.deal_duration = a.deal_duration.0;
     let wallet = bdc_fetcher::Wallet { chain, signer };
-    let opts = fetch_options(&a)?;
     let res = super::pick::first_that_serves(
         &offers,
         "offer",
@@ -243,7 +288,7 @@ async fn run_paid(
         bdc_fetcher::FetchError::another_provider_may_serve,
         bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider),
         |(offer, _)| {
-            let (fetcher, wallet, opts, pay, out) = (&fetcher, &wallet, &opts, &pay, &a.out);
+            let (fetcher, wallet, opts, pay, out) = (&fetcher, &wallet, &to.opts, &pay, &to.out);
             async move {
                 let pb = bytes_bar(0, "buying", quiet);
                 let res = fetcher.fetch_paid(&offer, wallet, out, opts, pay, |ev| show(&pb, ev)).await;
@@ -268,7 +313,7 @@ async fn run_paid(
         )
         .await;
     }
-    if a.json {
+    if to.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         eprintln!(
@@ -283,7 +328,7 @@ async fn run_paid(
             println!("{}", f.path.display());
         }
     }
-    Ok(())
+    Ok((r.fetch.root, format))
 }
 
 /// Drives the progress bar from fetch events.

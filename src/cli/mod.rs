@@ -7,6 +7,7 @@ mod deals;
 mod devnet;
 mod fetch;
 mod market;
+mod mirror;
 mod pick;
 mod provider;
 mod serve;

@@ -39,6 +39,11 @@ pub enum ProviderCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Mirror a dataset another provider serves: fetch it verified (paying, with an offer or
+    /// `0xROOT --market`, if it is sold) into this node's store; `serve` then serves it and
+    /// `serve --sell` sells it like one's own. Each byte sold still pays the vendor's royalty
+    /// (deals copy it from the registry).
+    Mirror(Box<super::mirror::MirrorArgs>),
     /// After a sold dataset's vendor moved it to a new vendor (`transferVendor`): sell it for
     /// that vendor from now on. The provider pinned the vendor (and royalty) it first saw and
     /// refuses deals paying another; this replaces the pin, once the registry names `--vendor`.
@@ -104,6 +109,10 @@ pub async fn run(cmd: ProviderCmd, dir: &Path, quiet: bool) -> anyhow::Result<()
             repin_cmd(root, vendor, max_royalty_bps, chain, dir).await
         }
         ProviderCmd::List { json } => list_cmd(json, dir),
+        ProviderCmd::Mirror(a) => {
+            let root = dir.parent().context("the provider's data dir has a parent (the bdc data dir)")?;
+            super::mirror::run(*a, root, quiet).await
+        }
         ProviderCmd::Offer { root } => {
             let path = dir.join("offers.json");
             let text = std::fs::read(&path)

@@ -71,6 +71,9 @@ pub struct FetchOptions {
     pub raw_name: Option<String>,
     /// What to fetch of the dataset: all of it, files by pattern, or a byte range.
     pub select: Select,
+    /// Keep the dataset in the store and write nothing to the output dir (a mirror, whose
+    /// store is its provider's).
+    pub store_only: bool,
 }
 
 /// Progress events of a fetch.
@@ -114,6 +117,8 @@ pub struct Fetcher {
     store: FsStore,
     endpoint: Endpoint,
     metrics: std::sync::Arc<crate::metrics::FetcherMetrics>,
+    /// Whether [`shutdown`](Self::shutdown) closes the store (not one lent by its owner).
+    owns_store: bool,
 }
 
 impl Fetcher {
@@ -131,7 +136,19 @@ impl Fetcher {
                 return Err(e.into());
             }
         };
-        Ok(Self { cfg, store, endpoint, metrics: Default::default() })
+        Ok(Self { cfg, store, endpoint, metrics: Default::default(), owns_store: true })
+    }
+
+    /// A fetcher that fetches into `store`, which its owner keeps open after
+    /// [`shutdown`](Self::shutdown) (a mirror fetches straight into its provider's store). The
+    /// data dir still holds the fetcher's key and deal book.
+    pub async fn with_store(cfg: FetcherConfig, store: FsStore) -> Result<Self, FetchError> {
+        let store_err = |e: std::io::Error| FetchError::Store { path: cfg.data_dir.clone(), source: Box::new(e) };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(store_err)?;
+        let key = bdc_core::keys::load_or_create(&cfg.data_dir.join("node.key"))
+            .map_err(|e| FetchError::Store { path: cfg.data_dir.clone(), source: Box::new(e) })?;
+        let endpoint = bind_endpoint(&cfg.net, key, vec![]).await?;
+        Ok(Self { cfg, store, endpoint, metrics: Default::default(), owns_store: false })
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -338,6 +355,7 @@ impl Fetcher {
         let store: &iroh_blobs::api::Store = &self.store;
         let mut exported = Vec::with_capacity(files.len());
         match sel {
+            _ if opts.store_only => {}
             Some(Selection { range: Some(r), .. }) => {
                 let name = opts.raw_name.clone().unwrap_or_else(|| format!("{}.{}-{}", root.to_hex(), r.start, r.end));
                 let f = export_range(store, root, &out, &name, r).await?;
@@ -568,6 +586,9 @@ impl Fetcher {
     /// Closes the endpoint and flushes the store (partial downloads survive for a resume).
     pub async fn shutdown(self) {
         self.endpoint.close().await;
+        if !self.owns_store {
+            return;
+        }
         if let Err(e) = self.store.shutdown().await {
             tracing::error!("store shutdown failed: {e:#}");
         }

@@ -27,6 +27,7 @@ use crate::common::{random_file, wait_redeemed};
 
 mod expiry;
 mod flows;
+mod mirror;
 mod partial;
 mod terms;
 

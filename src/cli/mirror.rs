@@ -1,0 +1,84 @@
+//! `bdc provider mirror …`: fetch a dataset another provider serves, verified (and paid for, if
+//! it is sold), straight into this node's provider store, and add it to the catalog, so that
+//! `bdc provider serve` serves it (and `--sell` sells it) like one of its own.
+//!
+//! The dataset keeps its root, so it is the same registered dataset: a deal for it with this
+//! node copies the vendor and royalty from the registry like any other, and the royalty of every
+//! byte the mirror sells goes to the vendor. The mirror pins that vendor and royalty the first
+//! time it sells, as for a dataset it published.
+
+use std::path::Path;
+
+use anyhow::Context;
+use bdc_core::{BlobFormat, Hash, manifest::DatasetManifest, protocol::MANIFEST_NAME};
+use bdc_provider::ProviderStore;
+use clap::Args;
+
+use super::fetch::{SourceArgs, Target};
+use crate::progress::human;
+
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    #[command(flatten)]
+    pub src: SourceArgs,
+    /// Name in this node's catalog (default: the name its manifest gives, or the root).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Serve it to anyone on the free protocol too.
+    #[arg(long)]
+    pub free: bool,
+    /// Print the catalog record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `root`: the bdc data dir (the provider's store is under `provider/`, the buyer's key and
+/// deal book under `fetcher/`).
+pub async fn run(a: MirrorArgs, root: &Path, quiet: bool) -> anyhow::Result<()> {
+    let mut store = ProviderStore::open(&root.join("provider")).await?;
+    let to = Target {
+        // nothing is written there: the dataset stays in the store
+        out: root.join("provider"),
+        opts: bdc_fetcher::FetchOptions { store_only: true, ..Default::default() },
+        json: false,
+        store: Some(store.blobs().clone()),
+    };
+    let res = async {
+        let (hash, format) = super::fetch::fetch(a.src, to, &root.join("fetcher"), quiet).await?;
+        let name = match a.name {
+            Some(n) => n,
+            None => manifest_name(&store, hash, format).await.unwrap_or_else(|| hash.to_string()),
+        };
+        anyhow::Ok(store.register(hash, format, &name, a.free).await?)
+    }
+    .await;
+    store.shutdown().await;
+    let rec = res?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rec)?);
+    } else {
+        eprintln!(
+            "mirrored {:?}: {} file(s), {}{}; `bdc provider serve` serves it{}",
+            rec.name,
+            rec.files,
+            human(rec.size),
+            if rec.free { ", free" } else { "" },
+            if rec.free { "" } else { ", `--sell` sells it" }
+        );
+        println!("{}", rec.root);
+    }
+    Ok(())
+}
+
+/// The name a collection's manifest gives the dataset (the root commits to it).
+async fn manifest_name(store: &ProviderStore, root: Hash, format: BlobFormat) -> Option<String> {
+    if format != BlobFormat::HashSeq {
+        return None;
+    }
+    let blobs: &iroh_blobs::api::Store = store.blobs();
+    let c = iroh_blobs::format::collection::Collection::load(root, blobs).await.ok()?;
+    let (_, hash) = c.iter().find(|(n, _)| n == MANIFEST_NAME)?;
+    let bytes = blobs.blobs().get_bytes(*hash).await.ok()?;
+    let m = DatasetManifest::from_bytes(&bytes).context("manifest").ok()?;
+    Some(m.name).filter(|n| !n.is_empty())
+}
