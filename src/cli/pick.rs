@@ -154,3 +154,78 @@ where
     }
     Err(none)
 }
+
+#[cfg(test)]
+mod tests {
+    use alloy::signers::local::PrivateKeySigner;
+    use bdc_market_api::{Amount, OfferAttrs, SignedListing};
+
+    use super::*;
+
+    /// A market offer of `root` whose listing `key` signed with `size`.
+    fn offer(key: &PrivateKeySigner, root: B256, size: u64, domain: &alloy::sol_types::Eip712Domain) -> MatchedOffer {
+        let listing = ListingBody {
+            dataset_root: root,
+            provider: key.address(),
+            provider_node_id: B256::from(*iroh::SecretKey::generate().public().as_bytes()),
+            price_per_byte: Amount(1_000),
+            window: 4 << 20,
+            size,
+            addrs: vec!["127.0.0.1:4433".into()],
+            region: "eu".into(),
+            capacity_mibps: 100,
+            arbiters: vec![Address::repeat_byte(3)],
+            issued_at: 1,
+            expires_at: 2,
+        };
+        let signed = SignedListing::sign(key, domain, listing, String::new()).unwrap();
+        let attributes = OfferAttrs {
+            price_gib: 0.0,
+            capacity_mibps: 100.0,
+            reputation: 0.0,
+            deals_completed: 0,
+            region: "eu".into(),
+            window_mib: 4.0,
+            size_gib: 1.0,
+            throughput_mibps: 0.0,
+        };
+        MatchedOffer {
+            provider: key.address(),
+            root,
+            node_id: signed.listing.provider_node_id,
+            addrs: signed.listing.addrs.clone(),
+            price_per_byte: Amount(1_000),
+            window: 4 << 20,
+            // what the market says, which the buyer does not use
+            size: 1 << 40,
+            listing: signed.listing,
+            signature: signed.signature,
+            attributes,
+            criteria: BTreeMap::new(),
+            score: 0.0,
+        }
+    }
+
+    /// A buyer sizes its deposit from a market offer: it takes the offer only as the provider
+    /// signed it, for the root it asked for, with a size (a provider signing 0 would make the
+    /// deposit a guess, a market inflating it would lock the buyer's funds).
+    #[test]
+    fn a_market_offer_is_taken_only_as_its_provider_signed_it() {
+        let key = PrivateKeySigner::random();
+        let domain = market_domain(31337, Address::repeat_byte(9));
+        let root = B256::repeat_byte(1);
+        let good = checked(offer(&key, root, 3 << 20, &domain), root, &domain).unwrap();
+        assert_eq!((good.size, good.provider), (3 << 20, key.address()), "the signed size, not the market's");
+
+        let err = checked(offer(&key, root, 0, &domain), root, &domain).unwrap_err();
+        assert!(format!("{err:#}").contains("signs no dataset size"), "{err:#}");
+
+        let mut inflated = offer(&key, root, 3 << 20, &domain);
+        inflated.listing.size = 3 << 30;
+        let err = checked(inflated, root, &domain).unwrap_err();
+        assert!(format!("{err:#}").contains("not a listing of"), "{err:#}");
+
+        let other = checked(offer(&key, B256::repeat_byte(7), 3 << 20, &domain), root, &domain).unwrap_err();
+        assert!(format!("{other:#}").contains("not a listing of"), "{other:#}");
+    }
+}
