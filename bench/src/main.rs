@@ -187,23 +187,35 @@ async fn transfer(size_mib: u64, dir: Option<PathBuf>, paid: Option<PaidBench>, 
     // goes first, and dirty pages are flushed before each), medians reported
     let mut free = Vec::new();
     let mut paid_runs = Vec::new();
+    let mut moved = Vec::new();
     for round in 0..rounds {
         let order: &[bool] = if round % 2 == 0 { &[false, true] } else { &[true, false] };
         for &is_paid in order {
             let dir = tmp.path().join(format!("fetch-{round}-{}", if is_paid { "paid" } else { "free" }));
             sync_disks();
             match (&paid, is_paid) {
-                (_, false) => free.push(free_fetch(&copy_dir, root, &dir, size, &expected).await?),
+                (_, false) => free.push(free_fetch(&copy_dir, root, &dir, size, &expected, false).await?),
                 (Some(settings), true) => paid_runs.push(paid_fetch(&copy_dir, root, &dir, size, settings).await?),
                 (None, true) => {}
             }
             std::fs::remove_dir_all(&dir).ok();
         }
+        // the same free fetch with `--move`: the files leave a staging store by rename
+        let dir = tmp.path().join(format!("fetch-{round}-move"));
+        sync_disks();
+        moved.push(free_fetch(&copy_dir, root, &dir, size, &expected, true).await?);
+        std::fs::remove_dir_all(&dir).ok();
     }
     let free_transfer = median(free.iter().map(|r| r.0));
     rows.push(Row { what: "bdc fetch, loopback: verified into store", bytes: size, secs: free_transfer });
     rows.push(Row { what: "bdc fetch: export to output dir", bytes: size, secs: median(free.iter().map(|r| r.1)) });
     rows.push(Row { what: "bdc fetch, end to end", bytes: size, secs: median(free.iter().map(|r| r.2)) });
+    rows.push(Row {
+        what: "bdc fetch --move: move out of staging",
+        bytes: size,
+        secs: median(moved.iter().map(|r| r.1)),
+    });
+    rows.push(Row { what: "bdc fetch --move, end to end", bytes: size, secs: median(moved.iter().map(|r| r.2)) });
 
     // the same file, paid: a devnet, a deal, receipts gating the stream
     let mut notes = vec![format!("fetch rows: median of {rounds} runs")];
@@ -289,7 +301,7 @@ impl TransferTimer {
     }
 }
 
-/// Serves `root` free from `provider_dir` and fetches it into `dir`.
+/// Serves `root` free from `provider_dir` and fetches it into `dir` (`moving`: with `--move`).
 /// Returns (seconds of the transfer, of the export, end to end).
 async fn free_fetch(
     provider_dir: &Path,
@@ -297,6 +309,7 @@ async fn free_fetch(
     dir: &Path,
     size: u64,
     expected: &blake3::Hash,
+    moving: bool,
 ) -> anyhow::Result<(f64, f64, f64)> {
     let store = ProviderStore::open(provider_dir).await?;
     let provider = Provider::spawn(store, ServeConfig::test()).await?;
@@ -304,7 +317,13 @@ async fn free_fetch(
     let fetcher = Fetcher::open(FetcherConfig::test(dir.join("fetcher"))).await?;
     let t = Instant::now();
     let mut timer = TransferTimer::new(t);
-    let report = fetcher.fetch(&ticket, &dir.join("out"), &FetchOptions::default(), |ev| timer.on(&ev)).await?;
+    let out = dir.join("out");
+    let report = if moving {
+        let opts = FetchOptions { export: bdc_fetcher::Export::Move, ..Default::default() };
+        fetcher.staged(root, async |f| f.fetch(&ticket, &out, &opts, |ev| timer.on(&ev)).await).await?
+    } else {
+        fetcher.fetch(&ticket, &out, &FetchOptions::default(), |ev| timer.on(&ev)).await?
+    };
     let secs = t.elapsed().as_secs_f64();
     let (connected, stored) = timer.marks(secs);
     ensure!(report.fetched_bytes == size, "fetched {} of {size} bytes", report.fetched_bytes);

@@ -56,6 +56,30 @@ pub async fn export_file(store: &Store, hash: Hash, out: &Path, name: &str) -> R
     Ok(ExportedFile { name: name.to_string(), path: target, size })
 }
 
+/// Moves `hash` out of `store` to `out/name` atomically, without copying it when the store
+/// holds it as a file of its own on the same file system (iroh-blobs' `TryReference`: a rename).
+/// The store then refers to the moved file: only for a staging store that is deleted afterwards
+/// ([`crate::Fetcher::staged`]).
+pub async fn move_file(store: &Store, hash: Hash, out: &Path, name: &str) -> Result<ExportedFile, ExportError> {
+    use iroh_blobs::api::proto::{ExportMode, ExportPathRequest};
+    let target = join_checked(out, name)?;
+    let parent = target.parent().unwrap_or(out).to_path_buf();
+    std::fs::create_dir_all(&parent).map_err(|source| ExportError::Io { path: parent.clone(), source })?;
+    let file_name = target.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    // a name of its own: a staging store interrupted mid-move may still name an older one
+    let tmp = parent.join(format!(".{file_name}.{:016x}.bdc-partial", rand::random::<u64>()));
+    let opts = ExportPathRequest { hash, mode: ExportMode::TryReference, target: tmp.clone() };
+    let size = match store.blobs().export_with_opts(opts).finish().await {
+        Ok(size) => size,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(ExportError::Store { hash, path: target.clone(), source: e });
+        }
+    };
+    std::fs::rename(&tmp, &target).map_err(|source| ExportError::Io { path: target.clone(), source })?;
+    Ok(ExportedFile { name: name.to_string(), path: target, size })
+}
+
 /// Exports bytes `range` of blob `hash` (verified in `store`) to `out/name` atomically.
 pub async fn export_range(
     store: &Store,

@@ -9,7 +9,7 @@ use alloy::{primitives::B256, signers::local::PrivateKeySigner};
 use anyhow::Context;
 use bdc_contracts::{Deployment, listing::market_domain};
 use bdc_core::ticket::parse_ticket;
-use bdc_fetcher::{FetchEvent, FetchOptions, Fetcher};
+use bdc_fetcher::{Export, FetchEvent, FetchOptions, Fetcher};
 use bdc_market_api::{MarketClient, SignedReport};
 use clap::Args;
 
@@ -34,6 +34,11 @@ pub struct FetchArgs {
     /// requested, verified and paid for, and exactly those bytes are written.
     #[arg(long, value_name = "START..END", conflicts_with = "include")]
     pub range: Option<super::units::ByteRange>,
+    /// Move the verified files out of a staging store instead of copying them out of the
+    /// fetcher's store: no second full copy, but the store keeps nothing, so fetching the
+    /// dataset again downloads (and, paid, buys) it again.
+    #[arg(long = "move")]
+    pub move_out: bool,
     /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
@@ -139,7 +144,14 @@ pub(crate) async fn fetch(
             let (fetcher, opts, out) = (&fetcher, &to.opts, &to.out);
             async move {
                 let pb = bytes_bar(0, "fetching", quiet);
-                let res = fetcher.fetch(&ticket, out, opts, |ev| show(&pb, ev)).await;
+                let res = match opts.export {
+                    Export::Move => {
+                        fetcher
+                            .staged(ticket.hash(), async |f| f.fetch(&ticket, out, opts, |ev| show(&pb, ev)).await)
+                            .await
+                    }
+                    _ => fetcher.fetch(&ticket, out, opts, |ev| show(&pb, ev)).await,
+                };
                 pb.finish_and_clear();
                 res
             }
@@ -198,7 +210,8 @@ fn fetch_options(a: &FetchArgs) -> anyhow::Result<FetchOptions> {
         Some(r) => bdc_fetcher::Select::range(r.0.clone())?,
         None => bdc_fetcher::Select::files(&a.include)?,
     };
-    Ok(FetchOptions { raw_name: a.name.clone(), select, store_only: false })
+    let export = if a.move_out { bdc_fetcher::Export::Move } else { bdc_fetcher::Export::Copy };
+    Ok(FetchOptions { raw_name: a.name.clone(), select, export })
 }
 
 /// `bdc fetch <root> --market URL`: the market ranks the dataset's offers; the buyer checks the
@@ -269,8 +282,8 @@ async fn run_paid(
 ) -> anyhow::Result<(bdc_core::Hash, bdc_core::BlobFormat)> {
     let (chain, signer) = a.chain.connect()?;
     let arbiter = a.arbiter.context("--arbiter is required to open a paid deal (who settles disputes)")?;
-    let format = match offers.first() {
-        Some((o, _)) => parse_ticket(&o.ticket)?.format(),
+    let (root, format) = match offers.first() {
+        Some((o, _)) => parse_ticket(&o.ticket).map(|t| (t.hash(), t.format()))?,
         None => return Err(bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider).into()),
     };
     let fetcher = open_fetcher(super::fetcher_config(dir, a.bind, a.timeout), &to).await?;
@@ -291,7 +304,11 @@ async fn run_paid(
             let (fetcher, wallet, opts, pay, out) = (&fetcher, &wallet, &to.opts, &pay, &to.out);
             async move {
                 let pb = bytes_bar(0, "buying", quiet);
-                let res = fetcher.fetch_paid(&offer, wallet, out, opts, pay, |ev| show(&pb, ev)).await;
+                let buy = async |f: &Fetcher| f.fetch_paid(&offer, wallet, out, opts, pay, |ev| show(&pb, ev)).await;
+                let res = match opts.export {
+                    Export::Move => fetcher.staged(root, buy).await,
+                    _ => buy(fetcher).await,
+                };
                 pb.finish_and_clear();
                 res
             }

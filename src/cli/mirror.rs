@@ -39,7 +39,7 @@ pub async fn run(a: MirrorArgs, root: &Path, quiet: bool) -> anyhow::Result<()> 
     let to = Target {
         // nothing is written there: the dataset stays in the store
         out: root.join("provider"),
-        opts: bdc_fetcher::FetchOptions { store_only: true, ..Default::default() },
+        opts: bdc_fetcher::FetchOptions { export: bdc_fetcher::Export::None, ..Default::default() },
         json: false,
         store: Some(store.blobs().clone()),
     };

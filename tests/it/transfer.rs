@@ -241,3 +241,71 @@ async fn a_byte_range_of_a_raw_blob_moves_only_its_chunk_groups() {
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 2, "only the ranges asked for were written");
     provider.shutdown().await;
 }
+
+/// `Export::Move` in a staging store: the verified files are moved out (renamed, not copied),
+/// the staging store is deleted, and the fetcher's own store keeps nothing. A staging store
+/// whose move was interrupted (it may name files in the output dir that their owner changed
+/// since) is discarded before anything is read from it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_fetch_leaves_no_copy_behind_and_an_interrupted_move_starts_afresh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("ds");
+    let big = random_file(&src.join("big.bin"), 3_000_000, 61);
+    let small = random_file(&src.join("sub/small.csv"), 5_000, 62);
+    let mut store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
+    let rec = publish(&mut store, &src, &free(), |_| {}).await.unwrap();
+    let provider = Provider::spawn(store, ServeConfig::test()).await.unwrap();
+    let ticket = provider.ticket(rec.root).unwrap();
+    let fetcher = Fetcher::open(FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let staging = tmp.path().join("f/staging").join(rec.root.to_hex());
+    let moving = FetchOptions { export: bdc_fetcher::Export::Move, ..Default::default() };
+
+    // only in a staging store: the fetcher's own store keeps its copy
+    let err = fetcher.fetch(&ticket, &tmp.path().join("x"), &moving, |_| {}).await.unwrap_err();
+    assert!(matches!(err, FetchError::BadRequest(bdc_fetcher::BadRequest::MoveNeedsStaging)), "{err}");
+
+    let out = tmp.path().join("out");
+    let report = fetcher
+        .staged(rec.root, async |f| {
+            let r = f.fetch(&ticket, &out, &moving, |_| {}).await?;
+            // the big file left the staging store by a rename: no copy of it stays there
+            let left: Vec<_> = walk(&staging).into_iter().filter(|(_, len)| *len >= 1_000_000).collect();
+            assert!(left.is_empty(), "still in the staging store: {left:?}");
+            Ok(r)
+        })
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), big);
+    assert_eq!(std::fs::read(out.join("sub/small.csv")).unwrap(), small);
+    assert!(report.fetched_bytes >= 3_005_000);
+    assert!(!staging.exists(), "the staging store is deleted");
+    assert!(walk(&out).iter().all(|(p, _)| !p.contains("bdc-partial")), "no temp file left: {:?}", walk(&out));
+    // the fetcher's own store holds nothing of it: a copying fetch downloads it all
+    let copy = fetcher.fetch(&ticket, &tmp.path().join("out2"), &FetchOptions::default(), |_| {}).await.unwrap();
+    assert_eq!(copy.local_bytes, 0);
+
+    // a move that was interrupted: the staging store is discarded (here it is not even a store)
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("MOVING"), b"").unwrap();
+    std::fs::write(staging.join("store"), b"not a store").unwrap();
+    let out3 = tmp.path().join("out3");
+    let again = fetcher.staged(rec.root, async |f| f.fetch(&ticket, &out3, &moving, |_| {}).await).await.unwrap();
+    assert_eq!(again.local_bytes, 0, "started afresh");
+    assert_eq!(std::fs::read(out3.join("big.bin")).unwrap(), big);
+    fetcher.shutdown().await;
+    provider.shutdown().await;
+}
+
+/// Every file under `dir` with its length.
+fn walk(dir: &std::path::Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push((p.display().to_string(), e.metadata().map(|m| m.len()).unwrap_or(0)));
+        }
+    }
+    out
+}

@@ -132,6 +132,10 @@ pub enum BadRequest {
     RangePastEnd { start: u64, end: u64, size: u64 },
     #[error("--include {patterns} matches none of the dataset's {files} files")]
     NothingMatches { patterns: String, files: usize },
+    #[error(
+        "moving files out of the store needs a staging store (Fetcher::staged): the fetcher's own store keeps its copy"
+    )]
+    MoveNeedsStaging,
 }
 
 impl FetchError {

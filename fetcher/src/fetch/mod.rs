@@ -34,7 +34,7 @@ use iroh_blobs::{
 };
 use serde::Serialize;
 
-use crate::export::{ExportError, ExportedFile, export_file, export_range};
+use crate::export::{ExportError, ExportedFile, export_file, export_range, move_file};
 
 mod error;
 mod select;
@@ -71,9 +71,21 @@ pub struct FetchOptions {
     pub raw_name: Option<String>,
     /// What to fetch of the dataset: all of it, files by pattern, or a byte range.
     pub select: Select,
-    /// Keep the dataset in the store and write nothing to the output dir (a mirror, whose
-    /// store is its provider's).
-    pub store_only: bool,
+    /// How the verified files reach the output dir.
+    pub export: Export,
+}
+
+/// How a fetch's verified files reach the output dir.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Export {
+    /// Copied out of the store, which keeps the dataset: a later fetch finds it local.
+    #[default]
+    Copy,
+    /// Moved out of a staging store that is deleted afterwards ([`Fetcher::staged`]): no second
+    /// full copy, but a later fetch downloads (and, paid, buys) the dataset again.
+    Move,
+    /// Not written out: the dataset stays in the store (a mirror's, which is its provider's).
+    None,
 }
 
 /// Progress events of a fetch.
@@ -119,7 +131,12 @@ pub struct Fetcher {
     metrics: std::sync::Arc<crate::metrics::FetcherMetrics>,
     /// Whether [`shutdown`](Self::shutdown) closes the store (not one lent by its owner).
     owns_store: bool,
+    /// The staging dir, for a fetcher made by [`staged`](Self::staged).
+    staging: Option<PathBuf>,
 }
+
+/// In a staging dir: its files are being moved out (see [`Fetcher::staged`]).
+const MOVING: &str = "MOVING";
 
 impl Fetcher {
     pub async fn open(cfg: FetcherConfig) -> Result<Self, FetchError> {
@@ -136,7 +153,7 @@ impl Fetcher {
                 return Err(e.into());
             }
         };
-        Ok(Self { cfg, store, endpoint, metrics: Default::default(), owns_store: true })
+        Ok(Self { cfg, store, endpoint, metrics: Default::default(), owns_store: true, staging: None })
     }
 
     /// A fetcher that fetches into `store`, which its owner keeps open after
@@ -148,7 +165,46 @@ impl Fetcher {
         let key = bdc_core::keys::load_or_create(&cfg.data_dir.join("node.key"))
             .map_err(|e| FetchError::Store { path: cfg.data_dir.clone(), source: Box::new(e) })?;
         let endpoint = bind_endpoint(&cfg.net, key, vec![]).await?;
-        Ok(Self { cfg, store, endpoint, metrics: Default::default(), owns_store: false })
+        Ok(Self { cfg, store, endpoint, metrics: Default::default(), owns_store: false, staging: None })
+    }
+
+    /// Runs `f` with a fetcher (this one's endpoint, key, deal book and metrics) whose store is
+    /// a staging store for `root`, `<data-dir>/staging/<root>`: what `f` fetches with
+    /// [`Export::Move`] is moved out of it rather than copied, and the staging store is deleted
+    /// once `f` succeeds. After a failure it stays, so the next run resumes from it. A staging
+    /// store whose move was interrupted may name files in the output dir, which their owner may
+    /// have changed since: it is deleted before anything is read from it.
+    pub async fn staged<T>(
+        &self,
+        root: Hash,
+        f: impl AsyncFnOnce(&Fetcher) -> Result<T, FetchError>,
+    ) -> Result<T, FetchError> {
+        let dir = self.cfg.data_dir.join("staging").join(root.to_hex());
+        let io = |source: std::io::Error| FetchError::Store { path: dir.clone(), source: Box::new(source) };
+        if dir.join(MOVING).exists() {
+            tracing::info!(%root, "an earlier move out of the staging store was interrupted: starting afresh");
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let store = FsStore::load(dir.join("store"))
+            .await
+            .map_err(|e| FetchError::Store { path: dir.join("store"), source: e.into() })?;
+        let staged = Fetcher {
+            cfg: self.cfg.clone(),
+            store,
+            endpoint: self.endpoint.clone(),
+            metrics: self.metrics.clone(),
+            owns_store: true,
+            staging: Some(dir.clone()),
+        };
+        let res = f(&staged).await;
+        if let Err(e) = staged.store.shutdown().await {
+            tracing::warn!("staging store shutdown failed: {e:#}");
+        }
+        if res.is_ok() {
+            std::fs::remove_dir_all(&dir).map_err(io)?;
+        }
+        res
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -206,6 +262,9 @@ impl Fetcher {
         let provider = ticket.addr().id;
         let remote = self.store.remote();
         opts.select.check_format(ticket.format())?;
+        if opts.export == Export::Move && self.staging.is_none() {
+            return Err(FetchError::BadRequest(BadRequest::MoveNeedsStaging));
+        }
         // what is here before this run (a resume), counted over the wanted files only; and
         // whether the sizes and names are already verified locally, in which case they are not
         // asked again (which also keeps a paid resume from paying twice for the same probe bytes)
@@ -354,8 +413,14 @@ impl Fetcher {
 
         let store: &iroh_blobs::api::Store = &self.store;
         let mut exported = Vec::with_capacity(files.len());
+        if opts.export == Export::Move {
+            // from here on the staging store may name files in the output dir, which their
+            // owner may change: an interrupted move discards the staging store (see `staged`)
+            let marker = self.staging.as_deref().unwrap_or(&self.cfg.data_dir).join(MOVING);
+            std::fs::write(&marker, b"").map_err(|source| ExportError::Io { path: marker, source })?;
+        }
         match sel {
-            _ if opts.store_only => {}
+            _ if opts.export == Export::None => {}
             Some(Selection { range: Some(r), .. }) => {
                 let name = opts.raw_name.clone().unwrap_or_else(|| format!("{}.{}-{}", root.to_hex(), r.start, r.end));
                 let f = export_range(store, root, &out, &name, r).await?;
@@ -365,7 +430,10 @@ impl Fetcher {
             }
             sel => {
                 for (name, hash) in sel.map(|s| s.files).unwrap_or(files) {
-                    let f = export_file(store, hash, &out, &name).await?;
+                    let f = match opts.export {
+                        Export::Move => move_file(store, hash, &out, &name).await?,
+                        _ => export_file(store, hash, &out, &name).await?,
+                    };
                     self.metrics.exported_bytes.inc_by(f.size);
                     on(FetchEvent::Exported(f.clone()));
                     exported.push(f);
