@@ -94,6 +94,14 @@ pub struct SourceArgs {
     pub chain: super::chain::ChainArgs,
 }
 
+/// What a fetch got.
+pub(crate) struct Fetched {
+    pub root: bdc_core::Hash,
+    pub format: bdc_core::BlobFormat,
+    /// Bought (an offer), rather than served free (a ticket).
+    pub paid: bool,
+}
+
 /// Where a fetch puts the dataset, and how it reports.
 pub(crate) struct Target {
     pub out: PathBuf,
@@ -110,13 +118,8 @@ pub async fn run(a: FetchArgs, dir: &Path, quiet: bool) -> anyhow::Result<()> {
 }
 
 /// Fetches the dataset `src` names into `to`, free or paid, moving to the next provider while
-/// one cannot serve; prints what it did. The dataset's root and format.
-pub(crate) async fn fetch(
-    src: SourceArgs,
-    to: Target,
-    dir: &Path,
-    quiet: bool,
-) -> anyhow::Result<(bdc_core::Hash, bdc_core::BlobFormat)> {
+/// one cannot serve; prints what it did.
+pub(crate) async fn fetch(src: SourceArgs, to: Target, dir: &Path, quiet: bool) -> anyhow::Result<Fetched> {
     let first = src.tickets[0].trim();
     if let Ok(root) = first.parse::<B256>() {
         anyhow::ensure!(src.tickets.len() == 1, "a dataset root comes alone: the market picks its providers");
@@ -175,7 +178,7 @@ pub(crate) async fn fetch(
             println!("{}", f.path.display());
         }
     }
-    Ok((report.root, tickets[0].format()))
+    Ok(Fetched { root: report.root, format: tickets[0].format(), paid: false })
 }
 
 /// The fetcher `to` wants: its own store, or the one it lends.
@@ -217,13 +220,7 @@ fn fetch_options(a: &FetchArgs) -> anyhow::Result<FetchOptions> {
 /// `bdc fetch <root> --market URL`: the market ranks the dataset's offers; the buyer checks the
 /// top offer's listing signature itself (the market is trusted to rank, not to speak for the
 /// provider), then buys from it.
-async fn run_from_market(
-    src: SourceArgs,
-    to: Target,
-    root: B256,
-    dir: &Path,
-    quiet: bool,
-) -> anyhow::Result<(bdc_core::Hash, bdc_core::BlobFormat)> {
+async fn run_from_market(src: SourceArgs, to: Target, root: B256, dir: &Path, quiet: bool) -> anyhow::Result<Fetched> {
     let market = src.market.clone().context("a dataset root needs --market URL (or BDC_MARKET) to find a provider")?;
     let chain = src.chain.connect_readonly()?;
     let d = chain.deployment();
@@ -279,7 +276,7 @@ async fn run_paid(
     offers: Vec<(bdc_core::paid::Offer, Option<String>)>,
     dir: &Path,
     quiet: bool,
-) -> anyhow::Result<(bdc_core::Hash, bdc_core::BlobFormat)> {
+) -> anyhow::Result<Fetched> {
     let (chain, signer) = a.chain.connect()?;
     let arbiter = a.arbiter.context("--arbiter is required to open a paid deal (who settles disputes)")?;
     let (root, format) = match offers.first() {
@@ -345,7 +342,7 @@ async fn run_paid(
             println!("{}", f.path.display());
         }
     }
-    Ok((r.fetch.root, format))
+    Ok(Fetched { root: r.fetch.root, format, paid: true })
 }
 
 /// Drives the progress bar from fetch events.

@@ -24,7 +24,8 @@ pub struct MirrorArgs {
     /// Name in this node's catalog (default: the name its manifest gives, or the root).
     #[arg(long)]
     pub name: Option<String>,
-    /// Serve it to anyone on the free protocol too.
+    /// Serve it to anyone on the free protocol too (a dataset mirrored from a ticket, which its
+    /// origin serves free, is served free anyway).
     #[arg(long)]
     pub free: bool,
     /// Print the catalog record as JSON.
@@ -44,12 +45,13 @@ pub async fn run(a: MirrorArgs, root: &Path, quiet: bool) -> anyhow::Result<()> 
         store: Some(store.blobs().clone()),
     };
     let res = async {
-        let (hash, format) = super::fetch::fetch(a.src, to, &root.join("fetcher"), quiet).await?;
+        let got = super::fetch::fetch(a.src, to, &root.join("fetcher"), quiet).await?;
         let name = match a.name {
             Some(n) => n,
-            None => manifest_name(&store, hash, format).await.unwrap_or_else(|| hash.to_string()),
+            None => manifest_name(&store, got.root, got.format).await.unwrap_or_else(|| got.root.to_string()),
         };
-        anyhow::Ok(store.register(hash, format, &name, a.free).await?)
+        // served free where it came from: free here too
+        anyhow::Ok(store.register(got.root, got.format, &name, a.free || !got.paid).await?)
     }
     .await;
     store.shutdown().await;

@@ -20,7 +20,7 @@ fn help_lists_every_subcommand() {
     }
     let out = bdc().args(["provider", "--help"]).output().unwrap();
     let text = String::from_utf8(out.stdout).unwrap();
-    for cmd in ["publish", "serve", "ticket", "list", "config"] {
+    for cmd in ["publish", "serve", "ticket", "list", "config", "mirror"] {
         assert!(text.contains(cmd), "{cmd} missing from provider --help:\n{text}");
     }
     // serve's flags come in groups
@@ -510,4 +510,38 @@ async fn fetch_moves_past_a_dead_ticket_and_refuses_mixed_datasets() {
     assert_eq!(res.status.code(), Some(2), "{err}");
     assert!(err.contains("tickets name different datasets"), "{err}");
     providers.remove(0).shutdown().await;
+}
+
+/// `bdc provider mirror <ticket>`: a free dataset, fetched verified into the node's provider
+/// store, is served free from there once the origin is gone, under the same root.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_mirrored_free_dataset_is_served_free_by_the_mirror() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = random_file(&tmp.path().join("ds/ticks.csv"), 700_000, 71);
+    let mut store = ProviderStore::open(&tmp.path().join("origin")).await.unwrap();
+    let opts = PublishOptions { free: true, ..Default::default() };
+    let rec = publish(&mut store, &tmp.path().join("ds"), &opts, |_| {}).await.unwrap();
+    let origin = Provider::spawn(store, ServeConfig::test()).await.unwrap();
+    let ticket = origin.ticket(rec.root).unwrap();
+
+    let node = tmp.path().join("mirror");
+    let out = bdc().arg("--data-dir").arg(&node).args(["provider", "mirror", &ticket.to_string(), "--json"]).output();
+    let out = out.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mirrored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((mirrored["root"].as_str(), mirrored["free"].as_bool()), (Some(&*rec.root.to_string()), Some(true)));
+    assert_eq!(mirrored["name"], "ds");
+    origin.shutdown().await;
+    // nothing was written outside the store
+    assert!(!node.join("provider/ticks.csv").exists());
+
+    let store = ProviderStore::open(&node.join("provider")).await.unwrap();
+    let mirror = Provider::spawn(store, ServeConfig::test()).await.unwrap();
+    let fetcher = bdc_fetcher::Fetcher::open(bdc_fetcher::FetcherConfig::test(tmp.path().join("f"))).await.unwrap();
+    let got = tmp.path().join("got");
+    let ticket = mirror.ticket(rec.root).unwrap();
+    fetcher.fetch(&ticket, &got, &bdc_fetcher::FetchOptions::default(), |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(got.join("ticks.csv")).unwrap(), data);
+    fetcher.shutdown().await;
+    mirror.shutdown().await;
 }
