@@ -79,13 +79,18 @@ reliability-short:
 reliability: tools
 	TEST_FEATURES="$(TEST_FEATURES)" bash scripts/reliability.sh
 
-## bench: throughput tables (release build); see docs/BENCHMARKS.md
+## bench: throughput tables (release build; BENCH_PROFILE=fastbench for iterations), peers
+## installed pinned into $(BENCH_TOOLS); see docs/BENCHMARKS.md
+BENCH_TOOLS ?= $(HOME)/.cache/bdc-bench-tools
+BENCH_PROFILE ?= release
 bench: tools
-	$(CARGO) build --release --bin bdc
-	$(CARGO) build --release -p bdc-bench --bin bdc-bench
-	"$(CARGO_TARGET_DIR)/release/bdc-bench" transfer --paid --size-mib $${BENCH_MIB:-1024}
-	"$(CARGO_TARGET_DIR)/release/bdc-bench" transfer --paid --size-mib $${BENCH_MIB:-1024} --window-kib 131072 --receipt-every-kib 16384
-	bash scripts/with_postgres.sh "$(CARGO_TARGET_DIR)/release/bdc-bench" market --listings $${BENCH_LISTINGS:-100000}
+	$(CARGO) build --profile $(BENCH_PROFILE) --bin bdc
+	$(CARGO) build --profile $(BENCH_PROFILE) -p bdc-bench --bin bdc-bench
+	test -x "$(BENCH_TOOLS)/bin/sendme" || $(CARGO) install sendme@0.37.1 --locked --root "$(BENCH_TOOLS)"
+	bash scripts/bench/fetch_vs_sendme.sh "$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc" "$(BENCH_TOOLS)/bin/sendme" $${BENCH_MIB:-1024} $${BENCH_ROUNDS:-5}
+	"$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc-bench" transfer --paid --size-mib $${BENCH_MIB:-1024}
+	"$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc-bench" transfer --paid --size-mib $${BENCH_MIB:-1024} --window-kib 131072 --receipt-every-kib 16384
+	bash scripts/with_postgres.sh "$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc-bench" market --listings $${BENCH_LISTINGS:-100000}
 	bash scripts/ensure_sandbox.sh
 	python3 -c "import duckdb" 2>/dev/null || python3 -m pip install --quiet duckdb==2.0.1
-	"$(CARGO_TARGET_DIR)/release/bdc-bench" compute --rows $${BENCH_ROWS:-20000000} --rounds 5
+	"$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc-bench" compute --rows $${BENCH_ROWS:-20000000} --rounds 5

@@ -76,7 +76,10 @@ pub async fn move_file(store: &Store, hash: Hash, out: &Path, name: &str) -> Res
             return Err(ExportError::Store { hash, path: target.clone(), source: e });
         }
     };
-    std::fs::rename(&tmp, &target).map_err(|source| ExportError::Io { path: target.clone(), source })?;
+    if let Err(source) = std::fs::rename(&tmp, &target) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ExportError::Io { path: target, source });
+    }
     Ok(ExportedFile { name: name.to_string(), path: target, size })
 }
 

@@ -189,14 +189,17 @@ async fn open_fetcher(cfg: bdc_fetcher::FetcherConfig, to: &Target) -> Result<Fe
     }
 }
 
-/// Which of `tickets` to try: all must name the same dataset; a provider (node) named twice is
-/// tried once, with a warning.
+/// Which of `tickets` to try: all must name the same dataset in the same format; a provider
+/// (node) named twice is tried once, with a warning.
 fn one_per_provider(tickets: &[bdc_core::ticket::BlobTicket]) -> anyhow::Result<Vec<bool>> {
     let mut seen = std::collections::HashSet::new();
     let mut keep = Vec::with_capacity(tickets.len());
     for t in tickets {
         if t.hash() != tickets[0].hash() {
             return Err(bdc_fetcher::BadRequest::DifferentDatasets(tickets[0].hash(), t.hash()).into());
+        }
+        if t.format() != tickets[0].format() {
+            return Err(bdc_fetcher::BadRequest::DifferentFormats(t.hash()).into());
         }
         let new = seen.insert(t.addr().id);
         if !new {

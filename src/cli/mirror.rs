@@ -37,6 +37,11 @@ pub struct MirrorArgs {
 /// deal book under `fetcher/`).
 pub async fn run(a: MirrorArgs, root: &Path, quiet: bool) -> anyhow::Result<()> {
     let mut store = ProviderStore::open(&root.join("provider")).await?;
+    // a dataset this node already publishes, sells or mirrors keeps its record as it is
+    if let Some(rec) = dataset_of(&a.src).and_then(|h| store.catalog().get(&h).cloned()) {
+        store.shutdown().await;
+        anyhow::bail!("{} is already in this node's catalog (as {:?}): nothing to mirror", rec.root, rec.name);
+    }
     let to = Target {
         // nothing is written there: the dataset stays in the store
         out: root.join("provider"),
@@ -72,7 +77,23 @@ pub async fn run(a: MirrorArgs, root: &Path, quiet: bool) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// The name a collection's manifest gives the dataset (the root commits to it).
+/// The dataset the first source names, when it says (a ticket, an offer, or a root).
+fn dataset_of(src: &super::fetch::SourceArgs) -> Option<Hash> {
+    let first = src.tickets.first()?.trim();
+    if let Ok(root) = first.parse::<alloy::primitives::B256>() {
+        return Some(Hash::from_bytes(root.0));
+    }
+    if let Ok(offer) = first.parse::<bdc_core::paid::Offer>() {
+        return bdc_core::ticket::parse_ticket(&offer.ticket).ok().map(|t| t.hash());
+    }
+    bdc_core::ticket::parse_ticket(first).ok().map(|t| t.hash())
+}
+
+/// Longest manifest read for its name.
+const MAX_MANIFEST: u64 = 1 << 20;
+
+/// The name a collection's manifest gives the dataset (the root commits to it, but whoever
+/// published it chose it): printable characters only, at most 200.
 async fn manifest_name(store: &ProviderStore, root: Hash, format: BlobFormat) -> Option<String> {
     if format != BlobFormat::HashSeq {
         return None;
@@ -80,7 +101,12 @@ async fn manifest_name(store: &ProviderStore, root: Hash, format: BlobFormat) ->
     let blobs: &iroh_blobs::api::Store = store.blobs();
     let c = iroh_blobs::format::collection::Collection::load(root, blobs).await.ok()?;
     let (_, hash) = c.iter().find(|(n, _)| n == MANIFEST_NAME)?;
+    match blobs.blobs().status(*hash).await.ok()? {
+        iroh_blobs::api::blobs::BlobStatus::Complete { size } if size <= MAX_MANIFEST => {}
+        _ => return None,
+    }
     let bytes = blobs.blobs().get_bytes(*hash).await.ok()?;
     let m = DatasetManifest::from_bytes(&bytes).context("manifest").ok()?;
-    Some(m.name).filter(|n| !n.is_empty())
+    let name: String = m.name.chars().filter(|c| !c.is_control()).take(200).collect();
+    Some(name).filter(|n| !n.trim().is_empty())
 }

@@ -505,10 +505,18 @@ async fn fetch_moves_past_a_dead_ticket_and_refuses_mixed_datasets() {
     assert!(err.contains("moving to the next ticket (2 of 2)"), "{err}");
     assert_eq!(std::fs::read(out.join("a.bin")).unwrap(), data);
     // two datasets on one command line: a clear error, exit 2, nothing fetched
-    let res = run(vec![other, alive]).await.unwrap();
+    let res = run(vec![other, alive.clone()]).await.unwrap();
     let err = String::from_utf8_lossy(&res.stderr);
     assert_eq!(res.status.code(), Some(2), "{err}");
     assert!(err.contains("tickets name different datasets"), "{err}");
+    // the same root claimed as a raw blob by one ticket: which format served would decide what
+    // is written (or mirrored), so it is refused too
+    let t: bdc_core::ticket::BlobTicket = alive.parse().unwrap();
+    let raw = bdc_core::ticket::BlobTicket::new(t.addr().clone(), t.hash(), bdc_core::BlobFormat::Raw);
+    let res = run(vec![alive, raw.to_string()]).await.unwrap();
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(2), "{err}");
+    assert!(err.contains("disagree on its format"), "{err}");
     providers.remove(0).shutdown().await;
 }
 
@@ -531,6 +539,11 @@ async fn a_mirrored_free_dataset_is_served_free_by_the_mirror() {
     let mirrored: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((mirrored["root"].as_str(), mirrored["free"].as_bool()), (Some(&*rec.root.to_string()), Some(true)));
     assert_eq!(mirrored["name"], "ds");
+    // mirroring it again changes nothing of the record
+    let again = bdc().arg("--data-dir").arg(&node).args(["provider", "mirror", &ticket.to_string()]).output();
+    let again = again.unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success() && err.contains("already in this node's catalog"), "{err}");
     origin.shutdown().await;
     // nothing was written outside the store
     assert!(!node.join("provider/ticks.csv").exists());

@@ -252,6 +252,8 @@ async fn a_moved_fetch_leaves_no_copy_behind_and_an_interrupted_move_starts_afre
     let src = tmp.path().join("ds");
     let big = random_file(&src.join("big.bin"), 3_000_000, 61);
     let small = random_file(&src.join("sub/small.csv"), 5_000, 62);
+    // the same content under two names: one blob, which can be moved out only once
+    std::fs::write(src.join("sub/big-again.bin"), &big).unwrap();
     let mut store = ProviderStore::open(&tmp.path().join("p")).await.unwrap();
     let rec = publish(&mut store, &src, &free(), |_| {}).await.unwrap();
     let provider = Provider::spawn(store, ServeConfig::test()).await.unwrap();
@@ -277,6 +279,7 @@ async fn a_moved_fetch_leaves_no_copy_behind_and_an_interrupted_move_starts_afre
         .unwrap();
     assert_eq!(std::fs::read(out.join("big.bin")).unwrap(), big);
     assert_eq!(std::fs::read(out.join("sub/small.csv")).unwrap(), small);
+    assert_eq!(std::fs::read(out.join("sub/big-again.bin")).unwrap(), big);
     assert!(report.fetched_bytes >= 3_005_000);
     assert!(!staging.exists(), "the staging store is deleted");
     assert!(walk(&out).iter().all(|(p, _)| !p.contains("bdc-partial")), "no temp file left: {:?}", walk(&out));
@@ -308,4 +311,20 @@ fn walk(dir: &std::path::Path) -> Vec<(String, u64)> {
         }
     }
     out
+}
+
+/// One process at a time keeps a data dir's deal book: a fetcher lent another store (a mirror's)
+/// is refused while another fetcher holds the dir, and gets it once that one is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_dir_serves_one_fetcher_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = FetcherConfig::test(tmp.path().join("f"));
+    let first = Fetcher::open(cfg.clone()).await.unwrap();
+    let lent = iroh_blobs::store::fs::FsStore::load(tmp.path().join("other")).await.unwrap();
+    let err = Fetcher::with_store(cfg.clone(), lent.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("locked by another process"), "{err}");
+    first.shutdown().await;
+    let second = Fetcher::with_store(cfg, lent.clone()).await.unwrap();
+    second.shutdown().await;
+    lent.shutdown().await.unwrap();
 }

@@ -120,6 +120,8 @@ pub enum BadRequest {
     TooFewReplicas { k: usize, given: usize },
     #[error("tickets name different datasets: {0} and {1}")]
     DifferentDatasets(Hash, Hash),
+    #[error("the tickets for {0} disagree on its format (raw blob or collection)")]
+    DifferentFormats(Hash),
     #[error("--include {pattern:?} is not a valid pattern: {reason}")]
     BadPattern { pattern: String, reason: &'static str },
     #[error("--include picks files of a collection; this dataset is a single blob (use --range START..END)")]

@@ -11,7 +11,7 @@
 //! 4. It exports each file (temp name, then rename) into the output directory.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -133,6 +133,23 @@ pub struct Fetcher {
     owns_store: bool,
     /// The staging dir, for a fetcher made by [`staged`](Self::staged).
     staging: Option<PathBuf>,
+    /// Held while the fetcher lives: one process at a time reads and rewrites the deal book
+    /// (the store's own lock does not cover a fetcher lent another store).
+    _book_lock: Option<std::fs::File>,
+}
+
+/// Locks `<data-dir>/deals.lock`, or says another process holds it.
+fn lock_book(data_dir: &Path) -> Result<std::fs::File, FetchError> {
+    let path = data_dir.join("deals.lock");
+    let err = |e: std::io::Error| FetchError::Store { path: data_dir.to_path_buf(), source: Box::new(e) };
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(err(std::io::Error::new(std::io::ErrorKind::WouldBlock, "its deal book is locked by another process")))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+    }
 }
 
 /// In a staging dir: its files are being moved out (see [`Fetcher::staged`]).
@@ -145,6 +162,7 @@ impl Fetcher {
             |e: Box<dyn std::error::Error + Send + Sync>| FetchError::Store { path: store_dir.clone(), source: e };
         std::fs::create_dir_all(&cfg.data_dir).map_err(|e| store_err(Box::new(e)))?;
         let key = bdc_core::keys::load_or_create(&cfg.data_dir.join("node.key")).map_err(|e| store_err(Box::new(e)))?;
+        let book_lock = lock_book(&cfg.data_dir)?;
         let store = FsStore::load(&store_dir).await.map_err(|e| store_err(e.into()))?;
         let endpoint = match bind_endpoint(&cfg.net, key, vec![]).await {
             Ok(ep) => ep,
@@ -153,7 +171,15 @@ impl Fetcher {
                 return Err(e.into());
             }
         };
-        Ok(Self { cfg, store, endpoint, metrics: Default::default(), owns_store: true, staging: None })
+        Ok(Self {
+            cfg,
+            store,
+            endpoint,
+            metrics: Default::default(),
+            owns_store: true,
+            staging: None,
+            _book_lock: Some(book_lock),
+        })
     }
 
     /// A fetcher that fetches into `store`, which its owner keeps open after
@@ -164,8 +190,17 @@ impl Fetcher {
         std::fs::create_dir_all(&cfg.data_dir).map_err(store_err)?;
         let key = bdc_core::keys::load_or_create(&cfg.data_dir.join("node.key"))
             .map_err(|e| FetchError::Store { path: cfg.data_dir.clone(), source: Box::new(e) })?;
+        let book_lock = lock_book(&cfg.data_dir)?;
         let endpoint = bind_endpoint(&cfg.net, key, vec![]).await?;
-        Ok(Self { cfg, store, endpoint, metrics: Default::default(), owns_store: false, staging: None })
+        Ok(Self {
+            cfg,
+            store,
+            endpoint,
+            metrics: Default::default(),
+            owns_store: false,
+            staging: None,
+            _book_lock: Some(book_lock),
+        })
     }
 
     /// Runs `f` with a fetcher (this one's endpoint, key, deal book and metrics) whose store is
@@ -196,19 +231,29 @@ impl Fetcher {
             metrics: self.metrics.clone(),
             owns_store: true,
             staging: Some(dir.clone()),
+            // this fetcher holds the lock
+            _book_lock: None,
         };
         let res = f(&staged).await;
         if let Err(e) = staged.store.shutdown().await {
             tracing::warn!("staging store shutdown failed: {e:#}");
         }
-        if res.is_ok() {
-            std::fs::remove_dir_all(&dir).map_err(io)?;
+        // the fetch is done: a staging store that cannot be removed costs disk, not the fetch
+        if res.is_ok()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!("cannot remove the staging store {}: {e}", dir.display());
         }
         res
     }
 
     pub fn data_dir(&self) -> &Path {
         &self.cfg.data_dir
+    }
+
+    /// How long a dial may take.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.cfg.connect_timeout
     }
 
     pub fn store(&self) -> &FsStore {
@@ -429,9 +474,13 @@ impl Fetcher {
                 exported.push(f);
             }
             sel => {
-                for (name, hash) in sel.map(|s| s.files).unwrap_or(files) {
+                let files = sel.map(|s| s.files).unwrap_or(files);
+                // files with the same content share one blob: it can be moved out only once,
+                // so every name but its last is copied out while the store still holds it
+                let last: HashMap<Hash, usize> = files.iter().enumerate().map(|(i, (_, h))| (*h, i)).collect();
+                for (i, (name, hash)) in files.into_iter().enumerate() {
                     let f = match opts.export {
-                        Export::Move => move_file(store, hash, &out, &name).await?,
+                        Export::Move if last.get(&hash) == Some(&i) => move_file(store, hash, &out, &name).await?,
                         _ => export_file(store, hash, &out, &name).await?,
                     };
                     self.metrics.exported_bytes.inc_by(f.size);

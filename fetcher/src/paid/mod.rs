@@ -467,6 +467,9 @@ impl Fetcher {
                     // a deal opened before the buyer lowered its ceiling is not reused above it
                     || pay.max_price_per_byte.is_some_and(|max| t.pricePerByte > max)
                     || t.providerNodeId != node
+                    // a job deal (paid per job: no price per byte, no window) buys no bytes
+                    || t.pricePerByte == 0
+                    || t.window == 0
                     || t.provider != Address::from(offer.provider)
                     || t.expiry <= now + offer.expiry_margin + 120
                     || !offer.arbiters.contains(&t.arbiter.into_array())

@@ -24,13 +24,23 @@ impl Fetcher {
                 return;
             }
         };
+        // a provider that never answers holds up nothing but this delivery
+        let limit = self.connect_timeout() + pay.close_timeout + Duration::from_secs(5);
         for (deal, verified) in owed {
             let id = deal.id;
-            match self.deliver(ticket, wallet, pay, deal, verified).await {
-                Ok(()) => tracing::info!(deal = %id, "delivered the last receipt the provider had not confirmed"),
-                Err(e) => tracing::warn!(
+            match tokio::time::timeout(limit, self.deliver(ticket, wallet, pay, deal, verified)).await {
+                Ok(Ok(true)) => tracing::info!(deal = %id, "delivered the last receipt the provider had not confirmed"),
+                Ok(Ok(false)) => tracing::warn!(
+                    deal = %id,
+                    "sent the last receipt, but the provider did not confirm it; the next fetch of this dataset sends it again"
+                ),
+                Ok(Err(e)) => tracing::warn!(
                     deal = %id,
                     "cannot deliver the last receipt to the provider ({e}); the next fetch of this dataset tries again"
+                ),
+                Err(_) => tracing::warn!(
+                    deal = %id,
+                    "the provider did not take the last receipt within {limit:?}; the next fetch of this dataset tries again"
                 ),
             }
         }
@@ -70,7 +80,8 @@ impl Fetcher {
         Ok(owed)
     }
 
-    /// One connection for `deal`: the Hello, the receipt for `verified` bytes, the end.
+    /// One connection for `deal`: the Hello, the receipt for `verified` bytes, the end. Whether
+    /// the provider confirmed it.
     async fn deliver(
         &self,
         ticket: &BlobTicket,
@@ -78,7 +89,7 @@ impl Fetcher {
         pay: &PaidOptions,
         deal: Deal,
         verified: u64,
-    ) -> Result<(), FetchError> {
+    ) -> Result<bool, FetchError> {
         let book = Arc::new(Mutex::new(DealBook::load(self.data_dir())?));
         let signed = book.lock().expect("book lock").get(&deal.id).map_or(0, |d| d.paid);
         let conn = self.connect(ticket, PAID_ALPN).await?;
@@ -115,6 +126,8 @@ impl Fetcher {
             }
             b.save()?;
         }
-        done
+        done?;
+        let b = book.lock().expect("book lock");
+        Ok(b.get(&id).is_some_and(|d| d.confirmed >= d.paid))
     }
 }
