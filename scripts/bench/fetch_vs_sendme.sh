@@ -48,8 +48,8 @@ run() { # run KIND ROUND: seconds of one fetch; the output checked against the s
   t0=$(now)
   case $kind in
     sendme) (cd "$d" && "$SENDME" receive "$ST" --relay disabled --no-progress > /dev/null 2>&1); out="$d/data.bin" ;;
-    bdc) "$BDC" --quiet --data-dir "$d/dir" fetch "$BT" -o "$d/out" --name data.bin > /dev/null; out="$d/out/data.bin" ;;
-    move) "$BDC" --quiet --data-dir "$d/dir" fetch "$BT" -o "$d/out" --name data.bin --move > /dev/null; out="$d/out/data.bin" ;;
+    bdc) "$BDC" --quiet --data-dir "$d/dir" fetch "$BT" -o "$d/out" --name data.bin > /dev/null 2>> "$W/bdc.err"; out="$d/out/data.bin" ;;
+    move) "$BDC" --quiet --data-dir "$d/dir" fetch "$BT" -o "$d/out" --name data.bin --move > /dev/null 2>> "$W/bdc.err"; out="$d/out/data.bin" ;;
   esac
   t1=$(now)
   cmp -s "$out" "$W/src/data.bin" || { echo "round $r: $kind output differs" >&2; exit 1; }
