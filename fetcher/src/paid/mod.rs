@@ -436,10 +436,11 @@ impl Fetcher {
         if pay.receipt_every + bdc_core::protocol::CHUNK_GROUP_BYTES > offer.window {
             return Err(PaidError::WindowTooSmall { every: pay.receipt_every, window: offer.window }.into());
         }
+        // a receipt this buyer signed and its provider never confirmed (a run that lost its
+        // connection after its final receipt, or was killed) is owed: deliver it first, also
+        // when nothing is left to fetch or the fetch runs in another store (`--move`, a mirror)
+        self.settle(&ticket, offer, wallet, pay).await;
         if self.holds(&ticket, opts).await? {
-            // nothing to fetch, but maybe a receipt to deliver: the run that verified the last
-            // byte may have lost its connection before the provider stored its final receipt
-            self.settle(&ticket, offer, wallet, pay).await;
             let fetch = self.run(&ticket, out, opts, None, on).await?;
             return Ok(PaidReport { fetch, deal: None, paid: 0, price_per_byte: offer.price_per_byte });
         }

@@ -3,11 +3,12 @@
 //! A run that verified the dataset's last byte records its final receipt, sends it, and waits
 //! for the provider to close with `DONE`, which it does only after storing the receipt. If the
 //! connection breaks in between (the provider killed, the network gone), the provider may never
-//! have stored it: the buyer owes it, yet the next fetch finds the whole dataset in its store and
-//! would dial nobody. So a fetch that finds everything held first delivers, on a connection of
-//! its own, the newest receipt of each open deal for this dataset and provider that the provider
-//! has not confirmed: a Hello, that receipt, the end of the stream. The provider takes it like a
-//! resumed connection that asks for nothing, stores the receipt and redeems it.
+//! have stored it: the buyer owes it, yet the next fetch may find the whole dataset in its store
+//! and dial nobody, or run in a fresh store (`--move`, a mirror) and open a new deal. So every
+//! paid fetch first delivers, on a connection of its own, the newest receipt of each open deal
+//! for this dataset and provider that the provider has not confirmed: a Hello, that receipt, the
+//! end of the stream. The provider takes it like a resumed connection that asks for nothing,
+//! stores the receipt and redeems it.
 
 use bdc_core::{protocol::PAID_ALPN, ticket::BlobTicket};
 

@@ -468,6 +468,26 @@ async fn a_final_receipt_the_provider_never_stored_is_delivered_by_the_next_fetc
     let url = format!("http://{}/metrics", s.provider.metrics_addr().unwrap());
     let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert!(text.contains("bdc_provider_paid_connections_total 3"), "{text}");
+
+    // the same loss, then a fetch in a fresh store (`--move`): the receipt is delivered before
+    // that fetch buys the dataset on a new deal
+    let (conn, mut send, lost, _ep) = raw_buyer(&s).await;
+    let pay_short = |n: u64| receipt(&s, BUYER, lost.id, (n as u128 * PRICE).min(short));
+    fetch_paying(&conn, &mut send, GetRequest::all(s.root), pay_short).await.unwrap();
+    send.finish().unwrap();
+    assert_eq!(close_code(&conn).await, codes::DONE as u64);
+    let mut book = bdc_fetcher::DealBook::load(&buyer_dir).unwrap();
+    let mut entry = book.get(&deal.id).unwrap().clone();
+    (entry.id, entry.terms, entry.confirmed) = (lost.id, hex::encode(lost.terms.abi_encode()), 0);
+    book.deals.push(entry);
+    book.save().unwrap();
+    let moving = FetchOptions { export: bdc_fetcher::Export::Move, ..Default::default() };
+    let out4 = s.dir.join("out4");
+    let moved = fetcher.staged(s.root, async |f| f.fetch_paid(&s.offer, &wallet, &out4, &moving, &pay, |_| {}).await);
+    let moved = moved.await.unwrap();
+    wait_redeemed(&s.devnet, lost.id, U256::from(full)).await;
+    assert_ne!(moved.deal, Some(lost.id));
+    assert_eq!(std::fs::read(out4.join("trades.bin")).unwrap(), std::fs::read(s.dir.join("ds/trades.bin")).unwrap());
     fetcher.shutdown().await;
     s.provider.shutdown().await;
 }
