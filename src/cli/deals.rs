@@ -233,8 +233,8 @@ pub async fn deals(dir: &Path, chain: ChainArgs, json: bool) -> anyhow::Result<(
             "provider": t.provider,
             "escrowed": max.to_string(),
             "signed": d.paid.to_string(),
-            // what the provider confirmed storing; less than signed: the next fetch of the
-            // dataset delivers the rest
+            // what the provider confirmed storing; less than signed on an open deal: the next
+            // paid fetch of the dataset from that provider delivers the rest
             "confirmed": d.confirmed.to_string(),
             "redeemed": redeemed.map(|r| r.to_string()),
             "unredeemed_signed": redeemed.map(|r| U256::from(d.paid).saturating_sub(r).to_string()),

@@ -251,6 +251,12 @@ impl Fetcher {
         &self.cfg.data_dir
     }
 
+    /// Whether this fetcher fetches into its own store (the one the deal book's deals filled),
+    /// not a staging store or one lent by a mirror.
+    pub(crate) fn fills_own_store(&self) -> bool {
+        self.owns_store && self.staging.is_none()
+    }
+
     /// How long a dial may take.
     pub(crate) fn connect_timeout(&self) -> Duration {
         self.cfg.connect_timeout

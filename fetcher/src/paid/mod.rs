@@ -419,6 +419,11 @@ impl Fetcher {
             }
             .into());
         }
+        // a receipt this buyer signed and its provider never confirmed (a run that lost its
+        // connection after its final receipt, or was killed) is owed: deliver it first, also
+        // when nothing is left to fetch, the fetch runs in another store (`--move`, a mirror),
+        // or this offer is refused below
+        self.settle(&ticket, offer, wallet, pay).await;
         if let Some(max) = pay.max_price_per_byte
             && offer.price_per_byte > max
         {
@@ -436,10 +441,6 @@ impl Fetcher {
         if pay.receipt_every + bdc_core::protocol::CHUNK_GROUP_BYTES > offer.window {
             return Err(PaidError::WindowTooSmall { every: pay.receipt_every, window: offer.window }.into());
         }
-        // a receipt this buyer signed and its provider never confirmed (a run that lost its
-        // connection after its final receipt, or was killed) is owed: deliver it first, also
-        // when nothing is left to fetch or the fetch runs in another store (`--move`, a mirror)
-        self.settle(&ticket, offer, wallet, pay).await;
         if self.holds(&ticket, opts).await? {
             let fetch = self.run(&ticket, out, opts, None, on).await?;
             return Ok(PaidReport { fetch, deal: None, paid: 0, price_per_byte: offer.price_per_byte });
@@ -472,6 +473,8 @@ impl Fetcher {
                     || t.pricePerByte == 0
                     || t.window == 0
                     || t.provider != Address::from(offer.provider)
+                    // a deal of another key (the buyer changed wallets) is not this one's to use
+                    || t.buyer != signer.address()
                     || t.expiry <= now + offer.expiry_margin + 120
                     || !offer.arbiters.contains(&t.arbiter.into_array())
                     || !pay.arbiters.contains(&t.arbiter)
@@ -526,7 +529,13 @@ impl Fetcher {
                 book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).map(|x| x.verified).sum();
             let held =
                 self.store().remote().local(ticket.hash_and_format()).await.map_err(FetchError::store)?.local_bytes();
-            let resume = Resume::new(base, paid_for_root, held, deal.terms.window.min(offer.window));
+            // the book's deals filled the fetcher's own store: bytes a staging or lent store
+            // lacks were never lost from it, so nothing is skipped there (else every `--move` of
+            // a dataset within one window would be free)
+            let resume = match self.fills_own_store() {
+                true => Resume::new(base, paid_for_root, held, deal.terms.window.min(offer.window)),
+                false => Resume { base, skip: 0 },
+            };
             if resume.skip > 0 {
                 tracing::info!(deal = %deal.id, paid_for_root, held, ?resume, "resuming: the store holds a different amount than was paid for");
             }

@@ -35,14 +35,22 @@ impl Fetcher {
                     deal = %id,
                     "sent the last receipt, but the provider did not confirm it; the next fetch of this dataset sends it again"
                 ),
-                Ok(Err(e)) => tracing::warn!(
-                    deal = %id,
-                    "cannot deliver the last receipt to the provider ({e}); the next fetch of this dataset tries again"
-                ),
-                Err(_) => tracing::warn!(
-                    deal = %id,
-                    "the provider did not take the last receipt within {limit:?}; the next fetch of this dataset tries again"
-                ),
+                // the provider is unreachable or refusing: the other deals with it would only
+                // wait as long again
+                Ok(Err(e)) => {
+                    tracing::warn!(
+                        deal = %id,
+                        "cannot deliver the last receipt to the provider ({e}); the next fetch of this dataset tries again"
+                    );
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        deal = %id,
+                        "the provider did not take the last receipt within {limit:?}; the next fetch of this dataset tries again"
+                    );
+                    break;
+                }
             }
         }
     }
@@ -61,10 +69,12 @@ impl Fetcher {
         let mut now = None;
         for d in book.deals.iter().filter(|d| d.root == ticket.hash() && !d.spent && d.paid > d.confirmed) {
             let Ok(terms) = d.terms() else { continue };
-            // job deals pay per job, not per byte; another provider's deal is not this one's
+            // job deals pay per job, not per byte; another provider's deal is not this one's,
+            // and a deal of another key (the buyer changed wallets) cannot be signed for now
             if terms.pricePerByte == 0
                 || terms.providerNodeId != node
                 || terms.provider != Address::from(offer.provider)
+                || terms.buyer != wallet.signer.address()
             {
                 continue;
             }
@@ -116,6 +126,9 @@ impl Fetcher {
             dialled: None,
         };
         session.hello(&conn).await?;
+        // if the caller's time limit drops this delivery, its receipt task (which rewrites the
+        // deal book from its own copy) goes with it
+        let _task = AbortOnDrop(session.task.as_ref().map(|t| t.abort_handle()));
         let done = session.finish(&conn).await;
         // a deal the provider refuses for good is not offered again
         if let Err(FetchError::ProviderClosed { code, .. }) = &done
@@ -130,5 +143,16 @@ impl Fetcher {
         done?;
         let b = book.lock().expect("book lock");
         Ok(b.get(&id).is_some_and(|d| d.confirmed >= d.paid))
+    }
+}
+
+/// Aborts a task when dropped (a no-op once it has ended).
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
     }
 }

@@ -491,3 +491,31 @@ async fn a_final_receipt_the_provider_never_stored_is_delivered_by_the_next_fetc
     fetcher.shutdown().await;
     s.provider.shutdown().await;
 }
+
+/// A fetch into a fresh store (`--move`'s staging store, a mirror's) holds none of what the
+/// book's earlier deals paid for; that is not a loss the resume rule forgives. Otherwise every
+/// `--move` of a dataset within one window would be free.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_into_a_fresh_store_pays_for_what_it_verifies() {
+    let s = setup(100 << 10).await;
+    assert!(s.offer.size < WINDOW, "the whole dataset fits in one window");
+    let fetcher = Fetcher::open(FetcherConfig::test(s.dir.join("buyer"))).await.unwrap();
+    let wallet = Wallet { chain: s.devnet.contracts(BUYER), signer: s.devnet.signer(BUYER) };
+    let mut pay = PaidOptions::new(vec![s.devnet.address(ARBITER)]);
+    pay.receipt_every = 64 << 10;
+    pay.deal_duration = Duration::from_secs(3_600);
+    let full = s.offer.size as u128 * PRICE;
+    let (out1, opts) = (s.dir.join("out1"), FetchOptions::default());
+    let first = fetcher.fetch_paid(&s.offer, &wallet, &out1, &opts, &pay, |_| {}).await.unwrap();
+    assert_eq!(first.paid, full);
+    let moving = FetchOptions { export: bdc_fetcher::Export::Move, ..Default::default() };
+    for round in 0..2 {
+        let out = s.dir.join(format!("moved{round}"));
+        let r = fetcher.staged(s.root, async |f| f.fetch_paid(&s.offer, &wallet, &out, &moving, &pay, |_| {}).await);
+        let r = r.await.unwrap();
+        assert_eq!(r.paid, full, "round {round}: a fresh store pays for every byte it verifies");
+        wait_redeemed(&s.devnet, r.deal.unwrap(), U256::from(full)).await;
+    }
+    fetcher.shutdown().await;
+    s.provider.shutdown().await;
+}
