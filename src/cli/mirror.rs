@@ -15,7 +15,6 @@ use bdc_provider::ProviderStore;
 use clap::Args;
 
 use super::fetch::{SourceArgs, Target};
-use crate::progress::human;
 
 #[derive(Debug, Args)]
 pub struct MirrorArgs {
@@ -61,20 +60,8 @@ pub async fn run(a: MirrorArgs, root: &Path, quiet: bool) -> anyhow::Result<()> 
     .await;
     store.shutdown().await;
     let rec = res?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&rec)?);
-    } else {
-        eprintln!(
-            "mirrored {:?}: {} file(s), {}{}; `bdc provider serve` serves it{}",
-            rec.name,
-            rec.files,
-            human(rec.size),
-            if rec.free { ", free" } else { "" },
-            if rec.free { "" } else { ", `--sell` sells it" }
-        );
-        println!("{}", rec.root);
-    }
-    Ok(())
+    let tail = if rec.free { "; `bdc provider serve` serves it" } else { "; `bdc provider serve --sell` sells it" };
+    super::provider::print_record(&rec, a.json, "mirrored", tail)
 }
 
 /// The dataset the first source names, when it says (a ticket, an offer, or a root).

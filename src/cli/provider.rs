@@ -149,16 +149,17 @@ async fn publish_cmd(a: PublishArgs, dir: &Path, quiet: bool) -> anyhow::Result<
     pb.finish_and_clear();
     store.shutdown().await;
     let rec = res?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&rec)?);
+    print_record(&rec, a.json, "published", "")
+}
+
+/// A catalog record on stdout (its root, or the whole record as JSON), said on stderr as
+/// `{verb} "name": N file(s), SIZE[, free]{tail}`.
+pub(super) fn print_record(rec: &DatasetRecord, json: bool, verb: &str, tail: &str) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(rec)?);
     } else {
-        eprintln!(
-            "published {:?}: {} file(s), {}{}",
-            rec.name,
-            rec.files,
-            human(rec.size),
-            if rec.free { ", free" } else { "" }
-        );
+        let free = if rec.free { ", free" } else { "" };
+        eprintln!("{verb} {:?}: {} file(s), {}{free}{tail}", rec.name, rec.files, human(rec.size));
         println!("{}", rec.root);
     }
     Ok(())

@@ -166,6 +166,38 @@ const UNKNOWN_DEAL_RETRIES: u32 = 3;
 const DIALLED_MAX_AGE: Duration = Duration::from_secs(5);
 
 impl PaidSession {
+    /// A session for `deal` on `fetcher`'s store, signing with `wallet`'s key; it starts from
+    /// the amount the book recorded as signed.
+    fn new(
+        fetcher: &Fetcher,
+        wallet: &Wallet,
+        pay: &PaidOptions,
+        deal: Deal,
+        resume: Resume,
+        book: Arc<Mutex<DealBook>>,
+        dialled: Option<(Connection, std::time::Instant)>,
+    ) -> Self {
+        let signed = book.lock().expect("book lock").get(&deal.id).map_or(0, |d| d.paid);
+        Self {
+            price: deal.terms.pricePerByte,
+            deal,
+            resume,
+            every: pay.receipt_every,
+            signer: wallet.signer.clone(),
+            store: (**fetcher.store()).clone(),
+            chain: wallet.chain.clone(),
+            book,
+            tx: None,
+            run_verified: Arc::new(AtomicU64::new(0)),
+            next_wake: AtomicU64::new(pay.receipt_every),
+            task: None,
+            close_timeout: pay.close_timeout,
+            signed: Arc::new(Mutex::new(signed)),
+            me: B256::from(*fetcher.endpoint().id().as_bytes()),
+            dialled,
+        }
+    }
+
     /// The connection dialled before the deal was opened, if it is still fresh and open.
     pub(crate) fn take_dialled(&mut self) -> Option<Connection> {
         self.dialled
@@ -539,26 +571,8 @@ impl Fetcher {
             if resume.skip > 0 {
                 tracing::info!(deal = %deal.id, paid_for_root, held, ?resume, "resuming: the store holds a different amount than was paid for");
             }
-            let signed =
-                Arc::new(Mutex::new(book.lock().expect("book lock").get(&deal.id).map(|d| d.paid).unwrap_or(0)));
-            let mut session = PaidSession {
-                deal: deal.clone(),
-                price: deal.terms.pricePerByte,
-                resume,
-                every: pay.receipt_every,
-                signer: signer.clone(),
-                store: (**self.store()).clone(),
-                chain: chain.clone(),
-                book: book.clone(),
-                tx: None,
-                run_verified: Arc::new(AtomicU64::new(0)),
-                next_wake: AtomicU64::new(pay.receipt_every),
-                task: None,
-                close_timeout: pay.close_timeout,
-                signed: signed.clone(),
-                me: B256::from(*self.endpoint().id().as_bytes()),
-                dialled,
-            };
+            let mut session = PaidSession::new(self, wallet, pay, deal.clone(), resume, book.clone(), dialled);
+            let signed = session.signed.clone();
             let fetch = self.run(&ticket, out, opts, Some(&mut session), &mut on).await;
             let paid = *signed.lock().expect("signed lock");
             // the provider's store was busy (or its copy is bad): resume on the same deal

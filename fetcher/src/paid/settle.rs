@@ -102,29 +102,12 @@ impl Fetcher {
         verified: u64,
     ) -> Result<bool, FetchError> {
         let book = Arc::new(Mutex::new(DealBook::load(self.data_dir())?));
-        let signed = book.lock().expect("book lock").get(&deal.id).map_or(0, |d| d.paid);
         let conn = self.connect(ticket, PAID_ALPN).await?;
         let id = deal.id;
-        let mut session = PaidSession {
-            price: deal.terms.pricePerByte,
-            deal,
-            // the receipt task sends the receipt for `base` right after the Hello, and again
-            // as the final one (the provider ignores a receipt it already has)
-            resume: Resume { base: verified, skip: 0 },
-            every: pay.receipt_every,
-            signer: wallet.signer.clone(),
-            store: (**self.store()).clone(),
-            chain: wallet.chain.clone(),
-            book: book.clone(),
-            tx: None,
-            run_verified: Arc::new(AtomicU64::new(0)),
-            next_wake: AtomicU64::new(pay.receipt_every),
-            task: None,
-            close_timeout: pay.close_timeout,
-            signed: Arc::new(Mutex::new(signed)),
-            me: B256::from(*self.endpoint().id().as_bytes()),
-            dialled: None,
-        };
+        // the receipt task sends the receipt for `base` right after the Hello, and again as the
+        // final one (the provider ignores a receipt it already has)
+        let resume = Resume { base: verified, skip: 0 };
+        let mut session = PaidSession::new(self, wallet, pay, deal, resume, book.clone(), None);
         session.hello(&conn).await?;
         // if the caller's time limit drops this delivery, its receipt task (which rewrites the
         // deal book from its own copy) goes with it
