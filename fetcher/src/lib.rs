@@ -15,8 +15,8 @@ pub mod metrics;
 pub mod paid;
 
 pub use fetch::{
-    BadRequest, Export, FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, FetcherConfig, Select,
-    TransferError,
+    BadRequest, Export, FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, FetcherConfig, PIECE_BYTES, Select,
+    SourceReport, TransferError,
 };
 pub use jobs::{JobError, JobEvent, JobOutcome, JobProtocolError, Rejection, check_result};
 pub use paid::{BuyerDeal, DealBook, PaidError, PaidOptions, PaidReport, Wallet};

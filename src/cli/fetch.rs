@@ -55,6 +55,12 @@ pub struct SourceArgs {
     /// serve (a duplicate provider is tried once).
     #[arg(required = true, value_name = "TICKET")]
     pub tickets: Vec<String>,
+    /// Fetch from up to N providers at once (of the tickets or offers given, or the market's
+    /// best offers): each piece of the dataset comes from one of them, verified; one that
+    /// fails, stalls or lies is dropped and the others take its pieces. Paid: a deal with each,
+    /// paid for exactly what it delivered.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub sources: u16,
     /// A market (`bdc market serve`): picks the provider of a dataset root, and receives a
     /// throughput report signed with the buyer's key after a paid download.
     #[arg(long, env = "BDC_MARKET")]
@@ -137,23 +143,22 @@ pub(crate) async fn fetch(src: SourceArgs, to: Target, dir: &Path, quiet: bool) 
     let keep = one_per_provider(&tickets)?;
     let tickets: Vec<_> = tickets.into_iter().zip(keep).filter(|(_, k)| *k).map(|(t, _)| t).collect();
     let fetcher = open_fetcher(super::fetcher_config(dir, src.bind, src.timeout), &to).await?;
+    // --sources N: N providers at a time, the next N when all of them failed
+    let groups: Vec<Vec<_>> = tickets.chunks(usize::from(src.sources)).map(<[_]>::to_vec).collect();
     let res = super::pick::first_that_serves(
-        &tickets,
+        &groups,
         "ticket",
-        |t| (format!("provider {}", t.addr().id.fmt_short()), None),
+        |g| (providers(g.iter().map(|t| t.addr().id.fmt_short().to_string())), None),
         bdc_fetcher::FetchError::another_provider_may_serve,
         bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider),
-        |ticket| {
+        |group| {
             let (fetcher, opts, out) = (&fetcher, &to.opts, &to.out);
             async move {
                 let pb = bytes_bar(0, "fetching", quiet);
+                let get = async |f: &Fetcher| f.fetch_from(&group, out, opts, |ev| show(&pb, ev)).await;
                 let res = match opts.export {
-                    Export::Move => {
-                        fetcher
-                            .staged(ticket.hash(), async |f| f.fetch(&ticket, out, opts, |ev| show(&pb, ev)).await)
-                            .await
-                    }
-                    _ => fetcher.fetch(&ticket, out, opts, |ev| show(&pb, ev)).await,
+                    Export::Move => fetcher.staged(group[0].hash(), get).await,
+                    _ => get(fetcher).await,
                 };
                 pb.finish_and_clear();
                 res
@@ -174,11 +179,37 @@ pub(crate) async fn fetch(src: SourceArgs, to: Target, dir: &Path, quiet: bool) 
             human(report.local_bytes),
             report.elapsed_ms as f64 / 1000.0
         );
+        print_sources(&report.sources, |_| None);
         for f in &report.files {
             println!("{}", f.path.display());
         }
     }
     Ok(Fetched { root: report.root, format: tickets[0].format(), paid: false })
+}
+
+/// "provider a" or "providers a, b".
+fn providers(names: impl Iterator<Item = String>) -> String {
+    let names: Vec<String> = names.collect();
+    match names.len() {
+        1 => format!("provider {}", names[0]),
+        _ => format!("providers {}", names.join(", ")),
+    }
+}
+
+/// A multi-source fetch's part of each provider, on stderr (`paid`: what its deal signed).
+fn print_sources(sources: &[bdc_fetcher::SourceReport], paid: impl Fn(&iroh::EndpointId) -> Option<String>) {
+    for s in sources {
+        let signed = paid(&s.provider).map(|p| format!(", signed {p}")).unwrap_or_default();
+        match &s.dropped {
+            None => eprintln!("  {}: {} in {} pieces{signed}", s.provider.fmt_short(), human(s.bytes), s.pieces),
+            Some(why) => eprintln!(
+                "  {}: {} in {} pieces{signed}, dropped: {why}",
+                s.provider.fmt_short(),
+                human(s.bytes),
+                s.pieces
+            ),
+        }
+    }
 }
 
 /// The fetcher `to` wants: its own store, or the one it lends.
@@ -227,7 +258,7 @@ async fn run_from_market(src: SourceArgs, to: Target, root: B256, dir: &Path, qu
     let market = src.market.clone().context("a dataset root needs --market URL (or BDC_MARKET) to find a provider")?;
     let chain = src.chain.connect_readonly()?;
     let d = chain.deployment();
-    let offers = super::pick::offers(&market, root, &src.matching, 5, d).await?;
+    let offers = super::pick::offers(&market, root, &src.matching, 5.max(usize::from(src.sources)), d).await?;
     let n = offers.len();
     let (mut seen, mut seen_nodes) = (std::collections::HashSet::new(), std::collections::HashSet::new());
     let offers = offers
@@ -294,17 +325,25 @@ async fn run_paid(
     pay.deposit = a.deposit;
     pay.deal_duration = a.deal_duration.0;
     let wallet = bdc_fetcher::Wallet { chain, signer };
+    // --sources N: N providers at a time, the next N when all of them failed
+    let groups: Vec<Vec<_>> = offers.chunks(usize::from(a.sources)).map(<[_]>::to_vec).collect();
     let res = super::pick::first_that_serves(
-        &offers,
+        &groups,
         "offer",
-        |(o, picked)| (format!("provider {:#x}", alloy::primitives::Address::from(o.provider)), picked.clone()),
+        |g| {
+            let who = providers(g.iter().map(|(o, _)| format!("{:#x}", alloy::primitives::Address::from(o.provider))));
+            let picked: Vec<String> = g.iter().filter_map(|(_, p)| p.clone()).collect();
+            (who, (!picked.is_empty()).then(|| picked.join("\n")))
+        },
         bdc_fetcher::FetchError::another_provider_may_serve,
         bdc_fetcher::FetchError::BadRequest(bdc_fetcher::BadRequest::NoProvider),
-        |(offer, _)| {
+        |group| {
             let (fetcher, wallet, opts, pay, out) = (&fetcher, &wallet, &to.opts, &pay, &to.out);
+            let offers: Vec<_> = group.into_iter().map(|(o, _)| o).collect();
             async move {
                 let pb = bytes_bar(0, "buying", quiet);
-                let buy = async |f: &Fetcher| f.fetch_paid(&offer, wallet, out, opts, pay, |ev| show(&pb, ev)).await;
+                let buy =
+                    async |f: &Fetcher| f.fetch_paid_from(&offers, wallet, out, opts, pay, |ev| show(&pb, ev)).await;
                 let res = match opts.export {
                     Export::Move => fetcher.staged(root, buy).await,
                     _ => buy(fetcher).await,
@@ -341,6 +380,12 @@ async fn run_paid(
             super::chain::format_bdc(alloy::primitives::U256::from(r.paid)),
             r.fetch.fetched_bytes
         );
+        let signed = |node: &iroh::EndpointId| {
+            let offer = offers.iter().find(|(o, _)| parse_ticket(&o.ticket).is_ok_and(|t| t.addr().id == *node))?;
+            let deal = r.deals.iter().find(|d| d.provider == alloy::primitives::Address::from(offer.0.provider))?;
+            Some(super::chain::format_bdc(alloy::primitives::U256::from(deal.paid)))
+        };
+        print_sources(&r.fetch.sources, signed);
         for f in &r.fetch.files {
             println!("{}", f.path.display());
         }
@@ -357,6 +402,9 @@ fn show(pb: &indicatif::ProgressBar, ev: FetchEvent) {
             pb.reset_eta();
         }
         FetchEvent::Progress { done, .. } => pb.set_position(done),
+        FetchEvent::Dropped { provider, reason } => {
+            pb.suspend(|| eprintln!("warning: dropped source {}: {reason}", provider.fmt_short()))
+        }
         FetchEvent::Connected { .. } | FetchEvent::Exported(_) => {}
     }
 }

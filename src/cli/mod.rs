@@ -155,6 +155,7 @@ pub(crate) fn fetcher_config(
         data_dir: dir.to_path_buf(),
         net: bdc_core::net::NetConfig { bind, relays: false },
         connect_timeout: timeout.0.max(std::time::Duration::from_secs(1)),
+        stall_timeout: timeout.0.max(std::time::Duration::from_secs(1)),
     }
 }
 

@@ -6,5 +6,6 @@ mod common;
 mod compute;
 mod disputes;
 mod market;
+mod multi;
 mod paid;
 mod transfer;

@@ -109,6 +109,8 @@ pub enum TransferError {
     Decode(#[source] Box<DecodeError>),
     #[error("the provider ended the transfer early")]
     EndedEarly,
+    #[error("no byte verified for {secs}s: the provider stalled")]
+    Stalled { secs: u64 },
 }
 
 /// A request that is wrong before any provider is asked.

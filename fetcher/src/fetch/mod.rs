@@ -37,11 +37,14 @@ use serde::Serialize;
 use crate::export::{ExportError, ExportedFile};
 
 mod error;
+mod multi;
 mod select;
 mod stores;
 
 use error::classify;
 pub use error::{BadRequest, FetchError, TransferError};
+pub(crate) use multi::Peer;
+pub use multi::{PIECE_BYTES, SourceReport};
 pub use select::Select;
 use select::Selection;
 
@@ -52,16 +55,29 @@ pub struct FetcherConfig {
     pub net: NetConfig,
     /// How long to wait for a provider to answer a connection attempt.
     pub connect_timeout: Duration,
+    /// A source of a multi-source fetch that verifies no byte of a piece for this long is
+    /// dropped, and its piece goes to the others.
+    pub stall_timeout: Duration,
 }
 
 impl FetcherConfig {
     pub fn new(data_dir: PathBuf) -> Self {
-        Self { data_dir, net: NetConfig::default(), connect_timeout: Duration::from_secs(10) }
+        Self {
+            data_dir,
+            net: NetConfig::default(),
+            connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(20),
+        }
     }
 
     /// Loopback, port 0, short timeout: what tests use.
     pub fn test(data_dir: PathBuf) -> Self {
-        Self { data_dir, net: NetConfig::test(), connect_timeout: Duration::from_secs(3) }
+        Self {
+            data_dir,
+            net: NetConfig::test(),
+            connect_timeout: Duration::from_secs(3),
+            stall_timeout: Duration::from_secs(3),
+        }
     }
 }
 
@@ -95,6 +111,12 @@ pub enum FetchEvent {
     Connected {
         provider: EndpointId,
     },
+    /// A source of a multi-source fetch was dropped (unreachable, refused, stalled, lied);
+    /// the others take its pieces.
+    Dropped {
+        provider: EndpointId,
+        reason: String,
+    },
     /// Sizes are known: `total` payload bytes, of which `local` are already in the store.
     Plan {
         total: u64,
@@ -121,6 +143,9 @@ pub struct FetchReport {
     pub fetched_bytes: u64,
     pub files: Vec<ExportedFile>,
     pub elapsed_ms: u64,
+    /// Each provider's part, for a fetch from several at once (empty for one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceReport>,
 }
 
 /// A fetcher: its own store and endpoint.
@@ -193,7 +218,7 @@ impl Fetcher {
     ) -> Result<FetchReport, FetchError> {
         let mut attempt = 0;
         loop {
-            match self.run(ticket, out, opts, None, &mut on).await {
+            match self.run(ticket, out, opts, None, Vec::new(), &mut on).await {
                 Err(e @ FetchError::ProviderAborted { .. }) if attempt < ABORT_RETRIES => {
                     attempt += 1;
                     tracing::info!(attempt, "{e}: resuming");
@@ -210,13 +235,15 @@ impl Fetcher {
     }
 
     /// The fetch, free (`paid == None`, `/iroh-bytes/4`) or paid (`bdc/paid/1`, receipts sent as
-    /// bytes verify).
+    /// bytes verify); with `more` peers, from all of them at once once `ticket`'s provider
+    /// answered the probe.
     pub(crate) async fn run(
         &self,
         ticket: &BlobTicket,
         out: &Path,
         opts: &FetchOptions,
         mut paid: Option<&mut crate::paid::PaidSession>,
+        more: Vec<Peer<'_>>,
         mut on: impl FnMut(FetchEvent),
     ) -> Result<FetchReport, FetchError> {
         let start = Instant::now();
@@ -327,6 +354,21 @@ impl Fetcher {
         let (total, local_now) = self.wanted_state(&files, sel.as_ref()).await?;
         on(FetchEvent::Plan { total, local: local_now });
 
+        let mut sources = Vec::new();
+        if let Some(conn) = conn.take_if(|_| !more.is_empty()) {
+            let want = match &sel {
+                None => remote.local(content).await,
+                Some(s) => remote.local_for_request(s.request.clone()).await,
+            };
+            let missing = want.map_err(FetchError::store)?.missing();
+            let first = (conn, paid.take(), fetched);
+            let (n, reports) = self.multi(ticket, missing, first, more, (local_now, total), &mut on).await?;
+            fetched += n;
+            sources = reports;
+            if !self.holds(ticket, opts).await? {
+                return Err(FetchError::Transfer { provider, source: TransferError::EndedEarly });
+            }
+        }
         if let Some(conn) = conn {
             let get = match &sel {
                 None => remote.fetch(conn.clone(), content),
@@ -386,6 +428,7 @@ impl Fetcher {
             fetched_bytes: fetched,
             files: exported,
             elapsed_ms: start.elapsed().as_millis() as u64,
+            sources,
         })
     }
 

@@ -39,7 +39,7 @@ use bdc_contracts::{
 };
 use bdc_core::{
     paid::{Hello, Offer, PAID_PROTOCOL_VERSION, PaidMessage, SignedReceipt, amount_for, codes},
-    ticket::parse_ticket,
+    ticket::{BlobTicket, parse_ticket},
 };
 use iroh::endpoint::{Connection, ConnectionError, SendStream};
 use serde::Serialize;
@@ -124,10 +124,23 @@ pub struct Wallet {
 pub struct PaidReport {
     #[serde(flatten)]
     pub fetch: FetchReport,
+    /// The deal with the first provider.
     pub deal: Option<B256>,
-    /// Cumulative amount signed for the deal (token base units).
+    /// Cumulative amount signed, over every deal of this fetch (token base units).
     pub paid: u128,
     pub price_per_byte: u128,
+    /// Each provider's deal and what was signed on it, for a fetch from several at once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deals: Vec<SourceDeal>,
+}
+
+/// One provider's deal in a multi-source paid fetch.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceDeal {
+    pub provider: Address,
+    pub deal: B256,
+    /// Cumulative amount signed on this deal.
+    pub paid: u128,
 }
 
 /// How often a buyer asks again when the provider does not know its deal yet (its chain node
@@ -148,6 +161,32 @@ fn deal_refused_for_good(code: u64) -> bool {
     .any(|c| *c as u64 == code)
 }
 
+/// The buyer's limits against an offer; the arbiter a new deal with it names.
+fn check_offer(offer: &Offer, pay: &PaidOptions) -> Result<Address, FetchError> {
+    if let Some(max) = pay.max_price_per_byte
+        && offer.price_per_byte > max
+    {
+        return Err(PaidError::PriceTooHigh { offered: offer.price_per_byte, max }.into());
+    }
+    if pay.deposit.is_none() && offer.full_price() > pay.max_deposit {
+        return Err(PaidError::DepositTooHigh { needed: offer.full_price(), max: pay.max_deposit }.into());
+    }
+    let arbiter = choose_arbiter(&pay.arbiters, &offer.arbiters)?;
+    if pay.deal_duration.as_secs() <= offer.expiry_margin {
+        return Err(
+            PaidError::DealTooShort { duration: pay.deal_duration.as_secs(), margin: offer.expiry_margin }.into()
+        );
+    }
+    if pay.receipt_every + bdc_core::protocol::CHUNK_GROUP_BYTES > offer.window {
+        return Err(PaidError::WindowTooSmall { every: pay.receipt_every, window: offer.window }.into());
+    }
+    Ok(arbiter)
+}
+
+/// A deal to buy with: an open one of the book, or a new one; with the bytes it paid for,
+/// whether it was reused, and the connection dialled before opening it.
+type DealChoice = (Deal, u64, bool, Option<(Connection, std::time::Instant)>);
+
 impl Fetcher {
     /// Buys and fetches the dataset of `offer`.
     pub async fn fetch_paid(
@@ -159,47 +198,44 @@ impl Fetcher {
         pay: &PaidOptions,
         on: impl FnMut(FetchEvent),
     ) -> Result<PaidReport, FetchError> {
-        let (chain, signer) = (&wallet.chain, &wallet.signer);
+        self.fetch_paid_from(std::slice::from_ref(offer), wallet, out, opts, pay, on).await
+    }
+
+    /// Buys and fetches one dataset from the providers of `offers` at once: a deal with each
+    /// (opened or reused), each paid by receipts for exactly the verified bytes it delivered,
+    /// so every provider's window holds on its own. The first offer's provider gives the sizes
+    /// and names; another whose offer this buyer refuses, or that cannot serve, is dropped
+    /// (said by [`FetchEvent::Dropped`]) and the others take its pieces. No piece is fetched
+    /// twice unless its first provider failed it (no endgame: a duplicate would cost money).
+    pub async fn fetch_paid_from(
+        &self,
+        offers: &[Offer],
+        wallet: &Wallet,
+        out: &Path,
+        opts: &FetchOptions,
+        pay: &PaidOptions,
+        on: impl FnMut(FetchEvent),
+    ) -> Result<PaidReport, FetchError> {
+        let chain = &wallet.chain;
+        let Some((offer, rest)) = offers.split_first() else {
+            return Err(crate::fetch::BadRequest::NoProvider.into());
+        };
         let ticket = parse_ticket(&offer.ticket).map_err(PaidError::Offer)?;
         opts.select.check_format(ticket.format())?;
-        let d = chain.deployment();
-        let escrow = Address::from(offer.escrow);
-        if offer.chain_id != d.chain_id || escrow != d.escrow {
-            return Err(PaidError::WrongChain {
-                offer_chain: offer.chain_id,
-                offer_escrow: escrow,
-                chain: d.chain_id,
-                escrow: d.escrow,
-            }
-            .into());
-        }
+        check_chain(offer, wallet)?;
         // a receipt this buyer signed and its provider never confirmed (a run that lost its
         // connection after its final receipt, or was killed) is owed: deliver it first, also
         // when nothing is left to fetch, the fetch runs in another store (`--move`, a mirror),
         // or this offer is refused below
         self.settle(&ticket, offer, wallet, pay).await;
-        if let Some(max) = pay.max_price_per_byte
-            && offer.price_per_byte > max
-        {
-            return Err(PaidError::PriceTooHigh { offered: offer.price_per_byte, max }.into());
-        }
-        if pay.deposit.is_none() && offer.full_price() > pay.max_deposit {
-            return Err(PaidError::DepositTooHigh { needed: offer.full_price(), max: pay.max_deposit }.into());
-        }
-        let arbiter = choose_arbiter(&pay.arbiters, &offer.arbiters)?;
-        if pay.deal_duration.as_secs() <= offer.expiry_margin {
-            return Err(
-                PaidError::DealTooShort { duration: pay.deal_duration.as_secs(), margin: offer.expiry_margin }.into()
-            );
-        }
-        if pay.receipt_every + bdc_core::protocol::CHUNK_GROUP_BYTES > offer.window {
-            return Err(PaidError::WindowTooSmall { every: pay.receipt_every, window: offer.window }.into());
-        }
-        if self.holds(&ticket, opts).await? {
-            let fetch = self.run(&ticket, out, opts, None, on).await?;
-            return Ok(PaidReport { fetch, deal: None, paid: 0, price_per_byte: offer.price_per_byte });
-        }
+        let arbiter = check_offer(offer, pay)?;
         let mut on = on;
+        let extras = self.extras(&ticket, rest, wallet, pay, &mut on).await?;
+        if self.holds(&ticket, opts).await? {
+            let fetch = self.run(&ticket, out, opts, None, Vec::new(), on).await?;
+            let price_per_byte = offer.price_per_byte;
+            return Ok(PaidReport { fetch, deal: None, paid: 0, price_per_byte, deals: Vec::new() });
+        }
         let mut retried = false;
         let mut aborts = 0;
         let mut unknown = 0;
@@ -207,75 +243,11 @@ impl Fetcher {
         loop {
             let book = Arc::new(Mutex::new(DealBook::load(self.data_dir())?));
             let root = ticket.hash();
-            let node = B256::from(*ticket.addr().id.as_bytes());
             let now = chain.chain_time().await.map_err(PaidError::from)?;
-            // reuse an open deal for this dataset and provider, if it has time and money left
             // a deal the provider did not know yet is asked again as it is
-            let mut reuse = carry.take();
-            let candidates: Vec<BuyerDeal> = if reuse.is_some() {
-                Vec::new()
-            } else {
-                book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).cloned().collect()
-            };
-            for cand in candidates {
-                let Ok(t) = cand.terms() else { continue };
-                if cand.spent
-                    // a deal opened before the buyer lowered its ceiling is not reused above it
-                    || pay.max_price_per_byte.is_some_and(|max| t.pricePerByte > max)
-                    || t.providerNodeId != node
-                    // a job deal (paid per job: no price per byte, no window) buys no bytes
-                    || t.pricePerByte == 0
-                    || t.window == 0
-                    || t.provider != Address::from(offer.provider)
-                    // a deal of another key (the buyer changed wallets) is not this one's to use
-                    || t.buyer != signer.address()
-                    || t.expiry <= now + offer.expiry_margin + 120
-                    || !offer.arbiters.contains(&t.arbiter.into_array())
-                    || !pay.arbiters.contains(&t.arbiter)
-                {
-                    continue;
-                }
-                let st = chain.deal_state(cand.id).await.map_err(PaidError::from)?;
-                if st.exists && !st.refunded && !st.disputed && cand.paid < t.maxAmount.to::<u128>() {
-                    reuse = Some((Deal { id: cand.id, terms: t }, cand.verified));
-                    break;
-                }
-            }
-            let reused = reuse.is_some();
-            let mut dialled = None;
-            let (deal, base) = match reuse {
-                Some(x) => x,
-                None => {
-                    // no escrow for a provider that cannot be reached: dial it first (the
-                    // session sends its Hello on this connection if it is still fresh)
-                    dialled =
-                        Some((self.connect(&ticket, bdc_core::protocol::PAID_ALPN).await?, std::time::Instant::now()));
-                    let max_amount = pay.deposit.unwrap_or_else(|| offer.full_price()).max(1);
-                    let req = OpenDeal {
-                        provider: Address::from(offer.provider),
-                        provider_node_id: node,
-                        dataset_root: B256::from(*root.as_bytes()),
-                        price_per_byte: offer.price_per_byte,
-                        max_amount: U256::from(max_amount),
-                        window: offer.window,
-                        expiry: now + pay.deal_duration.as_secs(),
-                        arbiter,
-                    };
-                    let deal = chain.open_deal(signer.address(), &req).await.map_err(PaidError::from)?;
-                    tracing::info!(deal = %deal.id, max_amount, "deal opened");
-                    let mut b = book.lock().expect("book lock");
-                    b.upsert(BuyerDeal {
-                        id: deal.id,
-                        terms: hex::encode(deal.terms.abi_encode()),
-                        root,
-                        verified: 0,
-                        paid: 0,
-                        spent: false,
-                        confirmed: 0,
-                    });
-                    b.save()?;
-                    (deal, 0)
-                }
+            let (deal, base, reused, dialled) = match carry.take() {
+                Some((deal, base)) => (deal, base, true, None),
+                None => self.deal_for(&ticket, offer, arbiter, wallet, pay, &book, now).await?,
             };
             // what this buyer paid for the dataset over all its deals, against what the store
             // still holds of it (a kill -9 can leave either more or less)
@@ -293,10 +265,47 @@ impl Fetcher {
             if resume.skip > 0 {
                 tracing::info!(deal = %deal.id, paid_for_root, held, ?resume, "resuming: the store holds a different amount than was paid for");
             }
+            // the other providers' deals: each pays for what it delivers, from its book count
+            let mut others = Vec::new();
+            for (t, o, arbiter) in &extras {
+                match self.deal_for(t, o, *arbiter, wallet, pay, &book, now).await {
+                    Ok((d, base, _, dialled)) => {
+                        let resume = Resume { base, skip: 0 };
+                        let s = PaidSession::new(self, wallet, pay, d.clone(), resume, book.clone(), dialled);
+                        others.push((t.clone(), Address::from(o.provider), d, s));
+                    }
+                    Err(e) if e.another_provider_may_serve() => {
+                        on(FetchEvent::Dropped { provider: t.addr().id, reason: e.to_string() })
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             let mut session = PaidSession::new(self, wallet, pay, deal.clone(), resume, book.clone(), dialled);
             let signed = session.signed.clone();
-            let fetch = self.run(&ticket, out, opts, Some(&mut session), &mut on).await;
+            let more =
+                others.iter_mut().map(|(t, _, _, s)| crate::fetch::Peer { ticket: t.clone(), paid: Some(s) }).collect();
+            let fetch = self.run(&ticket, out, opts, Some(&mut session), more, &mut on).await;
             let paid = *signed.lock().expect("signed lock");
+            // what each other provider's deal signed; a deal one refused for good is not reused
+            let mut deals = Vec::new();
+            for (t, provider, d, s) in &others {
+                let report = fetch.as_ref().ok().and_then(|f| f.sources.iter().find(|r| r.provider == t.addr().id));
+                if let Some(code) = report.and_then(|r| r.closed)
+                    && deal_refused_for_good(code)
+                {
+                    mark_spent(&book, d.id)?;
+                }
+                deals.push(SourceDeal {
+                    provider: *provider,
+                    deal: d.id,
+                    paid: *s.signed.lock().expect("signed lock"),
+                });
+            }
+            let paid_all = paid + deals.iter().map(|d| d.paid).sum::<u128>();
+            if !deals.is_empty() {
+                deals.insert(0, SourceDeal { provider: Address::from(offer.provider), deal: deal.id, paid });
+            }
+            drop(others);
             // the provider's store was busy (or its copy is bad): resume on the same deal
             if let Err(e @ FetchError::ProviderAborted { .. }) = &fetch
                 && aborts < crate::fetch::ABORT_RETRIES
@@ -325,19 +334,14 @@ impl Fetcher {
             if let Err(FetchError::ProviderClosed { code, .. }) = &fetch
                 && deal_refused_for_good(*code)
             {
-                let mut b = book.lock().expect("book lock");
-                if let Some(d) = b.deals.iter_mut().find(|d| d.id == deal.id) {
-                    d.spent = true;
-                }
-                b.save()?;
+                mark_spent(&book, deal.id)?;
                 if reused && !retried && *code == codes::WINDOW_SPENT as u64 {
                     tracing::info!(deal = %deal.id, "the provider says this deal's window is spent: opening a new deal");
                     retried = true;
                     continue;
                 }
             }
-            let ppb: u128 = deal.terms.pricePerByte;
-            if let Some(bytes) = paid.checked_div(ppb) {
+            if let Some(bytes) = paid_all.checked_div(deal.terms.pricePerByte) {
                 self.metrics().paid_bytes.inc_by(u64::try_from(bytes).unwrap_or(u64::MAX));
             }
             if fetch.is_err() {
@@ -346,9 +350,138 @@ impl Fetcher {
             return Ok(PaidReport {
                 fetch: fetch?,
                 deal: Some(deal.id),
-                paid,
+                paid: paid_all,
                 price_per_byte: deal.terms.pricePerByte,
+                deals,
             });
         }
     }
+
+    /// The offers after the first that a multi-source fetch can use: of the same dataset,
+    /// one per provider node, on this chain, within the buyer's limits (the others are said
+    /// by [`FetchEvent::Dropped`]); each with the arbiter a new deal names.
+    async fn extras(
+        &self,
+        ticket: &BlobTicket,
+        rest: &[Offer],
+        wallet: &Wallet,
+        pay: &PaidOptions,
+        on: &mut impl FnMut(FetchEvent),
+    ) -> Result<Vec<(BlobTicket, Offer, Address)>, FetchError> {
+        let mut out: Vec<(BlobTicket, Offer, Address)> = Vec::new();
+        for o in rest {
+            let t = parse_ticket(&o.ticket).map_err(PaidError::Offer)?;
+            if t.hash() != ticket.hash() {
+                return Err(crate::fetch::BadRequest::DifferentDatasets(ticket.hash(), t.hash()).into());
+            }
+            if t.format() != ticket.format() {
+                return Err(crate::fetch::BadRequest::DifferentFormats(t.hash()).into());
+            }
+            let id = t.addr().id;
+            if id == ticket.addr().id || out.iter().any(|(x, _, _)| x.addr().id == id) {
+                continue;
+            }
+            check_chain(o, wallet)?;
+            self.settle(&t, o, wallet, pay).await;
+            match check_offer(o, pay) {
+                Ok(arbiter) => out.push((t, o.clone(), arbiter)),
+                Err(e) => on(FetchEvent::Dropped { provider: id, reason: e.to_string() }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// An open deal of the book for this dataset and provider with time and money left, or a
+    /// new one (dialling the provider first: no escrow for a provider that cannot be reached).
+    #[allow(clippy::too_many_arguments)]
+    async fn deal_for(
+        &self,
+        ticket: &BlobTicket,
+        offer: &Offer,
+        arbiter: Address,
+        wallet: &Wallet,
+        pay: &PaidOptions,
+        book: &Mutex<DealBook>,
+        now: u64,
+    ) -> Result<DealChoice, FetchError> {
+        let (chain, signer) = (&wallet.chain, &wallet.signer);
+        let root = ticket.hash();
+        let node = B256::from(*ticket.addr().id.as_bytes());
+        let candidates: Vec<BuyerDeal> =
+            book.lock().expect("book lock").deals.iter().filter(|x| x.root == root).cloned().collect();
+        for cand in candidates {
+            let Ok(t) = cand.terms() else { continue };
+            if cand.spent
+                // a deal opened before the buyer lowered its ceiling is not reused above it
+                || pay.max_price_per_byte.is_some_and(|max| t.pricePerByte > max)
+                || t.providerNodeId != node
+                // a job deal (paid per job: no price per byte, no window) buys no bytes
+                || t.pricePerByte == 0
+                || t.window == 0
+                || t.provider != Address::from(offer.provider)
+                // a deal of another key (the buyer changed wallets) is not this one's to use
+                || t.buyer != signer.address()
+                || t.expiry <= now + offer.expiry_margin + 120
+                || !offer.arbiters.contains(&t.arbiter.into_array())
+                || !pay.arbiters.contains(&t.arbiter)
+            {
+                continue;
+            }
+            let st = chain.deal_state(cand.id).await.map_err(PaidError::from)?;
+            if st.exists && !st.refunded && !st.disputed && cand.paid < t.maxAmount.to::<u128>() {
+                return Ok((Deal { id: cand.id, terms: t }, cand.verified, true, None));
+            }
+        }
+        let dialled = (self.connect(ticket, bdc_core::protocol::PAID_ALPN).await?, std::time::Instant::now());
+        let max_amount = pay.deposit.unwrap_or_else(|| offer.full_price()).max(1);
+        let req = OpenDeal {
+            provider: Address::from(offer.provider),
+            provider_node_id: node,
+            dataset_root: B256::from(*root.as_bytes()),
+            price_per_byte: offer.price_per_byte,
+            max_amount: U256::from(max_amount),
+            window: offer.window,
+            expiry: now + pay.deal_duration.as_secs(),
+            arbiter,
+        };
+        let deal = chain.open_deal(signer.address(), &req).await.map_err(PaidError::from)?;
+        tracing::info!(deal = %deal.id, max_amount, "deal opened");
+        let mut b = book.lock().expect("book lock");
+        b.upsert(BuyerDeal {
+            id: deal.id,
+            terms: hex::encode(deal.terms.abi_encode()),
+            root,
+            verified: 0,
+            paid: 0,
+            spent: false,
+            confirmed: 0,
+        });
+        b.save()?;
+        Ok((deal, 0, false, Some(dialled)))
+    }
+}
+
+/// The offer is for the escrow of this buyer's chain.
+fn check_chain(offer: &Offer, wallet: &Wallet) -> Result<(), FetchError> {
+    let d = wallet.chain.deployment();
+    let escrow = Address::from(offer.escrow);
+    if offer.chain_id != d.chain_id || escrow != d.escrow {
+        return Err(PaidError::WrongChain {
+            offer_chain: offer.chain_id,
+            offer_escrow: escrow,
+            chain: d.chain_id,
+            escrow: d.escrow,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Records that the provider will not serve `id` again.
+fn mark_spent(book: &Mutex<DealBook>, id: B256) -> Result<(), FetchError> {
+    let mut b = book.lock().expect("book lock");
+    if let Some(d) = b.deals.iter_mut().find(|d| d.id == id) {
+        d.spent = true;
+    }
+    Ok(b.save()?)
 }

@@ -28,6 +28,7 @@ use crate::common::{random_file, wait_redeemed};
 mod expiry;
 mod flows;
 mod mirror;
+mod multi;
 mod partial;
 mod terms;
 
