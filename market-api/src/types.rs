@@ -39,6 +39,10 @@ pub struct ListingBody {
     /// word: what a buyer sizes its deposit by (the market's own figures are not signed).
     #[serde(default)]
     pub size: u64,
+    /// The provider copied the dataset from another provider (`bdc provider mirror`); the
+    /// bytes verify against the root either way.
+    #[serde(default)]
+    pub mirror: bool,
     /// The node's direct socket addresses.
     pub addrs: Vec<String>,
     pub region: String,
@@ -200,6 +204,9 @@ pub struct DatasetOffer {
     pub expires_at: u64,
     #[schema(value_type = Vec<String>)]
     pub arbiters: Vec<Address>,
+    /// The provider's listing says it mirrors the dataset (copied it from another provider).
+    #[serde(default)]
+    pub mirror: bool,
 }
 
 /// A dataset on a given day of its sales: deals opened, and what they redeemed so far.
@@ -485,6 +492,7 @@ impl ListingBody {
             pricePerByte: alloy::primitives::U256::from(self.price_per_byte.0),
             window: self.window,
             size: self.size,
+            mirror: self.mirror,
             addrs: self.addrs.join(","),
             region: self.region.clone(),
             capacityMiBps: self.capacity_mibps,
@@ -550,7 +558,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_signed_size_cannot_be_changed_by_whoever_relays_the_listing() {
+    fn the_signed_size_and_mirror_flag_cannot_be_changed_by_whoever_relays_the_listing() {
         let key = PrivateKeySigner::random();
         let domain = bdc_contracts::listing::market_domain(31337, Address::repeat_byte(9));
         let body = ListingBody {
@@ -560,6 +568,7 @@ mod tests {
             price_per_byte: Amount(1_000),
             window: 4 << 20,
             size: 3 << 20,
+            mirror: true,
             addrs: vec!["127.0.0.1:4433".into()],
             region: "eu".into(),
             capacity_mibps: 100,
@@ -567,10 +576,15 @@ mod tests {
             issued_at: 1,
             expires_at: 2,
         };
-        let mut signed = SignedListing::sign(&key, &domain, body, String::new()).unwrap();
+        let signed = SignedListing::sign(&key, &domain, body, String::new()).unwrap();
         assert_eq!(signed.signer(&domain).unwrap(), key.address());
         // a market that inflates the size (so buyers escrow more) no longer has the provider's word
-        signed.listing.size = 3 << 30;
-        assert_ne!(signed.signer(&domain).unwrap(), key.address());
+        let mut inflated = signed.clone();
+        inflated.listing.size = 3 << 30;
+        assert_ne!(inflated.signer(&domain).unwrap(), key.address());
+        // nor one that passes a mirror off as the origin
+        let mut unmirrored = signed;
+        unmirrored.listing.mirror = false;
+        assert_ne!(unmirrored.signer(&domain).unwrap(), key.address());
     }
 }

@@ -90,6 +90,7 @@ impl Provider {
                 price_per_byte: paid.cfg.price_per_byte.into(),
                 window: paid.cfg.window,
                 size: self.offer(rec.root).map(|o| o.size).unwrap_or(0),
+                mirror: rec.mirror,
                 addrs: addrs.clone(),
                 region: a.region.clone(),
                 capacity_mibps: a.capacity_mibps,

@@ -25,6 +25,9 @@ pub struct DatasetRecord {
     pub files: usize,
     /// Unix seconds.
     pub published_at: u64,
+    /// Copied from another provider (`bdc provider mirror`), not published here.
+    #[serde(default)]
+    pub mirror: bool,
 }
 
 mod format_serde {

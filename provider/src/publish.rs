@@ -192,6 +192,7 @@ pub async fn publish(
         size: total,
         files: inputs.len(),
         published_at: unix_now(),
+        mirror: false,
     };
     store.catalog.upsert(rec.clone())?;
     tracing::info!(root = %root, files = rec.files, bytes = total, "published");

@@ -94,8 +94,9 @@ impl ProviderStore {
         Ok(bdc_core::keys::load_or_create(&self.dir.join("node.key"))?)
     }
 
-    /// Records a dataset whose blobs are already in the store (e.g. data fetched from a peer that
-    /// this node now mirrors) in the catalog. The root must be complete in the store.
+    /// Records a dataset whose blobs are already in the store (data fetched from a peer that this
+    /// node now mirrors) in the catalog, marked as a mirror (its market listings say so). The
+    /// root must be complete in the store.
     pub async fn register(
         &mut self,
         root: bdc_core::Hash,
@@ -146,6 +147,7 @@ impl ProviderStore {
             size,
             files,
             published_at: crate::publish::unix_now(),
+            mirror: true,
         };
         self.catalog.upsert(rec.clone())?;
         Ok(rec)

@@ -171,6 +171,7 @@ mod tests {
             price_per_byte: Amount(1_000),
             window: 4 << 20,
             size,
+            mirror: false,
             addrs: vec!["127.0.0.1:4433".into()],
             region: "eu".into(),
             capacity_mibps: 100,

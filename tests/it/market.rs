@@ -58,6 +58,7 @@ async fn a_selling_provider_announces_signed_listings_to_the_market() {
     // the vendor registers the root with the manifest's hash
     let listings = provider.listings(&ann).await.unwrap();
     assert_eq!(listings.len(), 1);
+    assert!(!listings[0].listing.mirror, "published here, not mirrored");
     let manifest_hash = B256::from(*blake3::hash(listings[0].manifest.as_bytes()).as_bytes());
     // what `bdc dataset register` reads from the store by default
     let stored = provider.store().manifest_hash(rec.root).await.unwrap().expect("a collection has a manifest");

@@ -14,7 +14,8 @@ use alloy::{
 
 sol! {
     /// A provider's offer of one dataset. `size` is every byte of the dataset the provider
-    /// sells (all its blobs: what a buyer's deposit is sized by); `addrs` are the node's direct
+    /// sells (all its blobs: what a buyer's deposit is sized by); `mirror` says the provider
+    /// copied the dataset from another provider (`bdc provider mirror`); `addrs` are the node's direct
     /// socket addresses, comma separated; `arbiters` the arbiters the provider accepts on a
     /// deal; `issuedAt`/`expiresAt` are unix seconds.
     #[derive(Debug, PartialEq, Eq)]
@@ -25,6 +26,7 @@ sol! {
         uint256 pricePerByte;
         uint64 window;
         uint64 size;
+        bool mirror;
         string addrs;
         string region;
         uint64 capacityMiBps;

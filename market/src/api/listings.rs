@@ -135,14 +135,14 @@ pub(super) async fn post_listing(
     };
     sqlx::query(
         "INSERT INTO listings (provider, root, node_id, addrs, region, price_per_byte, price_gib, window_bytes, \
-         capacity_mibps, issued_at, expires_at, signature, arbiters, size_bytes) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         capacity_mibps, issued_at, expires_at, signature, arbiters, size_bytes, mirror) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT (provider, root) DO UPDATE SET node_id = excluded.node_id, addrs = excluded.addrs, \
          arbiters = excluded.arbiters, \
          region = excluded.region, price_per_byte = excluded.price_per_byte, price_gib = excluded.price_gib, \
          window_bytes = excluded.window_bytes, capacity_mibps = excluded.capacity_mibps, \
          issued_at = excluded.issued_at, expires_at = excluded.expires_at, signature = excluded.signature, \
-         size_bytes = excluded.size_bytes",
+         size_bytes = excluded.size_bytes, mirror = excluded.mirror",
     )
     .bind(&provider)
     .bind(&root)
@@ -158,6 +158,7 @@ pub(super) async fn post_listing(
     .bind(sl.signature.to_string())
     .bind(arbiters.join(","))
     .bind(l.size as i64)
+    .bind(i64::from(l.mirror))
     .execute(&mut *tx)
     .await?;
     if write_meta {

@@ -104,6 +104,7 @@ struct ListingRow {
     signature: String,
     arbiters: String,
     size_bytes: i64,
+    mirror: i64,
 }
 
 /// Rank current offers with CEL: `require` (bool) and `rank` (named numeric criteria).
@@ -142,7 +143,7 @@ pub(super) async fn post_match(
     if !keys.is_empty() {
         let sql = format!(
             "SELECT provider, root, node_id, addrs, price_per_byte, window_bytes, capacity_mibps, issued_at, \
-             expires_at, signature, arbiters, size_bytes FROM listings WHERE {}",
+             expires_at, signature, arbiters, size_bytes, mirror FROM listings WHERE {}",
             keys.join(" OR ")
         );
         for r in b.apply(sqlx::query_as::<_, ListingRow>(&sql)).fetch_all(&st.db.pool).await? {
@@ -182,6 +183,7 @@ pub(super) async fn post_match(
             price_per_byte: stored_amount(&r.price_per_byte),
             window: r.window_bytes.max(0) as u64,
             size: r.size_bytes.max(0) as u64,
+            mirror: r.mirror != 0,
             addrs: split_list(&r.addrs),
             region: attrs.region.clone(),
             capacity_mibps: r.capacity_mibps.max(0) as u64,

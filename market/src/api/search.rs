@@ -329,6 +329,7 @@ struct OfferRow {
     capacity_mibps: i64,
     expires_at: i64,
     arbiters: String,
+    mirror: i64,
 }
 
 /// A dataset with its files, current offers and sales per day.
@@ -347,7 +348,7 @@ pub async fn dataset(db: &Db, root: &str) -> ApiResult<DatasetDetail> {
     };
     let offers = sqlx::query_as::<_, OfferRow>(
         "SELECT provider, node_id, addrs, region, price_per_byte, price_gib, window_bytes, capacity_mibps, expires_at, \
-         arbiters FROM listings WHERE root = $1 AND expires_at > $2 ORDER BY price_gib",
+         arbiters, mirror FROM listings WHERE root = $1 AND expires_at > $2 ORDER BY price_gib",
     )
     .bind(&key)
     .bind(now() as i64)
@@ -374,6 +375,7 @@ pub async fn dataset(db: &Db, root: &str) -> ApiResult<DatasetDetail> {
             capacity_mibps: r.capacity_mibps.max(0) as u64,
             expires_at: r.expires_at.max(0) as u64,
             arbiters: split_addrs(&r.arbiters),
+            mirror: r.mirror != 0,
         })
     })
     .collect::<Vec<_>>();

@@ -22,7 +22,7 @@ use crate::api::{ApiError, AppState, dataset, deal, provider, search};
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#111}\
 table{border-collapse:collapse;width:100%;margin-bottom:1em}td,th{border-bottom:1px solid #ddd;padding:.35em .6em;\
 text-align:left;vertical-align:top}th{background:#f4f4f4}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}\
-.mono{font-family:ui-monospace,monospace;font-size:.88em;word-break:break-all}.risk{color:#a00}.ty{color:#666}\
+.tag{background:#eef;border-radius:3px;padding:0 .3em;font-size:.8em;font-family:sans-serif}.mono{font-family:ui-monospace,monospace;font-size:.88em;word-break:break-all}.risk{color:#a00}.ty{color:#666}\
 header a{margin-right:1em}dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:.3em 1.2em}dl.facts dt{color:#555}\
 dl.facts dd{margin:0}figure.chart{margin:0 0 1.5em}figure.chart svg{width:100%;max-width:48em;height:auto;border:1px solid #eee}\
 figcaption{color:#555;font-size:.9em}.state{padding:.1em .5em;border-radius:.6em;background:#eef}.empty{color:#777}";
@@ -151,7 +151,10 @@ fn dataset_body(d: &DatasetDetail) -> Markup {
             tr { th { "provider" } th { "region" } th.num { "price" } th.num { "window" } th.num { "capacity" } th { "listed until" } }
             @for o in &d.offers {
                 tr {
-                    td.mono { a href=(format!("/ui/providers/{:#x}", o.provider)) { (format!("{:#x}", o.provider)) } }
+                    td.mono {
+                        a href=(format!("/ui/providers/{:#x}", o.provider)) { (format!("{:#x}", o.provider)) }
+                        @if o.mirror { " " span.tag title="copied from another provider; verified against the root like any copy" { "mirror" } }
+                    }
                     td { (o.region) }
                     td.num { (price(o.price_gib)) }
                     td.num { (bytes(o.window)) }
@@ -312,6 +315,7 @@ mod tests {
                 capacity_mibps: 100,
                 expires_at: 1_796_661_375,
                 arbiters: vec![],
+                mirror: true,
             }],
             sales: vec![SalesDay { day: 1_796_601_600, deals: 3, redeemed: Amount(0) }],
         };
@@ -325,6 +329,7 @@ mod tests {
             assert!(html.contains(human), "{human} in {html}");
         }
         assert!(html.contains("<svg id=\"sales\""), "the sales chart is drawn");
+        assert!(html.contains(">mirror</span>"), "a mirror's offer says so");
     }
 
     #[test]

@@ -55,6 +55,7 @@ fn listing(root: B256, provider: &PrivateKeySigner, price_per_byte: u128, region
         price_per_byte: price_per_byte.into(),
         window: 8 << 20,
         size: 3 << 20,
+        mirror: false,
         addrs: vec!["127.0.0.1:4433".into()],
         region: region.into(),
         capacity_mibps: 200,
@@ -170,7 +171,9 @@ async fn suite(db_url: String) {
     let eth = sign(devnet, &provider, listing(root_eth, &provider, 3_000_000_000, "us", t), &m_eth);
     assert_eq!(env.post("/listings", &serde_json::to_string(&eth).unwrap()).await.0, 201);
     let other = devnet.signer(4);
-    let cheap = sign(devnet, &other, listing(root_btc, &other, 500_000_000, "us", t), &m_btc);
+    // a mirror of the BTC dataset: its listing says so (signed), and so do the market's answers
+    let cheap =
+        sign(devnet, &other, ListingBody { mirror: true, ..listing(root_btc, &other, 500_000_000, "us", t) }, &m_btc);
     assert_eq!(env.post("/listings", &serde_json::to_string(&cheap).unwrap()).await.0, 201);
 
     let (code, res) = env.get("/datasets?q=btc%20trad").await;
@@ -216,6 +219,19 @@ async fn suite(db_url: String) {
     assert_eq!(code, 200);
     assert_eq!(d["offers"].as_array().unwrap().len(), 2);
     assert_eq!(d["offers"][0]["provider"], format!("{:#x}", other.address()), "cheapest first");
+    assert_eq!((&d["offers"][0]["mirror"], &d["offers"][1]["mirror"]), (&json!(true), &json!(false)), "{d}");
+    let (code, m) = env.post("/match", &json!({"root": format!("{root_btc:#x}")}).to_string()).await;
+    assert_eq!(code, 200, "{m}");
+    let mirrored: Vec<&Value> =
+        m["offers"].as_array().unwrap().iter().filter(|o| o["listing"]["mirror"] == true).collect();
+    assert_eq!(mirrored.len(), 1, "{m}");
+    let back = SignedListing {
+        listing: serde_json::from_value(mirrored[0]["listing"].clone()).unwrap(),
+        manifest: String::new(),
+        signature: serde_json::from_value(mirrored[0]["signature"].clone()).unwrap(),
+    };
+    let domain = market_domain(devnet.deployment.chain_id, devnet.deployment.registry);
+    assert_eq!(back.signer(&domain).unwrap(), other.address(), "the flag is the provider's signed word");
     assert_eq!(d["files"][0]["name"], "trades.parquet");
     assert_eq!(d["files"][0]["columns"][1], json!({"name": "vwap", "type": "Float64"}));
 

@@ -47,6 +47,7 @@ async fn a_mirror_buys_a_sold_dataset_and_sells_it_with_the_vendors_royalty() {
     assert_eq!(mirrored["name"], "ticks", "the manifest's name");
     let (size, files, free) = (mirrored["size"].as_u64(), mirrored["files"].as_u64(), mirrored["free"].as_bool());
     assert_eq!((size, files, free), (Some(rec.size), Some(2), Some(false)), "as the origin published it");
+    assert_eq!(mirrored["mirror"], true, "its market listings will say it is a mirror");
     let bought = bdc_fetcher::DealBook::load(&node.join("fetcher")).unwrap();
     assert_eq!(bought.deals.len(), 1, "the mirror paid for its copy");
     assert_eq!(bought.deals[0].paid, offer.size as u128 * PRICE);

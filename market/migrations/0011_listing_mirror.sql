@@ -1,0 +1,3 @@
+-- 1 when the provider's signed listing says it mirrors the dataset (copied it from another
+-- provider); 0 for listings stored before listings said so
+ALTER TABLE listings ADD COLUMN mirror BIGINT NOT NULL DEFAULT 0;
