@@ -214,6 +214,33 @@ impl Fetcher {
         out: &Path,
         opts: &FetchOptions,
         pay: &PaidOptions,
+        mut on: impl FnMut(FetchEvent),
+    ) -> Result<PaidReport, FetchError> {
+        let mut left = offers.to_vec();
+        loop {
+            match self.buy(&left, wallet, out, opts, pay, &mut on).await {
+                // the provider that was to give the sizes and names failed (or its offer is
+                // refused): the next one does, with the others' deals as they are (what
+                // verified stays in the store; a deal opened with it keeps what it paid)
+                Err(e) if left.len() > 1 && e.another_provider_may_serve() && first_failed(&e, &left[0]) => {
+                    let provider = parse_ticket(&left[0].ticket).map_err(PaidError::Offer)?.addr().id;
+                    on(FetchEvent::Dropped { provider, reason: e.to_string() });
+                    left.remove(0);
+                }
+                res => return res,
+            }
+        }
+    }
+
+    /// [`fetch_paid_from`](Self::fetch_paid_from) with `offers[0]`'s provider answering the
+    /// probe.
+    async fn buy(
+        &self,
+        offers: &[Offer],
+        wallet: &Wallet,
+        out: &Path,
+        opts: &FetchOptions,
+        pay: &PaidOptions,
         on: impl FnMut(FetchEvent),
     ) -> Result<PaidReport, FetchError> {
         let chain = &wallet.chain;
@@ -274,10 +301,9 @@ impl Fetcher {
                         let s = PaidSession::new(self, wallet, pay, d.clone(), resume, book.clone(), dialled);
                         others.push((t.clone(), Address::from(o.provider), d, s));
                     }
-                    Err(e) if e.another_provider_may_serve() => {
-                        on(FetchEvent::Dropped { provider: t.addr().id, reason: e.to_string() })
-                    }
-                    Err(e) => return Err(e),
+                    // no deal with it (it cannot be reached, the chain refused the deposit…):
+                    // the others serve without it
+                    Err(e) => on(FetchEvent::Dropped { provider: t.addr().id, reason: e.to_string() }),
                 }
             }
             let mut session = PaidSession::new(self, wallet, pay, deal.clone(), resume, book.clone(), dialled);
@@ -286,13 +312,18 @@ impl Fetcher {
                 others.iter_mut().map(|(t, _, _, s)| crate::fetch::Peer { ticket: t.clone(), paid: Some(s) }).collect();
             let fetch = self.run(&ticket, out, opts, Some(&mut session), more, &mut on).await;
             let paid = *signed.lock().expect("signed lock");
-            // what each other provider's deal signed; a deal one refused for good is not reused
+            // what each other provider's deal signed; a deal a provider refused for good is not
+            // reused (the first provider's too: the download may have ended without it)
+            let refused = |node: iroh::EndpointId| {
+                let report = fetch.as_ref().ok().and_then(|f| f.sources.iter().find(|r| r.provider == node));
+                report.and_then(|r| r.closed).is_some_and(deal_refused_for_good)
+            };
+            if refused(ticket.addr().id) {
+                mark_spent(&book, deal.id)?;
+            }
             let mut deals = Vec::new();
             for (t, provider, d, s) in &others {
-                let report = fetch.as_ref().ok().and_then(|f| f.sources.iter().find(|r| r.provider == t.addr().id));
-                if let Some(code) = report.and_then(|r| r.closed)
-                    && deal_refused_for_good(code)
-                {
+                if refused(t.addr().id) {
                     mark_spent(&book, d.id)?;
                 }
                 deals.push(SourceDeal {
@@ -458,6 +489,16 @@ impl Fetcher {
         });
         b.save()?;
         Ok((deal, 0, false, Some(dialled)))
+    }
+}
+
+/// Whether `e` is the failure of `first`'s provider or offer (the others' failures only drop
+/// them: they never end a multi-source fetch).
+fn first_failed(e: &FetchError, first: &Offer) -> bool {
+    match e.provider() {
+        Some(p) => parse_ticket(&first.ticket).is_ok_and(|t| t.addr().id == p),
+        // an offer check (price, deposit, arbiter, …): only the first's end the fetch
+        None => true,
     }
 }
 

@@ -50,7 +50,19 @@ async fn each_seller_is_paid_for_what_it_delivered_and_a_damaged_or_stalled_one_
     }
     let root = root.unwrap();
     devnet.contracts(VENDOR).register_dataset(B256::from(*root.as_bytes()), 1_000, B256::ZERO, 0).await.unwrap();
-    let offers: Vec<Offer> = sellers.iter().map(|p| p.offer(root).unwrap()).collect();
+    let mut offers: Vec<Offer> = sellers.iter().map(|p| p.offer(root).unwrap()).collect();
+    // first on the list: a seller that is gone (its node no longer answers): the next one
+    // answers the probe, and no deal is opened with the gone one (it is dialled first)
+    let gone = {
+        let ep = bind_endpoint(&NetConfig::test(), iroh::SecretKey::from_bytes(&[5; 32]), vec![]).await.unwrap();
+        let addr = bdc_core::net::dialable_addr(&ep);
+        ep.close().await;
+        let mut o = offers[0].clone();
+        o.ticket = bdc_core::ticket::BlobTicket::new(addr.clone(), root, bdc_core::BlobFormat::HashSeq).to_string();
+        o.provider = devnet.address(9).into_array();
+        (o, addr.id)
+    };
+    offers.insert(0, gone.0);
 
     // a stall is 5 s without a verified byte (a loaded test machine can pause an honest seller
     // for a moment); the stalled seller sends a group every 8 s
@@ -83,10 +95,12 @@ async fn each_seller_is_paid_for_what_it_delivered_and_a_damaged_or_stalled_one_
     // takes 42 s; the others' take a few seconds at most)
     assert!(slow.dropped.is_none() && slow.pieces == 0 && slow.bytes > 0, "{slow:?}");
     assert!(dropped.contains(&node(2)) && dropped.contains(&node(3)), "said as it happened");
+    assert!(dropped.contains(&gone.1), "the gone seller was said too");
 
     // a deal with each seller; each signed exactly what its seller delivered that verified
     assert_eq!(r.deals.len(), 5, "{:?}", r.deals);
     let book = DealBook::load(&dir.join("buyer")).unwrap();
+    assert_eq!(book.deals.len(), 5, "no escrow for the seller that is gone");
     let mut verified_total = 0;
     for (i, who) in SELLERS.into_iter().enumerate() {
         let d = r.deals.iter().find(|d| d.provider == devnet.address(who)).unwrap();

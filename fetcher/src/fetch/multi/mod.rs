@@ -22,25 +22,26 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bdc_core::{BlobFormat, Hash, protocol::FREE_ALPN, ticket::BlobTicket};
+use bdc_core::{Hash, protocol::FREE_ALPN, ticket::BlobTicket};
 use futures_lite::StreamExt;
 use iroh::{EndpointId, endpoint::Connection};
-use iroh_blobs::{
-    api::remote::GetProgressItem,
-    hashseq::HashSeq,
-    protocol::{ChunkRanges, ChunkRangesExt, GetRequest},
-};
+use iroh_blobs::{api::remote::GetProgressItem, protocol::GetRequest};
 use serde::Serialize;
 use tokio::sync::Notify;
 
 use super::{BadRequest, FetchError, FetchEvent, FetchOptions, FetchReport, Fetcher, TransferError, classify};
 use crate::paid::PaidSession;
 
+mod pieces;
 mod schedule;
+use pieces::Piece;
 use schedule::Schedule;
 
 /// Bytes of one piece (a multiple of the 16 KiB chunk group, so pieces never share a group).
 pub const PIECE_BYTES: u64 = 4 << 20;
+
+/// How long the next source of a handed-over piece lets the last source's bytes land.
+const HANDOVER: Duration = Duration::from_millis(500);
 
 /// Pieces in flight per source: the next request is already queued at the provider when one
 /// ends, so a source does not idle for a round trip between pieces.
@@ -117,7 +118,7 @@ impl<'a> Source<'a> {
 struct Shared<'a> {
     fetcher: &'a Fetcher,
     root: Hash,
-    pieces: Vec<GetRequest>,
+    pieces: Vec<Piece>,
     schedule: Mutex<Schedule>,
     /// Woken when a piece is done or released.
     changed: Notify,
@@ -197,7 +198,18 @@ impl Fetcher {
         let (conn, paid, base) = first;
         let mut sources = vec![Source::new(conn.remote_id(), conn, paid, base)];
         let mut reports = Vec::new();
-        for (peer, res) in n0_future::join_all(more.into_iter().map(|p| self.dial(p))).await {
+        // a provider that never lets the Hello through holds up nothing but itself
+        let limit = self.cfg.connect_timeout * 2;
+        let dials = more.into_iter().map(|p| {
+            let id = p.ticket.addr().id;
+            async move {
+                match tokio::time::timeout(limit, self.dial(p)).await {
+                    Ok(r) => r,
+                    Err(_) => (id, Err(FetchError::Timeout { provider: id, secs: limit.as_secs() })),
+                }
+            }
+        });
+        for (peer, res) in n0_future::join_all(dials).await {
             match res {
                 Ok((conn, paid)) => {
                     on(FetchEvent::Connected { provider: conn.remote_id() });
@@ -255,19 +267,29 @@ impl Fetcher {
             let bytes = s.verified();
             fetched += bytes;
             let error = s.error.get_mut().expect("source lock").take();
+            // a provider that stops reading cannot hold up the others' ends: each end is bounded,
+            // and its connection closed (which ends its receipt task) when it runs out
+            let limit = self.cfg.connect_timeout + self.cfg.stall_timeout;
+            let provider = s.provider;
+            let ended = |r: Result<Option<FetchError>, _>| {
+                r.unwrap_or(Some(FetchError::Transfer {
+                    provider,
+                    source: TransferError::Stalled { secs: limit.as_secs() },
+                }))
+            };
             let error = match (s.paid.as_deref_mut(), error) {
-                (Some(p), Some(e)) => Some(p.explain(&s.conn, e).await),
+                (Some(p), Some(e)) => {
+                    ended(tokio::time::timeout(limit, async { Some(p.explain(&s.conn, e).await) }).await)
+                }
                 (Some(p), None) => {
                     p.verified(s.base + bytes);
                     // every byte is verified and recorded: a provider that does not confirm the
                     // final receipt is told it again by the next paid fetch (settle)
-                    p.finish(&s.conn).await.err()
+                    ended(tokio::time::timeout(limit, async { p.finish(&s.conn).await.err() }).await)
                 }
-                (None, e) => {
-                    s.conn.close(0u32.into(), b"done");
-                    e
-                }
+                (None, e) => e,
             };
+            s.conn.close(0u32.into(), b"done");
             let dropped = error.as_ref().map(|e| e.to_string());
             let closed = error.as_ref().and_then(close_code);
             if let Some(e) = error
@@ -310,61 +332,6 @@ impl Fetcher {
         }
         .await;
         (id, res)
-    }
-
-    /// `missing` cut into requests of at most [`PIECE_BYTES`] each (a blob whose size is not
-    /// verified yet stays one piece).
-    async fn pieces(&self, root: Hash, format: BlobFormat, missing: GetRequest) -> Result<Vec<GetRequest>, FetchError> {
-        if missing.ranges.is_infinite() {
-            return Ok(vec![missing]);
-        }
-        let blobs = self.store.blobs();
-        let seq = match format {
-            BlobFormat::HashSeq => Some(
-                HashSeq::try_from(blobs.get_bytes(root).await.map_err(FetchError::store)?)
-                    .map_err(|e| FetchError::BadCollection { root, source: Box::new(e) })?,
-            ),
-            BlobFormat::Raw => None,
-        };
-        let mut out = Vec::new();
-        // small blobs (a collection's many small files) share a piece, up to PIECE_BYTES
-        let mut group: Option<(iroh_blobs::protocol::builder::GetRequestBuilder, u64)> = None;
-        for (offset, ranges) in missing.ranges.iter_non_empty_infinite() {
-            let hash = match (offset, &seq) {
-                (0, _) => Some(root),
-                (o, Some(seq)) => seq.get(o as usize - 1),
-                (_, None) => None,
-            };
-            let size = match hash {
-                Some(h) => blobs.observe(h).await.map_err(FetchError::store)?.validated_size(),
-                None => None,
-            };
-            let request = |r: ChunkRanges| match offset {
-                0 => GetRequest::builder().root(r).build(root),
-                o => GetRequest::builder().child(o - 1, r).build(root),
-            };
-            let Some(size) = size else {
-                out.push(request(ranges.clone()));
-                continue;
-            };
-            if offset > 0 && size < PIECE_BYTES {
-                let (b, bytes) = group.take().unwrap_or_else(|| (GetRequest::builder(), 0));
-                let b = b.child(offset - 1, ranges.clone());
-                match bytes + size {
-                    full if full >= PIECE_BYTES => out.push(b.build(root)),
-                    bytes => group = Some((b, bytes)),
-                }
-                continue;
-            }
-            for start in (0..size.max(1)).step_by(PIECE_BYTES as usize) {
-                let piece: ChunkRanges = ranges.intersection(&ChunkRanges::bytes(start..start + PIECE_BYTES));
-                if !piece.is_empty() {
-                    out.push(request(piece));
-                }
-            }
-        }
-        out.extend(group.map(|(b, _)| b.build(root)));
-        Ok(out)
     }
 }
 
@@ -421,14 +388,16 @@ impl Shared<'_> {
     /// false when another source verified it first (the endgame) or took it over.
     async fn piece(&self, i: usize, s: usize, src: &Source<'_>) -> Result<bool, FetchError> {
         let provider = src.provider;
-        let remote = self.fetcher.store.remote();
-        // a piece another source failed, or gave up, part-way: only the rest (what verified
-        // from it is in the store, and paid for)
-        let have = remote.local_for_request(self.pieces[i].clone()).await.map_err(FetchError::store)?;
-        if have.is_complete() {
-            return Ok(true);
+        // a piece handed over (its source failed, or was overtaken): what that source verified
+        // may still be on its way into the store; let it land, so that it is neither fetched
+        // nor paid for again
+        if self.schedule.lock().expect("schedule lock").handed(i) {
+            tokio::time::sleep(HANDOVER).await;
         }
-        let mut stream = remote.execute_get(src.conn.clone(), have.missing()).stream();
+        let Some(req) = self.fetcher.piece_request(self.root, &self.pieces[i]).await? else {
+            return Ok(true);
+        };
+        let mut stream = self.fetcher.store.remote().execute_get(src.conn.clone(), req).stream();
         let mut counted = 0;
         let settle = |counted: u64, total: u64| {
             src.inflight.fetch_sub(counted, Ordering::Relaxed);
@@ -446,11 +415,20 @@ impl Shared<'_> {
                 }
             };
             let item = tokio::select! {
-                item = tokio::time::timeout(self.stall, stream.next()) => item,
+                // checked first: an overtaken source stops at once
+                biased;
                 _ = won_elsewhere => {
+                    // what verified and is already queued reached the store: count it, so the
+                    // receipts cover every byte this source delivered
+                    while let Some(Some(GetProgressItem::Progress(n))) = futures_lite::future::poll_once(stream.next()).await {
+                        src.inflight.fetch_add(n.saturating_sub(counted), Ordering::Relaxed);
+                        counted = counted.max(n);
+                    }
                     settle(counted, counted);
+                    src.account();
                     return Ok(false);
                 }
+                item = tokio::time::timeout(self.stall, stream.next()) => item,
             };
             match item {
                 Err(_) => {

@@ -35,6 +35,8 @@ pub(crate) struct Schedule {
     left: usize,
     /// How long each piece verified so far took.
     took: Vec<Duration>,
+    /// Pieces a source gave up on or was overtaken on.
+    handed: Vec<bool>,
     /// A piece is taken over (without the endgame) only after at least this long.
     floor: Duration,
 }
@@ -44,7 +46,7 @@ impl Schedule {
     /// in flight once nothing is queued (else they take over slow ones, after `floor` at least).
     pub(crate) fn new(n: usize, endgame: bool, floor: Duration) -> Self {
         let (pieces, queue) = (vec![State::Queued; n], (0..n).collect());
-        Self { pieces, queue, endgame, left: n, took: Vec::new(), floor }
+        Self { pieces, queue, endgame, left: n, took: Vec::new(), handed: vec![false; n], floor }
     }
 
     /// The next piece for source `src`: the first queued one; else, in the endgame, the piece
@@ -60,7 +62,7 @@ impl Schedule {
         if !self.endgame {
             return self.take_over(src, now);
         }
-        let (i, _) = self
+        let joined = self
             .pieces
             .iter()
             .enumerate()
@@ -68,7 +70,11 @@ impl Schedule {
                 State::Running(h, _) if h.len() < MAX_HOLDERS && !h.contains(&src) => Some((i, h.len())),
                 _ => None,
             })
-            .min_by_key(|(i, holders)| (*holders, *i))?;
+            .min_by_key(|(i, holders)| (*holders, *i));
+        // every piece in flight has its two holders (two slow ones, say): take one over
+        let Some((i, _)) = joined else {
+            return self.take_over(src, now);
+        };
         if let State::Running(h, _) = &mut self.pieces[i] {
             h.push(src);
         }
@@ -76,17 +82,24 @@ impl Schedule {
     }
 
     /// The oldest piece held by another source for longer than three times the median piece
-    /// (and the floor), now `src`'s alone.
+    /// (or, before any piece was verified, the floor alone), now `src`'s alone.
     fn take_over(&mut self, src: usize, now: Instant) -> Option<usize> {
         let mut took = self.took.clone();
         took.sort();
-        let median = *took.get(took.len() / 2)?;
+        let median = took.get(took.len() / 2).copied().unwrap_or_default();
         let limit = self.floor.max(median * 3);
         let i = self.pieces.iter().position(
             |s| matches!(s, State::Running(h, since) if !h.contains(&src) && now.duration_since(*since) > limit),
         )?;
         self.pieces[i] = State::Running(vec![src], now);
+        self.handed[i] = true;
         Some(i)
+    }
+
+    /// Whether a source gave piece `i` up or was overtaken on it (what it verified may still
+    /// be reaching the store).
+    pub(crate) fn handed(&self, i: usize) -> bool {
+        self.handed[i]
     }
 
     /// Source `src` verified piece `i`: true if it is the first to (the others still
@@ -109,6 +122,7 @@ impl Schedule {
             if h.is_empty() {
                 self.pieces[i] = State::Queued;
                 self.queue.push_front(i);
+                self.handed[i] = true;
             }
         }
     }
@@ -207,9 +221,16 @@ mod tests {
         assert_eq!(s.next(0, t + 14 * sec), None);
         s.done(0, t + 15 * sec);
         assert!(s.finished());
-        // with no piece done yet there is no median: nothing is taken over
-        let mut s = Schedule::new(1, false, Duration::ZERO);
+        assert!(s.handed(0) && !s.handed(1));
+        // with no piece verified yet there is no median: the floor alone decides
+        let mut s = Schedule::new(1, false, FLOOR);
         assert_eq!(s.next(0, t), Some(0));
-        assert_eq!(s.next(1, t + 100 * sec), None);
+        assert_eq!(s.next(1, t + FLOOR), None);
+        assert_eq!(s.next(1, t + FLOOR + sec), Some(0));
+        // in the endgame, two holders that sit on a piece are overtaken the same way
+        let mut s = Schedule::new(1, true, FLOOR);
+        assert_eq!((s.next(0, t), s.next(1, t), s.next(2, t)), (Some(0), Some(0), None));
+        assert_eq!(s.next(2, t + 2 * FLOOR), Some(0));
+        assert!(s.holds(0, 2) && !s.holds(0, 0) && !s.holds(0, 1));
     }
 }
