@@ -146,6 +146,11 @@ impl MarketClient {
         self.call(Method::POST, "reports", None::<&()>, Some(r), true).await
     }
 
+    /// `POST /faults`; tried again while the market has not indexed the deal.
+    pub async fn post_fault(&self, r: &SignedFault) -> Result<FaultAccepted, ClientError> {
+        self.call(Method::POST, "faults", None::<&()>, Some(r), true).await
+    }
+
     /// `POST /match`: the best offers, best first.
     pub async fn match_offers(&self, req: &MatchRequest) -> Result<MatchResponse, ClientError> {
         self.call(Method::POST, "match", None::<&()>, Some(req), false).await

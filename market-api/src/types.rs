@@ -97,6 +97,30 @@ pub struct SignedReport {
     pub signature: Bytes,
 }
 
+/// `POST /faults`: a deal's buyer says the provider sent bytes that did not verify (EIP-712
+/// `FaultReport`, signed by the deal's buyer). The market cannot check the claim: it shows how
+/// many paying buyers made it, and does not score it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SignedFault {
+    #[schema(value_type = String)]
+    pub deal_id: B256,
+    /// Bytes that verified before the bad ones.
+    pub verified_bytes: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    #[schema(value_type = String)]
+    pub signature: Bytes,
+}
+
+/// `POST /faults` answer (201).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FaultAccepted {
+    #[schema(value_type = String)]
+    pub deal: B256,
+    #[schema(value_type = String)]
+    pub provider: Address,
+}
+
 /// `POST /reports` answer (201).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReportAccepted {
@@ -288,6 +312,11 @@ pub struct Reputation {
     pub throughput_mibps: f64,
     /// How many buyers' reports the median is over.
     pub throughput_buyers: u64,
+    /// Deals whose buyer reported bytes that did not verify, among deals that paid the
+    /// provider at least a hundredth of the reputation unit (a claim the market cannot check:
+    /// shown, not scored).
+    #[serde(default)]
+    pub faults_reported: u64,
 }
 
 /// A listing of a provider, on its page.
@@ -521,6 +550,31 @@ impl SignedListing {
         domain: &alloy::sol_types::Eip712Domain,
     ) -> Result<Address, bdc_contracts::listing::SignatureError> {
         bdc_contracts::listing::listing_signer(domain, &self.listing.to_eip712(), &self.signature)
+    }
+}
+
+impl SignedFault {
+    /// Signs a fault report for `deal_id` with the deal's buyer key under the market domain.
+    pub fn sign(
+        signer: &impl alloy::signers::SignerSync,
+        domain: &alloy::sol_types::Eip712Domain,
+        deal_id: B256,
+        verified_bytes: u64,
+        issued_at: u64,
+    ) -> Result<Self, bdc_contracts::listing::SignatureError> {
+        let mut r = Self { deal_id, verified_bytes, issued_at, signature: Bytes::new() };
+        let sig = bdc_contracts::listing::sign_fault(signer, domain, &r.typed())?;
+        r.signature = Bytes::from(sig.as_bytes().to_vec());
+        Ok(r)
+    }
+
+    /// The EIP-712 struct the buyer signs.
+    pub fn typed(&self) -> bdc_contracts::listing::FaultReport {
+        bdc_contracts::listing::FaultReport {
+            dealId: self.deal_id,
+            verifiedBytes: self.verified_bytes,
+            issuedAt: self.issued_at,
+        }
     }
 }
 

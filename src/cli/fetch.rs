@@ -300,6 +300,23 @@ async fn report_throughput(market: &str, signer: &PrivateKeySigner, d: &Deployme
     }
 }
 
+/// Posts a signed fault report to the market for each deal whose provider sent bytes that did
+/// not verify (`(deal, verified bytes before)`); a failure is a warning.
+async fn report_faults(market: &str, signer: &PrivateKeySigner, d: &Deployment, deals: &[(B256, u64)]) {
+    let domain = market_domain(d.chain_id, d.registry);
+    for (deal, verified) in deals {
+        let res = async {
+            let f = bdc_market_api::SignedFault::sign(signer, &domain, *deal, *verified, bdc_core::time::unix_now())?;
+            anyhow::Ok(MarketClient::new(market)?.post_fault(&f).await?)
+        }
+        .await;
+        match res {
+            Ok(_) => eprintln!("reported to the market: deal {deal}'s provider sent bytes that did not verify"),
+            Err(e) => eprintln!("warning: the market did not take the fault report for deal {deal}: {e:#}"),
+        }
+    }
+}
+
 /// Buys the dataset from the first of `offers` that serves it: a provider that cannot be
 /// reached, refuses, stalls, breaks off or lies is left for the next offer, said on stderr
 /// (what it verified stays in the store, so the next one sends only the rest; a deal opened
@@ -356,6 +373,26 @@ async fn run_paid(
     .await;
     fetcher.shutdown().await;
     let r = res?;
+    // providers that sent bytes that did not verify (dropped, never paid for them): the market
+    // hears it from the buyer that paid them
+    let node_of = |provider: &alloy::primitives::Address| {
+        let (o, _) = offers.iter().find(|(o, _)| alloy::primitives::Address::from(o.provider) == *provider)?;
+        parse_ticket(&o.ticket).ok().map(|t| t.addr().id)
+    };
+    let lied: Vec<(B256, u64)> = r
+        .deals
+        .iter()
+        .filter_map(|d| {
+            let node = node_of(&d.provider)?;
+            let s = r.fetch.sources.iter().find(|s| s.provider == node && s.lied)?;
+            Some((d.deal, s.bytes))
+        })
+        .collect();
+    if let Some(market) = &a.market
+        && !lied.is_empty()
+    {
+        report_faults(market, &wallet.signer, wallet.chain.deployment(), &lied).await;
+    }
     if let (Some(market), Some(deal)) = (&a.market, r.deal)
         && r.fetch.fetched_bytes > 0
     {

@@ -149,6 +149,7 @@ async fn one_large_file_comes_from_two_providers_and_a_liar_a_staller_and_a_dead
     assert!(ra.pieces + rb.pieces <= pieces + 1, "the small file is one piece more: {:?}", report.sources);
     // the liar's first piece failed verification: dropped, and no piece is counted for it
     assert!(rl.dropped.as_deref().unwrap().contains("verification failed"), "{rl:?}");
+    assert!(rl.lied && !ra.lied && !rb.lied && !rd.lied, "only the liar is marked as one (what a paid fetch reports)");
     assert_eq!(rl.pieces, 0);
     assert!(rl.bytes < PIECE_BYTES, "only what verified before the flipped byte: {rl:?}");
     assert!(fetcher.metrics().verification_failures.get() >= 1);

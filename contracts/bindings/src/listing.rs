@@ -83,6 +83,30 @@ sol! {
         uint64 millis;
         uint64 issuedAt;
     }
+
+    /// What a buyer saw on a deal: after `verifiedBytes` verified, the provider sent bytes that
+    /// did not verify against the dataset root. Signed by the deal's buyer under the market
+    /// domain; the market keeps one per deal.
+    #[derive(Debug, PartialEq, Eq)]
+    struct FaultReport {
+        bytes32 dealId;
+        uint64 verifiedBytes;
+        uint64 issuedAt;
+    }
+}
+
+/// Signs a fault report (65-byte `r || s || v`).
+pub fn sign_fault(
+    signer: &impl SignerSync,
+    domain: &Eip712Domain,
+    r: &FaultReport,
+) -> Result<Signature, SignatureError> {
+    signer.sign_hash_sync(&r.eip712_signing_hash(domain)).map_err(SignatureError::Sign)
+}
+
+/// The address that signed `r`.
+pub fn fault_signer(domain: &Eip712Domain, r: &FaultReport, sig: &[u8]) -> Result<Address, SignatureError> {
+    recover(r.eip712_signing_hash(domain), sig)
 }
 
 /// Signs a throughput report (65-byte `r || s || v`).

@@ -94,6 +94,7 @@ async fn get_status(State(st): State<AppState>) -> Json<Status> {
         records::get_deal,
         listings::post_listing,
         records::post_report,
+        records::post_fault,
         matching::post_match,
         get_status,
         metrics::get_metrics,
@@ -144,6 +145,7 @@ pub fn router(st: AppState, limits: Limits) -> Router {
         .route("/deals/{id}", get(records::get_deal))
         .route("/listings", post(listings::post_listing))
         .route("/reports", post(records::post_report))
+        .route("/faults", post(records::post_fault))
         .route("/match", post(matching::post_match))
         .route("/status", get(get_status))
         .route("/metrics", get(metrics::get_metrics))

@@ -1,11 +1,11 @@
-//! Providers, deals and throughput reports: `GET /providers/{id}`, `GET /deals/{id}`,
-//! `POST /reports`.
+//! Providers, deals, throughput and fault reports: `GET /providers/{id}`, `GET /deals/{id}`,
+//! `POST /reports`, `POST /faults`.
 
 use axum::extract::{Path, rejection::JsonRejection};
 use bdc_contracts::listing::market_domain;
 use bdc_market_api::{
-    DealRecord, DealSummary, DisputeInfo, ProviderListing, ProviderRecord, Redemption, ReportAccepted, SignedReport,
-    ThroughputPoint,
+    DealRecord, DealSummary, DisputeInfo, FaultAccepted, ProviderListing, ProviderRecord, Redemption, ReportAccepted,
+    SignedFault, SignedReport, ThroughputPoint,
 };
 use sqlx::Row;
 
@@ -228,23 +228,8 @@ pub(super) async fn post_report(
         return Err(ApiError::BadRequest(format!("issued_at {} is not within a day of now ({t})", rep.issued_at)));
     }
     let id = format!("{deal:#x}");
-    let Some(d) = sqlx::query("SELECT buyer, provider, price_per_byte, max_amount FROM deals WHERE id = $1")
-        .bind(&id)
-        .fetch_optional(&st.db.pool)
-        .await?
-    else {
-        return Err(ApiError::Unprocessable(format!("deal {id} is not on chain (or not indexed yet)")));
-    };
-    let buyer: String = d.get(0);
-    if format!("{signer:#x}") != buyer {
-        return Err(ApiError::Unauthorized(format!("report signed by {signer:#x}, not by the deal's buyer {buyer}")));
-    }
+    let (provider, ppb, max) = transfer_deal_of(&st, &id, signer).await?;
     // a report cannot claim more bytes than the deal could ever pay for
-    let ppb: u128 = d.get::<String, _>(2).parse().unwrap_or(0);
-    if ppb == 0 {
-        return Err(ApiError::Unprocessable(format!("deal {id} is a job deal: it moved no bytes to report")));
-    }
-    let max: u128 = d.get::<String, _>(3).parse().unwrap_or(0);
     if u128::from(rep.bytes) > max / ppb {
         return Err(ApiError::Unprocessable(format!(
             "{} bytes is more than deal {id} can pay for ({} bytes)",
@@ -253,7 +238,6 @@ pub(super) async fn post_report(
         )));
     }
     let mibps = rep.bytes as f64 / (1u64 << 20) as f64 / (rep.millis as f64 / 1000.0);
-    let provider: String = d.get(1);
     let taken = sqlx::query(
         "INSERT INTO reports (deal, provider, bytes, millis, mibps, issued_at, signature) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (deal) DO UPDATE SET bytes = excluded.bytes, \
@@ -278,4 +262,66 @@ pub(super) async fn post_report(
     }
     st.book.standings_changed();
     Ok((StatusCode::CREATED, Json(ReportAccepted { deal, provider: stored("provider", &provider)?, mibps })))
+}
+
+/// The provider, price per byte and maximum amount of transfer deal `id`, whose buyer must be
+/// `signer`.
+async fn transfer_deal_of(st: &AppState, id: &str, signer: Address) -> ApiResult<(String, u128, u128)> {
+    let Some(d) = sqlx::query("SELECT buyer, provider, price_per_byte, max_amount FROM deals WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&st.db.pool)
+        .await?
+    else {
+        return Err(ApiError::Unprocessable(format!("deal {id} is not on chain (or not indexed yet)")));
+    };
+    let buyer: String = d.get(0);
+    if format!("{signer:#x}") != buyer {
+        return Err(ApiError::Unauthorized(format!("signed by {signer:#x}, not by the deal's buyer {buyer}")));
+    }
+    let ppb: u128 = d.get::<String, _>(2).parse().unwrap_or(0);
+    if ppb == 0 {
+        return Err(ApiError::Unprocessable(format!("deal {id} is a job deal: it moved no bytes to report on")));
+    }
+    Ok((d.get(1), ppb, d.get::<String, _>(3).parse().unwrap_or(0)))
+}
+
+// ---- fault reports ----
+
+/// Post a buyer's report that a deal's provider sent bytes that did not verify (EIP-712
+/// `FaultReport`, signed by the deal's buyer): one per deal. The market cannot check it, so it
+/// is shown on the provider's record (counted from deals that paid the provider something real)
+/// and never scored.
+#[utoipa::path(post, path = "/faults", tag = "market", request_body = SignedFault,
+    responses((status = 201, body = FaultAccepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub(super) async fn post_fault(
+    State(st): State<AppState>,
+    body: Result<Json<SignedFault>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<FaultAccepted>)> {
+    let Json(f) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let signer =
+        bdc_contracts::listing::fault_signer(&market_domain(st.chain_id, st.registry), &f.typed(), &f.signature)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let t = now();
+    if f.issued_at + REPORT_SKEW_SECS < t || f.issued_at > t + 300 {
+        return Err(ApiError::BadRequest(format!("issued_at {} is not within a day of now ({t})", f.issued_at)));
+    }
+    let id = format!("{:#x}", f.deal_id);
+    let (provider, _, _) = transfer_deal_of(&st, &id, signer).await?;
+    let taken = sqlx::query(
+        "INSERT INTO faults (deal, provider, verified_bytes, issued_at, signature) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (deal) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(&provider)
+    .bind(i64::try_from(f.verified_bytes).unwrap_or(i64::MAX))
+    .bind(f.issued_at as i64)
+    .bind(f.signature.to_string())
+    .execute(&st.db.pool)
+    .await?
+    .rows_affected();
+    if taken == 0 {
+        return Err(ApiError::Conflict(format!("a fault report for deal {id} is already stored")));
+    }
+    Ok((StatusCode::CREATED, Json(FaultAccepted { deal: f.deal_id, provider: stored("provider", &provider)? })))
 }

@@ -190,6 +190,7 @@ fn provider_body(p: &ProviderRecord) -> Markup {
             (format!("{:.2}", r.weighed.completed)) " completed, " (format!("{:.0}", r.weighed.disputes_lost))
             " disputes lost before trusted arbiters) · " (bytes(u64::try_from(r.bytes_redeemed).unwrap_or(u64::MAX)))
             " paid for · buyers measured " (format!("{:.1}", r.throughput_mibps)) " MiB/s (median of " (r.throughput_buyers) ")"
+            " · " (r.faults_reported) " deals where the buyer reported bytes that did not verify (unchecked claims, not scored)"
         }
         h2 { "Throughput buyers measured" }
         (chart::dots("throughput", "Throughput reports (MiB/s) over time", &Series { points: &points, x_label: &time_label, y_label: &mibps_label }))

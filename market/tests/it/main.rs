@@ -10,7 +10,7 @@ use alloy::{
 };
 use bdc_contracts::{Devnet, DevnetConfig, client::OpenDeal, listing::market_domain, receipt::sign_receipt_sync};
 use bdc_market::{Limits, ListingBody, Market, MarketConfig, SignedListing};
-use bdc_market_api::SignedReport;
+use bdc_market_api::{SignedFault, SignedReport};
 use serde_json::{Value, json};
 
 mod abuse;
@@ -426,6 +426,24 @@ async fn suite(db_url: String) {
     assert_eq!(pr["reputation"]["bytes_redeemed"], 5_000_000);
     assert_eq!(pr["reputation"]["throughput_mibps"], 8.0);
     assert_eq!(pr["reputation"]["throughput_buyers"], 1);
+    assert_eq!(pr["reputation"]["faults_reported"], 0);
+    // fault reports: the deal's buyer says bytes did not verify; one per deal, shown, not scored
+    let fault = |who: usize, deal_id: B256, at: u64| {
+        serde_json::to_string(&SignedFault::sign(&devnet.signer(who), &domain, deal_id, 1 << 20, at).unwrap()).unwrap()
+    };
+    for (what, body, want) in [
+        ("not the buyer", fault(PROVIDER, deal.id, t), 401),
+        ("unknown deal", fault(BUYER, B256::repeat_byte(3), t), 422),
+        ("from last week", fault(BUYER, deal.id, t - 7 * 86_400), 400),
+        ("the buyer's", fault(BUYER, deal.id, t), 201),
+        ("a second one for the same deal", fault(BUYER, deal.id, t + 1), 409),
+    ] {
+        let (code, res) = env.post("/faults", &body).await;
+        assert_eq!(code, want, "{what}: {res}");
+    }
+    let (_, after) = env.get(&format!("/providers/{:#x}", provider.address())).await;
+    assert_eq!(after["reputation"]["faults_reported"], 1, "{after}");
+    assert_eq!(after["reputation"]["score"], pr["reputation"]["score"], "an unchecked claim moves no score");
     let fast = json!({"root": format!("{root_btc:#x}"), "rank": {"speed": "throughput_mibps"}});
     let offers = env.post("/match", &fast.to_string()).await.1["offers"].clone();
     assert_eq!(offers[0]["provider"], format!("{:#x}", provider.address()), "measured speed ranks: {offers}");
@@ -456,6 +474,7 @@ async fn suite(db_url: String) {
         "/deals/{id}",
         "/listings",
         "/reports",
+        "/faults",
         "/match",
         "/status",
         "/metrics",

@@ -65,6 +65,8 @@ pub struct SourceReport {
     pub dropped: Option<String>,
     /// The provider's close code, when it closed the connection with one (paid).
     pub closed: Option<u64>,
+    /// It sent bytes that did not verify against the root.
+    pub lied: bool,
 }
 
 /// A connected source.
@@ -219,7 +221,7 @@ impl Fetcher {
                     on(FetchEvent::Dropped { provider: peer, reason: e.to_string() });
                     let closed = close_code(&e);
                     let dropped = Some(e.to_string());
-                    reports.push(SourceReport { provider: peer, bytes: 0, pieces: 0, dropped, closed });
+                    reports.push(SourceReport { provider: peer, bytes: 0, pieces: 0, dropped, closed, lied: false });
                 }
             }
         }
@@ -267,6 +269,7 @@ impl Fetcher {
             let bytes = s.verified();
             fetched += bytes;
             let error = s.error.get_mut().expect("source lock").take();
+            let lied = error.as_ref().is_some_and(FetchError::is_verification);
             // a provider that stops reading cannot hold up the others' ends: each end is bounded,
             // and its connection closed (which ends its receipt task) when it runs out
             let limit = self.cfg.connect_timeout + self.cfg.stall_timeout;
@@ -298,7 +301,7 @@ impl Fetcher {
                 first_error = Some(e);
             }
             let pieces = s.pieces.load(Ordering::Relaxed) as u32;
-            reports.push(SourceReport { provider: s.provider, bytes, pieces, dropped, closed });
+            reports.push(SourceReport { provider: s.provider, bytes, pieces, dropped, closed, lied });
         }
         match (finished, first_error) {
             (true, _) => Ok((fetched, reports)),
