@@ -88,8 +88,8 @@ bench: tools
 	$(CARGO) build --profile $(BENCH_PROFILE) -p bdc-bench --bin bdc-bench
 	test -x "$(BENCH_TOOLS)/bin/sendme" || $(CARGO) install sendme@0.37.1 --locked --root "$(BENCH_TOOLS)"
 	bash scripts/bench/fetch_vs_sendme.sh "$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc" "$(BENCH_TOOLS)/bin/sendme" $${BENCH_MIB:-1024} $${BENCH_ROUNDS:-5}
-	bash scripts/bench/multi_source.sh "$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc" 256 200mbit 3
-	bash scripts/bench/multi_source.sh "$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc" 256 200mbit,200mbit,50mbit 3
+	bash scripts/bench/multi_source.sh "$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc" 512 100mbit 2
+	bash scripts/bench/multi_source.sh "$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc" 512 100mbit,50mbit,10mbit 2
 	"$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc-bench" transfer --paid --size-mib $${BENCH_MIB:-1024}
 	"$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc-bench" transfer --paid --size-mib $${BENCH_MIB:-1024} --window-kib 131072 --receipt-every-kib 16384
 	bash scripts/with_postgres.sh "$(CARGO_TARGET_DIR)/$(BENCH_PROFILE)/bdc-bench" market --listings $${BENCH_LISTINGS:-100000}

@@ -8,9 +8,10 @@
 # machine). Needs root (ip netns, tc).
 #
 # Each provider publishes the same MIB MiB file (random bytes) raw, in place, and serves it free.
-# Each round runs, in an order that alternates, `bdc fetch <t1>` and
-# `bdc fetch <t1> <t2> <t3> --sources 3` into empty data dirs, with every output compared with
-# the source. Prints each round, a table of medians and ranges, and the paired speed-up.
+# Each round runs `bdc fetch <t1> <t2> <t3> --sources 3`, the same with provider 2 killed
+# (kill -9) at 30 % of that round's time, and `bdc fetch <t1>`, into empty data dirs, with every
+# output compared with the source. Prints each round, a table of medians and ranges, and the
+# paired ratios.
 set -euo pipefail
 BDC=$(realpath "$1") MIB=${2:-256} RATE=${3:-200mbit} ROUNDS=${4:-3}
 IFS=, read -r -a RATES <<< "$RATE"
@@ -46,18 +47,24 @@ done
 mkdir -p "$W/src"
 head -c $((MIB << 20)) /dev/urandom > "$W/src/data.bin"
 TICKETS=()
-for k in 1 2 3; do
-  "$BDC" --quiet --data-dir "$W/p$k" provider publish "$W/src/data.bin" --raw --free --in-place > /dev/null
-  nsx "$k" "$BDC" --data-dir "$W/p$k" provider serve --bind "10.77.$k.2:0" > "$W/serve$k.out" 2> "$W/serve$k.err" &
+SERVE=()
+serve() { # serve K: (re)start provider K on a fixed port (its ticket stays valid), wait for it
+  local k=$1 T=""
+  : > "$W/serve$k.out"
+  nsx "$k" "$BDC" --data-dir "$W/p$k" provider serve --bind "10.77.$k.2:4433" > "$W/serve$k.out" 2> "$W/serve$k.err" &
+  SERVE[$k]=$!
   PIDS+=($!)
-  T=""
   for _ in $(seq 1 300); do
     T=$(cut -f2 "$W/serve$k.out" 2>/dev/null | grep -o '^blob[a-z0-9]*' | head -n1 || true)
     [ -n "$T" ] && break
     sleep 0.1
   done
   [ -n "$T" ] || { echo "provider $k printed no ticket:"; cat "$W/serve$k.err"; exit 1; }
-  TICKETS+=("$T")
+  TICKETS[$((k - 1))]=$T
+}
+for k in 1 2 3; do
+  "$BDC" --quiet --data-dir "$W/p$k" provider publish "$W/src/data.bin" --raw --free --in-place > /dev/null
+  serve "$k"
 done
 
 now() { date +%s.%N; }
@@ -70,26 +77,36 @@ run() { # run KIND ROUND: seconds of one fetch; the output checked against the s
     one) nsx f "$BDC" --quiet --data-dir "$d/dir" fetch "${TICKETS[0]}" -o "$d/out" --name data.bin > /dev/null 2>> "$W/fetch.err" ;;
     three) nsx f "$BDC" --quiet --data-dir "$d/dir" fetch "${TICKETS[@]}" --sources 3 -o "$d/out" --name data.bin --json \
       > "$d/report.json" 2>> "$W/fetch.err" ;;
+    kill)
+      nsx f "$BDC" --quiet --data-dir "$d/dir" fetch "${TICKETS[@]}" --sources 3 -o "$d/out" --name data.bin --json \
+        > "$d/report.json" 2>> "$W/fetch.err" &
+      local f=$!
+      sleep "$(python3 -c "print(0.3 * $LAST_THREE)")"
+      kill -9 "${SERVE[2]}"
+      wait "$f"
+      ;;
   esac
   t1=$(now)
   cmp -s "$d/out/data.bin" "$W/src/data.bin" || { echo "round $r: $kind output differs" >&2; cat "$W/fetch.err" >&2; exit 1; }
-  if [ "$kind" = three ]; then
+  if [ "$kind" != one ]; then
     python3 -c "import json,sys; print(' '.join(f\"{s['bytes']>>20}MiB/{s['pieces']}\" for s in json.load(open(sys.argv[1]))['sources']))" \
       "$d/report.json" >> "$W/split"
   fi
   rm -rf "$d"
   python3 -c "print(f'{$t1 - $t0:.3f}')"
 }
-kinds=(one three)
 for r in $(seq 1 "$ROUNDS"); do
   line="round $r:"
-  for i in 0 1; do
-    k=${kinds[$(((i + r) % 2))]}
+  for k in three kill one; do
     secs=$(run "$k" "$r")
     echo "$k $r $secs" >> "$W/times"
     line+=" $k $secs s"
+    case $k in
+      three) LAST_THREE=$secs; split3=$(tail -n1 "$W/split") ;;
+      kill) splitk=$(tail -n1 "$W/split"); serve 2 ;;
+    esac
   done
-  echo "$line (3 sources: $(tail -n1 "$W/split") per provider, MiB/pieces)"
+  echo "$line (per provider, MiB/pieces: 3 sources $split3; provider 2 killed $splitk)"
 done
 python3 - "$MIB" "$ROUNDS" "$RATE" "$W/times" <<'PY'
 import sys, statistics
@@ -101,11 +118,16 @@ for line in open(sys.argv[4]):
 print(f"\n{mib} MiB, {rounds} rounds, the providers' uploads shaped to {rate} (tc tbf, veth, network namespaces)\n")
 print("| fetch                                  | median s | range s       | MiB/s |")
 print("|----------------------------------------|---------:|---------------|------:|")
-for kind, label in (("one", "bdc fetch <t1>"), ("three", "bdc fetch <t1> <t2> <t3> --sources 3")):
+for kind, label in (("one", "bdc fetch <t1>"), ("three", "bdc fetch <t1> <t2> <t3> --sources 3"),
+                    ("kill", "  the same, provider 2 killed at 30 %")):
     xs = list(t[kind].values())
     m = statistics.median(xs)
     print(f"| {label:<38} | {m:8.2f} | {min(xs):5.2f}–{max(xs):<6.2f} | {mib / m:5.0f} |")
-ratios = [t["one"][r] / t["three"][r] for r in t["one"]]
-print(f"\nspeed-up with 3 sources (paired, per round): median {statistics.median(ratios):.2f}x "
-      f"(range {min(ratios):.2f}–{max(ratios):.2f})")
+def ratio(a, b, what):
+    rs = [t[a][r] / t[b][r] for r in t[a]]
+    print(f"{what} (paired, per round): median {statistics.median(rs):.2f}x (range {min(rs):.2f}–{max(rs):.2f})")
+print()
+ratio("one", "three", "speed-up with 3 sources")
+ratio("kill", "three", "time with provider 2 killed at 30 %, over the time without")
+print(f"3 sources: {8 * mib * 1.048576 / statistics.median(t['three'].values()):.0f} Mbit/s aggregate")
 PY

@@ -244,3 +244,97 @@ async fn the_cli_fetches_from_several_tickets_at_once() {
         p.shutdown().await;
     }
 }
+
+/// Three providers of a 256 MiB blob and of a 100-file collection, the third a mirror (it
+/// fetched both, verified, from the first, and serves them as its own): a download from all
+/// three is identical to the source and each served a share; one provider killed at 30 % of
+/// the blob leaves the others to finish it.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_providers_one_a_mirror_share_a_blob_and_a_collection_and_survive_a_kill() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let blob = random_file(&dir.join("blob.bin"), 256 << 20, 71);
+    for k in 0..100 {
+        random_file(&dir.join(format!("ds/part-{k:03}.bin")), 400 << 10, 100 + k);
+    }
+    let mut origin = Vec::new();
+    let mut roots = Vec::new();
+    for i in 0..2 {
+        let mut store = ProviderStore::open(&dir.join(format!("p{i}"))).await.unwrap();
+        let raw = PublishOptions { free: true, raw: true, ..Default::default() };
+        let b = publish(&mut store, &dir.join("blob.bin"), &raw, |_| {}).await.unwrap();
+        let free = PublishOptions { free: true, ..Default::default() };
+        let c = publish(&mut store, &dir.join("ds"), &free, |_| {}).await.unwrap();
+        roots = vec![(b.root, b.format), (c.root, c.format)];
+        origin.push(Provider::spawn(store, ServeConfig::test()).await.unwrap());
+    }
+    // the mirror: both datasets fetched from the first provider into its own provider store
+    let mut store = ProviderStore::open(&dir.join("mirror")).await.unwrap();
+    let lent =
+        Fetcher::with_store(FetcherConfig::test(dir.join("mirror-fetcher")), store.blobs().clone()).await.unwrap();
+    let keep = FetchOptions { export: bdc_fetcher::Export::None, ..Default::default() };
+    for (root, _) in &roots {
+        lent.fetch(&origin[0].ticket(*root).unwrap(), &dir.join("unused"), &keep, |_| {}).await.unwrap();
+    }
+    lent.shutdown().await;
+    for (root, format) in &roots {
+        assert!(store.register(*root, *format, "mirrored", true).await.unwrap().mirror);
+    }
+    let mirror = Provider::spawn(store, ServeConfig::test()).await.unwrap();
+    let tickets = |root: bdc_core::Hash| {
+        let mut t: Vec<BlobTicket> = origin.iter().map(|p| p.ticket(root).unwrap()).collect();
+        t.push(mirror.ticket(root).unwrap());
+        t
+    };
+
+    // the collection from all three: identical, and each served a share
+    let fetcher = Fetcher::open(FetcherConfig::test(dir.join("buyer"))).await.unwrap();
+    let r =
+        fetcher.fetch_from(&tickets(roots[1].0), &dir.join("coll"), &FetchOptions::default(), |_| {}).await.unwrap();
+    for k in 0..100 {
+        let name = format!("part-{k:03}.bin");
+        assert_eq!(
+            std::fs::read(dir.join("coll").join(&name)).unwrap(),
+            std::fs::read(dir.join("ds").join(&name)).unwrap()
+        );
+    }
+    assert_eq!(r.sources.len(), 3);
+    assert!(r.sources.iter().all(|s| s.pieces >= 1 && s.dropped.is_none()), "{:?}", r.sources);
+
+    // the blob, with the second provider killed once 30 % has verified
+    let ts = tickets(roots[0].0);
+    let (kill_tx, kill_rx) = tokio::sync::oneshot::channel::<()>();
+    let victim = origin.remove(1);
+    let victim_id = victim.addr().id;
+    let killer = tokio::spawn(async move {
+        if kill_rx.await.is_ok() {
+            victim.shutdown().await;
+        }
+    });
+    let mut kill_tx = Some(kill_tx);
+    let opts = FetchOptions { raw_name: Some("blob.bin".into()), ..Default::default() };
+    let r = fetcher
+        .fetch_from(&ts, &dir.join("out"), &opts, |e| {
+            if let FetchEvent::Progress { done, total } = e
+                && done * 10 >= total * 3
+                && let Some(tx) = kill_tx.take()
+            {
+                let _ = tx.send(());
+            }
+        })
+        .await
+        .unwrap();
+    killer.await.unwrap();
+    assert_eq!(std::fs::read(dir.join("out/blob.bin")).unwrap(), blob, "identical after the kill");
+    let killed = r.sources.iter().find(|s| s.provider == victim_id).unwrap();
+    assert!(killed.dropped.is_some() && killed.pieces >= 1, "it served a share, then was dropped: {killed:?}");
+    for s in r.sources.iter().filter(|s| s.provider != victim_id) {
+        assert!(s.dropped.is_none() && s.pieces >= 1, "{:?}", r.sources);
+    }
+    assert_eq!(r.total_bytes, 256 << 20);
+    fetcher.shutdown().await;
+    mirror.shutdown().await;
+    for p in origin {
+        p.shutdown().await;
+    }
+}

@@ -133,3 +133,62 @@ async fn each_seller_is_paid_for_what_it_delivered_and_a_damaged_or_stalled_one_
         s.shutdown().await;
     }
 }
+
+/// A byte range of a sold raw blob, bought from two sellers at once: the buyer pays for the
+/// chunk groups covering the range (and the size probe), split between the sellers by what each
+/// delivered; each seller redeems its share and the vendor's royalty is withdrawn from both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_range_bought_from_two_sellers_pays_each_its_bytes_and_the_vendor_its_royalty_on_all() {
+    const SELLERS: [usize; 2] = [PROVIDER, 5];
+    let devnet = Devnet::spawn_with(DevnetConfig { dispute_window: 60, ..Default::default() }).await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let data = random_file(&dir.join("blob.bin"), 24 << 20, 61);
+    let mut sellers = Vec::new();
+    let mut root = None;
+    for (i, who) in SELLERS.into_iter().enumerate() {
+        let mut store = ProviderStore::open(&dir.join(format!("seller{i}"))).await.unwrap();
+        let opts = PublishOptions { raw: true, ..Default::default() };
+        root = Some(publish(&mut store, &dir.join("blob.bin"), &opts, |_| {}).await.unwrap().root);
+        let paid = PaidSetup { cfg: paid_config(&devnet), chain: devnet.contracts(who), address: devnet.address(who) };
+        sellers.push(Provider::spawn(store, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await.unwrap());
+    }
+    let root = root.unwrap();
+    devnet.contracts(VENDOR).register_dataset(B256::from(*root.as_bytes()), 1_000, B256::ZERO, 0).await.unwrap();
+    let offers: Vec<Offer> = sellers.iter().map(|p| p.offer(root).unwrap()).collect();
+
+    let fetcher = Fetcher::open(FetcherConfig::test(dir.join("buyer"))).await.unwrap();
+    let wallet = Wallet { chain: devnet.contracts(BUYER), signer: devnet.signer(BUYER) };
+    let mut pay = PaidOptions::new(vec![devnet.address(ARBITER)]);
+    pay.receipt_every = 64 << 10;
+    pay.deal_duration = Duration::from_secs(3_600);
+    let (start, end) = (2 << 20, 18 << 20);
+    let opts = FetchOptions {
+        select: bdc_fetcher::Select::range(start..end).unwrap(),
+        raw_name: Some("part.bin".into()),
+        ..Default::default()
+    };
+    let r = fetcher.fetch_paid_from(&offers, &wallet, &dir.join("out"), &opts, &pay, |_| {}).await.unwrap();
+    assert_eq!(std::fs::read(dir.join("out/part.bin")).unwrap(), &data[start as usize..end as usize]);
+    // 2 and 18 MiB are chunk-group boundaries: the range's 16 MiB, plus the probe of the size
+    // (the blob's last 1 KiB chunk), and nothing else
+    assert_eq!(r.fetch.fetched_bytes, (end - start) + 1024, "{:?}", r.fetch.sources);
+    assert_eq!(r.paid, r.fetch.fetched_bytes as u128 * PRICE);
+    assert_eq!(r.deals.len(), 2, "a deal with each seller: {:?}", r.deals);
+    let book = DealBook::load(&dir.join("buyer")).unwrap();
+    devnet.advance_time(61).await.unwrap();
+    for (i, who) in SELLERS.into_iter().enumerate() {
+        let d = r.deals.iter().find(|d| d.provider == devnet.address(who)).unwrap();
+        let s = r.fetch.sources.iter().find(|s| s.provider == sellers[i].addr().id).unwrap();
+        assert!(s.pieces >= 1 && d.paid > 0, "seller {i} delivered a share: {:?}", r.fetch.sources);
+        wait_redeemed(&devnet, d.deal, U256::from(d.paid)).await;
+        let terms = book.get(&d.deal).unwrap().terms().unwrap();
+        let (to_seller, to_vendor) = devnet.contracts(who).withdraw(&terms).await.unwrap();
+        assert_eq!(to_vendor, U256::from(d.paid / 10), "seller {i}: the vendor's 10 %");
+        assert_eq!(to_seller + to_vendor, U256::from(d.paid), "seller {i}");
+    }
+    fetcher.shutdown().await;
+    for s in sellers {
+        s.shutdown().await;
+    }
+}
