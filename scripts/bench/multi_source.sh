@@ -51,7 +51,9 @@ SERVE=()
 serve() { # serve K: (re)start provider K on a fixed port (its ticket stays valid), wait for it
   local k=$1 T=""
   : > "$W/serve$k.out"
-  nsx "$k" "$BDC" --data-dir "$W/p$k" provider serve --bind "10.77.$k.2:4433" > "$W/serve$k.out" 2> "$W/serve$k.err" &
+  # not through nsx: $! must be the provider itself (ip netns exec execs it), so a kill reaches it
+  ip netns exec "$NS-$k" "$BDC" --data-dir "$W/p$k" provider serve --bind "10.77.$k.2:4433" \
+    > "$W/serve$k.out" 2> "$W/serve$k.err" &
   SERVE[$k]=$!
   PIDS+=($!)
   for _ in $(seq 1 300); do
@@ -78,12 +80,13 @@ run() { # run KIND ROUND: seconds of one fetch; the output checked against the s
     three) nsx f "$BDC" --quiet --data-dir "$d/dir" fetch "${TICKETS[@]}" --sources 3 -o "$d/out" --name data.bin --json \
       > "$d/report.json" 2>> "$W/fetch.err" ;;
     kill)
-      nsx f "$BDC" --quiet --data-dir "$d/dir" fetch "${TICKETS[@]}" --sources 3 -o "$d/out" --name data.bin --json \
+      ip netns exec "$NS-f" "$BDC" --quiet --data-dir "$d/dir" fetch "${TICKETS[@]}" --sources 3 -o "$d/out" --name data.bin --json \
         > "$d/report.json" 2>> "$W/fetch.err" &
       local f=$!
       sleep "$(python3 -c "print(0.3 * $LAST_THREE)")"
       kill -9 "${SERVE[2]}"
       wait "$f"
+      wait "${SERVE[2]}" 2> /dev/null || true
       ;;
   esac
   t1=$(now)
