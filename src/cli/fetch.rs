@@ -375,19 +375,7 @@ async fn run_paid(
     let r = res?;
     // providers that sent bytes that did not verify (dropped, never paid for them): the market
     // hears it from the buyer that paid them
-    let node_of = |provider: &alloy::primitives::Address| {
-        let (o, _) = offers.iter().find(|(o, _)| alloy::primitives::Address::from(o.provider) == *provider)?;
-        parse_ticket(&o.ticket).ok().map(|t| t.addr().id)
-    };
-    let lied: Vec<(B256, u64)> = r
-        .deals
-        .iter()
-        .filter_map(|d| {
-            let node = node_of(&d.provider)?;
-            let s = r.fetch.sources.iter().find(|s| s.provider == node && s.lied)?;
-            Some((d.deal, s.bytes))
-        })
-        .collect();
+    let lied = r.faulty_deals();
     if let Some(market) = &a.market
         && !lied.is_empty()
     {
@@ -418,8 +406,7 @@ async fn run_paid(
             r.fetch.fetched_bytes
         );
         let signed = |node: &iroh::EndpointId| {
-            let offer = offers.iter().find(|(o, _)| parse_ticket(&o.ticket).is_ok_and(|t| t.addr().id == *node))?;
-            let deal = r.deals.iter().find(|d| d.provider == alloy::primitives::Address::from(offer.0.provider))?;
+            let deal = r.deals.iter().find(|d| d.node == *node)?;
             Some(super::chain::format_bdc(alloy::primitives::U256::from(deal.paid)))
         };
         print_sources(&r.fetch.sources, signed);

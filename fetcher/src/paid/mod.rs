@@ -138,9 +138,20 @@ pub struct PaidReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct SourceDeal {
     pub provider: Address,
+    /// The provider's node (its [`SourceReport`](crate::SourceReport) in `fetch.sources`).
+    pub node: iroh::EndpointId,
     pub deal: B256,
     /// Cumulative amount signed on this deal.
     pub paid: u128,
+}
+
+impl PaidReport {
+    /// The deals whose provider sent bytes that did not verify, with the bytes that verified
+    /// from it before: what a buyer reports to a market (`POST /faults`).
+    pub fn faulty_deals(&self) -> Vec<(B256, u64)> {
+        let source = |node| self.fetch.sources.iter().find(|s| s.provider == node);
+        self.deals.iter().filter_map(|d| source(d.node).filter(|s| s.lied).map(|s| (d.deal, s.bytes))).collect()
+    }
 }
 
 /// How often a buyer asks again when the provider does not know its deal yet (its chain node
@@ -328,13 +339,15 @@ impl Fetcher {
                 }
                 deals.push(SourceDeal {
                     provider: *provider,
+                    node: t.addr().id,
                     deal: d.id,
                     paid: *s.signed.lock().expect("signed lock"),
                 });
             }
             let paid_all = paid + deals.iter().map(|d| d.paid).sum::<u128>();
             if !deals.is_empty() {
-                deals.insert(0, SourceDeal { provider: Address::from(offer.provider), deal: deal.id, paid });
+                let (provider, node) = (Address::from(offer.provider), ticket.addr().id);
+                deals.insert(0, SourceDeal { provider, node, deal: deal.id, paid });
             }
             drop(others);
             // the provider's store was busy (or its copy is bad): resume on the same deal
@@ -525,4 +538,42 @@ fn mark_spent(book: &Mutex<DealBook>, id: B256) -> Result<(), FetchError> {
         d.spent = true;
     }
     Ok(b.save()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SourceReport;
+
+    #[test]
+    fn only_deals_whose_provider_sent_bytes_that_did_not_verify_are_faulty() {
+        let node = |b: u8| iroh::SecretKey::from_bytes(&[b; 32]).public();
+        let source = |b: u8, bytes: u64, lied: bool| SourceReport {
+            provider: node(b),
+            bytes,
+            pieces: 0,
+            dropped: lied.then(|| "verification failed".to_string()),
+            closed: None,
+            lied,
+        };
+        let deal = |b: u8| SourceDeal {
+            provider: Address::repeat_byte(b),
+            node: node(b),
+            deal: B256::repeat_byte(b),
+            paid: 7,
+        };
+        let fetch = FetchReport {
+            root: bdc_core::Hash::new(b"root"),
+            provider: node(1),
+            total_bytes: 0,
+            local_bytes: 0,
+            fetched_bytes: 0,
+            files: Vec::new(),
+            elapsed_ms: 0,
+            // 3 lied after 5 bytes verified; 2 was dropped for a stall; 4 has no deal here
+            sources: vec![source(1, 10, false), source(2, 3, false), source(3, 5, true), source(4, 9, true)],
+        };
+        let r = PaidReport { fetch, deal: None, paid: 0, price_per_byte: 1, deals: vec![deal(1), deal(2), deal(3)] };
+        assert_eq!(r.faulty_deals(), vec![(B256::repeat_byte(3), 5)]);
+    }
 }
