@@ -7,7 +7,7 @@ CARGO ?= cargo
 TEST_FEATURES ?= --features ballista
 FORGE := $(CURDIR)/contracts/node_modules/@foundry-rs/forge-linux-amd64/bin/forge
 
-.PHONY: all build tools test fmt-check clippy layering unit demo bench contracts contracts-test gas devnet reliability reliability-short
+.PHONY: all build tools test fmt-check clippy layering unit examples demo bench contracts contracts-test gas devnet reliability reliability-short
 
 all: build
 
@@ -25,7 +25,7 @@ contracts/node_modules/.package-lock.json: contracts/package.json contracts/pack
 	@touch $@
 
 ## test: everything CI runs — toolchain, formatting, lints, crate layering, contracts, all tests
-test: tools fmt-check clippy layering contracts-test unit reliability-short
+test: tools fmt-check clippy layering contracts-test unit examples reliability-short
 
 fmt-check:
 	$(CARGO) fmt --all --check
@@ -63,6 +63,12 @@ devnet: tools
 demo: tools
 	$(CARGO) build --bin bdc
 	bash scripts/demo.sh "$(CARGO_TARGET_DIR)/debug/bdc"
+
+## examples: the runnable examples of examples/ (after `unit`, which builds the debug binary
+## that sql_job runs its jobs with)
+examples:
+	$(CARGO) run $(TEST_FEATURES) --example publish_fetch
+	$(CARGO) run $(TEST_FEATURES) --example sql_job
 
 ## reliability-short: a few seconds of each campaign (after `unit`, which builds the debug binary)
 reliability-short:
