@@ -13,6 +13,7 @@
 pub mod bindings;
 pub mod client;
 pub mod devnet;
+pub mod feed;
 pub mod jobs;
 pub mod listing;
 pub mod receipt;
