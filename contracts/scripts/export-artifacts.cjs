@@ -6,7 +6,7 @@ const fs = require('fs');
 const path = require('path');
 
 const root = path.resolve(__dirname, '..');
-const names = ['BDCToken', 'DatasetRegistry', 'TransferEscrow'];
+const names = ['BDCToken', 'DatasetRegistry', 'FeedRegistry', 'TransferEscrow'];
 fs.mkdirSync(path.join(root, 'artifacts'), { recursive: true });
 for (const name of names) {
   const src = path.join(root, 'out', `${name}.sol`, `${name}.json`);

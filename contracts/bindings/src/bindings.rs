@@ -22,6 +22,13 @@ sol!(
 sol!(
     #[sol(rpc)]
     #[derive(Debug, PartialEq, Eq)]
+    FeedRegistry,
+    "../artifacts/FeedRegistry.json"
+);
+
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug, PartialEq, Eq)]
     TransferEscrow,
     "../artifacts/TransferEscrow.json"
 );

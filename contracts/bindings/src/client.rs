@@ -34,6 +34,9 @@ pub struct Deployment {
     pub escrow: Address,
     /// Block of the first deployment transaction: indexers start here.
     pub deploy_block: u64,
+    /// The feed registry (`FeedRegistry`; zero in deployment files written before it existed).
+    #[serde(default)]
+    pub feeds: Address,
 }
 
 /// An open deal: its id and the terms every later call must present.

@@ -16,12 +16,15 @@ use alloy::{
 };
 
 use crate::{
-    bindings::{BDCToken, DatasetRegistry, TransferEscrow},
+    bindings::{BDCToken, DatasetRegistry, FeedRegistry, TransferEscrow},
     client::{Contracts, Deployment, connect, ensure_crypto_provider, sending_provider},
 };
 
 /// One BDC in base units (18 decimals).
 pub const BDC: U256 = U256::from_limbs([1_000_000_000_000_000_000, 0, 0, 0]);
+
+/// How long after closing a feed its vendor waits for its stake on the devnet (as `Deploy.s.sol`'s default).
+pub const FEED_UNSTAKE_DELAY: u64 = 7 * 24 * 3600;
 
 #[derive(Debug, Clone)]
 pub struct DevnetConfig {
@@ -143,12 +146,16 @@ impl Devnet {
         )
         .await
         .map_err(|source| DevnetError::Deploy { contract: "TransferEscrow", source })?;
+        let feeds = FeedRegistry::deploy(provider.clone(), *token.address(), FEED_UNSTAKE_DELAY)
+            .await
+            .map_err(|source| DevnetError::Deploy { contract: "FeedRegistry", source })?;
         let deployment = Deployment {
             chain_id: anvil.chain_id(),
             token: *token.address(),
             registry: *registry.address(),
             escrow: *escrow.address(),
             deploy_block,
+            feeds: *feeds.address(),
         };
         let this = Self { anvil, deployment, keys };
         let admin = this.contracts(0);

@@ -251,3 +251,54 @@ async fn an_unruled_dispute_is_settled_by_default_after_the_deadline() {
     assert_eq!(p.balance(d.address(PROVIDER)).await.unwrap(), before + bdc(18));
     assert!(!p.deal_state(deal.id).await.unwrap().disputed);
 }
+
+/// Heads signed in Rust (`bdc_contracts::feed`) are what the feed registry checks: the struct
+/// hash agrees, and two heads of one slot slash the vendor's stake for whoever shows them.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_rust_signed_heads_of_one_slot_slash_the_feed_on_chain() {
+    use bdc_contracts::{
+        bindings::{BDCToken, FeedRegistry},
+        feed::{FeedHead, SignedHead, feed_domain, feed_id},
+    };
+    let d = Devnet::spawn_with(DevnetConfig::default()).await.unwrap();
+    let vendor = d.contracts(VENDOR);
+    let (feeds, token) = (d.deployment.feeds, d.deployment.token);
+    let vendor_provider = vendor.provider().clone();
+    BDCToken::new(token, &vendor_provider).approve(feeds, U256::MAX).send().await.unwrap().get_receipt().await.unwrap();
+    let registry = FeedRegistry::new(feeds, &vendor_provider);
+    let name = "kaiko/btc-usd/trades";
+    let receipt = registry.register(name.into(), 1_000, B256::ZERO, 100 * 10u128.pow(18)).send().await.unwrap();
+    assert!(receipt.get_receipt().await.unwrap().status());
+    let id = feed_id(d.address(VENDOR), name);
+    assert_eq!(registry.feedId(d.address(VENDOR), name.into()).call().await.unwrap(), id, "the same feed id");
+    assert_eq!(registry.get(id).call().await.unwrap().vendor, d.address(VENDOR));
+
+    let domain = feed_domain(d.deployment.chain_id, feeds);
+    let head = |root: u8| FeedHead {
+        feedId: id,
+        seq: 4,
+        segmentRoot: B256::repeat_byte(root),
+        segmentSize: 1 << 20,
+        prevHead: B256::repeat_byte(9),
+        time: 1_800_000_000,
+    };
+    let a = SignedHead::sign(&d.signer(VENDOR), &domain, head(1)).unwrap();
+    let b = SignedHead::sign(&d.signer(VENDOR), &domain, head(2)).unwrap();
+    let onchain = |h: &SignedHead| FeedRegistry::FeedHead {
+        feedId: h.head.feedId,
+        seq: h.head.seq,
+        segmentRoot: h.head.segmentRoot,
+        segmentSize: h.head.segmentSize,
+        prevHead: h.head.prevHead,
+        time: h.head.time,
+    };
+    assert_eq!(registry.hashHead(onchain(&a)).call().await.unwrap(), a.hash(), "Rust's struct hash is the contract's");
+    // a stranger shows both: it takes half the stake, the feed is marked for good
+    let reporter = d.contracts(BUYER);
+    let as_reporter = FeedRegistry::new(feeds, reporter.provider().clone());
+    let before = reporter.balance(d.address(BUYER)).await.unwrap();
+    let call = as_reporter.slash(onchain(&a), a.sig.to_vec().into(), onchain(&b), b.sig.to_vec().into());
+    assert!(call.send().await.unwrap().get_receipt().await.unwrap().status());
+    assert_eq!(reporter.balance(d.address(BUYER)).await.unwrap() - before, bdc(50));
+    assert!(registry.get(id).call().await.unwrap().equivocated);
+}
