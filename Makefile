@@ -67,6 +67,7 @@ demo: tools
 ## examples: the runnable examples of examples/ (after `unit`, which builds the debug binary
 ## that sql_job runs its jobs with)
 examples:
+	$(CARGO) build $(TEST_FEATURES) --bin bdc
 	$(CARGO) run $(TEST_FEATURES) --example publish_fetch
 	$(CARGO) run $(TEST_FEATURES) --example sql_job
 

@@ -312,9 +312,9 @@ pub struct Reputation {
     pub throughput_mibps: f64,
     /// How many buyers' reports the median is over.
     pub throughput_buyers: u64,
-    /// Deals whose buyer reported bytes that did not verify, among deals that paid the
-    /// provider at least a hundredth of the reputation unit (a claim the market cannot check:
-    /// shown, not scored).
+    /// Buyers that reported bytes that did not verify, each counted once, on deals that paid
+    /// the provider at least a hundredth of the reputation unit (a claim the market cannot
+    /// check: shown, not scored).
     #[serde(default)]
     pub faults_reported: u64,
 }

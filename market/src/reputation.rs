@@ -203,11 +203,15 @@ pub async fn reputation(db: &Db, provider: &str, w: &Weights) -> Result<Reputati
         median_per_buyer(reports.iter().filter(|row| paid_at_least(row, 2, floor)).map(|row| (row.get(0), row.get(1))));
     // buyers' claims of bytes that did not verify: shown, not scored, and only from deals that
     // paid the provider something real (a dust deal's claim costs nothing to make)
-    let faults = sqlx::query("SELECT d.redeemed FROM faults f JOIN deals d ON d.id = f.deal WHERE f.provider = $1")
-        .bind(provider)
-        .fetch_all(&db.pool)
-        .await?;
-    r.faults_reported = faults.iter().filter(|row| paid_at_least(row, 0, floor)).count() as u64;
+    // and each buyer counts once, however many deals it opens
+    let faults =
+        sqlx::query("SELECT d.redeemed, d.buyer FROM faults f JOIN deals d ON d.id = f.deal WHERE f.provider = $1")
+            .bind(provider)
+            .fetch_all(&db.pool)
+            .await?;
+    let buyers: std::collections::HashSet<String> =
+        faults.iter().filter(|row| paid_at_least(row, 0, floor)).map(|row| row.get(1)).collect();
+    r.faults_reported = buyers.len() as u64;
     Ok(r)
 }
 

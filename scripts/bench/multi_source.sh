@@ -21,8 +21,12 @@ NS=bdcms$$
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  # a fetch a kill round started in the background (in a subshell) has the work dir in its args
+  pkill -f -- "$W/" 2>/dev/null || true
   wait 2>/dev/null || true
   for k in f 1 2 3; do ip netns del "$NS-$k" 2>/dev/null || true; done
+  # a veth made before its end moved into a namespace
+  for k in 1 2 3; do ip link del "$NS-f$k" 2>/dev/null || true; done
   rm -rf "$W"
 }
 trap cleanup EXIT

@@ -381,18 +381,22 @@ async fn run_paid(
     {
         report_faults(market, &wallet.signer, wallet.chain.deployment(), &lied).await;
     }
-    if let (Some(market), Some(deal)) = (&a.market, r.deal)
-        && r.fetch.fetched_bytes > 0
-    {
-        report_throughput(
-            market,
-            &wallet.signer,
-            wallet.chain.deployment(),
-            deal,
-            r.fetch.fetched_bytes,
-            r.fetch.elapsed_ms,
-        )
-        .await;
+    // each provider's throughput is what it delivered over the download's time (several at
+    // once: each its own bytes, not the whole dataset's)
+    let measured: Vec<(B256, u64)> = match (r.deal, r.deals.is_empty()) {
+        (Some(deal), true) => vec![(deal, r.fetch.fetched_bytes)],
+        (_, false) => r
+            .deals
+            .iter()
+            .filter_map(|d| r.fetch.sources.iter().find(|s| s.provider == d.node).map(|s| (d.deal, s.bytes)))
+            .collect(),
+        (None, true) => Vec::new(),
+    };
+    if let Some(market) = &a.market {
+        for (deal, bytes) in measured.into_iter().filter(|(_, b)| *b > 0) {
+            let (d, ms) = (wallet.chain.deployment(), r.fetch.elapsed_ms);
+            report_throughput(market, &wallet.signer, d, deal, bytes, ms).await;
+        }
     }
     if to.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

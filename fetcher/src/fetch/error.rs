@@ -162,6 +162,13 @@ impl FetchError {
         matches!(self, Self::Verification { .. })
     }
 
+    /// True when the provider sent bytes whose hash does not match (a lie), not a stream that
+    /// merely ended before a chunk or parent arrived.
+    pub fn is_lie(&self) -> bool {
+        matches!(self, Self::Verification { source, .. }
+            if matches!(**source, DecodeError::LeafHashMismatch { .. } | DecodeError::ParentHashMismatch { .. }))
+    }
+
     /// Whether another provider of the same dataset may succeed where this one failed: this one
     /// could not be reached, refused, stalled, broke off, lied, or its offer does not fit the
     /// buyer's limits. Not for failures of the buyer's own side (store, wallet, chain, deal
@@ -242,7 +249,18 @@ pub(super) fn classify(e: GetError, provider: EndpointId, root: Hash, verified: 
         GetError::AtBlobHeaderNext { source: iroh_blobs::get::fsm::AtBlobHeaderNextError::NotFound { .. }, .. } => {
             FetchError::NotFound { provider, root }
         }
-        e @ GetError::LocalFailure { .. } => FetchError::store(e),
+        // the buyer's own side: its store's import channel, a request it built (a malformed
+        // hash sequence, one too big to send): not the provider's fault, and no other provider
+        // would do better
+        e @ (GetError::LocalFailure { .. }
+        | GetError::IrpcSend { .. }
+        | GetError::BadRequest { .. }
+        | GetError::ConnectedNext {
+            source:
+                iroh_blobs::get::fsm::ConnectedNextError::RequestTooBig { .. }
+                | iroh_blobs::get::fsm::ConnectedNextError::PostcardSer { .. },
+            ..
+        }) => FetchError::store(e),
         e => FetchError::Transfer { provider, source: TransferError::Get(Box::new(e)) },
     }
 }

@@ -312,9 +312,13 @@ impl Fetcher {
                         let s = PaidSession::new(self, wallet, pay, d.clone(), resume, book.clone(), dialled);
                         others.push((t.clone(), Address::from(o.provider), d, s));
                     }
-                    // no deal with it (it cannot be reached, the chain refused the deposit…):
-                    // the others serve without it
-                    Err(e) => on(FetchEvent::Dropped { provider: t.addr().id, reason: e.to_string() }),
+                    // no deal with it (it cannot be reached, its offer does not fit): the others
+                    // serve without it; a failure of the buyer's own side (its book, its chain
+                    // node, its funds) ends the fetch rather than fall on every provider in turn
+                    Err(e) if e.another_provider_may_serve() => {
+                        on(FetchEvent::Dropped { provider: t.addr().id, reason: e.to_string() })
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             let mut session = PaidSession::new(self, wallet, pay, deal.clone(), resume, book.clone(), dialled);
@@ -414,7 +418,14 @@ impl Fetcher {
     ) -> Result<Vec<(BlobTicket, Offer, Address)>, FetchError> {
         let mut out: Vec<(BlobTicket, Offer, Address)> = Vec::new();
         for o in rest {
-            let t = parse_ticket(&o.ticket).map_err(PaidError::Offer)?;
+            let t = match parse_ticket(&o.ticket) {
+                Ok(t) => t,
+                // an offer whose ticket does not parse names no provider to drop: it is left out
+                Err(e) => {
+                    tracing::warn!("leaving out an offer whose ticket does not parse: {e}");
+                    continue;
+                }
+            };
             if t.hash() != ticket.hash() {
                 return Err(crate::fetch::BadRequest::DifferentDatasets(ticket.hash(), t.hash()).into());
             }

@@ -224,7 +224,7 @@ pub(super) async fn post_report(
         return Err(ApiError::BadRequest("bytes and millis must be positive".into()));
     }
     let t = now();
-    if rep.issued_at + REPORT_SKEW_SECS < t || rep.issued_at > t + 300 {
+    if rep.issued_at.saturating_add(REPORT_SKEW_SECS) < t || rep.issued_at > t + 300 {
         return Err(ApiError::BadRequest(format!("issued_at {} is not within a day of now ({t})", rep.issued_at)));
     }
     let id = format!("{deal:#x}");
@@ -303,7 +303,7 @@ pub(super) async fn post_fault(
         bdc_contracts::listing::fault_signer(&market_domain(st.chain_id, st.registry), &f.typed(), &f.signature)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let t = now();
-    if f.issued_at + REPORT_SKEW_SECS < t || f.issued_at > t + 300 {
+    if f.issued_at.saturating_add(REPORT_SKEW_SECS) < t || f.issued_at > t + 300 {
         return Err(ApiError::BadRequest(format!("issued_at {} is not within a day of now ({t})", f.issued_at)));
     }
     let id = format!("{:#x}", f.deal_id);

@@ -414,6 +414,7 @@ async fn suite(db_url: String) {
         ("older than the stored one", report(BUYER, deal.id, 1 << 20, t - 10), 409),
         ("within a minute of the stored one", report(BUYER, deal.id, 1 << 20, t + 30), 409),
         ("from last week", report(BUYER, deal.id, 1 << 20, t - 7 * 86_400), 400),
+        ("from the end of time", report(BUYER, deal.id, 1 << 20, u64::MAX), 400),
         ("malformed", "{\"deal_id\": 5}".to_string(), 400),
     ] {
         let (code, res) = env.post("/reports", &body).await;
@@ -435,14 +436,24 @@ async fn suite(db_url: String) {
         ("not the buyer", fault(PROVIDER, deal.id, t), 401),
         ("unknown deal", fault(BUYER, B256::repeat_byte(3), t), 422),
         ("from last week", fault(BUYER, deal.id, t - 7 * 86_400), 400),
+        ("from the end of time", fault(BUYER, deal.id, u64::MAX), 400),
         ("the buyer's", fault(BUYER, deal.id, t), 201),
         ("a second one for the same deal", fault(BUYER, deal.id, t + 1), 409),
     ] {
         let (code, res) = env.post("/faults", &body).await;
         assert_eq!(code, want, "{what}: {res}");
     }
+    // the same buyer again, on a second paying deal: still one buyer's claim
+    let deal2 = buyer
+        .open_deal(devnet.address(BUYER), &deal_request(devnet, provider.address(), root_btc).await)
+        .await
+        .unwrap();
+    let sig = sign_receipt_sync(&devnet.signer(BUYER), &p.domain(), deal2.id, U256::from(5_000_000u64)).unwrap();
+    p.redeem(&deal2.terms, U256::from(5_000_000u64), sig.as_bytes().into()).await.unwrap();
+    env.synced().await;
+    assert_eq!(env.post("/faults", &fault(BUYER, deal2.id, t)).await.0, 201);
     let (_, after) = env.get(&format!("/providers/{:#x}", provider.address())).await;
-    assert_eq!(after["reputation"]["faults_reported"], 1, "{after}");
+    assert_eq!(after["reputation"]["faults_reported"], 1, "one buyer, however many deals: {after}");
     assert_eq!(after["reputation"]["score"], pr["reputation"]["score"], "an unchecked claim moves no score");
     let fast = json!({"root": format!("{root_btc:#x}"), "rank": {"speed": "throughput_mibps"}});
     let offers = env.post("/match", &fast.to_string()).await.1["offers"].clone();

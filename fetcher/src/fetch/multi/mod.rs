@@ -65,7 +65,7 @@ pub struct SourceReport {
     pub dropped: Option<String>,
     /// The provider's close code, when it closed the connection with one (paid).
     pub closed: Option<u64>,
-    /// It sent bytes that did not verify against the root.
+    /// It sent bytes whose hash did not match the root's tree (not merely a stream that ended).
     pub lied: bool,
 }
 
@@ -269,7 +269,7 @@ impl Fetcher {
             let bytes = s.verified();
             fetched += bytes;
             let error = s.error.get_mut().expect("source lock").take();
-            let lied = error.as_ref().is_some_and(FetchError::is_verification);
+            let lied = error.as_ref().is_some_and(FetchError::is_lie);
             // a provider that stops reading cannot hold up the others' ends: each end is bounded,
             // and its connection closed (which ends its receipt task) when it runs out
             let limit = self.cfg.connect_timeout + self.cfg.stall_timeout;

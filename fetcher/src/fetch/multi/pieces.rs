@@ -13,6 +13,9 @@ use crate::fetch::{FetchError, Fetcher};
 /// dataset can claim an absurd size: past this many pieces they grow instead of multiplying.
 const MAX_PIECES: u64 = 1 << 16;
 
+/// The most blobs one piece asks for (a request must stay under iroh-blobs' 1 MiB limit).
+const MAX_PARTS: usize = 1024;
+
 /// Chunk ranges of one blob of the request.
 #[derive(Debug, Clone)]
 pub(super) struct Part {
@@ -86,10 +89,12 @@ impl Fetcher {
             };
             // never past the end: a range beyond it is answered with the last chunk group again
             let ranges: ChunkRanges = ranges.intersection(&ChunkRanges::bytes(0..size));
-            if offset > 0 && size < piece {
+            // grouped by the base piece size whatever the dataset claims, each part counted as at
+            // least a chunk group and at most MAX_PARTS of them, so a request stays small
+            if offset > 0 && size < PIECE_BYTES {
                 group.0.push(Part { offset, hash, ranges });
-                group.1 += size;
-                if group.1 >= piece {
+                group.1 += size.max(16 << 10);
+                if group.1 >= PIECE_BYTES || group.0.len() >= MAX_PARTS {
                     out.push(Piece::Parts(std::mem::take(&mut group.0)));
                     group.1 = 0;
                 }
