@@ -64,10 +64,10 @@ demo: tools
 	$(CARGO) build --bin bdc
 	bash scripts/demo.sh "$(CARGO_TARGET_DIR)/debug/bdc"
 
-## examples: the runnable examples of examples/ (after `unit`, which builds the debug binary
-## that sql_job runs its jobs with)
+## examples: the runnable examples of examples/ (sql_job runs its jobs with the debug `bdc`
+## binary, built here as the tests build it: with their features, so nothing is rebuilt)
 examples:
-	$(CARGO) build $(TEST_FEATURES) --bin bdc
+	$(CARGO) test $(TEST_FEATURES) --no-run --test it
 	$(CARGO) run $(TEST_FEATURES) --example publish_fetch
 	$(CARGO) run $(TEST_FEATURES) --example sql_job
 
