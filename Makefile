@@ -7,7 +7,7 @@ CARGO ?= cargo
 TEST_FEATURES ?= --features ballista
 FORGE := $(CURDIR)/contracts/node_modules/@foundry-rs/forge-linux-amd64/bin/forge
 
-.PHONY: all build tools test fmt-check clippy layering unit examples demo bench contracts contracts-test gas devnet reliability reliability-short
+.PHONY: all build tools test fmt-check clippy doc-check layering unit examples demo bench contracts contracts-test gas devnet reliability reliability-short
 
 all: build
 
@@ -25,13 +25,17 @@ contracts/node_modules/.package-lock.json: contracts/package.json contracts/pack
 	@touch $@
 
 ## test: everything CI runs — toolchain, formatting, lints, crate layering, contracts, all tests
-test: tools fmt-check clippy layering contracts-test unit examples reliability-short
+test: tools fmt-check clippy doc-check layering contracts-test unit examples reliability-short
 
 fmt-check:
 	$(CARGO) fmt --all --check
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets $(TEST_FEATURES) -- -D warnings
+
+## doc-check: the crates' rustdoc builds without a warning (broken links, stray HTML)
+doc-check:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace $(TEST_FEATURES)
 
 layering:
 	python3 scripts/check_layering.py

@@ -2,6 +2,10 @@
 //! libraries and maps errors to exit codes: 0 ok, 1 verification failed or not found, 2 any
 //! other error.
 
+// the CLI's doc comments are its `--help` text (clap), written for a terminal: `<data-dir>` and
+// `[sell]` there are words, not HTML tags or intra-doc links
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 mod cli;
 mod progress;
 mod review;

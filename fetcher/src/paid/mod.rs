@@ -9,7 +9,7 @@
 //!
 //! A receipt is signed only after the store committed its entries, so what the buyer paid for
 //! survives a kill -9 of the buyer. A resumed run compares what the deal book paid for with
-//! what the store holds ([`Resume`]): bytes lost anyway (at most a window of them) are
+//! what the store holds (`Resume`): bytes lost anyway (at most a window of them) are
 //! re-downloaded without paying again. The newest recorded receipt is sent again right after
 //! the Hello.
 //!

@@ -2,9 +2,9 @@
 //! types of [`bdc_market_api`], Prometheus metrics and the web pages, in one axum router behind
 //! one tower stack (trace → body limit → timeout → concurrency limit).
 //!
-//! Each concern has its file: [`search`] (the search planner), [`listings`] (signed listing
-//! intake), [`records`] (providers, deals, reports), [`matching`] (CEL ranking), [`metrics`];
-//! [`error`] turns every failure into one JSON shape.
+//! Each concern has its file: [`search`] (the search planner), `listings` (signed listing
+//! intake), `records` (providers, deals, reports), `matching` (CEL ranking), [`metrics`];
+//! `error` turns every failure into one JSON shape.
 
 use std::{
     net::SocketAddr,

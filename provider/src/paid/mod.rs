@@ -5,7 +5,7 @@
 //! - iroh-blobs' stream handler, answering GETs on bi streams, with an event handler that
 //!   authorizes each GET (the hash must belong to the deal's dataset, children only through its
 //!   collection root, see [`crate::access`], and the Hello must have been accepted) and each
-//!   Observe the same way. Each bi stream's send side is wrapped in a [`GatedWriter`]: a 16 KiB group goes
+//!   Observe the same way. Each bi stream's send side is wrapped in a `GatedWriter`: a 16 KiB group goes
 //!   onto the wire only if afterwards `sent − receipted ≤ window` (bytes); otherwise the write
 //!   waits for a receipt, up to the stall timeout, then the connection is closed with
 //!   `PAYMENT_TIMEOUT`. The check is a mutex section in the writer itself: an open window costs
@@ -16,7 +16,7 @@
 //!   counted by the gate.
 //!
 //! Expiry: no Hello is admitted, and no group is sent, within `expiry_margin` of the deal's
-//! expiry (bytes sent later could not be redeemed). The [`redeemer`] submits stored receipts on
+//! expiry (bytes sent later could not be redeemed). The `redeemer` submits stored receipts on
 //! chain, many deals per transaction.
 
 pub mod admission;

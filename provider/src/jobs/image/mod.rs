@@ -9,7 +9,7 @@
 //!   files this code names, never more bytes than the archive holds;
 //! - every blob read is checked against its digest, and JSON documents are size-capped;
 //! - layers (tar, tar+gzip) are applied in order with OCI whiteouts (`.wh.<name>` removes,
-//!   `.wh..wh..opq` hides the lower layers' entries of a directory) through [`super::rootfs`]:
+//!   `.wh..wh..opq` hides the lower layers' entries of a directory) through `super::rootfs`:
 //!   nothing is written, linked or removed outside the root or through a symlink;
 //! - all layers together may decompress to at most [`UnpackLimits::max_unpacked_bytes`] and hold
 //!   at most [`UnpackLimits::max_entries`] entries (gzip bombs stop there);

@@ -11,7 +11,7 @@
 //! works on cgroup v1 and v2 hosts alike. No swap: where the host accounts swap the limit on
 //! memory plus swap equals the memory limit, elsewhere the job's swappiness is 0.
 //!
-//! The runtime spec is built with the `oci-spec` crate ([`spec`]). A seccomp allow-list
+//! The runtime spec is built with the `oci-spec` crate (`spec`). A seccomp allow-list
 //! ([`seccomp_profile`]) filters every system call: Docker's default profile
 //! for a container without capabilities, less io_uring, ptrace and `process_vm_*`. Everything
 //! else (`unshare`, `setns`, `mount`, `keyctl`, `bpf`, `userfaultfd`, `perf_event_open`, …)
