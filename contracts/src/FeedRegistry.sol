@@ -79,8 +79,22 @@ contract FeedRegistry is EIP712 {
     error NotOneSlot();
     error SameHead();
     error NotVendorSignature(address signer);
+    error ZeroAddress();
+    error ZeroStake();
+    error ZeroHead();
+    error NothingToWithdraw(bytes32 id);
+    error UnstakeDelayOutOfRange(uint64 delay);
+
+    /// @notice Bounds of `unstakeDelay`: long enough for a proof to land, short enough that
+    /// `closedAt + unstakeDelay` never overflows.
+    uint64 public constant MIN_UNSTAKE_DELAY = 1 days;
+    uint64 public constant MAX_UNSTAKE_DELAY = 365 days;
 
     constructor(IERC20 token_, uint64 unstakeDelay_) EIP712("BDC Feed", "1") {
+        if (address(token_) == address(0)) revert ZeroAddress();
+        if (unstakeDelay_ < MIN_UNSTAKE_DELAY || unstakeDelay_ > MAX_UNSTAKE_DELAY) {
+            revert UnstakeDelayOutOfRange(unstakeDelay_);
+        }
         token = token_;
         unstakeDelay = unstakeDelay_;
     }
@@ -104,6 +118,8 @@ contract FeedRegistry is EIP712 {
     {
         if (bytes(name).length == 0) revert EmptyName();
         if (royaltyBps > MAX_BPS) revert RoyaltyTooHigh(royaltyBps);
+        // a feed with nothing at stake could equivocate for free
+        if (stake == 0) revert ZeroStake();
         id = feedId(msg.sender, name);
         if (_feeds[id].vendor != address(0)) revert AlreadyRegistered(id);
         _feeds[id] = Feed({
@@ -123,6 +139,7 @@ contract FeedRegistry is EIP712 {
 
     /// @notice Records head `seq`'s struct hash on chain (a later sequence number than the last).
     function checkpoint(bytes32 id, uint64 seq, bytes32 head) external onlyVendor(id) {
+        if (head == bytes32(0)) revert ZeroHead();
         Feed storage f = _feeds[id];
         if (f.closedAt != 0) revert FeedIsClosed(id);
         if (f.checkpointHead != bytes32(0) && seq <= f.checkpointSeq) revert CheckpointNotNewer(f.checkpointSeq, seq);
@@ -147,6 +164,7 @@ contract FeedRegistry is EIP712 {
         uint64 until = f.closedAt + unstakeDelay;
         if (block.timestamp < until) revert StakeLocked(id, until);
         uint128 amount = f.stake;
+        if (amount == 0) revert NothingToWithdraw(id);
         f.stake = 0;
         emit StakeWithdrawn(id, amount);
         token.safeTransfer(msg.sender, amount);

@@ -2,6 +2,7 @@
 pragma solidity ^0.8.30;
 
 import {Base} from "./Base.sol";
+import {BDCToken} from "../src/BDCToken.sol";
 import {FeedRegistry} from "../src/FeedRegistry.sol";
 
 contract FeedRegistryTest is Base {
@@ -55,10 +56,22 @@ contract FeedRegistryTest is Base {
         assert(other != id);
         vm.prank(vendor);
         vm.expectRevert(abi.encodeWithSelector(FeedRegistry.AlreadyRegistered.selector, id));
-        feeds.register("kaiko/btc-usd/trades", 0, bytes32(0), 0);
+        feeds.register("kaiko/btc-usd/trades", 0, bytes32(0), 1);
+    }
+
+    function test_the_constructor_bounds_the_delay_and_needs_a_token() public {
+        vm.expectRevert(FeedRegistry.ZeroAddress.selector);
+        new FeedRegistry(BDCToken(address(0)), 7 days);
+        vm.expectRevert(abi.encodeWithSelector(FeedRegistry.UnstakeDelayOutOfRange.selector, uint64(0)));
+        new FeedRegistry(token, 0);
+        vm.expectRevert(abi.encodeWithSelector(FeedRegistry.UnstakeDelayOutOfRange.selector, type(uint64).max));
+        new FeedRegistry(token, type(uint64).max);
     }
 
     function test_bad_registrations_are_refused() public {
+        vm.prank(vendor);
+        vm.expectRevert(FeedRegistry.ZeroStake.selector);
+        feeds.register("free to lie", 0, bytes32(0), 0);
         vm.prank(vendor);
         vm.expectRevert(FeedRegistry.EmptyName.selector);
         feeds.register("", 0, bytes32(0), 0);
@@ -78,6 +91,10 @@ contract FeedRegistryTest is Base {
         feeds.checkpoint(id, 6, keccak256("head 6"));
         vm.prank(vendor);
         feeds.checkpoint(id, 6, keccak256("head 6"));
+        // a zero head would reset the order (the next checkpoint could go back)
+        vm.prank(vendor);
+        vm.expectRevert(FeedRegistry.ZeroHead.selector);
+        feeds.checkpoint(id, 7, bytes32(0));
         FeedRegistry.Feed memory f = feeds.get(id);
         assert(f.checkpointSeq == 6 && f.checkpointHead == keccak256("head 6"));
     }
@@ -149,6 +166,9 @@ contract FeedRegistryTest is Base {
         vm.prank(vendor);
         feeds.withdrawStake(id);
         assert(token.balanceOf(vendor) == before + STAKE && feeds.get(id).stake == 0);
+        vm.prank(vendor);
+        vm.expectRevert(abi.encodeWithSelector(FeedRegistry.NothingToWithdraw.selector, id));
+        feeds.withdrawStake(id);
     }
 
     function test_a_slash_during_the_unstake_delay_still_lands() public {
@@ -163,11 +183,20 @@ contract FeedRegistryTest is Base {
 
     /// Any two different heads of one slot, both the vendor's, slash; the stake is always split
     /// exactly between the reporter and the burn address.
-    function testFuzz_any_two_different_heads_of_one_slot_slash(uint64 seq, bytes32 x, bytes32 y, uint64 size) public {
-        vm.assume(x != y);
+    function testFuzz_any_two_different_heads_of_one_slot_slash(
+        uint64 seq,
+        bytes32 x,
+        bytes32 y,
+        uint64 size,
+        bytes32 prev,
+        uint64 time
+    ) public {
         FeedRegistry.FeedHead memory a = head(seq, x);
         FeedRegistry.FeedHead memory b = head(seq, y);
         b.segmentSize = size;
+        b.prevHead = prev;
+        b.time = time;
+        vm.assume(feeds.hashHead(a) != feeds.hashHead(b));
         // signed first: a prank applies to the next call, which headDigest would take
         bytes memory sa = signHead(VENDOR_PK, a);
         bytes memory sb = signHead(VENDOR_PK, b);

@@ -112,9 +112,10 @@ impl SignedHead {
     }
 }
 
-/// Checks head 0 of `vendor`'s feed `feed`.
-pub fn verify_first(domain: &Eip712Domain, vendor: Address, feed: B256, first: &SignedHead) -> Result<(), HeadError> {
-    first.check(domain, vendor, feed)?;
+/// Checks head 0 of `vendor`'s feed `name` (its id is computed here, so a head of another
+/// vendor's feed cannot pass for this one's).
+pub fn verify_first(domain: &Eip712Domain, vendor: Address, name: &str, first: &SignedHead) -> Result<(), HeadError> {
+    first.check(domain, vendor, feed_id(vendor, name))?;
     if first.head.seq != 0 {
         return Err(HeadError::NotNext { prev: 0, got: first.head.seq });
     }
@@ -154,12 +155,27 @@ pub struct Equivocation {
     pub b: SignedHead,
 }
 
-/// The equivocation `a` and `b` prove, if they do: both of `vendor`'s feed, both signed by it,
-/// the same sequence number, different heads.
-pub fn equivocation(domain: &Eip712Domain, vendor: Address, a: &SignedHead, b: &SignedHead) -> Option<Equivocation> {
-    let same_slot = a.head.feedId == b.head.feedId && a.head.seq == b.head.seq;
-    let signed = |h: &SignedHead| h.signer(domain).is_ok_and(|s| s == vendor);
-    (same_slot && a.hash() != b.hash() && signed(a) && signed(b)).then(|| Equivocation { a: a.clone(), b: b.clone() })
+/// The equivocation `a` and `b` prove, if they do: both of `vendor`'s feed `name`, both signed
+/// by it, the same sequence number, different heads. The proof carries each signature in the
+/// canonical form (low s, v in {27, 28}) the registry's `slash` accepts, whatever form the heads
+/// were relayed in.
+pub fn equivocation(
+    domain: &Eip712Domain,
+    vendor: Address,
+    name: &str,
+    a: &SignedHead,
+    b: &SignedHead,
+) -> Option<Equivocation> {
+    let feed = feed_id(vendor, name);
+    let same_slot = a.head.feedId == feed && b.head.feedId == feed && a.head.seq == b.head.seq;
+    let canonical = |h: &SignedHead| match recover_canonical(&h.head.eip712_signing_hash(domain), &h.sig) {
+        Ok((signer, sig)) if signer == vendor => Some(SignedHead { head: h.head.clone(), sig }),
+        _ => None,
+    };
+    if !same_slot || a.hash() == b.hash() {
+        return None;
+    }
+    Some(Equivocation { a: canonical(a)?, b: canonical(b)? })
 }
 
 #[cfg(test)]
@@ -168,8 +184,10 @@ mod tests {
 
     use super::*;
 
+    const NAME: &str = "kaiko/btc-usd/trades";
+
     fn chain(vendor: &PrivateKeySigner, domain: &Eip712Domain, n: u64) -> Vec<SignedHead> {
-        let feed = feed_id(vendor.address(), "kaiko/btc-usd/trades");
+        let feed = feed_id(vendor.address(), NAME);
         let mut out: Vec<SignedHead> = Vec::new();
         for seq in 0..n {
             let head = FeedHead {
@@ -204,8 +222,7 @@ mod tests {
     fn a_subscriber_holding_one_head_checks_every_later_one() {
         let (vendor, domain) = (PrivateKeySigner::random(), feed_domain(31337, Address::repeat_byte(7)));
         let heads = chain(&vendor, &domain, 5);
-        let feed = heads[0].head.feedId;
-        verify_first(&domain, vendor.address(), feed, &heads[0]).unwrap();
+        verify_first(&domain, vendor.address(), NAME, &heads[0]).unwrap();
         for w in heads.windows(2) {
             verify_next(&domain, vendor.address(), &w[0], &w[1]).unwrap();
         }
@@ -250,7 +267,11 @@ mod tests {
         let mainnet = feed_domain(1, Address::repeat_byte(7));
         assert!(matches!(verify_next(&mainnet, v, &heads[0], &heads[1]), Err(HeadError::NotTheVendor { .. })));
         // head 0 must start the chain
-        assert!(matches!(verify_first(&domain, v, heads[0].head.feedId, &heads[1]), Err(HeadError::NotNext { .. })));
+        assert!(matches!(verify_first(&domain, v, NAME, &heads[1]), Err(HeadError::NotNext { .. })));
+        assert!(matches!(verify_first(&domain, v, "another", &heads[0]), Err(HeadError::OtherFeed { .. })));
+        // a stranger's own feed of the same name is not the vendor's
+        let theirs = chain(&stranger, &domain, 1).remove(0);
+        assert!(matches!(verify_first(&domain, v, NAME, &theirs), Err(HeadError::OtherFeed { .. })));
     }
 
     #[test]
@@ -263,15 +284,20 @@ mod tests {
         let fork = SignedHead::sign(&vendor, &domain, h).unwrap();
         // each verifies after head 1 on its own: only together do they show two histories
         verify_next(&domain, v, &heads[1], &fork).unwrap();
-        let proof = equivocation(&domain, v, &heads[2], &fork).expect("an equivocation");
+        let proof = equivocation(&domain, v, NAME, &heads[2], &fork).expect("an equivocation");
         assert_eq!((proof.a.head.seq, proof.b.head.seq), (2, 2));
         // the same head twice, two sequence numbers, or a stranger's head prove nothing
-        assert!(equivocation(&domain, v, &heads[2], &heads[2]).is_none());
-        assert!(equivocation(&domain, v, &heads[1], &heads[2]).is_none());
+        // relayed in the other (high-s) form, the proof still carries the canonical one
+        let sig = alloy::primitives::Signature::try_from(&fork.sig[..]).unwrap();
+        let high = SignedHead { head: fork.head.clone(), sig: crate::receipt::malleate(&sig) };
+        assert_eq!(equivocation(&domain, v, NAME, &heads[2], &high).unwrap().b.sig, fork.sig);
+        assert!(equivocation(&domain, v, NAME, &heads[2], &heads[2]).is_none());
+        assert!(equivocation(&domain, v, NAME, &heads[1], &heads[2]).is_none());
+        assert!(equivocation(&domain, v, "another", &heads[2], &fork).is_none());
         let stranger = PrivateKeySigner::random();
         let mut h = heads[2].head.clone();
         h.segmentRoot = B256::repeat_byte(0x43);
         let forged = SignedHead::sign(&stranger, &domain, h).unwrap();
-        assert!(equivocation(&domain, v, &heads[2], &forged).is_none());
+        assert!(equivocation(&domain, v, NAME, &heads[2], &forged).is_none());
     }
 }

@@ -258,7 +258,7 @@ async fn an_unruled_dispute_is_settled_by_default_after_the_deadline() {
 async fn two_rust_signed_heads_of_one_slot_slash_the_feed_on_chain() {
     use bdc_contracts::{
         bindings::{BDCToken, FeedRegistry},
-        feed::{FeedHead, SignedHead, feed_domain, feed_id},
+        feed::{FeedHead, SignedHead, equivocation, feed_domain, feed_id},
     };
     let d = Devnet::spawn_with(DevnetConfig::default()).await.unwrap();
     let vendor = d.contracts(VENDOR);
@@ -284,6 +284,14 @@ async fn two_rust_signed_heads_of_one_slot_slash_the_feed_on_chain() {
     };
     let a = SignedHead::sign(&d.signer(VENDOR), &domain, head(1)).unwrap();
     let b = SignedHead::sign(&d.signer(VENDOR), &domain, head(2)).unwrap();
+    // the second head reached the subscriber in the high-s form the registry refuses: the proof
+    // carries the canonical one
+    let high = SignedHead {
+        head: b.head.clone(),
+        sig: malleate(&alloy::primitives::Signature::try_from(&b.sig[..]).unwrap()),
+    };
+    let proof = equivocation(&domain, d.address(VENDOR), name, &a, &high).expect("an equivocation");
+    let (a, b) = (proof.a, proof.b);
     let onchain = |h: &SignedHead| FeedRegistry::FeedHead {
         feedId: h.head.feedId,
         seq: h.head.seq,
