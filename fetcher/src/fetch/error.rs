@@ -181,6 +181,7 @@ impl FetchError {
                 P::Offer(_)
                     | P::PriceTooHigh { .. }
                     | P::DepositTooHigh { .. }
+                    | P::DepositsTooHigh { .. }
                     | P::WindowTooSmall { .. }
                     | P::ArbiterNotAccepted { .. }
                     | P::DealTooShort { .. }

@@ -17,6 +17,10 @@ pub enum PaidError {
     )]
     DepositTooHigh { needed: u128, max: u128 },
     #[error(
+        "with this provider, {deals} deals of the dataset's full price each would escrow {needed} base units together, more than your maximum deposit {max}: it is left out"
+    )]
+    DepositsTooHigh { deals: usize, needed: u128, max: u128 },
+    #[error(
         "the offer is for chain {offer_chain} escrow {offer_escrow}, but this wallet is on chain {chain} escrow {escrow}"
     )]
     WrongChain { offer_chain: u64, offer_escrow: Address, chain: u64, escrow: Address },

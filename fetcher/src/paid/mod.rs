@@ -268,7 +268,7 @@ impl Fetcher {
         self.settle(&ticket, offer, wallet, pay).await;
         let arbiter = check_offer(offer, pay)?;
         let mut on = on;
-        let extras = self.extras(&ticket, rest, wallet, pay, &mut on).await?;
+        let extras = self.extras(&ticket, offer, rest, wallet, pay, &mut on).await?;
         if self.holds(&ticket, opts).await? {
             let fetch = self.run(&ticket, out, opts, None, Vec::new(), on).await?;
             let price_per_byte = offer.price_per_byte;
@@ -406,17 +406,22 @@ impl Fetcher {
     }
 
     /// The offers after the first that a multi-source fetch can use: of the same dataset,
-    /// one per provider node, on this chain, within the buyer's limits (the others are said
-    /// by [`FetchEvent::Dropped`]); each with the arbiter a new deal names.
+    /// one per provider node, on this chain, within the buyer's limits, and while the escrow of
+    /// all the deals together stays within `max_deposit` (each deal escrows the dataset's full
+    /// price: any one provider may end up sending all of it); the others are said by
+    /// [`FetchEvent::Dropped`]. Each comes with the arbiter a new deal names.
     async fn extras(
         &self,
         ticket: &BlobTicket,
+        first: &Offer,
         rest: &[Offer],
         wallet: &Wallet,
         pay: &PaidOptions,
         on: &mut impl FnMut(FetchEvent),
     ) -> Result<Vec<(BlobTicket, Offer, Address)>, FetchError> {
         let mut out: Vec<(BlobTicket, Offer, Address)> = Vec::new();
+        // an explicit --deposit is per deal, the buyer's own choice (as for one deal)
+        let mut escrowed = first.full_price();
         for o in rest {
             let t = match parse_ticket(&o.ticket) {
                 Ok(t) => t,
@@ -438,8 +443,19 @@ impl Fetcher {
             }
             check_chain(o, wallet)?;
             self.settle(&t, o, wallet, pay).await;
-            match check_offer(o, pay) {
-                Ok(arbiter) => out.push((t, o.clone(), arbiter)),
+            let together = escrowed.saturating_add(o.full_price());
+            let checked = check_offer(o, pay).and_then(|arbiter| match pay.deposit {
+                None if together > pay.max_deposit => {
+                    let deals = out.len() + 2;
+                    Err(PaidError::DepositsTooHigh { deals, needed: together, max: pay.max_deposit }.into())
+                }
+                _ => Ok(arbiter),
+            });
+            match checked {
+                Ok(arbiter) => {
+                    escrowed = together;
+                    out.push((t, o.clone(), arbiter));
+                }
                 Err(e) => on(FetchEvent::Dropped { provider: id, reason: e.to_string() }),
             }
         }

@@ -176,17 +176,41 @@ async fn a_range_bought_from_two_sellers_pays_each_its_bytes_and_the_vendor_its_
     assert_eq!(r.paid, r.fetch.fetched_bytes as u128 * PRICE);
     assert_eq!(r.deals.len(), 2, "a deal with each seller: {:?}", r.deals);
     let book = DealBook::load(&dir.join("buyer")).unwrap();
+    // each seller redeems what was signed to it; the dispute window runs from the last redeem
+    for d in &r.deals {
+        wait_redeemed(&devnet, d.deal, U256::from(d.paid)).await;
+    }
     devnet.advance_time(61).await.unwrap();
     for (i, who) in SELLERS.into_iter().enumerate() {
         let d = r.deals.iter().find(|d| d.provider == devnet.address(who)).unwrap();
         let s = r.fetch.sources.iter().find(|s| s.provider == sellers[i].addr().id).unwrap();
         assert!(s.pieces >= 1 && d.paid > 0, "seller {i} delivered a share: {:?}", r.fetch.sources);
-        wait_redeemed(&devnet, d.deal, U256::from(d.paid)).await;
         let terms = book.get(&d.deal).unwrap().terms().unwrap();
         let (to_seller, to_vendor) = devnet.contracts(who).withdraw(&terms).await.unwrap();
         assert_eq!(to_vendor, U256::from(d.paid / 10), "seller {i}: the vendor's 10 %");
         assert_eq!(to_seller + to_vendor, U256::from(d.paid), "seller {i}");
     }
+    fetcher.shutdown().await;
+
+    // --max-deposit bounds the deals of one download together: with room for one deal's
+    // escrow and a half, the second seller is left out before any deal is opened with it
+    let pay = PaidOptions { max_deposit: offers[0].full_price() * 3 / 2, ..pay };
+    let fetcher = Fetcher::open(FetcherConfig::test(dir.join("buyer2"))).await.unwrap();
+    let mut dropped = Vec::new();
+    let r = fetcher
+        .fetch_paid_from(&offers, &wallet, &dir.join("out2"), &opts, &pay, |e| {
+            if let bdc_fetcher::FetchEvent::Dropped { provider, reason } = e {
+                dropped.push((provider, reason));
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(dir.join("out2/part.bin")).unwrap(), &data[start as usize..end as usize]);
+    assert!(
+        dropped.iter().any(|(p, why)| *p == sellers[1].addr().id && why.contains("escrow")),
+        "the second seller is left out for the escrow: {dropped:?}"
+    );
+    assert_eq!(DealBook::load(&dir.join("buyer2")).unwrap().deals.len(), 1, "one deal: {:?}", r.deals);
     fetcher.shutdown().await;
     for s in sellers {
         s.shutdown().await;
