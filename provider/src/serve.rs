@@ -141,6 +141,9 @@ pub struct Provider {
     paid_handler: Option<PaidProtocol>,
     metrics: Arc<ProviderMetrics>,
     metrics_server: Option<iroh_metrics::service::MetricsServer>,
+    /// The receipt ledger, watched at shutdown until every task holding it ended (its database
+    /// stays locked while one does, and a provider restarted at once could not open it).
+    ledger: Option<std::sync::Weak<Ledger>>,
 }
 
 impl Provider {
@@ -175,8 +178,10 @@ impl Provider {
         let mut router = Router::builder(endpoint.clone()).accept(FREE_ALPN, blobs);
         let mut job_payments = None;
         let mut paid_handler = None;
+        let mut ledger_watch = None;
         if let Some(p) = &cfg.paid {
             let ledger = Arc::new(Ledger::open(&store.dir.join(crate::paid::ledger::LEDGER_FILE))?);
+            ledger_watch = Some(Arc::downgrade(&ledger));
             let datasets = contents.iter().map(|(k, (v, _))| (*k, v.clone())).collect();
             let vendors = manifest_vendors(&store).await?;
             let handler = PaidProtocol::new(
@@ -226,7 +231,16 @@ impl Provider {
             }
             None => None,
         };
-        let this = Self { router, store, contents, paid: cfg.paid.clone(), paid_handler, metrics, metrics_server };
+        let this = Self {
+            router,
+            store,
+            contents,
+            paid: cfg.paid.clone(),
+            paid_handler,
+            metrics,
+            metrics_server,
+            ledger: ledger_watch,
+        };
         let info = ServeInfo { addr: this.addr(), pid: std::process::id() };
         let path = this.store.dir.join(ServeInfo::FILE);
         bdc_core::keys::write_private(&path, &serde_json::to_vec_pretty(&info).expect("serializes"))
@@ -296,11 +310,26 @@ impl Provider {
 
     /// Stops accepting, closes connections, and flushes the store.
     pub async fn shutdown(self) {
-        let _ = std::fs::remove_file(self.store.dir.join(ServeInfo::FILE));
+        let Self { router, store, paid_handler, ledger, .. } = self;
+        let _ = std::fs::remove_file(store.dir.join(ServeInfo::FILE));
         // The blobs protocol handler shuts the store down as part of the router's shutdown.
-        if let Err(e) = self.router.shutdown().await {
+        if let Err(e) = router.shutdown().await {
             tracing::warn!("router shutdown: {e:#}; closing the store directly");
-            self.store.shutdown().await;
+            store.shutdown().await;
+        }
+        // the ledger closes when the last task holding it (a connection's, the event handler's,
+        // the redeemer) ends, which needs the router's handlers gone: wait for that, so that a
+        // provider started next on this data dir can open it
+        drop(router);
+        drop(paid_handler);
+        if let Some(ledger) = ledger {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while ledger.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            if ledger.strong_count() > 0 {
+                tracing::warn!("the receipt ledger is still held by a task 10 s after shutdown");
+            }
         }
     }
 }

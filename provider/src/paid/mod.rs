@@ -562,7 +562,12 @@ async fn watch_deal(shared: Arc<Shared>, conn: Connection, conn_id: u64, closed:
     let Some(gate) = ready_gate(&shared, conn_id).await else { return };
     let id = gate.deal.id;
     loop {
-        tokio::time::sleep(shared.cfg.chain_refresh).await;
+        // ends with its connection too: a watcher orphaned by an aborted handler (the router
+        // shutting down) would otherwise hold the deal's state, and the ledger, for ever
+        tokio::select! {
+            _ = conn.closed() => return,
+            _ = tokio::time::sleep(shared.cfg.chain_refresh) => {}
+        }
         let (state, now) = match (shared.chain.deal_state(id).await, shared.chain.chain_time().await) {
             (Ok(s), Ok(n)) => (s, n),
             (Err(e), _) | (_, Err(e)) => {

@@ -95,3 +95,23 @@ async fn many_deals_expiring_together_are_all_redeemed_with_2s_blocks() {
     }
     s.provider.shutdown().await;
 }
+
+/// A provider shut down while a buyer's paid connection is open, and started again at once on
+/// the same data dir: its receipt ledger is closed by the time `shutdown` returns (before, a
+/// connection's task could still hold it, and the restart failed with the database open).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_restarted_at_once_reopens_its_ledger() {
+    let s = setup(256 << 10).await;
+    let (conn, mut send, deal, _ep) = raw_buyer(&s).await;
+    // the provider admits the Hello (a receipt is stored for the deal), so tasks hold the ledger
+    send.write_all(&receipt(&s, BUYER, deal.id, 0)).await.unwrap();
+    let Setup { devnet, provider, dir, _tmp, .. } = s;
+    provider.shutdown().await;
+    drop(conn);
+    let store = ProviderStore::open(&dir.join("provider")).await.unwrap();
+    let paid =
+        PaidSetup { cfg: paid_config(&devnet), chain: devnet.contracts(PROVIDER), address: devnet.address(PROVIDER) };
+    let again = Provider::spawn(store, ServeConfig { paid: Some(paid), ..ServeConfig::test() }).await;
+    assert!(again.is_ok(), "{:?}", again.err());
+    again.unwrap().shutdown().await;
+}
