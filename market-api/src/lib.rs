@@ -22,6 +22,7 @@
 mod amount;
 mod client;
 pub mod human;
+mod signed;
 pub mod types;
 
 pub use amount::{Amount, AmountError};

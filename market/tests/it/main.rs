@@ -9,11 +9,14 @@ use alloy::{
     signers::local::PrivateKeySigner,
 };
 use bdc_contracts::{Devnet, DevnetConfig, client::OpenDeal, listing::market_domain, receipt::sign_receipt_sync};
-use bdc_market::{Limits, ListingBody, Market, MarketConfig, SignedListing};
+use bdc_market::{Limits, ListingBody, SignedListing};
 use bdc_market_api::{SignedFault, SignedReport};
 use serde_json::{Value, json};
 
 mod abuse;
+mod env;
+
+use env::*;
 
 const VENDOR: usize = 1;
 
@@ -82,69 +85,6 @@ async fn deal_request(devnet: &Devnet, provider: alloy::primitives::Address, roo
         expiry: devnet.now().await.unwrap() + 3600,
         arbiter: devnet.address(0),
     }
-}
-
-struct Env {
-    devnet: Devnet,
-    market: Market,
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Env {
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
-        let code = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
-    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        let code = r.status().as_u16();
-        (code, r.json().await.unwrap_or(Value::Null))
-    }
-
-    /// Waits until the market's indexer has reached the chain's head.
-    async fn synced(&self) {
-        let head = self.devnet.contracts(0).head().await.unwrap();
-        for _ in 0..100 {
-            let (_, s) = self.get("/status").await;
-            if s["indexed"].as_u64() >= Some(head) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("indexer did not reach block {head}");
-    }
-}
-
-async fn start(db_url: String, devnet: Devnet) -> Env {
-    start_with(db_url, devnet, Limits::default()).await
-}
-
-async fn start_with(db_url: String, devnet: Devnet, limits: Limits) -> Env {
-    let cfg = MarketConfig {
-        database_url: db_url,
-        bind: "127.0.0.1:0".parse().unwrap(),
-        poll: Duration::from_millis(100),
-        limits,
-        // the deals below pay millions of base units; the devnet's arbiter is trusted
-        reputation: bdc_market::reputation::Weights::new(REPUTATION_UNIT, [devnet.address(0)]),
-    };
-    let market = Market::spawn(cfg, devnet.contracts(0)).await.unwrap();
-    let base = format!("http://{}", market.addr);
-    // no connection reuse: the server answers an oversized body with 413 and closes the
-    // connection without reading it, and a pooled connection would race that close
-    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
-    Env { devnet, market, http, base }
 }
 
 async fn suite(db_url: String) {
